@@ -1,0 +1,163 @@
+#include "launch/commands.h"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+
+#include "launch/config.h"
+#include "runtime/common/error.h"
+#include "runtime/common/threads.h"
+#include "runtime/io/hf.h"
+#include "runtime/train/trainer.h"
+
+namespace tessera::launch {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string human_count(int64_t n) {
+  char buf[32];
+  if (n >= 1000000)
+    std::snprintf(buf, sizeof buf, "%.2fM", static_cast<double>(n) / 1e6);
+  else if (n >= 1000)
+    std::snprintf(buf, sizeof buf, "%.1fK", static_cast<double>(n) / 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%ld", static_cast<long>(n));
+  return buf;
+}
+
+std::string eval_text(const train::EvalResult& e) {
+  char buf[128];
+  if (e.accuracy >= 0)
+    std::snprintf(buf, sizeof buf, "accuracy %.2f%% (loss %.4f, %ld examples)", e.accuracy * 100.0,
+                  e.loss, static_cast<long>(e.count));
+  else
+    std::snprintf(buf, sizeof buf, "loss %.4f, %.3f bits/token (%ld tokens)", e.loss, e.bits_per_token,
+                  static_cast<long>(e.count));
+  return buf;
+}
+
+struct RunSummary {
+  std::string model, params, eval, throughput, checkpoint;
+  int64_t steps = 0;
+  double seconds = 0;
+};
+
+RunSummary train_and_save(const PretrainConfig& cfg, const std::string& resume, int64_t max_steps,
+                          bool progress) {
+  auto t0 = std::chrono::steady_clock::now();
+  train::Trainer t(cfg);
+  if (!resume.empty()) {
+    t.load_checkpoint(resume);
+    spdlog::info("resumed from {} at step {}", resume, t.step());
+  }
+  spdlog::info("{}: {} parameters, {} steps of batch {}, {} threads, out {}", t.kind(),
+               human_count(t.params().count()), t.total_steps(), cfg.batch_size(), num_threads(),
+               cfg.out_dir());
+  t.run(max_steps, progress);
+  fs::create_directories(cfg.out_dir());
+  const std::string ckpt = cfg.out_dir() + "/checkpoint.safetensors";
+  t.save_checkpoint(ckpt);
+  t.export_model(cfg.out_dir() + "/model");
+  train::EvalResult e = t.evaluate(cfg.eval_batches());
+  spdlog::info("{} at step {}: {}", t.kind(), t.step(), eval_text(e));
+  RunSummary s;
+  s.model = cfg.model() == "decoder" ? "decoder (" + cfg.decoder().flavor() + ")" : "mlp";
+  s.params = human_count(t.params().count());
+  s.eval = eval_text(e);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.0f %s/s", t.mean_units_per_s(), t.unit());
+  s.throughput = buf;
+  s.checkpoint = ckpt;
+  s.steps = t.step();
+  s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return s;
+}
+
+}  // namespace
+
+int run_pretrain(const PretrainOptions& o) {
+  PretrainConfig cfg = resolve_config(o.config, o.overrides, o.model);
+  RunSummary s = train_and_save(cfg, o.resume, o.max_steps, !o.quiet);
+  std::printf("%s: %ld steps, %s, checkpoint %s\n", s.model.c_str(), static_cast<long>(s.steps),
+              s.eval.c_str(), s.checkpoint.c_str());
+  return 0;
+}
+
+int run_eval(const EvalOptions& o) {
+  PretrainConfig cfg;
+  bool hf_folder = fs::is_directory(o.checkpoint);
+  if (hf_folder) {
+    if (!fs::exists(o.checkpoint + "/config.json"))
+      throw Error(str("'", o.checkpoint, "' is a folder without config.json: not a Hugging Face checkpoint"));
+    cfg = default_config("decoder");
+    cfg.mutable_decoder()->set_init_from(o.checkpoint);
+  } else {
+    if (!fs::exists(o.checkpoint)) throw Error(str("checkpoint '", o.checkpoint, "' does not exist"));
+    cfg = train::read_checkpoint_config(o.checkpoint);
+  }
+  apply_overrides(&cfg, o.overrides);
+  validate_config(cfg);
+  train::Trainer t(cfg);
+  if (!hf_folder) t.load_checkpoint(o.checkpoint, /*weights_only=*/true);
+  train::EvalResult e = t.evaluate(o.max_batches);
+  std::printf("%s %s: %s\n", t.kind().c_str(), o.checkpoint.c_str(), eval_text(e).c_str());
+  return 0;
+}
+
+int run_demo(const DemoOptions& o) {
+  std::printf("tessera demo: pretraining the base models into %s\n", o.out_dir.c_str());
+  std::vector<RunSummary> rows;
+
+  PretrainConfig mlp = default_config("mlp");
+  mlp.set_out_dir(o.out_dir + "/mlp");
+  mlp.set_threads(o.threads);
+  mlp.mutable_data()->set_dir(o.data_dir);
+  if (o.quick) {
+    mlp.set_epochs(0);
+    mlp.set_steps(30);
+    mlp.mutable_data()->set_limit_train(4096);
+    mlp.mutable_data()->set_limit_test(1000);
+  } else {
+    mlp.set_epochs(5);
+  }
+  validate_config(mlp);
+  rows.push_back(train_and_save(mlp, "", 0, true));
+
+  PretrainConfig lm = default_config("decoder");
+  lm.set_out_dir(o.out_dir + "/decoder");
+  lm.set_threads(o.threads);
+  if (o.quick) {
+    lm.set_steps(5);
+    lm.mutable_optim()->set_warmup_steps(1);
+    lm.set_eval_batches(2);
+    auto* d = lm.mutable_decoder();
+    d->set_n_layer(1);
+    d->set_d_model(64);
+    d->set_n_ctx(32);
+  } else {
+    lm.set_steps(300);
+    lm.mutable_optim()->set_warmup_steps(30);
+    lm.mutable_optim()->set_lr(2e-3f);
+  }
+  validate_config(lm);
+  rows.push_back(train_and_save(lm, "", 0, true));
+
+  std::printf("\n%-16s %9s %7s %8s %18s  %s\n", "model", "params", "steps", "time", "throughput",
+              "test split");
+  for (const auto& r : rows)
+    std::printf("%-16s %9s %7ld %7.0fs %18s  %s\n", r.model.c_str(), r.params.c_str(),
+                static_cast<long>(r.steps), r.seconds, r.throughput.c_str(), r.eval.c_str());
+  std::printf("\ncheckpoints:\n");
+  for (const auto& r : rows) std::printf("  %s\n", r.checkpoint.c_str());
+  std::printf("Hugging Face folders (config.json + model.safetensors): %s/decoder/model\n",
+              o.out_dir.c_str());
+  std::printf("evaluate again with: tessera eval --checkpoint %s\n", rows.back().checkpoint.c_str());
+  return 0;
+}
+
+}  // namespace tessera::launch

@@ -1,0 +1,61 @@
+// tessera — the command line. Subcommands wire runtime pieces together; no
+// algorithm lives here.
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "launch/commands.h"
+#include "runtime/common/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"tessera: modular deep learning — a frozen base, a library of adapter experts"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("tessera ") + TESSERA_VERSION);
+
+  tessera::launch::DemoOptions demo;
+  auto* c_demo = app.add_subcommand("demo", "Pretrain the demo base models (Fashion-MNIST MLP and a byte-level LM), evaluate and save them");
+  c_demo->add_option("--out", demo.out_dir, "Run folder")->capture_default_str();
+  c_demo->add_flag("--quick", demo.quick, "A few steps of each model (smoke test)");
+  c_demo->add_option("--threads", demo.threads, "Threads (0: cores available)")->capture_default_str();
+  c_demo->add_option("--data-dir", demo.data_dir, "Fashion-MNIST folder")->capture_default_str();
+
+  tessera::launch::PretrainOptions pre;
+  auto* c_pre = app.add_subcommand("pretrain", "Train a base model from a config (protobuf text format)");
+  c_pre->add_option("--config", pre.config, "Config file (.pbtxt); see configs/");
+  c_pre->add_option("--model", pre.model, "mlp or decoder, when no config file names it");
+  c_pre->add_option("--resume", pre.resume, "Checkpoint to resume from");
+  c_pre->add_option("--max-steps", pre.max_steps, "Stop after this many steps of this invocation (0: run to the end)");
+  c_pre->add_flag("--quiet", pre.quiet, "No progress line");
+  c_pre->add_option("overrides", pre.overrides, "key=value config overrides, e.g. optim.lr=3e-4");
+
+  tessera::launch::EvalOptions ev;
+  auto* c_eval = app.add_subcommand("eval", "Evaluate a checkpoint on its test split");
+  c_eval->add_option("--checkpoint", ev.checkpoint, "tessera checkpoint (.safetensors) or Hugging Face folder")->required();
+  c_eval->add_option("--max-batches", ev.max_batches, "Evaluate at most this many batches (0: all)");
+  c_eval->add_option("overrides", ev.overrides, "key=value config overrides, e.g. data.dir=/path");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  spdlog::set_pattern("[%H:%M:%S] %v");
+  try {
+    if (*c_demo) return tessera::launch::run_demo(demo);
+    if (*c_pre) return tessera::launch::run_pretrain(pre);
+    if (*c_eval) return tessera::launch::run_eval(ev);
+  } catch (const tessera::Error& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "\ntessera: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "\ntessera: internal error (please report): %s\n", e.what());
+    return 3;
+  }
+  return 0;
+}

@@ -1,0 +1,351 @@
+#include "runtime/autograd/ops.h"
+
+#include "runtime/autograd/tape.h"
+#include "runtime/common/error.h"
+#include "runtime/kernels/dispatch.h"
+
+namespace tessera::ops {
+
+using autograd::should_record;
+using autograd::Tape;
+
+namespace {
+
+float* grad_ptr(const Tensor& t) { return t.requires_grad() ? t.ensure_grad().data() : nullptr; }
+
+void same_device(const char* op, std::initializer_list<const Tensor*> ts) {
+  Device d = Device::CPU;
+  bool first = true;
+  for (const Tensor* t : ts) {
+    if (!t || !t->defined()) continue;
+    if (first) {
+      d = t->device();
+      first = false;
+    } else if (t->device() != d) {
+      throw Error(str(op, ": tensors on different devices (", device_name(d), " and ",
+                      device_name(t->device()), ")"));
+    }
+  }
+}
+
+Tensor result(const Shape& shape, Device device, bool grad) {
+  Tensor out = Tensor::empty(shape, device);
+  if (grad) out.set_requires_grad(true);
+  return out;
+}
+
+// Records `fn(dout)` to run when the output's gradient is known; the output's
+// gradient buffer is released right after (nothing downstream reads it again).
+template <typename Fn>
+void on_backward(Tensor out, Fn fn) {
+  Tape::current()->record([out, fn]() mutable {
+    Tensor g = out.grad();
+    if (!g.defined()) return;
+    fn(static_cast<const float*>(g.data()));
+    out.clear_grad();
+  });
+}
+
+}  // namespace
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, bool w_in_out) {
+  if (w.ndim() != 2) throw Error(str("linear: weight must be 2-D, got ", shape_str(w.shape())));
+  const int64_t in = w_in_out ? w.size(0) : w.size(1);
+  const int64_t outf = w_in_out ? w.size(1) : w.size(0);
+  if (x.ndim() < 1 || x.size(-1) != in)
+    throw Error(str("linear: input ", shape_str(x.shape()), " does not end in ", in,
+                    " features (weight ", shape_str(w.shape()), w_in_out ? " [in,out]" : " [out,in]",
+                    ")"));
+  if (b.defined() && (b.ndim() != 1 || b.size(0) != outf))
+    throw Error(str("linear: bias ", shape_str(b.shape()), " does not match ", outf, " outputs"));
+  same_device("linear", {&x, &w, &b});
+  const int64_t N = x.numel() / in;
+  Shape os = x.shape();
+  os.back() = outf;
+  bool rec = should_record({&x, &w, &b});
+  Tensor out = result(os, x.device(), rec);
+  TESSERA_DISPATCH(x.device(), linear_forward, out.data(), x.data(), w.data(),
+                   b.defined() ? b.data() : nullptr, N, in, outf, w_in_out);
+  if (rec) {
+    on_backward(out, [x, w, b, N, in, outf, w_in_out](const float* g) mutable {
+      TESSERA_DISPATCH(x.device(), linear_backward, grad_ptr(x), grad_ptr(w),
+                       b.defined() ? grad_ptr(b) : nullptr, g, x.data(), w.data(), N, in, outf,
+                       w_in_out);
+    });
+  }
+  return out;
+}
+
+Tensor matmul_nt(const Tensor& x, const Tensor& w) { return linear(x, w, Tensor()); }
+
+Tensor add(const Tensor& a, const Tensor& b) {
+  const Shape& as = a.shape();
+  const Shape& bs = b.shape();
+  bool suffix = bs.size() <= as.size() && std::equal(bs.begin(), bs.end(), as.end() - bs.size());
+  if (!suffix)
+    throw Error(str("add: shape ", shape_str(bs), " does not broadcast onto ", shape_str(as)));
+  same_device("add", {&a, &b});
+  const int64_t n = a.numel(), nb = b.numel();
+  bool rec = should_record({&a, &b});
+  Tensor out = result(as, a.device(), rec);
+  if (n > 0) TESSERA_DISPATCH(a.device(), add_forward, out.data(), a.data(), b.data(), n, nb);
+  if (rec) {
+    on_backward(out, [a, b, n, nb](const float* g) mutable {
+      TESSERA_DISPATCH(a.device(), add_backward, grad_ptr(a), grad_ptr(b), g, n, nb);
+    });
+  }
+  return out;
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  if (a.shape() != b.shape())
+    throw Error(str("mul: shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()), " differ"));
+  same_device("mul", {&a, &b});
+  const int64_t n = a.numel();
+  bool rec = should_record({&a, &b});
+  Tensor out = result(a.shape(), a.device(), rec);
+  TESSERA_DISPATCH(a.device(), mul_forward, out.data(), a.data(), b.data(), n);
+  if (rec) {
+    on_backward(out, [a, b, n](const float* g) mutable {
+      TESSERA_DISPATCH(a.device(), mul_backward, grad_ptr(a), grad_ptr(b), g, a.data(), b.data(),
+                       n);
+    });
+  }
+  return out;
+}
+
+Tensor scale(const Tensor& a, float s) {
+  const int64_t n = a.numel();
+  bool rec = should_record({&a});
+  Tensor out = result(a.shape(), a.device(), rec);
+  TESSERA_DISPATCH(a.device(), scale_forward, out.data(), a.data(), s, n);
+  if (rec) {
+    on_backward(out, [a, s, n](const float* g) mutable {
+      TESSERA_DISPATCH(a.device(), scale_backward, grad_ptr(a), g, s, n);
+    });
+  }
+  return out;
+}
+
+Tensor activation(const Tensor& x, Act act) {
+  const int64_t n = x.numel();
+  bool rec = should_record({&x});
+  Tensor out = result(x.shape(), x.device(), rec);
+  TESSERA_DISPATCH(x.device(), act_forward, act, out.data(), x.data(), n);
+  if (rec) {
+    on_backward(out, [x, act, n](const float* g) mutable {
+      TESSERA_DISPATCH(x.device(), act_backward, act, grad_ptr(x), g, x.data(), n);
+    });
+  }
+  return out;
+}
+
+Tensor swiglu(const Tensor& gate, const Tensor& up) {
+  if (gate.shape() != up.shape())
+    throw Error(str("swiglu: gate ", shape_str(gate.shape()), " and up ", shape_str(up.shape()),
+                    " differ"));
+  same_device("swiglu", {&gate, &up});
+  const int64_t n = gate.numel();
+  bool rec = should_record({&gate, &up});
+  Tensor out = result(gate.shape(), gate.device(), rec);
+  TESSERA_DISPATCH(gate.device(), swiglu_forward, out.data(), gate.data(), up.data(), n);
+  if (rec) {
+    on_backward(out, [gate, up, n](const float* g) mutable {
+      TESSERA_DISPATCH(gate.device(), swiglu_backward, grad_ptr(gate), grad_ptr(up), g,
+                       gate.data(), up.data(), n);
+    });
+  }
+  return out;
+}
+
+Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps) {
+  const int64_t C = x.size(-1);
+  if (w.numel() != C || (b.defined() && b.numel() != C))
+    throw Error(str("layernorm: weight/bias of ", w.numel(), " do not match last dim of ",
+                    shape_str(x.shape())));
+  same_device("layernorm", {&x, &w, &b});
+  const int64_t N = x.numel() / C;
+  bool rec = should_record({&x, &w, &b});
+  Tensor out = result(x.shape(), x.device(), rec);
+  Tensor mean = Tensor::empty({N}, x.device()), rstd = Tensor::empty({N}, x.device());
+  TESSERA_DISPATCH_CPU_ONLY(x.device(), layernorm_forward, out.data(), mean.data(), rstd.data(),
+                            x.data(), w.data(), b.defined() ? b.data() : nullptr, N, C, eps);
+  if (rec) {
+    on_backward(out, [x, w, b, mean, rstd, N, C](const float* g) mutable {
+      float* db = b.defined() ? grad_ptr(b) : nullptr;
+      TESSERA_DISPATCH_CPU_ONLY(x.device(), layernorm_backward, grad_ptr(x), grad_ptr(w), db, g,
+                                x.data(), w.data(), mean.data(), rstd.data(), N, C);
+    });
+  }
+  return out;
+}
+
+Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps) {
+  const int64_t C = x.size(-1);
+  if (w.numel() != C)
+    throw Error(str("rmsnorm: weight of ", w.numel(), " does not match last dim of ",
+                    shape_str(x.shape())));
+  same_device("rmsnorm", {&x, &w});
+  const int64_t N = x.numel() / C;
+  bool rec = should_record({&x, &w});
+  Tensor out = result(x.shape(), x.device(), rec);
+  Tensor rstd = Tensor::empty({N}, x.device());
+  TESSERA_DISPATCH_CPU_ONLY(x.device(), rmsnorm_forward, out.data(), rstd.data(), x.data(),
+                            w.data(), N, C, eps);
+  if (rec) {
+    on_backward(out, [x, w, rstd, N, C](const float* g) mutable {
+      TESSERA_DISPATCH_CPU_ONLY(x.device(), rmsnorm_backward, grad_ptr(x), grad_ptr(w), g,
+                                x.data(), w.data(), rstd.data(), N, C);
+    });
+  }
+  return out;
+}
+
+Tensor reshape(const Tensor& x, const Shape& shape) {
+  Tensor out = x.view(shape);
+  if (should_record({&x})) {
+    out.set_requires_grad(true);
+    on_backward(out, [x](const float* g) mutable {
+      Tensor& gx = x.ensure_grad();
+      const int64_t n = x.numel();
+      TESSERA_DISPATCH(x.device(), add_backward, gx.data(), nullptr, g, n, n);
+    });
+  }
+  return out;
+}
+
+Tensor embedding(const std::vector<int32_t>& ids, const Tensor& table) {
+  if (table.ndim() != 2)
+    throw Error(str("embedding: table must be 2-D, got ", shape_str(table.shape())));
+  const int64_t V = table.size(0), C = table.size(1), N = static_cast<int64_t>(ids.size());
+  for (int64_t i = 0; i < N; ++i)
+    if (ids[i] < 0 || ids[i] >= V)
+      throw Error(str("embedding: id ", ids[i], " at position ", i, " is outside the vocabulary [0, ",
+                      V, ")"));
+  bool rec = should_record({&table});
+  Tensor out = result({N, C}, table.device(), rec);
+  TESSERA_DISPATCH_CPU_ONLY(table.device(), embedding_forward, out.data(), ids.data(),
+                            table.data(), N, C);
+  if (rec) {
+    on_backward(out, [ids, table, N, C](const float* g) mutable {
+      TESSERA_DISPATCH_CPU_ONLY(table.device(), embedding_backward, grad_ptr(table), ids.data(), g,
+                                N, C);
+    });
+  }
+  return out;
+}
+
+namespace {
+
+struct AttnView {
+  Tensor t;
+  int64_t col;  // column offset of the block inside a row
+  int64_t ld;   // row stride
+};
+
+Tensor attention_impl(const AttnView& q, const AttnView& k, const AttnView& v, int64_t B,
+                      int64_t T, int64_t Hq, int64_t Hkv, int64_t D) {
+  kernels::cpu::AttnDims dims{B, T, Hq, Hkv, D, q.ld, k.ld, v.ld, Hq * D};
+  bool rec = should_record({&q.t, &k.t, &v.t});
+  Tensor out = result({B * T, Hq * D}, q.t.device(), rec);
+  Tensor att = Tensor::empty({B, Hq, T, T}, q.t.device());
+  TESSERA_DISPATCH_CPU_ONLY(q.t.device(), attention_forward, out.data(), att.data(),
+                            q.t.data() + q.col, k.t.data() + k.col, v.t.data() + v.col, dims);
+  if (rec) {
+    on_backward(out, [q, k, v, att, dims](const float* g) mutable {
+      auto gp = [](const AttnView& a) {
+        return a.t.requires_grad() ? a.t.ensure_grad().data() + a.col : nullptr;
+      };
+      TESSERA_DISPATCH_CPU_ONLY(q.t.device(), attention_backward, gp(q), gp(k), gp(v), g,
+                                q.t.data() + q.col, k.t.data() + k.col, v.t.data() + v.col,
+                                att.data(), dims);
+    });
+  }
+  return out;
+}
+
+void check_heads(const char* op, int64_t Hq, int64_t Hkv) {
+  if (Hq <= 0 || Hkv <= 0 || Hq % Hkv != 0)
+    throw Error(str(op, ": ", Hq, " query heads cannot share ", Hkv,
+                    " key/value heads (need Hq a positive multiple of Hkv)"));
+}
+
+}  // namespace
+
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t T,
+                 int64_t Hq, int64_t Hkv) {
+  check_heads("attention", Hq, Hkv);
+  if (q.ndim() != 2 || q.size(0) != B * T || q.size(1) % Hq != 0)
+    throw Error(str("attention: q ", shape_str(q.shape()), " is not [B*T=", B * T, ", Hq*D] with Hq=",
+                    Hq));
+  const int64_t D = q.size(1) / Hq;
+  Shape kv{B * T, Hkv * D};
+  if (k.shape() != kv || v.shape() != kv)
+    throw Error(str("attention: k ", shape_str(k.shape()), " / v ", shape_str(v.shape()),
+                    " must both be ", shape_str(kv)));
+  same_device("attention", {&q, &k, &v});
+  return attention_impl({q, 0, Hq * D}, {k, 0, Hkv * D}, {v, 0, Hkv * D}, B, T, Hq, Hkv, D);
+}
+
+Tensor attention_packed(const Tensor& qkv, int64_t B, int64_t T, int64_t Hq, int64_t Hkv) {
+  check_heads("attention_packed", Hq, Hkv);
+  const int64_t W = qkv.ndim() == 2 ? qkv.size(1) : -1;
+  if (qkv.ndim() != 2 || qkv.size(0) != B * T || W % (Hq + 2 * Hkv) != 0)
+    throw Error(str("attention_packed: qkv ", shape_str(qkv.shape()), " is not [B*T=", B * T,
+                    ", (Hq+2*Hkv)*D]"));
+  const int64_t D = W / (Hq + 2 * Hkv);
+  return attention_impl({qkv, 0, W}, {qkv, Hq * D, W}, {qkv, (Hq + Hkv) * D, W}, B, T, Hq, Hkv,
+                        D);
+}
+
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B, int64_t T,
+            int64_t H) {
+  if (x.ndim() != 2 || x.size(0) != B * T || x.size(1) % H != 0 || (x.size(1) / H) % 2 != 0)
+    throw Error(str("rope: x ", shape_str(x.shape()), " is not [B*T=", B * T, ", H*D] with even D"));
+  const int64_t D = x.size(1) / H;
+  if (cos.numel() < T * D / 2 || sin.numel() < T * D / 2)
+    throw Error(str("rope: tables hold ", cos.numel(), " values, need T*D/2 = ", T * D / 2));
+  bool rec = should_record({&x});
+  Tensor out = result(x.shape(), x.device(), rec);
+  TESSERA_DISPATCH_CPU_ONLY(x.device(), rope_forward, out.data(), x.data(), cos.data(), sin.data(),
+                            B, T, H, D);
+  if (rec) {
+    on_backward(out, [x, cos, sin, B, T, H, D](const float* g) mutable {
+      TESSERA_DISPATCH_CPU_ONLY(x.device(), rope_backward, grad_ptr(x), g, cos.data(), sin.data(),
+                                B, T, H, D);
+    });
+  }
+  return out;
+}
+
+Tensor cross_entropy(const Tensor& logits, const std::vector<int32_t>& targets) {
+  if (logits.ndim() != 2)
+    throw Error(str("cross_entropy: logits must be [N, V], got ", shape_str(logits.shape())));
+  const int64_t N = logits.size(0), V = logits.size(1);
+  if (static_cast<int64_t>(targets.size()) != N)
+    throw Error(str("cross_entropy: ", targets.size(), " targets for ", N, " rows of logits"));
+  for (int64_t i = 0; i < N; ++i)
+    if (targets[i] >= V || targets[i] < -1)
+      throw Error(str("cross_entropy: target ", targets[i], " at row ", i, " is outside [0, ", V,
+                      ") (use -1 to ignore a row)"));
+  bool rec = should_record({&logits});
+  Tensor out = result({1}, Device::CPU, rec);
+  Tensor lse = Tensor::empty({N}, logits.device());
+  int64_t count = 0;
+  double total = 0.0;
+  if (logits.device() != Device::CPU)
+    throw Error("op cross_entropy has no CUDA kernel yet: keep this model on the CPU");
+  total = kernels::cpu::cross_entropy_forward(lse.data(), logits.data(), targets.data(), N, V,
+                                              &count);
+  out.data()[0] = count > 0 ? static_cast<float>(total / static_cast<double>(count)) : 0.0f;
+  if (rec && count > 0) {
+    on_backward(out, [logits, targets, lse, N, V, count](const float* g) mutable {
+      float s = g[0] / static_cast<float>(count);
+      kernels::cpu::cross_entropy_backward(grad_ptr(logits), logits.data(), lse.data(),
+                                           targets.data(), s, N, V);
+    });
+  }
+  return out;
+}
+
+}  // namespace tessera::ops

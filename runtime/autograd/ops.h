@@ -1,0 +1,46 @@
+// Differentiable ops. Each validates its inputs (shape errors are
+// tessera::Error naming the op and the shapes), computes the forward through
+// one dispatch point, and — when a tape records and an input requires a
+// gradient — records a backward that accumulates only into inputs that
+// require gradients (a frozen weight gets no dW product).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "runtime/kernels/cpu/elementwise.h"
+#include "runtime/tensor/tensor.h"
+
+namespace tessera::ops {
+
+using kernels::cpu::Act;
+
+// y = x · Wᵀ + b over the last dim of x; W [out, in] (or [in, out] with w_in_out,
+// the GPT-2 Conv1D layout); b may be undefined.
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, bool w_in_out = false);
+Tensor matmul_nt(const Tensor& x, const Tensor& w);  // linear without bias
+// a + b with b broadcast over the leading dims of a (b's shape is a suffix of a's).
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor scale(const Tensor& a, float s);
+Tensor activation(const Tensor& x, Act act);
+Tensor swiglu(const Tensor& gate, const Tensor& up);  // silu(gate) * up, fused
+Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps);
+Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps);
+// Shares storage with x; gradients flow back through it.
+Tensor reshape(const Tensor& x, const Shape& shape);
+// Rows ids[i] of table [V, C] → [ids.size(), C]; every id must be in [0, V).
+Tensor embedding(const std::vector<int32_t>& ids, const Tensor& table);
+// Causal attention; q [B*T, Hq*D], k/v [B*T, Hkv*D] → [B*T, Hq*D].
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t T,
+                 int64_t Hq, int64_t Hkv);
+// Same, reading q, k, v as column blocks of one fused projection
+// qkv [B*T, (Hq + 2*Hkv)*D] (GPT-2's c_attn output).
+Tensor attention_packed(const Tensor& qkv, int64_t B, int64_t T, int64_t Hq, int64_t Hkv);
+// Rotary embedding of x [B*T, H*D] with tables cos/sin [T, D/2].
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B, int64_t T,
+            int64_t H);
+// Mean softmax cross-entropy of logits [N, V] against targets (-1 = ignore) → [1].
+Tensor cross_entropy(const Tensor& logits, const std::vector<int32_t>& targets);
+
+}  // namespace tessera::ops

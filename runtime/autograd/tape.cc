@@ -1,0 +1,37 @@
+#include "runtime/autograd/tape.h"
+
+#include "runtime/common/error.h"
+
+namespace tessera::autograd {
+
+namespace {
+thread_local Tape* t_current = nullptr;
+}
+
+Tape::Tape() : prev_(t_current) { t_current = this; }
+Tape::~Tape() { t_current = prev_; }
+Tape* Tape::current() { return t_current; }
+
+void Tape::backward(const Tensor& loss) {
+  if (loss.numel() != 1)
+    throw Error(str("backward() needs a scalar loss, got shape ", shape_str(loss.shape())));
+  if (!loss.requires_grad())
+    throw Error("backward(): the loss does not depend on any tensor that requires a gradient");
+  Tensor l = loss;
+  l.ensure_grad().fill_(1.0f);
+  // Run in reverse; pop as we go so activations are released early.
+  while (!nodes_.empty()) {
+    auto fn = std::move(nodes_.back());
+    nodes_.pop_back();
+    fn();
+  }
+}
+
+bool should_record(std::initializer_list<const Tensor*> inputs) {
+  if (!t_current) return false;
+  for (const Tensor* t : inputs)
+    if (t && t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+}  // namespace tessera::autograd

@@ -1,0 +1,45 @@
+// Define-by-run reverse-mode autodiff. While a Tape is alive on a thread, ops
+// whose inputs require a gradient append a backward closure to it; ops on
+// tensors that need no gradient (the frozen base, data) record nothing.
+//
+//   autograd::Tape tape;
+//   Tensor loss = model.loss(batch);
+//   tape.backward(loss);  // fills .grad() of every parameter that requires one
+//
+// Without a live tape nothing is recorded (evaluation). Gradients of
+// intermediate results are freed as soon as their backward has run.
+#pragma once
+
+#include <functional>
+#include <vector>
+
+#include "runtime/tensor/tensor.h"
+
+namespace tessera::autograd {
+
+class Tape {
+ public:
+  Tape();
+  ~Tape();
+  Tape(const Tape&) = delete;
+  Tape& operator=(const Tape&) = delete;
+
+  static Tape* current();  // innermost live tape of this thread, or null
+
+  void record(std::function<void()> backward) { nodes_.push_back(std::move(backward)); }
+  size_t size() const { return nodes_.size(); }
+
+  // Seeds d(loss)/d(loss) = 1 (loss must have one element), runs every
+  // recorded closure in reverse, then forgets them.
+  void backward(const Tensor& loss);
+  void clear() { nodes_.clear(); }
+
+ private:
+  std::vector<std::function<void()>> nodes_;
+  Tape* prev_;
+};
+
+// True when a tape is recording and any of the inputs requires a gradient.
+bool should_record(std::initializer_list<const Tensor*> inputs);
+
+}  // namespace tessera::autograd

@@ -1,0 +1,256 @@
+#include "runtime/io/hf.h"
+
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "runtime/common/error.h"
+#include "runtime/common/rng.h"
+#include "runtime/io/safetensors.h"
+
+namespace tessera::io {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+json read_json(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error(str("cannot open '", path, "'"));
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    throw Error(str("'", path, "' is not valid JSON: ", e.what()));
+  }
+}
+
+template <typename T>
+T get_field(const json& j, const std::string& key, const std::string& path, T fallback,
+            bool required) {
+  if (!j.contains(key) || j[key].is_null()) {
+    if (required) throw Error(str("'", path, "' lacks required field '", key, "'"));
+    return fallback;
+  }
+  try {
+    return j[key].get<T>();
+  } catch (const json::exception&) {
+    throw Error(str("'", path, "': field '", key, "' has the wrong type (", j[key].type_name(), ")"));
+  }
+}
+
+// Names a GPT-2 checkpoint may use: saved from GPT2LMHeadModel ("transformer.h.0...")
+// or from the bare GPT2Model ("h.0...", as on the hub).
+std::string canonical_gpt2(const std::string& n) {
+  if (n.rfind("transformer.", 0) == 0 || n.rfind("lm_head.", 0) == 0) return n;
+  return "transformer." + n;
+}
+
+bool ignorable_buffer(const std::string& n) {
+  // Causal-mask buffers older transformers versions saved with GPT-2, and rotary caches.
+  auto ends = [&](const char* s) {
+    std::string t(s);
+    return n.size() >= t.size() && n.compare(n.size() - t.size(), t.size(), t) == 0;
+  };
+  return ends(".attn.bias") || ends(".attn.masked_bias") || ends("rotary_emb.inv_freq");
+}
+
+}  // namespace
+
+nn::DecoderSpec read_hf_config(const std::string& dir) {
+  const std::string path = dir + "/config.json";
+  json j = read_json(path);
+  if (!j.is_object()) throw Error(str("'", path, "' is not a JSON object"));
+  std::string type = get_field<std::string>(j, "model_type", path, "", true);
+  nn::DecoderSpec s;
+  if (type == "gpt2") {
+    s.flavor = nn::Flavor::Gpt2;
+    s.vocab_size = get_field<int64_t>(j, "vocab_size", path, 0, true);
+    s.n_ctx = get_field<int64_t>(j, "n_positions", path, 1024, false);
+    s.d_model = get_field<int64_t>(j, "n_embd", path, 0, true);
+    s.n_layer = get_field<int64_t>(j, "n_layer", path, 0, true);
+    s.n_head = get_field<int64_t>(j, "n_head", path, 0, true);
+    s.n_kv_head = s.n_head;
+    s.d_ff = get_field<int64_t>(j, "n_inner", path, 0, false);
+    s.norm_eps = get_field<float>(j, "layer_norm_epsilon", path, 1e-5f, false);
+    s.tie_embeddings = get_field<bool>(j, "tie_word_embeddings", path, true, false);
+    std::string act = get_field<std::string>(j, "activation_function", path, "gelu_new", false);
+    if (act != "gelu_new" && act != "gelu_pytorch_tanh")
+      throw Error(str("'", path, "': activation_function '", act,
+                      "' is not supported (tessera's GPT-2 uses gelu_new)"));
+  } else if (type == "llama") {
+    s.flavor = nn::Flavor::Llama;
+    s.vocab_size = get_field<int64_t>(j, "vocab_size", path, 0, true);
+    s.n_ctx = get_field<int64_t>(j, "max_position_embeddings", path, 2048, false);
+    s.d_model = get_field<int64_t>(j, "hidden_size", path, 0, true);
+    s.n_layer = get_field<int64_t>(j, "num_hidden_layers", path, 0, true);
+    s.n_head = get_field<int64_t>(j, "num_attention_heads", path, 0, true);
+    s.n_kv_head = get_field<int64_t>(j, "num_key_value_heads", path, s.n_head, false);
+    s.d_ff = get_field<int64_t>(j, "intermediate_size", path, 0, true);
+    s.norm_eps = get_field<float>(j, "rms_norm_eps", path, 1e-6f, false);
+    s.rope_theta = get_field<float>(j, "rope_theta", path, 10000.0f, false);
+    s.tie_embeddings = get_field<bool>(j, "tie_word_embeddings", path, false, false);
+    if (get_field<bool>(j, "attention_bias", path, false, false) ||
+        get_field<bool>(j, "mlp_bias", path, false, false))
+      throw Error(str("'", path, "': Llama with attention_bias/mlp_bias is not supported"));
+    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
+      throw Error(str("'", path, "': rope_scaling is not supported yet"));
+    std::string act = get_field<std::string>(j, "hidden_act", path, "silu", false);
+    if (act != "silu") throw Error(str("'", path, "': hidden_act '", act, "' is not supported (silu)"));
+    if (j.contains("head_dim") && j["head_dim"].is_number_integer() &&
+        j["head_dim"].get<int64_t>() * s.n_head != s.d_model)
+      throw Error(str("'", path, "': head_dim * num_attention_heads != hidden_size is not supported"));
+  } else {
+    throw Error(str("'", path, "': model_type '", type, "' is not supported (expected gpt2 or llama)"));
+  }
+  try {
+    s.validate();
+  } catch (const Error& e) {
+    throw Error(str("'", path, "': ", e.what()));
+  }
+  return s;
+}
+
+void load_into(nn::ParameterSet& params, const std::vector<std::shared_ptr<SafetensorsFile>>& files,
+               const std::string& what) {
+  std::set<std::string> loaded;
+  std::vector<std::string> unexpected, misshaped;
+  for (const auto& f : files) {
+    for (const TensorInfo& t : f->tensors()) {
+      Tensor* dst = params.find(t.name);
+      if (!dst) {
+        if (!ignorable_buffer(t.name)) unexpected.push_back(t.name);
+        continue;
+      }
+      if (dst->shape() != t.shape) {
+        misshaped.push_back(str(t.name, " is ", shape_str(t.shape), ", model expects ",
+                                shape_str(dst->shape())));
+        continue;
+      }
+      if (params.is_alias(t.name) && loaded.count(params.aliases().at(t.name))) continue;
+      Tensor src = f->load_f32(t);
+      dst->copy_from(src);
+      loaded.insert(params.is_alias(t.name) ? params.aliases().at(t.name) : t.name);
+    }
+  }
+  std::vector<std::string> missing;
+  for (const auto& p : params.all())
+    if (!loaded.count(p.name)) missing.push_back(p.name);
+  auto list = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (size_t i = 0; i < v.size() && i < 8; ++i) s += (i ? ", " : "") + v[i];
+    if (v.size() > 8) s += str(", ... (", v.size(), " in all)");
+    return s;
+  };
+  std::string err;
+  if (!misshaped.empty()) err += "\n  wrong shape: " + list(misshaped);
+  if (!missing.empty()) err += "\n  missing: " + list(missing);
+  if (!unexpected.empty()) err += "\n  unexpected: " + list(unexpected);
+  if (!err.empty())
+    throw Error(str(what, " does not fit the model (wrong base model or architecture?):", err));
+}
+
+void load_hf_weights(const std::string& dir, nn::Decoder& model) {
+  std::vector<std::shared_ptr<SafetensorsFile>> files;
+  const std::string single = dir + "/model.safetensors";
+  const std::string index = dir + "/model.safetensors.index.json";
+  if (fs::exists(single)) {
+    files.push_back(SafetensorsFile::open(single));
+  } else if (fs::exists(index)) {
+    json j = read_json(index);
+    if (!j.contains("weight_map") || !j["weight_map"].is_object())
+      throw Error(str("'", index, "' has no weight_map object"));
+    std::set<std::string> shards;
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+      if (!it.value().is_string()) throw Error(str("'", index, "': weight_map values must be file names"));
+      std::string shard = it.value().get<std::string>();
+      if (shard.find('/') != std::string::npos || shard.find("..") != std::string::npos)
+        throw Error(str("'", index, "': shard name '", shard, "' must be a plain file name"));
+      shards.insert(shard);
+    }
+    for (const auto& s : shards) files.push_back(SafetensorsFile::open(dir + "/" + s));
+  } else {
+    throw Error(str("'", dir, "' has neither model.safetensors nor model.safetensors.index.json",
+                    " (PyTorch .bin checkpoints are not read; save with safe_serialization=True)"));
+  }
+  // GPT-2 files may omit the "transformer." prefix: re-register names on the fly.
+  if (model.spec().flavor == nn::Flavor::Gpt2) {
+    std::vector<std::shared_ptr<SafetensorsFile>> renamed;
+    for (auto& f : files) {
+      bool needs = false;
+      for (const auto& t : f->tensors())
+        if (canonical_gpt2(t.name) != t.name) needs = true;
+      if (!needs) {
+        renamed.push_back(f);
+        continue;
+      }
+      std::vector<WriteEntry> entries;
+      for (const auto& t : f->tensors())
+        entries.push_back({canonical_gpt2(t.name), t.dtype, t.shape, f->bytes(t), t.end - t.begin});
+      renamed.push_back(SafetensorsFile::parse(serialize_safetensors(entries, {}), f->source()));
+    }
+    files = renamed;
+  }
+  load_into(model.params(), files, str("checkpoint '", dir, "'"));
+}
+
+std::unique_ptr<nn::Decoder> load_hf_decoder(const std::string& dir) {
+  nn::DecoderSpec spec = read_hf_config(dir);
+  Rng rng(0);
+  auto model = std::make_unique<nn::Decoder>(spec, rng);
+  load_hf_weights(dir, *model);
+  return model;
+}
+
+void save_hf_decoder(const std::string& dir, const nn::Decoder& model) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw Error(str("cannot create '", dir, "': ", ec.message()));
+  const nn::DecoderSpec& s = model.spec();
+  json c;
+  if (s.flavor == nn::Flavor::Gpt2) {
+    c = {{"model_type", "gpt2"},
+         {"architectures", {"GPT2LMHeadModel"}},
+         {"vocab_size", s.vocab_size},
+         {"n_positions", s.n_ctx},
+         {"n_ctx", s.n_ctx},
+         {"n_embd", s.d_model},
+         {"n_layer", s.n_layer},
+         {"n_head", s.n_head},
+         {"n_inner", s.ff()},
+         {"layer_norm_epsilon", s.norm_eps},
+         {"activation_function", "gelu_new"},
+         {"tie_word_embeddings", s.tie_embeddings},
+         {"resid_pdrop", 0.0},
+         {"embd_pdrop", 0.0},
+         {"attn_pdrop", 0.0},
+         {"bos_token_id", 0},
+         {"eos_token_id", 0}};
+  } else {
+    c = {{"model_type", "llama"},
+         {"architectures", {"LlamaForCausalLM"}},
+         {"vocab_size", s.vocab_size},
+         {"max_position_embeddings", s.n_ctx},
+         {"hidden_size", s.d_model},
+         {"intermediate_size", s.ff()},
+         {"num_hidden_layers", s.n_layer},
+         {"num_attention_heads", s.n_head},
+         {"num_key_value_heads", s.kv_heads()},
+         {"rms_norm_eps", s.norm_eps},
+         {"rope_theta", s.rope_theta},
+         {"hidden_act", "silu"},
+         {"tie_word_embeddings", s.tie_embeddings},
+         {"attention_bias", false},
+         {"torch_dtype", "float32"}};
+  }
+  std::string cj = c.dump(2) + "\n";
+  write_file_atomic(dir + "/config.json", cj.data(), cj.size());
+  std::vector<WriteEntry> entries;
+  for (const auto& p : model.params().all()) entries.push_back(WriteEntry::f32(p.name, p.tensor));
+  save_safetensors(dir + "/model.safetensors", entries, {{"format", "pt"}});
+}
+
+}  // namespace tessera::io

@@ -1,0 +1,89 @@
+// Building blocks with Hugging Face parameter names. Each layer registers its
+// tensors in a ParameterSet under `prefix` and keeps handles to them.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "runtime/autograd/ops.h"
+#include "runtime/common/rng.h"
+#include "runtime/nn/parameters.h"
+
+namespace tessera::nn {
+
+class Linear;
+
+// The adapter slot of a Linear. runtime/ knows no adapter kind: adapters/
+// implements this interface and a Linear calls it after its base product.
+class LinearAdapter {
+ public:
+  virtual ~LinearAdapter() = default;
+  // x: the Linear's input; base_out: x·Wᵀ+b. Returns the adapted output.
+  virtual Tensor forward(const Tensor& x, const Tensor& base_out, const Linear& base) = 0;
+};
+
+enum class Init { Zeros, Ones, Normal, TorchDefault };
+
+class Linear {
+ public:
+  Linear() = default;
+  // w_in_out: GPT-2's Conv1D layout (weight [in, out]).
+  Linear(ParameterSet& ps, const std::string& prefix, int64_t in, int64_t out, bool bias,
+         bool w_in_out, Rng& rng, Init init, float std = 0.02f);
+
+  Tensor forward(const Tensor& x) const;
+
+  const std::string& name() const { return name_; }
+  int64_t in_features() const { return in_; }
+  int64_t out_features() const { return out_; }
+  bool w_in_out() const { return w_in_out_; }
+  const Tensor& weight() const { return weight_; }
+  const Tensor& bias() const { return bias_; }
+
+  // The adapter slot: empty by default.
+  void set_adapter(std::shared_ptr<LinearAdapter> a) { adapter_ = std::move(a); }
+  const std::shared_ptr<LinearAdapter>& adapter() const { return adapter_; }
+
+ private:
+  std::string name_;
+  int64_t in_ = 0, out_ = 0;
+  bool w_in_out_ = false;
+  Tensor weight_, bias_;
+  std::shared_ptr<LinearAdapter> adapter_;
+};
+
+class LayerNorm {
+ public:
+  LayerNorm() = default;
+  LayerNorm(ParameterSet& ps, const std::string& prefix, int64_t dim, float eps, bool bias = true);
+  Tensor forward(const Tensor& x) const { return ops::layernorm(x, weight_, bias_, eps_); }
+
+ private:
+  Tensor weight_, bias_;
+  float eps_ = 1e-5f;
+};
+
+class RMSNorm {
+ public:
+  RMSNorm() = default;
+  RMSNorm(ParameterSet& ps, const std::string& prefix, int64_t dim, float eps);
+  Tensor forward(const Tensor& x) const { return ops::rmsnorm(x, weight_, eps_); }
+
+ private:
+  Tensor weight_;
+  float eps_ = 1e-6f;
+};
+
+class Embedding {
+ public:
+  Embedding() = default;
+  Embedding(ParameterSet& ps, const std::string& name, int64_t num, int64_t dim, Rng& rng,
+            float std);
+  Tensor forward(const std::vector<int32_t>& ids) const { return ops::embedding(ids, weight_); }
+  const Tensor& weight() const { return weight_; }
+
+ private:
+  Tensor weight_;
+};
+
+}  // namespace tessera::nn

@@ -1,0 +1,445 @@
+#include "runtime/train/trainer.h"
+
+#include <google/protobuf/text_format.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "runtime/autograd/ops.h"
+#include "runtime/autograd/tape.h"
+#include "runtime/common/error.h"
+#include "runtime/common/rng.h"
+#include "runtime/common/threads.h"
+#include "runtime/data/data.h"
+#include "runtime/io/hf.h"
+#include "runtime/io/safetensors.h"
+#include "runtime/kernels/cpu/matmul.h"
+#include "runtime/metrics/metrics.h"
+#include "runtime/nn/models.h"
+#include "runtime/optim/optim.h"
+
+namespace tessera::train {
+
+namespace fs = std::filesystem;
+
+std::string EvalResult::summary() const {
+  if (accuracy >= 0) return str("accuracy ", accuracy * 100.0, "% loss ", loss, " on ", count, " examples");
+  return str("loss ", loss, " bits/token ", bits_per_token, " on ", count, " tokens");
+}
+
+// A model with its data: what differs between the classifier and the LM.
+class Task {
+ public:
+  virtual ~Task() = default;
+  virtual const std::string& kind() const = 0;
+  virtual nn::ParameterSet& params() = 0;
+  virtual int64_t train_examples() const = 0;
+  virtual double units_per_example() const = 0;
+  virtual double flops_per_example() const = 0;
+  virtual Tensor loss(const std::vector<int64_t>& idx, int64_t epoch) = 0;
+  virtual EvalResult evaluate(int64_t batch, int64_t max_batches) = 0;
+  virtual void export_model(const std::string& dir) const = 0;
+};
+
+namespace {
+
+nn::Act parse_act(const std::string& a) {
+  if (a == "gelu") return nn::Act::Gelu;
+  if (a == "gelu_tanh") return nn::Act::GeluTanh;
+  if (a == "relu") return nn::Act::Relu;
+  if (a == "silu") return nn::Act::Silu;
+  throw Error(str("mlp.activation '", a, "': expected gelu, gelu_tanh, relu or silu"));
+}
+
+class ClassifierTask : public Task {
+ public:
+  ClassifierTask(const PretrainConfig& cfg, Rng& rng) {
+    if (cfg.data().kind() != "fashion_mnist")
+      throw Error(str("model 'mlp' trains on data.kind 'fashion_mnist', got '", cfg.data().kind(), "'"));
+    train_ = data::load_fashion_mnist(cfg.data().dir(), "train", cfg.data().limit_train());
+    test_ = data::load_fashion_mnist(cfg.data().dir(), "test", cfg.data().limit_test());
+    nn::MlpSpec spec;
+    spec.in_features = cfg.mlp().in_features();
+    spec.hidden.assign(cfg.mlp().hidden().begin(), cfg.mlp().hidden().end());
+    spec.num_classes = cfg.mlp().num_classes();
+    spec.activation = parse_act(cfg.mlp().activation());
+    if (spec.in_features != train_.features())
+      throw Error(str("mlp.in_features = ", spec.in_features, " but the images have ",
+                      train_.features(), " pixels"));
+    if (spec.num_classes < 10)
+      throw Error(str("mlp.num_classes = ", spec.num_classes, " but Fashion-MNIST has 10 classes"));
+    model_ = std::make_unique<nn::MlpClassifier>(spec, rng);
+  }
+  const std::string& kind() const override { return kind_; }
+  nn::ParameterSet& params() override { return model_->params(); }
+  int64_t train_examples() const override { return train_.size(); }
+  double units_per_example() const override { return 1.0; }
+  double flops_per_example() const override { return model_->train_flops_per_example(); }
+
+  Tensor loss(const std::vector<int64_t>& idx, int64_t) override {
+    const int64_t B = static_cast<int64_t>(idx.size()), F = train_.features();
+    Tensor x = Tensor::empty({B, F});
+    std::vector<int32_t> y(idx.size());
+    for (int64_t i = 0; i < B; ++i) {
+      std::copy_n(train_.images.data() + idx[i] * F, F, x.data() + i * F);
+      y[i] = train_.labels[idx[i]];
+    }
+    return ops::cross_entropy(model_->forward(x), y);
+  }
+
+  EvalResult evaluate(int64_t batch, int64_t max_batches) override {
+    EvalResult r;
+    const int64_t N = test_.size(), F = test_.features();
+    batch = std::max<int64_t>(batch, 500);
+    double loss_sum = 0.0;
+    int64_t correct = 0, seen = 0;
+    for (int64_t s = 0, b = 0; s < N && (max_batches <= 0 || b < max_batches); s += batch, ++b) {
+      const int64_t n = std::min(batch, N - s);
+      Tensor x = Tensor::empty({n, F});
+      std::copy_n(test_.images.data() + s * F, n * F, x.data());
+      std::vector<int32_t> y(test_.labels.begin() + s, test_.labels.begin() + s + n);
+      Tensor logits = model_->forward(x);
+      loss_sum += static_cast<double>(ops::cross_entropy(logits, y).item()) * static_cast<double>(n);
+      const int64_t C = logits.size(1);
+      const float* l = logits.data();
+      for (int64_t i = 0; i < n; ++i) {
+        int64_t arg = std::max_element(l + i * C, l + (i + 1) * C) - (l + i * C);
+        correct += arg == y[i];
+      }
+      seen += n;
+    }
+    r.count = seen;
+    r.loss = seen ? loss_sum / static_cast<double>(seen) : 0.0;
+    r.accuracy = seen ? static_cast<double>(correct) / static_cast<double>(seen) : 0.0;
+    return r;
+  }
+
+  void export_model(const std::string& dir) const override {
+    fs::create_directories(dir);
+    std::vector<io::WriteEntry> e;
+    for (const auto& p : model_->params().all()) e.push_back(io::WriteEntry::f32(p.name, p.tensor));
+    io::save_safetensors(dir + "/model.safetensors", e, {{"format", "pt"}});
+  }
+
+ private:
+  std::string kind_ = "mlp";
+  data::ImageSet train_, test_;
+  std::unique_ptr<nn::MlpClassifier> model_;
+};
+
+class LmTask : public Task {
+ public:
+  LmTask(const PretrainConfig& cfg, Rng& rng) {
+    const DecoderConfig& d = cfg.decoder();
+    data::TokenCorpus all;
+    if (cfg.data().kind() == "text")
+      all = data::load_text({cfg.data().files().begin(), cfg.data().files().end()});
+    else if (cfg.data().kind() == "tokens")
+      all = data::load_token_bins({cfg.data().files().begin(), cfg.data().files().end()},
+                                  cfg.data().token_bytes());
+    else
+      throw Error(str("model 'decoder' trains on data.kind 'text' or 'tokens', got '",
+                      cfg.data().kind(), "'"));
+    if (cfg.data().files().empty()) throw Error("data.files is empty: name the text files or globs");
+    data::split_holdout(all, cfg.data().holdout(), &train_, &test_);
+    if (!d.init_from().empty()) {
+      model_ = io::load_hf_decoder(d.init_from());
+    } else {
+      nn::DecoderSpec s;
+      s.flavor = d.flavor() == "llama" ? nn::Flavor::Llama : nn::Flavor::Gpt2;
+      s.vocab_size = d.vocab_size();
+      s.n_ctx = d.n_ctx();
+      s.d_model = d.d_model();
+      s.n_layer = d.n_layer();
+      s.n_head = d.n_head();
+      s.n_kv_head = d.n_kv_head();
+      s.d_ff = d.d_ff();
+      s.norm_eps = d.norm_eps();
+      s.rope_theta = d.rope_theta();
+      s.tie_embeddings = d.tie_embeddings();
+      model_ = std::make_unique<nn::Decoder>(s, rng);
+    }
+    if (all.vocab > model_->spec().vocab_size)
+      throw Error(str("the corpus uses token ids up to ", all.vocab - 1, " but decoder.vocab_size is ",
+                      model_->spec().vocab_size));
+    T_ = model_->spec().n_ctx;
+    windows_ = std::make_unique<data::LmWindows>(&train_, T_);
+  }
+  const std::string& kind() const override { return kind_; }
+  nn::ParameterSet& params() override { return model_->params(); }
+  int64_t train_examples() const override { return windows_->count(); }
+  double units_per_example() const override { return static_cast<double>(T_); }
+  double flops_per_example() const override { return model_->train_flops_per_token(T_) * T_; }
+
+  Tensor loss(const std::vector<int64_t>& idx, int64_t epoch) override {
+    std::vector<int32_t> ids, tgt;
+    windows_->fill(idx, epoch, &ids, &tgt);
+    return ops::cross_entropy(model_->forward(ids, static_cast<int64_t>(idx.size()), T_), tgt);
+  }
+
+  EvalResult evaluate(int64_t batch, int64_t max_batches) override {
+    EvalResult r;
+    const int64_t n = static_cast<int64_t>(test_.tokens.size());
+    const int64_t T = std::min<int64_t>(T_, n - 1);
+    if (T < 1) throw Error("held-out split is too short to evaluate (raise data.holdout)");
+    const int64_t windows = (n - 1) / T;
+    double loss_sum = 0.0;
+    int64_t tokens = 0;
+    for (int64_t w = 0, b = 0; w < windows && (max_batches <= 0 || b < max_batches); w += batch, ++b) {
+      const int64_t B = std::min(batch, windows - w);
+      std::vector<int32_t> ids(B * T), tgt(B * T);
+      for (int64_t i = 0; i < B; ++i) {
+        const int32_t* src = test_.tokens.data() + (w + i) * T;
+        std::copy(src, src + T, ids.begin() + i * T);
+        std::copy(src + 1, src + T + 1, tgt.begin() + i * T);
+      }
+      float l = ops::cross_entropy(model_->forward(ids, B, T), tgt).item();
+      loss_sum += static_cast<double>(l) * static_cast<double>(B * T);
+      tokens += B * T;
+    }
+    r.count = tokens;
+    r.loss = tokens ? loss_sum / static_cast<double>(tokens) : 0.0;
+    r.bits_per_token = r.loss / std::log(2.0);
+    return r;
+  }
+
+  void export_model(const std::string& dir) const override { io::save_hf_decoder(dir, *model_); }
+
+ private:
+  std::string kind_ = "decoder";
+  data::TokenCorpus train_, test_;
+  std::unique_ptr<nn::Decoder> model_;
+  std::unique_ptr<data::LmWindows> windows_;
+  int64_t T_ = 0;
+};
+
+std::string config_text(const PretrainConfig& c) {
+  std::string s;
+  google::protobuf::TextFormat::PrintToString(c, &s);
+  return s;
+}
+
+}  // namespace
+
+struct Trainer::State {
+  Rng rng;
+  std::unique_ptr<data::Sampler> sampler;
+  std::unique_ptr<optim::Optimizer> opt;
+  optim::Schedule schedule;
+  std::unique_ptr<metrics::JsonlWriter> log;
+};
+
+Trainer::Trainer(const PretrainConfig& cfg, int rank, int world)
+    : cfg_(cfg), rank_(rank), world_(world), st_(std::make_unique<State>()) {
+  set_num_threads(cfg.threads());
+  st_->rng.reseed(cfg.seed());
+  if (cfg.model() == "mlp")
+    task_ = std::make_unique<ClassifierTask>(cfg, st_->rng);
+  else if (cfg.model() == "decoder")
+    task_ = std::make_unique<LmTask>(cfg, st_->rng);
+  else
+    throw Error(str("model '", cfg.model(), "': expected 'mlp' or 'decoder'"));
+
+  st_->sampler = std::make_unique<data::Sampler>(task_->train_examples(), cfg.batch_size(),
+                                                 cfg.seed(), rank, world);
+  const int64_t per_epoch = st_->sampler->batches_per_epoch();
+  total_steps_ = cfg.steps() > 0
+                     ? cfg.steps()
+                     : static_cast<int64_t>(std::ceil(cfg.epochs() * static_cast<double>(per_epoch)));
+  if (total_steps_ <= 0) throw Error("steps and epochs are both 0: nothing to train");
+
+  const OptimConfig& o = cfg.optim();
+  if (o.kind() == "adamw") {
+    optim::AdamWOptions a;
+    a.lr = o.lr();
+    a.beta1 = o.beta1();
+    a.beta2 = o.beta2();
+    a.eps = o.eps();
+    a.weight_decay = o.weight_decay();
+    a.decay_vectors = o.decay_vectors();
+    st_->opt = std::make_unique<optim::AdamW>(task_->params(), a);
+  } else if (o.kind() == "sgd") {
+    optim::SgdOptions s;
+    s.lr = o.lr();
+    s.momentum = o.momentum();
+    s.weight_decay = o.weight_decay();
+    s.decay_vectors = o.decay_vectors();
+    st_->opt = std::make_unique<optim::Sgd>(task_->params(), s);
+  } else {
+    throw Error(str("optim.kind '", o.kind(), "': expected adamw or sgd"));
+  }
+  st_->schedule = {o.lr(), o.warmup_steps(), total_steps_, o.min_lr_ratio(), o.schedule() == "cosine"};
+}
+
+Trainer::~Trainer() = default;
+
+const std::string& Trainer::kind() const { return task_->kind(); }
+nn::ParameterSet& Trainer::params() { return task_->params(); }
+const char* Trainer::unit() const { return task_->kind() == "mlp" ? "samples" : "tok"; }
+
+StepStats Trainer::train_step() {
+  auto t0 = std::chrono::steady_clock::now();
+  std::vector<int64_t> idx = st_->sampler->next();
+  const int64_t epoch = st_->sampler->epoch();
+  nn::ParameterSet& ps = task_->params();
+  ps.zero_grad();
+  StepStats s;
+  {
+    autograd::Tape tape;
+    Tensor loss = task_->loss(idx, epoch);
+    s.loss = loss.item();
+    tape.backward(loss);
+  }
+  if (!std::isfinite(s.loss))
+    throw Error(str("loss is ", s.loss, " at step ", step_, ": training diverged (lower optim.lr?)"));
+  s.grad_norm = optim::clip_grad_norm(ps, cfg_.optim().grad_clip());
+  s.lr = st_->schedule.at(step_);
+  st_->opt->step(s.lr);
+  ++step_;
+  s.step = step_;
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  double units = task_->units_per_example() * static_cast<double>(idx.size());
+  s.units_per_s = secs > 0 ? units / secs : 0.0;
+  if (peak_gflops_ > 0)
+    s.mfu = task_->flops_per_example() * static_cast<double>(idx.size()) / secs / (peak_gflops_ * 1e9);
+  return s;
+}
+
+std::vector<float> Trainer::run(int64_t max_steps, bool progress) {
+  const bool logging = !cfg_.out_dir().empty() && rank_ == 0;
+  if (logging) {
+    fs::create_directories(cfg_.out_dir());
+    if (!st_->log)
+      st_->log = std::make_unique<metrics::JsonlWriter>(cfg_.out_dir() + "/metrics.jsonl", step_ > 0);
+    if (peak_gflops_ == 0.0) peak_gflops_ = kernels::cpu::measure_sgemm_gflops(512, 3);
+  }
+  const int64_t end = max_steps > 0 ? std::min(total_steps_, step_ + max_steps) : total_steps_;
+  std::unique_ptr<metrics::Progress> bar;
+  if (progress) bar = std::make_unique<metrics::Progress>(str("train ", kind()), end);
+  std::vector<float> losses;
+  double units = 0.0, secs = 0.0;
+  float smooth = 0.0f;
+  while (step_ < end) {
+    auto t0 = std::chrono::steady_clock::now();
+    StepStats s = train_step();
+    double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    double u = task_->units_per_example() * cfg_.batch_size() / world_;
+    units += u;
+    secs += dt;
+    losses.push_back(s.loss);
+    smooth = losses.size() == 1 ? s.loss : 0.95f * smooth + 0.05f * s.loss;
+    if (bar)
+      bar->update(step_, u, str("loss ", smooth, " | ", static_cast<int64_t>(bar->rate()), " ", unit(), "/s"));
+    if (st_->log && (step_ % cfg_.log_every() == 0 || step_ == end)) {
+      nlohmann::json row = {{"step", s.step}, {"loss", s.loss}, {"lr", s.lr},
+                            {"grad_norm", s.grad_norm}, {"epoch", st_->sampler->epoch()},
+                            {std::string(unit()) + "_per_s", s.units_per_s}, {"mfu", s.mfu}};
+      st_->log->write(row);
+    }
+    if (logging && cfg_.eval_every() > 0 && step_ % cfg_.eval_every() == 0 && step_ != end) {
+      EvalResult e = evaluate(cfg_.eval_batches());
+      st_->log->write({{"step", step_}, {"eval_loss", e.loss}, {"eval_accuracy", e.accuracy},
+                       {"eval_bits_per_token", e.bits_per_token}});
+    }
+    if (logging && cfg_.checkpoint_every() > 0 && step_ % cfg_.checkpoint_every() == 0)
+      save_checkpoint(cfg_.out_dir() + "/checkpoint.safetensors");
+  }
+  units_per_s_ = secs > 0 ? units / secs : 0.0;
+  if (bar) bar->finish(str("loss ", smooth, " | ", static_cast<int64_t>(units_per_s_), " ", unit(), "/s"));
+  return losses;
+}
+
+EvalResult Trainer::evaluate(int64_t max_batches) {
+  if (max_batches < 0) max_batches = cfg_.eval_batches();
+  return task_->evaluate(cfg_.batch_size(), max_batches);
+}
+
+void Trainer::save_checkpoint(const std::string& path) const {
+  std::vector<io::WriteEntry> e;
+  for (const auto& p : task_->params().all()) e.push_back(io::WriteEntry::f32(p.name, p.tensor));
+  for (const auto& p : st_->opt->state()) e.push_back(io::WriteEntry::f32("optimizer." + p.name, p.tensor));
+  std::map<std::string, std::string> meta = {
+      {"format", "pt"},
+      {"tessera.format", "checkpoint-v1"},
+      {"tessera.kind", task_->kind()},
+      {"tessera.config", config_text(cfg_)},
+      {"tessera.step", std::to_string(step_)},
+      {"tessera.optimizer_steps", std::to_string(st_->opt->steps())},
+      {"tessera.sampler", st_->sampler->state()},
+      {"tessera.rng", st_->rng.state()},
+  };
+  fs::path dir = fs::path(path).parent_path();
+  if (!dir.empty()) fs::create_directories(dir);
+  io::save_safetensors(path, e, meta);
+}
+
+namespace {
+const std::string& meta_at(const io::SafetensorsFile& f, const std::string& key) {
+  auto it = f.metadata().find(key);
+  if (it == f.metadata().end())
+    throw Error(str("'", f.source(), "' is not a tessera checkpoint (metadata lacks '", key, "')"));
+  return it->second;
+}
+int64_t parse_i64(const std::string& s, const std::string& what) {
+  try {
+    size_t pos = 0;
+    int64_t v = std::stoll(s, &pos);
+    if (pos != s.size()) throw std::invalid_argument(s);
+    return v;
+  } catch (const std::exception&) {
+    throw Error(str("checkpoint metadata ", what, " = '", s, "' is not an integer"));
+  }
+}
+}  // namespace
+
+PretrainConfig read_checkpoint_config(const std::string& path) {
+  auto f = io::SafetensorsFile::open(path);
+  PretrainConfig c;
+  if (!google::protobuf::TextFormat::ParseFromString(meta_at(*f, "tessera.config"), &c))
+    throw Error(str("'", path, "': stored config does not parse"));
+  return c;
+}
+
+void Trainer::load_checkpoint(const std::string& path, bool weights_only) {
+  auto f = io::SafetensorsFile::open(path);
+  if (meta_at(*f, "tessera.kind") != task_->kind())
+    throw Error(str("'", path, "' holds a ", meta_at(*f, "tessera.kind"), " model, this run trains a ",
+                    task_->kind()));
+  // Model tensors: every parameter, by name and shape.
+  nn::ParameterSet& ps = task_->params();
+  std::vector<std::string> problems;
+  for (auto& p : ps.all()) {
+    const io::TensorInfo* t = f->find(p.name);
+    if (!t)
+      problems.push_back("missing " + p.name);
+    else if (t->shape != p.tensor.shape())
+      problems.push_back(str(p.name, " is ", shape_str(t->shape), ", model expects ",
+                             shape_str(p.tensor.shape())));
+    else
+      p.tensor.copy_from(f->load_f32(*t));
+  }
+  if (!problems.empty()) {
+    std::string s;
+    for (size_t i = 0; i < problems.size() && i < 8; ++i) s += "\n  " + problems[i];
+    throw Error(str("checkpoint '", path, "' does not fit this model:", s));
+  }
+  if (weights_only) return;
+  for (auto& p : st_->opt->state()) {
+    const io::TensorInfo* t = f->find("optimizer." + p.name);
+    if (!t || t->shape != p.tensor.shape())
+      throw Error(str("checkpoint '", path, "' lacks optimizer state '", p.name,
+                      "' for this optimizer (", cfg_.optim().kind(), ")"));
+    Tensor dst = p.tensor;
+    dst.copy_from(f->load_f32(*t));
+  }
+  step_ = parse_i64(meta_at(*f, "tessera.step"), "tessera.step");
+  st_->opt->set_steps(parse_i64(meta_at(*f, "tessera.optimizer_steps"), "tessera.optimizer_steps"));
+  st_->sampler->set_state(meta_at(*f, "tessera.sampler"));
+  st_->rng.set_state(meta_at(*f, "tessera.rng"));
+}
+
+void Trainer::export_model(const std::string& dir) const { task_->export_model(dir); }
+
+}  // namespace tessera::train

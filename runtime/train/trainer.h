@@ -1,0 +1,78 @@
+// The training loop shared by every training command: builds the model and
+// data a PretrainConfig describes, runs seeded steps (forward under a tape,
+// backward, clipping, scheduled optimizer step), evaluates, logs metrics, and
+// writes checkpoints that resume bit-identically (model, optimizer state,
+// step, data position, RNG).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/nn/parameters.h"
+#include "tessera/config.pb.h"
+
+namespace tessera::train {
+
+struct EvalResult {
+  double loss = 0.0;
+  double accuracy = -1.0;        // classifier
+  double bits_per_token = -1.0;  // LM (bits per byte for byte-level text)
+  int64_t count = 0;             // examples (classifier) or tokens (LM) evaluated
+  std::string summary() const;
+};
+
+struct StepStats {
+  int64_t step = 0;
+  float loss = 0.0f, lr = 0.0f, grad_norm = 0.0f;
+  double units_per_s = 0.0;  // samples/s (classifier) or tokens/s (LM)
+  double mfu = 0.0;          // achieved FLOP/s over the measured sgemm peak
+};
+
+class Task;
+
+class Trainer {
+ public:
+  explicit Trainer(const PretrainConfig& cfg, int rank = 0, int world = 1);
+  ~Trainer();
+
+  const PretrainConfig& config() const { return cfg_; }
+  const std::string& kind() const;  // "mlp" or "decoder"
+  nn::ParameterSet& params();
+  int64_t step() const { return step_; }
+  int64_t total_steps() const { return total_steps_; }
+  const char* unit() const;  // "samples" or "tok"
+
+  // One optimisation step; returns its loss.
+  StepStats train_step();
+  // Trains until total_steps() (or at most max_steps more when > 0), with a
+  // progress line when `progress`, metrics rows every log_every steps, and
+  // checkpoints every checkpoint_every steps into out_dir. Returns the losses.
+  std::vector<float> run(int64_t max_steps = 0, bool progress = false);
+  EvalResult evaluate(int64_t max_batches = -1);
+
+  void save_checkpoint(const std::string& path) const;
+  // Restores a checkpoint; with weights_only the optimizer, step and data
+  // position start fresh.
+  void load_checkpoint(const std::string& path, bool weights_only = false);
+  // Writes the model for other tools: a Hugging Face folder for the decoder,
+  // model.safetensors for the classifier.
+  void export_model(const std::string& dir) const;
+  double mean_units_per_s() const { return units_per_s_; }
+
+ private:
+  PretrainConfig cfg_;
+  int rank_, world_;
+  std::unique_ptr<Task> task_;
+  int64_t step_ = 0, total_steps_ = 0;
+  double units_per_s_ = 0.0;
+  double peak_gflops_ = 0.0;
+  struct State;
+  std::unique_ptr<State> st_;
+};
+
+// The config stored in a checkpoint (text format in its metadata).
+PretrainConfig read_checkpoint_config(const std::string& path);
+
+}  // namespace tessera::train
