@@ -5,7 +5,7 @@ set -euo pipefail
 
 PKGS=(
   cmake g++ make pkg-config
-  libopenblas-dev
+  libopenblas-dev libopenblas-openmp-dev
   libopenmpi-dev openmpi-bin libgloo-dev
   libprotobuf-dev protobuf-compiler
   libgrpc++-dev protobuf-compiler-grpc

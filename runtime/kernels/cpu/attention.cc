@@ -1,6 +1,8 @@
 #include "runtime/kernels/cpu/attention.h"
 
 #include <cmath>
+
+#include "runtime/kernels/cpu/vmath.h"
 #include <vector>
 
 namespace tessera::kernels::cpu {
@@ -28,7 +30,7 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
         }
         float sum = 0.0f;
         for (int64_t j = 0; j <= t; ++j) {
-          p[j] = std::exp(p[j] - mx);
+          p[j] = vexp(p[j] - mx);
           sum += p[j];
         }
         float inv = 1.0f / sum;

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "runtime/kernels/cpu/vmath.h"
+
 namespace tessera::kernels::cpu {
 
 namespace {
@@ -71,21 +73,21 @@ void scale_backward(float* da, const float* dout, float s, int64_t n) {
 }
 
 namespace {
-inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+inline float sigmoid(float x) { return vsigmoid(x); }
 }  // namespace
 
 void act_forward(Act act, float* out, const float* inp, int64_t n) {
   switch (act) {
     case Act::Gelu:
 #pragma omp parallel for simd if (n > kPar) schedule(static)
-      for (int64_t i = 0; i < n; ++i) out[i] = 0.5f * inp[i] * (1.0f + std::erf(inp[i] * kInvSqrt2));
+      for (int64_t i = 0; i < n; ++i) out[i] = 0.5f * inp[i] * (1.0f + verf(inp[i] * kInvSqrt2));
       break;
     case Act::GeluTanh:
 #pragma omp parallel for simd if (n > kPar) schedule(static)
       for (int64_t i = 0; i < n; ++i) {
         float x = inp[i];
         float u = kSqrt2OverPi * (x + 0.044715f * x * x * x);
-        out[i] = 0.5f * x * (1.0f + std::tanh(u));
+        out[i] = 0.5f * x * (1.0f + vtanh(u));
       }
       break;
     case Act::Relu:
@@ -105,8 +107,8 @@ void act_backward(Act act, float* dinp, const float* dout, const float* inp, int
 #pragma omp parallel for simd if (n > kPar) schedule(static)
       for (int64_t i = 0; i < n; ++i) {
         float x = inp[i];
-        float cdf = 0.5f * (1.0f + std::erf(x * kInvSqrt2));
-        float pdf = kInvSqrt2Pi * std::exp(-0.5f * x * x);
+        float cdf = 0.5f * (1.0f + verf(x * kInvSqrt2));
+        float pdf = kInvSqrt2Pi * vexp(-0.5f * x * x);
         dinp[i] += dout[i] * (cdf + x * pdf);
       }
       break;
@@ -115,7 +117,7 @@ void act_backward(Act act, float* dinp, const float* dout, const float* inp, int
       for (int64_t i = 0; i < n; ++i) {
         float x = inp[i];
         float u = kSqrt2OverPi * (x + 0.044715f * x * x * x);
-        float t = std::tanh(u);
+        float t = vtanh(u);
         float du = kSqrt2OverPi * (1.0f + 3.0f * 0.044715f * x * x);
         dinp[i] += dout[i] * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du);
       }

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "runtime/kernels/cpu/vmath.h"
+
 namespace tessera::kernels::cpu {
 
 namespace {
@@ -10,7 +12,7 @@ inline float row_lse(const float* x, int64_t V) {
   for (int64_t j = 0; j < V; ++j) mx = x[j] > mx ? x[j] : mx;
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < V; ++j) sum += std::exp(x[j] - mx);
+  for (int64_t j = 0; j < V; ++j) sum += vexp(x[j] - mx);
   return mx + std::log(sum);
 }
 }  // namespace
@@ -40,7 +42,7 @@ void cross_entropy_backward(float* dlogits, const float* logits, const float* ls
     float* dx = dlogits + i * V;
     const float l = lse[i];
 #pragma omp simd
-    for (int64_t j = 0; j < V; ++j) dx[j] += scale * std::exp(x[j] - l);
+    for (int64_t j = 0; j < V; ++j) dx[j] += scale * vexp(x[j] - l);
     dx[targets[i]] -= scale;
   }
 }
@@ -52,7 +54,7 @@ void softmax_forward(float* out, const float* inp, int64_t N, int64_t V) {
     float l = row_lse(x, V);
     float* o = out + i * V;
 #pragma omp simd
-    for (int64_t j = 0; j < V; ++j) o[j] = std::exp(x[j] - l);
+    for (int64_t j = 0; j < V; ++j) o[j] = vexp(x[j] - l);
   }
 }
 
