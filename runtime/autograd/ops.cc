@@ -127,6 +127,25 @@ Tensor scale(const Tensor& a, float s) {
   return out;
 }
 
+Tensor sum(const Tensor& a) {
+  if (a.device() != Device::CPU) throw Error("op sum has no CUDA kernel yet: keep this model on the CPU");
+  const int64_t n = a.numel();
+  bool rec = should_record({&a});
+  Tensor out = result({1}, Device::CPU, rec);
+  double s = 0.0;
+  const float* p = a.data();
+  for (int64_t i = 0; i < n; ++i) s += p[i];
+  out.data()[0] = static_cast<float>(s);
+  if (rec) {
+    on_backward(out, [a, n](const float* g) mutable {
+      float* d = grad_ptr(a);
+      const float gv = g[0];
+      for (int64_t i = 0; i < n; ++i) d[i] += gv;
+    });
+  }
+  return out;
+}
+
 Tensor activation(const Tensor& x, Act act) {
   const int64_t n = x.numel();
   bool rec = should_record({&x});

@@ -23,6 +23,8 @@ Tensor matmul_nt(const Tensor& x, const Tensor& w);  // linear without bias
 Tensor add(const Tensor& a, const Tensor& b);
 Tensor mul(const Tensor& a, const Tensor& b);
 Tensor scale(const Tensor& a, float s);
+// Sum of all elements → [1].
+Tensor sum(const Tensor& a);
 Tensor activation(const Tensor& x, Act act);
 Tensor swiglu(const Tensor& gate, const Tensor& up);  // silu(gate) * up, fused
 Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <deque>
 #include <unordered_map>
 #include <vector>
 
@@ -24,8 +25,9 @@ class ParameterSet {
   // — the alias is not trained or saved twice.
   void alias(const std::string& name, const std::string& target);
 
-  const std::vector<Parameter>& all() const { return params_; }
-  std::vector<Parameter>& all() { return params_; }
+  // A deque: references returned by add() stay valid as parameters are added.
+  const std::deque<Parameter>& all() const { return params_; }
+  std::deque<Parameter>& all() { return params_; }
   Tensor* find(const std::string& name);
   const Tensor* find(const std::string& name) const;
   Tensor& at(const std::string& name);  // throws Error listing near names
@@ -40,7 +42,7 @@ class ParameterSet {
   void zero_grad();
 
  private:
-  std::vector<Parameter> params_;
+  std::deque<Parameter> params_;
   std::unordered_map<std::string, size_t> index_;
   std::unordered_map<std::string, std::string> aliases_;
 };
