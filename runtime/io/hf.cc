@@ -78,6 +78,9 @@ nn::DecoderSpec read_hf_config(const std::string& dir) {
     s.norm_eps = get_field<float>(j, "layer_norm_epsilon", path, 1e-5f, false);
     s.tie_embeddings = get_field<bool>(j, "tie_word_embeddings", path, true, false);
     std::string act = get_field<std::string>(j, "activation_function", path, "gelu_new", false);
+    if (!get_field<bool>(j, "scale_attn_weights", path, true, false) ||
+        get_field<bool>(j, "scale_attn_by_inverse_layer_idx", path, false, false))
+      throw Error(str("'", path, "': only GPT-2's standard 1/sqrt(head_dim) attention scaling is supported"));
     if (act != "gelu_new" && act != "gelu_pytorch_tanh")
       throw Error(str("'", path, "': activation_function '", act,
                       "' is not supported (tessera's GPT-2 uses gelu_new)"));
@@ -92,6 +95,14 @@ nn::DecoderSpec read_hf_config(const std::string& dir) {
     s.d_ff = get_field<int64_t>(j, "intermediate_size", path, 0, true);
     s.norm_eps = get_field<float>(j, "rms_norm_eps", path, 1e-6f, false);
     s.rope_theta = get_field<float>(j, "rope_theta", path, 10000.0f, false);
+    // transformers >= 5 nests RoPE settings in rope_parameters.
+    if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
+      const json& rp = j["rope_parameters"];
+      std::string type = get_field<std::string>(rp, "rope_type", path + " rope_parameters", "default", false);
+      if (type != "default")
+        throw Error(str("'", path, "': rope_type '", type, "' is not supported yet (only default RoPE)"));
+      s.rope_theta = get_field<float>(rp, "rope_theta", path + " rope_parameters", s.rope_theta, false);
+    }
     s.tie_embeddings = get_field<bool>(j, "tie_word_embeddings", path, false, false);
     if (get_field<bool>(j, "attention_bias", path, false, false) ||
         get_field<bool>(j, "mlp_bias", path, false, false))
