@@ -17,8 +17,15 @@ void Tape::backward(const Tensor& loss) {
     throw Error(str("backward() needs a scalar loss, got shape ", shape_str(loss.shape())));
   if (!loss.requires_grad())
     throw Error("backward(): the loss does not depend on any tensor that requires a gradient");
-  Tensor l = loss;
-  l.ensure_grad().fill_(1.0f);
+  backward(loss, Tensor::full(loss.shape(), 1.0f, loss.device()));
+}
+
+void Tape::backward(const Tensor& out, const Tensor& grad_out) {
+  if (out.shape() != grad_out.shape() || out.device() != grad_out.device())
+    throw Error(str("backward(): gradient ", grad_out.desc(), " does not match output ", out.desc()));
+  if (!out.requires_grad())
+    throw Error("backward(): the output does not depend on any tensor that requires a gradient");
+  out.ensure_grad().copy_from(grad_out);
   // Run in reverse; pop as we go so activations are released early.
   while (!nodes_.empty()) {
     auto fn = std::move(nodes_.back());

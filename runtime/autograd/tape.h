@@ -32,6 +32,8 @@ class Tape {
   // Seeds d(loss)/d(loss) = 1 (loss must have one element), runs every
   // recorded closure in reverse, then forgets them.
   void backward(const Tensor& loss);
+  // Vector-Jacobian product: seeds d(out) = grad_out (same shape and device).
+  void backward(const Tensor& out, const Tensor& grad_out);
   void clear() { nodes_.clear(); }
 
  private:

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 
 #include "runtime/common/error.h"
@@ -84,6 +85,22 @@ TEST(Config, OutOfRangeAndBadChoiceAreNamed) {
 TEST(Config, MissingFileIsNamed) {
   std::string e = error_of([] { resolve_config("/no/such.pbtxt", {}); });
   EXPECT_NE(e.find("/no/such.pbtxt"), std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace tessera::launch
+
+namespace tessera::launch {
+namespace {
+
+TEST(Config, ShippedConfigsResolve) {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(testing::source_dir() + "/configs")) {
+    if (e.path().extension() != ".pbtxt") continue;
+    EXPECT_NO_THROW(resolve_config(e.path().string(), {})) << e.path();
+    ++n;
+  }
+  EXPECT_GE(n, 3);
 }
 
 }  // namespace

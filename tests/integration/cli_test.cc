@@ -1,0 +1,98 @@
+// The tessera binary as a user runs it: pretrain from a config file with
+// overrides, resume, eval, and one clear message (exit 2) for each mistake.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+
+#include "tests/testing.h"
+
+namespace tessera {
+namespace {
+
+struct CliRun {
+  int code;
+  std::string out;
+};
+
+CliRun run(const std::string& args) {
+  std::string cmd = std::string(TESSERA_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
+  int st = pclose(p);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::temp_dir("cli");
+    std::ofstream c(dir_ + "/corpus.txt");
+    for (int i = 0; i < 400; ++i) c << "modular experts share one frozen base. ";
+    std::ofstream(dir_ + "/lm.pbtxt") << "model: \"decoder\"\n"
+                                         "decoder { d_model: 32 n_layer: 1 n_head: 2 n_ctx: 16 }\n"
+                                         "data { kind: \"text\" files: \"" + dir_ + "/corpus.txt\" holdout: 0.2 }\n"
+                                         "batch_size: 4\nsteps: 20\nlog_every: 5\n"
+                                         "optim { warmup_steps: 2 }\n"
+                                         "out_dir: \"" + dir_ + "/run\"\n";
+  }
+  std::string dir_;
+};
+
+TEST_F(Cli, PretrainResumeAndEval) {
+  CliRun a = run("pretrain --quiet --config " + dir_ + "/lm.pbtxt --max-steps 8 threads=1");
+  ASSERT_EQ(a.code, 0) << a.out;
+  EXPECT_NE(a.out.find("8 steps"), std::string::npos) << a.out;
+  CliRun b = run("pretrain --quiet --config " + dir_ + "/lm.pbtxt --resume " + dir_ + "/run/checkpoint.safetensors threads=1");
+  ASSERT_EQ(b.code, 0) << b.out;
+  EXPECT_NE(b.out.find("resumed"), std::string::npos) << b.out;
+  EXPECT_NE(b.out.find("20 steps"), std::string::npos) << b.out;
+  std::ifstream m(dir_ + "/run/metrics.jsonl");
+  std::string line, last;
+  int rows = 0;
+  while (std::getline(m, line)) {
+    ++rows;
+    last = line;
+  }
+  EXPECT_GE(rows, 4);
+  EXPECT_NE(last.find("\"step\":20"), std::string::npos) << last;
+  EXPECT_NE(last.find("tok_per_s"), std::string::npos) << last;
+  CliRun e = run("eval --checkpoint " + dir_ + "/run/checkpoint.safetensors");
+  ASSERT_EQ(e.code, 0) << e.out;
+  EXPECT_NE(e.out.find("bits/token"), std::string::npos) << e.out;
+  // The exported Hugging Face folder evaluates too (same weights, default data overridden).
+  CliRun h = run("eval --checkpoint " + dir_ + "/run/model data.files=" + dir_ + "/corpus.txt data.holdout=0.2");
+  ASSERT_EQ(h.code, 0) << h.out;
+  auto loss_of = [](const std::string& s) { return s.substr(s.find("loss ")); };
+  EXPECT_EQ(loss_of(e.out), loss_of(h.out));
+}
+
+TEST_F(Cli, MistakesGetOneClearMessage) {
+  struct Case {
+    std::string args, needle;
+  };
+  const std::vector<Case> cases = {
+      {"pretrain --config /nonexistent.pbtxt", "/nonexistent.pbtxt"},
+      {"pretrain --config " + dir_ + "/lm.pbtxt optim.lr=-1", "optim.lr"},
+      {"pretrain --config " + dir_ + "/lm.pbtxt optim.lrr=1", "optim.lrr"},
+      {"pretrain --config " + dir_ + "/lm.pbtxt batch_size=four", "batch_size"},
+      {"pretrain --config " + dir_ + "/lm.pbtxt data.files=/nope/*.txt", "/nope/*.txt"},
+      {"pretrain --config " + dir_ + "/lm.pbtxt decoder.n_head=3", "n_head"},
+      {"pretrain --model mlp data.dir=" + dir_, "dataset-fashion-mnist"},
+      {"eval --checkpoint " + dir_ + "/corpus.txt", "corpus.txt"},
+      {"eval --checkpoint " + dir_ + "/missing.safetensors", "does not exist"},
+  };
+  for (const auto& c : cases) {
+    CliRun r = run(c.args);
+    EXPECT_EQ(r.code, 2) << c.args << "\n" << r.out;
+    EXPECT_NE(r.out.find("tessera: error:"), std::string::npos) << c.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.needle), std::string::npos) << c.args << "\n" << r.out;
+  }
+}
+
+}  // namespace
+}  // namespace tessera
