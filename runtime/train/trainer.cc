@@ -313,7 +313,7 @@ std::vector<float> Trainer::run(int64_t max_steps, bool progress) {
     fs::create_directories(cfg_.out_dir());
     if (!st_->log)
       st_->log = std::make_unique<metrics::JsonlWriter>(cfg_.out_dir() + "/metrics.jsonl", step_ > 0);
-    if (peak_gflops_ == 0.0) peak_gflops_ = kernels::cpu::measure_sgemm_gflops(512, 3);
+    peak_gflops();
   }
   const int64_t end = max_steps > 0 ? std::min(total_steps_, step_ + max_steps) : total_steps_;
   std::unique_ptr<metrics::Progress> bar;
@@ -438,6 +438,15 @@ void Trainer::load_checkpoint(const std::string& path, bool weights_only) {
   st_->opt->set_steps(parse_i64(meta_at(*f, "tessera.optimizer_steps"), "tessera.optimizer_steps"));
   st_->sampler->set_state(meta_at(*f, "tessera.sampler"));
   st_->rng.set_state(meta_at(*f, "tessera.rng"));
+}
+
+double Trainer::train_flops_per_unit() const {
+  return task_->flops_per_example() / task_->units_per_example();
+}
+
+double Trainer::peak_gflops() {
+  if (peak_gflops_ == 0.0) peak_gflops_ = kernels::cpu::measure_sgemm_gflops();
+  return peak_gflops_;
 }
 
 void Trainer::export_model(const std::string& dir) const { task_->export_model(dir); }

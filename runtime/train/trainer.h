@@ -60,6 +60,10 @@ class Trainer {
   // model.safetensors for the classifier.
   void export_model(const std::string& dir) const;
   double mean_units_per_s() const { return units_per_s_; }
+  // Training FLOPs of one sample (classifier) or one token (LM).
+  double train_flops_per_unit() const;
+  // The sgemm rate MFU is measured against (GFLOP/s); measured on first use.
+  double peak_gflops();
 
  private:
   PretrainConfig cfg_;

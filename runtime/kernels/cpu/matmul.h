@@ -23,6 +23,6 @@ void linear_backward(float* dinp, float* dweight, float* dbias, const float* dou
 
 // Measured single-precision GEMM rate (GFLOP/s) for an n×n×n product with the
 // current thread setting; the best of `reps` runs after a warm-up.
-double measure_sgemm_gflops(int n = 1024, int reps = 5);
+double measure_sgemm_gflops(int n = 1024, int reps = 7);
 
 }  // namespace tessera::kernels::cpu

@@ -1,0 +1,68 @@
+// Helpers for bench/ programs: JSON lines on stdout, peak RSS, and running a
+// PyTorch peer script (bench/peers/) in the same invocation at each of its
+// thread settings, keeping the best — so ratios hold on a noisy machine.
+#pragma once
+
+#include <sys/resource.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace tessera::bench {
+
+using nlohmann::json;
+
+inline void emit(const json& j) {
+  std::printf("%s\n", j.dump().c_str());
+  std::fflush(stdout);
+}
+
+inline double peak_rss_mb() {
+  struct rusage u {};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;
+}
+
+// Runs `env python script args`, returns the JSON lines it printed.
+inline std::vector<json> run_peer(const std::string& python, const std::string& script,
+                                  const std::string& args, const std::string& env) {
+  std::string cmd = env + " " + python + " " + script + " " + args + " 2>/dev/null";
+  std::vector<json> rows;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return rows;
+  std::array<char, 65536> buf{};
+  while (fgets(buf.data(), static_cast<int>(buf.size()), p)) {
+    try {
+      json j = json::parse(buf.data());
+      if (j.is_object()) rows.push_back(j);
+    } catch (const json::exception&) {
+    }
+  }
+  pclose(p);
+  return rows;
+}
+
+struct ThreadSetting {
+  std::string env;
+  int threads;
+};
+
+// PyTorch's best setting on a small core count is not its default: OpenMP
+// workers spinning beside BLAS threads can cost it 2-4x. Try these.
+inline std::vector<ThreadSetting> peer_settings(int cores) {
+  std::vector<ThreadSetting> s = {{"OMP_WAIT_POLICY=ACTIVE", cores},
+                                  {"OMP_WAIT_POLICY=PASSIVE", cores}};
+  if (cores > 1) s.push_back({"OMP_WAIT_POLICY=PASSIVE", 1});
+  return s;
+}
+
+inline bool peer_available(const std::string& python) {
+  std::string cmd = python + " -c 'import torch' >/dev/null 2>&1";
+  return std::system(cmd.c_str()) == 0;
+}
+
+}  // namespace tessera::bench
