@@ -1,4 +1,5 @@
-// MLP 784-512-512-10 (GELU) on Fashion-MNIST, AdamW lr 1e-3, batch 128:
+// MLP 784-512-512-10 (GELU) on Fashion-MNIST, AdamW lr 1e-3 (cosine decay to 0
+// over the run by default), batch 128:
 // tessera's training throughput and test accuracy after each listed epoch,
 // next to the PyTorch peer (bench/peers/torch_mlp.py) at its best thread
 // setting, in one invocation. One JSON line per figure.
@@ -22,6 +23,7 @@ int main(int argc, char** argv) {
   int threads = 2;
   double select_seconds = 12;
   bool no_peer = false;
+  std::string schedule = "cosine";
   app.add_option("--epochs", epochs, "Evaluate after these epochs (comma-separated)")->capture_default_str();
   app.add_option("--threads", threads, "Threads for tessera and the peer")->capture_default_str();
   app.add_option("--peer-python", python, "Python with PyPI's torch for the peer")->capture_default_str();
@@ -29,6 +31,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--data-dir", data_dir)->capture_default_str();
   app.add_flag("--no-peer", no_peer, "Skip the PyTorch peer");
+  app.add_option("--schedule", schedule, "cosine (decay to 0 over all epochs) or constant")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   std::vector<int> points;
@@ -42,7 +45,7 @@ int main(int argc, char** argv) {
   try {
     PretrainConfig cfg = launch::resolve_config(
         "", {"epochs=" + std::to_string(points.back()), "threads=" + std::to_string(threads), "out_dir=",
-             "data.dir=" + data_dir},
+             "data.dir=" + data_dir, "optim.schedule=" + schedule, "optim.min_lr_ratio=0"},
         "mlp");
     train::Trainer t(cfg);
     const double peak = t.peak_gflops();
@@ -91,7 +94,7 @@ int main(int argc, char** argv) {
     }
     auto rows = bench::run_peer(python, peer_script,
                                 "--epochs " + epochs + " --threads " + std::to_string(best.threads) +
-                                    " --data-dir " + data_dir,
+                                    " --data-dir " + data_dir + " --schedule " + schedule,
                                 best.env);
     for (auto& r : rows) {
       r["bench"] = "mlp";

@@ -41,6 +41,8 @@ PretrainConfig default_config(const std::string& model) {
     c.mutable_data()->set_token_bytes(2);
     o->set_lr(1e-3f);
     o->set_weight_decay(0.01f);
+    o->set_schedule("cosine");  // decays to 0 over the run: ~1 point of accuracy over constant
+    o->set_min_lr_ratio(0.0f);
     c.set_batch_size(128);
     c.set_epochs(5);
     c.set_out_dir("runs/mlp");

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """PyTorch peer for bench/mlp_bench: the same MLP (784-512-512-10, GELU), the
 same data (Fashion-MNIST IDX from dataset-fashion-mnist, standardised with
-mean 0.2860 / std 0.3530), AdamW lr 1e-3 (torch defaults otherwise), batch 128,
-seeded shuffling. Prints one JSON line per evaluation point.
+mean 0.2860 / std 0.3530), AdamW lr 1e-3 (torch defaults otherwise) with cosine decay to 0 over the run
+(per batch, as tessera's schedule), batch 128, seeded shuffling. Prints one JSON line per evaluation point.
 
 Run from a virtualenv with PyPI's torch; tessera never depends on it.
 """
-import argparse, gzip, json, os, struct, sys, time, resource
+import argparse, gzip, json, math, os, struct, sys, time, resource
 
 import numpy as np
 import torch
@@ -41,6 +41,8 @@ def main():
     ap.add_argument("--limit-train", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=0, help="stop training after this long")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--schedule", choices=["constant", "cosine"], default="cosine",
+                    help="cosine: lr decays to 0 over all epochs, stepped per batch (as tessera's)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -52,6 +54,10 @@ def main():
     points = sorted(int(e) for e in a.epochs.split(","))
     g = torch.Generator().manual_seed(a.seed)
     n = xtr.shape[0]
+    total = points[-1] * (n // a.batch)
+    sched = None
+    if a.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     train_time, seen = 0.0, 0
     for epoch in range(1, points[-1] + 1):
         perm = torch.randperm(n, generator=g)
@@ -63,6 +69,8 @@ def main():
             loss = lossf(model(xtr[idx]), ytr[idx])
             loss.backward()
             opt.step()
+            if sched:
+                sched.step()
             seen += a.batch
             if a.max_seconds and train_time + time.perf_counter() - t0 > a.max_seconds:
                 break

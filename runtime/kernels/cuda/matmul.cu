@@ -5,6 +5,7 @@
 
 #include "runtime/common/error.h"
 #include "runtime/kernels/cuda/kernels.h"
+#include "runtime/kernels/linear_gemm.h"
 
 namespace tessera::kernels::cuda {
 
@@ -51,26 +52,12 @@ void linear_forward(float* out, const float* inp, const float* weight, const flo
     bias_rows<<<static_cast<unsigned>((n + 255) / 256), 256>>>(out, bias, N, OC);
     beta = 1.0f;
   }
-  if (w_in_out)
-    gemm(false, false, N, OC, C, 1.0f, inp, C, weight, OC, beta, out, OC);
-  else
-    gemm(false, true, N, OC, C, 1.0f, inp, C, weight, C, beta, out, OC);
+  linear_gemm_forward(gemm, out, inp, weight, beta, N, C, OC, w_in_out);
 }
 
 void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                      const float* weight, int64_t N, int64_t C, int64_t OC, bool w_in_out) {
-  if (dinp) {
-    if (w_in_out)
-      gemm(false, true, N, C, OC, 1.0f, dout, OC, weight, OC, 1.0f, dinp, C);
-    else
-      gemm(false, false, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dinp, C);
-  }
-  if (dweight) {
-    if (w_in_out)
-      gemm(true, false, C, OC, N, 1.0f, inp, C, dout, OC, 1.0f, dweight, OC);
-    else
-      gemm(true, false, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
-  }
+  linear_gemm_backward(gemm, dinp, dweight, dout, inp, weight, N, C, OC, w_in_out);
   if (dbias) column_sums<<<static_cast<unsigned>((OC + 255) / 256), 256>>>(dbias, dout, N, OC);
 }
 
