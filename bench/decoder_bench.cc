@@ -23,21 +23,27 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps, "Timed training steps")->capture_default_str();
   app.add_option("--warmup", warmup, "Untimed steps first")->capture_default_str();
   app.add_option("--threads", threads)->capture_default_str();
-  app.add_option("--flavor", flavor, "gpt2 or llama (the peer is GPT-2 only)")->capture_default_str();
-  app.add_option("--peer-python", python, "Python with PyPI's torch for the peer")->capture_default_str();
+  app.add_option("--flavor", flavor, "gpt2 or llama (the peer is GPT-2 only)")
+      ->capture_default_str();
+  app.add_option("--peer-python", python, "Python with PyPI's torch for the peer")
+      ->capture_default_str();
   app.add_flag("--no-peer", no_peer);
   CLI11_PARSE(app, argc, argv);
   const std::string peer_script = std::string(TESSERA_SOURCE_DIR) + "/bench/peers/torch_decoder.py";
   try {
     PretrainConfig cfg = launch::resolve_config(
-        "", {"decoder.flavor=" + flavor, "threads=" + std::to_string(threads), "out_dir=", "batch_size=16",
-             "steps=" + std::to_string(warmup + steps), "optim.warmup_steps=0", "optim.lr=1e-3",
-             "eval_batches=" + std::to_string(steps)},
+        "",
+        {"decoder.flavor=" + flavor, "threads=" + std::to_string(threads),
+         "out_dir=", "batch_size=16", "steps=" + std::to_string(warmup + steps),
+         "optim.warmup_steps=0", "optim.lr=1e-3", "eval_batches=" + std::to_string(steps)},
         "decoder");
     train::Trainer t(cfg);
     const double peak = t.peak_gflops();
     const double tokens_per_step = 16.0 * cfg.decoder().n_ctx();
-    bench::emit({{"bench", "decoder"}, {"impl", "tessera"}, {"figure", "sgemm_peak_gflops"}, {"value", peak},
+    bench::emit({{"bench", "decoder"},
+                 {"impl", "tessera"},
+                 {"figure", "sgemm_peak_gflops"},
+                 {"value", peak},
                  {"threads", threads}});
     t.run(warmup);
     auto t0 = std::chrono::steady_clock::now();
@@ -50,10 +56,16 @@ int main(int argc, char** argv) {
     double fsecs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double fwd_tps = static_cast<double>(e.count) / fsecs;
     const double mfu = train_tps * t.train_flops_per_unit() / (peak * 1e9);
-    bench::emit({{"bench", "decoder"}, {"impl", "tessera"}, {"flavor", flavor}, {"threads", threads},
-                 {"params", t.params().count()}, {"train_tokens_per_s", train_tps},
-                 {"forward_tokens_per_s", fwd_tps}, {"mfu", mfu},
-                 {"train_flops_per_token", t.train_flops_per_unit()}, {"final_loss", losses.back()},
+    bench::emit({{"bench", "decoder"},
+                 {"impl", "tessera"},
+                 {"flavor", flavor},
+                 {"threads", threads},
+                 {"params", t.params().count()},
+                 {"train_tokens_per_s", train_tps},
+                 {"forward_tokens_per_s", fwd_tps},
+                 {"mfu", mfu},
+                 {"train_flops_per_token", t.train_flops_per_unit()},
+                 {"final_loss", losses.back()},
                  {"peak_rss_mb", bench::peak_rss_mb()}});
     if (no_peer || flavor != "gpt2") return 0;
     if (!bench::peer_available(python)) {
@@ -62,23 +74,29 @@ int main(int argc, char** argv) {
     }
     nlohmann::json best;
     for (const auto& s : bench::peer_settings(threads)) {
-      auto rows = bench::run_peer(python, peer_script,
-                                  "--steps " + std::to_string(steps) + " --warmup " + std::to_string(warmup) +
-                                      " --threads " + std::to_string(s.threads),
-                                  s.env);
+      auto rows =
+          bench::run_peer(python, peer_script,
+                          "--steps " + std::to_string(steps) + " --warmup " +
+                              std::to_string(warmup) + " --threads " + std::to_string(s.threads),
+                          s.env);
       if (rows.empty()) continue;
       nlohmann::json r = rows.back();
       r["bench"] = "decoder";
       r["env"] = s.env;
       r["mfu"] = r.value("train_tokens_per_s", 0.0) * t.train_flops_per_unit() / (peak * 1e9);
       bench::emit(r);
-      if (best.is_null() || r.value("train_tokens_per_s", 0.0) > best.value("train_tokens_per_s", 0.0)) best = r;
+      if (best.is_null() ||
+          r.value("train_tokens_per_s", 0.0) > best.value("train_tokens_per_s", 0.0))
+        best = r;
     }
     if (!best.is_null()) {
-      bench::emit({{"bench", "decoder"}, {"figure", "train_ratio_tessera_over_pytorch_best"},
-                   {"value", train_tps / best.value("train_tokens_per_s", 1.0)}, {"pytorch_env", best["env"]},
+      bench::emit({{"bench", "decoder"},
+                   {"figure", "train_ratio_tessera_over_pytorch_best"},
+                   {"value", train_tps / best.value("train_tokens_per_s", 1.0)},
+                   {"pytorch_env", best["env"]},
                    {"pytorch_threads", best["threads"]}});
-      bench::emit({{"bench", "decoder"}, {"figure", "forward_ratio_tessera_over_pytorch_best"},
+      bench::emit({{"bench", "decoder"},
+                   {"figure", "forward_ratio_tessera_over_pytorch_best"},
                    {"value", fwd_tps / best.value("forward_tokens_per_s", 1.0)}});
     }
   } catch (const std::exception& e) {

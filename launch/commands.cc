@@ -36,8 +36,8 @@ std::string eval_text(const train::EvalResult& e) {
     std::snprintf(buf, sizeof buf, "accuracy %.2f%% (loss %.4f, %ld examples)", e.accuracy * 100.0,
                   e.loss, static_cast<long>(e.count));
   else
-    std::snprintf(buf, sizeof buf, "loss %.4f, %.3f bits/token (%ld tokens)", e.loss, e.bits_per_token,
-                  static_cast<long>(e.count));
+    std::snprintf(buf, sizeof buf, "loss %.4f, %.3f bits/token (%ld tokens)", e.loss,
+                  e.bits_per_token, static_cast<long>(e.count));
   return buf;
 }
 
@@ -93,11 +93,13 @@ int run_eval(const EvalOptions& o) {
   bool hf_folder = fs::is_directory(o.checkpoint);
   if (hf_folder) {
     if (!fs::exists(o.checkpoint + "/config.json"))
-      throw Error(str("'", o.checkpoint, "' is a folder without config.json: not a Hugging Face checkpoint"));
+      throw Error(str("'", o.checkpoint,
+                      "' is a folder without config.json: not a Hugging Face checkpoint"));
     cfg = default_config("decoder");
     cfg.mutable_decoder()->set_init_from(o.checkpoint);
   } else {
-    if (!fs::exists(o.checkpoint)) throw Error(str("checkpoint '", o.checkpoint, "' does not exist"));
+    if (!fs::exists(o.checkpoint))
+      throw Error(str("checkpoint '", o.checkpoint, "' does not exist"));
     cfg = train::read_checkpoint_config(o.checkpoint);
   }
   apply_overrides(&cfg, o.overrides);
@@ -140,8 +142,8 @@ int run_demo(const DemoOptions& o) {
     d->set_d_model(64);
     d->set_n_ctx(32);
   } else {
-    lm.set_steps(300);
-    lm.mutable_optim()->set_warmup_steps(30);
+    lm.set_steps(180);  // about 3 minutes on 2 cores
+    lm.mutable_optim()->set_warmup_steps(20);
     lm.mutable_optim()->set_lr(2e-3f);
   }
   validate_config(lm);
@@ -156,7 +158,8 @@ int run_demo(const DemoOptions& o) {
   for (const auto& r : rows) std::printf("  %s\n", r.checkpoint.c_str());
   std::printf("Hugging Face folders (config.json + model.safetensors): %s/decoder/model\n",
               o.out_dir.c_str());
-  std::printf("evaluate again with: tessera eval --checkpoint %s\n", rows.back().checkpoint.c_str());
+  std::printf("evaluate again with: tessera eval --checkpoint %s\n",
+              rows.back().checkpoint.c_str());
   return 0;
 }
 

@@ -102,7 +102,8 @@ void clear_overridden_repeated(pb::Message* base, const pb::Message& over) {
     if (f->is_repeated())
       base->GetReflection()->ClearField(base, f);
     else if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE)
-      clear_overridden_repeated(base->GetReflection()->MutableMessage(base, f), r->GetMessage(over, f));
+      clear_overridden_repeated(base->GetReflection()->MutableMessage(base, f),
+                                r->GetMessage(over, f));
   }
 }
 
@@ -110,13 +111,20 @@ double numeric_value(const pb::Message& m, const pb::FieldDescriptor* f, int ind
   const pb::Reflection* r = m.GetReflection();
   bool rep = index >= 0;
   switch (f->cpp_type()) {
-    case pb::FieldDescriptor::CPPTYPE_INT32: return rep ? r->GetRepeatedInt32(m, f, index) : r->GetInt32(m, f);
-    case pb::FieldDescriptor::CPPTYPE_INT64: return static_cast<double>(rep ? r->GetRepeatedInt64(m, f, index) : r->GetInt64(m, f));
-    case pb::FieldDescriptor::CPPTYPE_UINT32: return rep ? r->GetRepeatedUInt32(m, f, index) : r->GetUInt32(m, f);
-    case pb::FieldDescriptor::CPPTYPE_UINT64: return static_cast<double>(rep ? r->GetRepeatedUInt64(m, f, index) : r->GetUInt64(m, f));
-    case pb::FieldDescriptor::CPPTYPE_FLOAT: return rep ? r->GetRepeatedFloat(m, f, index) : r->GetFloat(m, f);
-    case pb::FieldDescriptor::CPPTYPE_DOUBLE: return rep ? r->GetRepeatedDouble(m, f, index) : r->GetDouble(m, f);
-    default: return 0.0;
+    case pb::FieldDescriptor::CPPTYPE_INT32:
+      return rep ? r->GetRepeatedInt32(m, f, index) : r->GetInt32(m, f);
+    case pb::FieldDescriptor::CPPTYPE_INT64:
+      return static_cast<double>(rep ? r->GetRepeatedInt64(m, f, index) : r->GetInt64(m, f));
+    case pb::FieldDescriptor::CPPTYPE_UINT32:
+      return rep ? r->GetRepeatedUInt32(m, f, index) : r->GetUInt32(m, f);
+    case pb::FieldDescriptor::CPPTYPE_UINT64:
+      return static_cast<double>(rep ? r->GetRepeatedUInt64(m, f, index) : r->GetUInt64(m, f));
+    case pb::FieldDescriptor::CPPTYPE_FLOAT:
+      return rep ? r->GetRepeatedFloat(m, f, index) : r->GetFloat(m, f);
+    case pb::FieldDescriptor::CPPTYPE_DOUBLE:
+      return rep ? r->GetRepeatedDouble(m, f, index) : r->GetDouble(m, f);
+    default:
+      return 0.0;
   }
 }
 
@@ -152,15 +160,19 @@ void validate_message(const pb::Message& m, const std::string& prefix) {
         }
         continue;
       }
-      if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_BOOL || f->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM)
+      if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_BOOL ||
+          f->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM)
         continue;
       double v = numeric_value(m, f, idx);
       if (o.HasExtension(tessera::min) && v < o.GetExtension(tessera::min))
-        throw Error(str("config field ", where, " = ", v, " is below its minimum ", o.GetExtension(tessera::min)));
+        throw Error(str("config field ", where, " = ", v, " is below its minimum ",
+                        o.GetExtension(tessera::min)));
       if (o.HasExtension(tessera::max) && v > o.GetExtension(tessera::max))
-        throw Error(str("config field ", where, " = ", v, " is above its maximum ", o.GetExtension(tessera::max)));
+        throw Error(str("config field ", where, " = ", v, " is above its maximum ",
+                        o.GetExtension(tessera::max)));
       if (o.HasExtension(tessera::gt) && !(v > o.GetExtension(tessera::gt)))
-        throw Error(str("config field ", where, " = ", v, " must be greater than ", o.GetExtension(tessera::gt)));
+        throw Error(str("config field ", where, " = ", v, " must be greater than ",
+                        o.GetExtension(tessera::gt)));
     }
   }
 }
@@ -204,7 +216,8 @@ void apply_overrides(PretrainConfig* cfg, const std::vector<std::string>& overri
         std::string known;
         for (int k = 0; k < m->GetDescriptor()->field_count(); ++k)
           known += (k ? ", " : "") + m->GetDescriptor()->field(k)->name();
-        throw Error(str("override '", ov, "': unknown config field '", walked, "' (fields here: ", known, ")"));
+        throw Error(str("override '", ov, "': unknown config field '", walked,
+                        "' (fields here: ", known, ")"));
       }
       if (i + 1 < parts.size()) {
         if (f->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE || f->is_repeated())
@@ -235,13 +248,15 @@ void apply_overrides(PretrainConfig* cfg, const std::vector<std::string>& overri
     Collector errors("override");
     p.RecordErrorsTo(&errors);
     if (!p.ParseFromString(text, tmp.get()))
-      throw Error(str("override '", ov, "': value '", value, "' does not fit field '", key, "' of type ",
-                      f->type_name()));
+      throw Error(str("override '", ov, "': value '", value, "' does not fit field '", key,
+                      "' of type ", f->type_name()));
     m->MergeFrom(*tmp);
   }
 }
 
-void validate_config(const PretrainConfig& cfg) { validate_message(cfg, ""); }
+void validate_config(const PretrainConfig& cfg) {
+  validate_message(cfg, "");
+}
 
 PretrainConfig resolve_config(const std::string& path, const std::vector<std::string>& overrides,
                               const std::string& model_if_no_file) {

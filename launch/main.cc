@@ -17,25 +17,34 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("tessera ") + TESSERA_VERSION);
 
   tessera::launch::DemoOptions demo;
-  auto* c_demo = app.add_subcommand("demo", "Pretrain the demo base models (Fashion-MNIST MLP and a byte-level LM), evaluate and save them");
+  auto* c_demo = app.add_subcommand("demo",
+                                    "Pretrain the demo base models (Fashion-MNIST MLP and a "
+                                    "byte-level LM), evaluate and save them");
   c_demo->add_option("--out", demo.out_dir, "Run folder")->capture_default_str();
   c_demo->add_flag("--quick", demo.quick, "A few steps of each model (smoke test)");
-  c_demo->add_option("--threads", demo.threads, "Threads (0: cores available)")->capture_default_str();
+  c_demo->add_option("--threads", demo.threads, "Threads (0: cores available)")
+      ->capture_default_str();
   c_demo->add_option("--data-dir", demo.data_dir, "Fashion-MNIST folder")->capture_default_str();
 
   tessera::launch::PretrainOptions pre;
-  auto* c_pre = app.add_subcommand("pretrain", "Train a base model from a config (protobuf text format)");
+  auto* c_pre =
+      app.add_subcommand("pretrain", "Train a base model from a config (protobuf text format)");
   c_pre->add_option("--config", pre.config, "Config file (.pbtxt); see configs/");
   c_pre->add_option("--model", pre.model, "mlp or decoder, when no config file names it");
   c_pre->add_option("--resume", pre.resume, "Checkpoint to resume from");
-  c_pre->add_option("--max-steps", pre.max_steps, "Stop after this many steps of this invocation (0: run to the end)");
+  c_pre->add_option("--max-steps", pre.max_steps,
+                    "Stop after this many steps of this invocation (0: run to the end)");
   c_pre->add_flag("--quiet", pre.quiet, "No progress line");
   c_pre->add_option("overrides", pre.overrides, "key=value config overrides, e.g. optim.lr=3e-4");
 
   tessera::launch::EvalOptions ev;
   auto* c_eval = app.add_subcommand("eval", "Evaluate a checkpoint on its test split");
-  c_eval->add_option("--checkpoint", ev.checkpoint, "tessera checkpoint (.safetensors) or Hugging Face folder")->required();
-  c_eval->add_option("--max-batches", ev.max_batches, "Evaluate at most this many batches (0: all)");
+  c_eval
+      ->add_option("--checkpoint", ev.checkpoint,
+                   "tessera checkpoint (.safetensors) or Hugging Face folder")
+      ->required();
+  c_eval->add_option("--max-batches", ev.max_batches,
+                     "Evaluate at most this many batches (0: all)");
   c_eval->add_option("overrides", ev.overrides, "key=value config overrides, e.g. data.dir=/path");
 
   try {

@@ -4,8 +4,8 @@
 
 #include <gtest/gtest.h>
 
-#include <cmath>
 #include <unistd.h>
+#include <cmath>
 
 #include <filesystem>
 #include <functional>
@@ -92,6 +92,8 @@ inline std::string temp_dir(const std::string& name) {
   return p.string();
 }
 
-inline std::string source_dir() { return TESSERA_SOURCE_DIR; }
+inline std::string source_dir() {
+  return TESSERA_SOURCE_DIR;
+}
 
 }  // namespace tessera::testing

@@ -11,7 +11,9 @@ using autograd::Tape;
 
 namespace {
 
-float* grad_ptr(const Tensor& t) { return t.requires_grad() ? t.ensure_grad().data() : nullptr; }
+float* grad_ptr(const Tensor& t) {
+  return t.requires_grad() ? t.ensure_grad().data() : nullptr;
+}
 
 void same_device(const char* op, std::initializer_list<const Tensor*> ts) {
   Device d = Device::CPU;
@@ -54,8 +56,8 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, bool w_in_out) 
   const int64_t outf = w_in_out ? w.size(1) : w.size(0);
   if (x.ndim() < 1 || x.size(-1) != in)
     throw Error(str("linear: input ", shape_str(x.shape()), " does not end in ", in,
-                    " features (weight ", shape_str(w.shape()), w_in_out ? " [in,out]" : " [out,in]",
-                    ")"));
+                    " features (weight ", shape_str(w.shape()),
+                    w_in_out ? " [in,out]" : " [out,in]", ")"));
   if (b.defined() && (b.ndim() != 1 || b.size(0) != outf))
     throw Error(str("linear: bias ", shape_str(b.shape()), " does not match ", outf, " outputs"));
   same_device("linear", {&x, &w, &b});
@@ -76,7 +78,9 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, bool w_in_out) 
   return out;
 }
 
-Tensor matmul_nt(const Tensor& x, const Tensor& w) { return linear(x, w, Tensor()); }
+Tensor matmul_nt(const Tensor& x, const Tensor& w) {
+  return linear(x, w, Tensor());
+}
 
 Tensor add(const Tensor& a, const Tensor& b) {
   const Shape& as = a.shape();
@@ -99,7 +103,8 @@ Tensor add(const Tensor& a, const Tensor& b) {
 
 Tensor mul(const Tensor& a, const Tensor& b) {
   if (a.shape() != b.shape())
-    throw Error(str("mul: shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()), " differ"));
+    throw Error(
+        str("mul: shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()), " differ"));
   same_device("mul", {&a, &b});
   const int64_t n = a.numel();
   bool rec = should_record({&a, &b});
@@ -128,7 +133,8 @@ Tensor scale(const Tensor& a, float s) {
 }
 
 Tensor sum(const Tensor& a) {
-  if (a.device() != Device::CPU) throw Error("op sum has no CUDA kernel yet: keep this model on the CPU");
+  if (a.device() != Device::CPU)
+    throw Error("op sum has no CUDA kernel yet: keep this model on the CPU");
   const int64_t n = a.numel();
   bool rec = should_record({&a});
   Tensor out = result({1}, Device::CPU, rec);
@@ -170,8 +176,8 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
   TESSERA_DISPATCH(gate.device(), swiglu_forward, out.data(), gate.data(), up.data(), n);
   if (rec) {
     on_backward(out, [gate, up, n](const float* g) mutable {
-      TESSERA_DISPATCH(gate.device(), swiglu_backward, grad_ptr(gate), grad_ptr(up), g,
-                       gate.data(), up.data(), n);
+      TESSERA_DISPATCH(gate.device(), swiglu_backward, grad_ptr(gate), grad_ptr(up), g, gate.data(),
+                       up.data(), n);
     });
   }
   return out;
@@ -213,8 +219,8 @@ Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps) {
                             w.data(), N, C, eps);
   if (rec) {
     on_backward(out, [x, w, rstd, N, C](const float* g) mutable {
-      TESSERA_DISPATCH_CPU_ONLY(x.device(), rmsnorm_backward, grad_ptr(x), grad_ptr(w), g,
-                                x.data(), w.data(), rstd.data(), N, C);
+      TESSERA_DISPATCH_CPU_ONLY(x.device(), rmsnorm_backward, grad_ptr(x), grad_ptr(w), g, x.data(),
+                                w.data(), rstd.data(), N, C);
     });
   }
   return out;
@@ -239,12 +245,12 @@ Tensor embedding(const std::vector<int32_t>& ids, const Tensor& table) {
   const int64_t V = table.size(0), C = table.size(1), N = static_cast<int64_t>(ids.size());
   for (int64_t i = 0; i < N; ++i)
     if (ids[i] < 0 || ids[i] >= V)
-      throw Error(str("embedding: id ", ids[i], " at position ", i, " is outside the vocabulary [0, ",
-                      V, ")"));
+      throw Error(str("embedding: id ", ids[i], " at position ", i,
+                      " is outside the vocabulary [0, ", V, ")"));
   bool rec = should_record({&table});
   Tensor out = result({N, C}, table.device(), rec);
-  TESSERA_DISPATCH_CPU_ONLY(table.device(), embedding_forward, out.data(), ids.data(),
-                            table.data(), N, C);
+  TESSERA_DISPATCH_CPU_ONLY(table.device(), embedding_forward, out.data(), ids.data(), table.data(),
+                            N, C);
   if (rec) {
     on_backward(out, [ids, table, N, C](const float* g) mutable {
       TESSERA_DISPATCH_CPU_ONLY(table.device(), embedding_backward, grad_ptr(table), ids.data(), g,
@@ -262,8 +268,8 @@ struct AttnView {
   int64_t ld;   // row stride
 };
 
-Tensor attention_impl(const AttnView& q, const AttnView& k, const AttnView& v, int64_t B,
-                      int64_t T, int64_t Hq, int64_t Hkv, int64_t D) {
+Tensor attention_impl(const AttnView& q, const AttnView& k, const AttnView& v, int64_t B, int64_t T,
+                      int64_t Hq, int64_t Hkv, int64_t D) {
   kernels::cpu::AttnDims dims{B, T, Hq, Hkv, D, q.ld, k.ld, v.ld, Hq * D};
   bool rec = should_record({&q.t, &k.t, &v.t});
   Tensor out = result({B * T, Hq * D}, q.t.device(), rec);
@@ -295,8 +301,8 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, i
                  int64_t Hq, int64_t Hkv) {
   check_heads("attention", Hq, Hkv);
   if (q.ndim() != 2 || q.size(0) != B * T || q.size(1) % Hq != 0)
-    throw Error(str("attention: q ", shape_str(q.shape()), " is not [B*T=", B * T, ", Hq*D] with Hq=",
-                    Hq));
+    throw Error(
+        str("attention: q ", shape_str(q.shape()), " is not [B*T=", B * T, ", Hq*D] with Hq=", Hq));
   const int64_t D = q.size(1) / Hq;
   Shape kv{B * T, Hkv * D};
   if (k.shape() != kv || v.shape() != kv)
@@ -313,14 +319,14 @@ Tensor attention_packed(const Tensor& qkv, int64_t B, int64_t T, int64_t Hq, int
     throw Error(str("attention_packed: qkv ", shape_str(qkv.shape()), " is not [B*T=", B * T,
                     ", (Hq+2*Hkv)*D]"));
   const int64_t D = W / (Hq + 2 * Hkv);
-  return attention_impl({qkv, 0, W}, {qkv, Hq * D, W}, {qkv, (Hq + Hkv) * D, W}, B, T, Hq, Hkv,
-                        D);
+  return attention_impl({qkv, 0, W}, {qkv, Hq * D, W}, {qkv, (Hq + Hkv) * D, W}, B, T, Hq, Hkv, D);
 }
 
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B, int64_t T,
             int64_t H) {
   if (x.ndim() != 2 || x.size(0) != B * T || x.size(1) % H != 0 || (x.size(1) / H) % 2 != 0)
-    throw Error(str("rope: x ", shape_str(x.shape()), " is not [B*T=", B * T, ", H*D] with even D"));
+    throw Error(
+        str("rope: x ", shape_str(x.shape()), " is not [B*T=", B * T, ", H*D] with even D"));
   const int64_t D = x.size(1) / H;
   if (cos.numel() < T * D / 2 || sin.numel() < T * D / 2)
     throw Error(str("rope: tables hold ", cos.numel(), " values, need T*D/2 = ", T * D / 2));
@@ -354,8 +360,8 @@ Tensor cross_entropy(const Tensor& logits, const std::vector<int32_t>& targets) 
   double total = 0.0;
   if (logits.device() != Device::CPU)
     throw Error("op cross_entropy has no CUDA kernel yet: keep this model on the CPU");
-  total = kernels::cpu::cross_entropy_forward(lse.data(), logits.data(), targets.data(), N, V,
-                                              &count);
+  total =
+      kernels::cpu::cross_entropy_forward(lse.data(), logits.data(), targets.data(), N, V, &count);
   out.data()[0] = count > 0 ? static_cast<float>(total / static_cast<double>(count)) : 0.0f;
   if (rec && count > 0) {
     on_backward(out, [logits, targets, lse, N, V, count](const float* g) mutable {

@@ -40,8 +40,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, i
 // qkv [B*T, (Hq + 2*Hkv)*D] (GPT-2's c_attn output).
 Tensor attention_packed(const Tensor& qkv, int64_t B, int64_t T, int64_t Hq, int64_t Hkv);
 // Rotary embedding of x [B*T, H*D] with tables cos/sin [T, D/2].
-Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B, int64_t T,
-            int64_t H);
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B, int64_t T, int64_t H);
 // Mean softmax cross-entropy of logits [N, V] against targets (-1 = ignore) → [1].
 Tensor cross_entropy(const Tensor& logits, const std::vector<int32_t>& targets);
 

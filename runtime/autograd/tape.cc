@@ -8,9 +8,15 @@ namespace {
 thread_local Tape* t_current = nullptr;
 }
 
-Tape::Tape() : prev_(t_current) { t_current = this; }
-Tape::~Tape() { t_current = prev_; }
-Tape* Tape::current() { return t_current; }
+Tape::Tape() : prev_(t_current) {
+  t_current = this;
+}
+Tape::~Tape() {
+  t_current = prev_;
+}
+Tape* Tape::current() {
+  return t_current;
+}
 
 void Tape::backward(const Tensor& loss) {
   if (loss.numel() != 1)
@@ -22,7 +28,8 @@ void Tape::backward(const Tensor& loss) {
 
 void Tape::backward(const Tensor& out, const Tensor& grad_out) {
   if (out.shape() != grad_out.shape() || out.device() != grad_out.device())
-    throw Error(str("backward(): gradient ", grad_out.desc(), " does not match output ", out.desc()));
+    throw Error(
+        str("backward(): gradient ", grad_out.desc(), " does not match output ", out.desc()));
   if (!out.requires_grad())
     throw Error("backward(): the output does not depend on any tensor that requires a gradient");
   out.ensure_grad().copy_from(grad_out);

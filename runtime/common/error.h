@@ -36,10 +36,9 @@ std::string str(Args&&... args) {
 
 }  // namespace tessera
 
-#define TESSERA_CHECK(cond, ...)                                                            \
-  do {                                                                                      \
-    if (!(cond))                                                                            \
-      throw ::tessera::InternalError(::tessera::str("internal check failed at ", __FILE__, \
-                                                    ":", __LINE__, ": " #cond " ",         \
-                                                    ##__VA_ARGS__));                        \
+#define TESSERA_CHECK(cond, ...)                                                                \
+  do {                                                                                          \
+    if (!(cond))                                                                                \
+      throw ::tessera::InternalError(::tessera::str("internal check failed at ", __FILE__, ":", \
+                                                    __LINE__, ": " #cond " ", ##__VA_ARGS__));  \
   } while (0)

@@ -43,7 +43,8 @@ std::vector<uint8_t> read_maybe_gzip(const std::string& path) {
 std::vector<uint8_t> read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(str("cannot open '", path, "'"));
-  return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)),
+                              std::istreambuf_iterator<char>());
 }
 
 uint32_t be32(const uint8_t* p) {
@@ -53,10 +54,13 @@ uint32_t be32(const uint8_t* p) {
 }  // namespace
 
 Idx parse_idx(const std::vector<uint8_t>& b, const std::string& source) {
-  auto fail = [&](const std::string& why) { throw Error(str("bad IDX file '", source, "': ", why)); };
+  auto fail = [&](const std::string& why) {
+    throw Error(str("bad IDX file '", source, "': ", why));
+  };
   if (b.size() < 4) fail(str("only ", b.size(), " bytes; an IDX file starts with a 4-byte magic"));
   if (b[0] != 0 || b[1] != 0) fail("magic does not start with two zero bytes");
-  if (b[2] != 0x08) fail(str("element type 0x", std::hex, int{b[2]}, " is not unsigned byte (0x08)"));
+  if (b[2] != 0x08)
+    fail(str("element type 0x", std::hex, int{b[2]}, " is not unsigned byte (0x08)"));
   const int nd = b[3];
   if (nd < 1 || nd > 4) fail(str(nd, " dimensions; expected 1 to 4"));
   if (b.size() < 4u + 4u * nd) fail("truncated in the dimension list");
@@ -70,12 +74,15 @@ Idx parse_idx(const std::vector<uint8_t>& b, const std::string& source) {
   }
   const size_t off = 4 + 4 * static_cast<size_t>(nd);
   if (b.size() - off != total)
-    fail(str("dims ", shape_str(idx.dims), " need ", total, " bytes of data, file has ", b.size() - off));
+    fail(str("dims ", shape_str(idx.dims), " need ", total, " bytes of data, file has ",
+             b.size() - off));
   idx.data.assign(b.begin() + static_cast<std::ptrdiff_t>(off), b.end());
   return idx;
 }
 
-Idx read_idx(const std::string& path) { return parse_idx(read_maybe_gzip(path), path); }
+Idx read_idx(const std::string& path) {
+  return parse_idx(read_maybe_gzip(path), path);
+}
 
 ImageSet load_fashion_mnist(const std::string& dir_in, const std::string& split, int64_t limit) {
   const std::string dir = dir_in.empty() ? kFashionMnistDir : dir_in;
@@ -85,12 +92,14 @@ ImageSet load_fashion_mnist(const std::string& dir_in, const std::string& split,
   auto pick = [&](const std::string& base) {
     for (const std::string& p : {dir + "/" + base + ".gz", dir + "/" + base})
       if (file_exists(p)) return p;
-    throw Error(str("Fashion-MNIST file '", dir, "/", base, ".gz' not found; install the Debian package ",
-                    kFashionMnistPackage, " (scripts/install-deps.sh) or set the data dir"));
+    throw Error(str("Fashion-MNIST file '", dir, "/", base,
+                    ".gz' not found; install the Debian package ", kFashionMnistPackage,
+                    " (scripts/install-deps.sh) or set the data dir"));
   };
   Idx im = read_idx(pick(stem + "-images-idx3-ubyte"));
   Idx lb = read_idx(pick(stem + "-labels-idx1-ubyte"));
-  if (im.dims.size() != 3) throw Error(str("Fashion-MNIST images must be 3-D, got ", shape_str(im.dims)));
+  if (im.dims.size() != 3)
+    throw Error(str("Fashion-MNIST images must be 3-D, got ", shape_str(im.dims)));
   if (lb.dims.size() != 1 || lb.dims[0] != im.dims[0])
     throw Error(str("Fashion-MNIST: ", lb.dims.empty() ? 0 : lb.dims[0], " labels for ", im.dims[0],
                     " images"));
@@ -104,7 +113,8 @@ ImageSet load_fashion_mnist(const std::string& dir_in, const std::string& split,
     p[i] = (static_cast<float>(im.data[i]) / 255.0f - kFashionMean) / kFashionStd;
   s.labels.resize(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
-    if (lb.data[i] > 9) throw Error(str("Fashion-MNIST label ", int{lb.data[i]}, " at ", i, " is > 9"));
+    if (lb.data[i] > 9)
+      throw Error(str("Fashion-MNIST label ", int{lb.data[i]}, " at ", i, " is > 9"));
     s.labels[i] = lb.data[i];
   }
   return s;
@@ -153,15 +163,18 @@ TokenCorpus load_token_bins(const std::vector<std::string>& patterns, int token_
       int32_t hdr[3];
       std::memcpy(hdr, b.data(), sizeof hdr);
       if (hdr[0] == 20240520) {  // llm.c: version 1 = uint16 tokens, hdr[2] = count
-        if (hdr[1] != 1) throw Error(str("'", f, "': llm.c token file version ", hdr[1], ", expected 1"));
+        if (hdr[1] != 1)
+          throw Error(str("'", f, "': llm.c token file version ", hdr[1], ", expected 1"));
         tb = 2;
         off = 1024;
         if (b.size() - off != static_cast<size_t>(hdr[2]) * 2)
-          throw Error(str("'", f, "': header says ", hdr[2], " tokens, file holds ", (b.size() - off) / 2));
+          throw Error(
+              str("'", f, "': header says ", hdr[2], " tokens, file holds ", (b.size() - off) / 2));
       }
     }
     if ((b.size() - off) % tb != 0)
-      throw Error(str("'", f, "' has ", b.size() - off, " bytes, not a multiple of ", tb, "-byte tokens"));
+      throw Error(
+          str("'", f, "' has ", b.size() - off, " bytes, not a multiple of ", tb, "-byte tokens"));
     for (size_t i = off; i < b.size(); i += tb) {
       uint32_t v = 0;
       std::memcpy(&v, b.data() + i, static_cast<size_t>(tb));
@@ -185,12 +198,18 @@ void split_holdout(const TokenCorpus& all, double holdout, TokenCorpus* train, T
 }
 
 Sampler::Sampler(int64_t n, int64_t global_batch, uint64_t seed, int rank, int world, bool shuffle)
-    : n_(n), global_batch_(global_batch), seed_(seed), rank_(rank), world_(world), shuffle_(shuffle) {
+    : n_(n),
+      global_batch_(global_batch),
+      seed_(seed),
+      rank_(rank),
+      world_(world),
+      shuffle_(shuffle) {
   if (global_batch <= 0) throw Error(str("batch size ", global_batch, " must be > 0"));
   if (world <= 0 || rank < 0 || rank >= world)
     throw Error(str("rank ", rank, " outside world of size ", world));
   if (global_batch % world != 0)
-    throw Error(str("global batch ", global_batch, " does not split evenly over ", world, " ranks"));
+    throw Error(
+        str("global batch ", global_batch, " does not split evenly over ", world, " ranks"));
   if (n < global_batch)
     throw Error(str("dataset has ", n, " examples, fewer than one batch of ", global_batch));
   reshuffle();
@@ -220,14 +239,16 @@ std::vector<int64_t> Sampler::next() {
 
 void Sampler::set_position(int64_t epoch, int64_t cursor) {
   if (epoch < 0 || cursor < 0 || cursor > n_)
-    throw Error(str("sampler position (epoch ", epoch, ", cursor ", cursor, ") is outside the dataset of ",
-                    n_));
+    throw Error(str("sampler position (epoch ", epoch, ", cursor ", cursor,
+                    ") is outside the dataset of ", n_));
   epoch_ = epoch;
   cursor_ = cursor;
   reshuffle();
 }
 
-std::string Sampler::state() const { return str(epoch_, ' ', cursor_); }
+std::string Sampler::state() const {
+  return str(epoch_, ' ', cursor_);
+}
 
 void Sampler::set_state(const std::string& s) {
   std::istringstream is(s);
@@ -250,8 +271,8 @@ void LmWindows::fill(const std::vector<int64_t>& windows, int64_t epoch, std::ve
   const int64_t n = static_cast<int64_t>(corpus_->tokens.size());
   const int64_t slack = n - 1 - count_ * T_;  // room for a per-epoch shift
   const int64_t shift =
-      slack > 0 ? static_cast<int64_t>(Rng(0xC0FFEE + static_cast<uint64_t>(epoch)).below(
-                      static_cast<uint64_t>(std::min(slack, T_) + 1)))
+      slack > 0 ? static_cast<int64_t>(Rng(0xC0FFEE + static_cast<uint64_t>(epoch))
+                                           .below(static_cast<uint64_t>(std::min(slack, T_) + 1)))
                 : 0;
   ids->resize(windows.size() * T_);
   targets->resize(windows.size() * T_);
@@ -259,7 +280,8 @@ void LmWindows::fill(const std::vector<int64_t>& windows, int64_t epoch, std::ve
   for (size_t b = 0; b < windows.size(); ++b) {
     const int64_t s = shift + windows[b] * T_;
     std::copy(tok + s, tok + s + T_, ids->begin() + static_cast<std::ptrdiff_t>(b * T_));
-    std::copy(tok + s + 1, tok + s + T_ + 1, targets->begin() + static_cast<std::ptrdiff_t>(b * T_));
+    std::copy(tok + s + 1, tok + s + T_ + 1,
+              targets->begin() + static_cast<std::ptrdiff_t>(b * T_));
   }
 }
 

@@ -38,7 +38,8 @@ T get_field(const json& j, const std::string& key, const std::string& path, T fa
   try {
     return j[key].get<T>();
   } catch (const json::exception&) {
-    throw Error(str("'", path, "': field '", key, "' has the wrong type (", j[key].type_name(), ")"));
+    throw Error(
+        str("'", path, "': field '", key, "' has the wrong type (", j[key].type_name(), ")"));
   }
 }
 
@@ -80,7 +81,8 @@ nn::DecoderSpec read_hf_config(const std::string& dir) {
     std::string act = get_field<std::string>(j, "activation_function", path, "gelu_new", false);
     if (!get_field<bool>(j, "scale_attn_weights", path, true, false) ||
         get_field<bool>(j, "scale_attn_by_inverse_layer_idx", path, false, false))
-      throw Error(str("'", path, "': only GPT-2's standard 1/sqrt(head_dim) attention scaling is supported"));
+      throw Error(str("'", path,
+                      "': only GPT-2's standard 1/sqrt(head_dim) attention scaling is supported"));
     if (act != "gelu_new" && act != "gelu_pytorch_tanh")
       throw Error(str("'", path, "': activation_function '", act,
                       "' is not supported (tessera's GPT-2 uses gelu_new)"));
@@ -98,10 +100,13 @@ nn::DecoderSpec read_hf_config(const std::string& dir) {
     // transformers >= 5 nests RoPE settings in rope_parameters.
     if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
       const json& rp = j["rope_parameters"];
-      std::string type = get_field<std::string>(rp, "rope_type", path + " rope_parameters", "default", false);
+      std::string type =
+          get_field<std::string>(rp, "rope_type", path + " rope_parameters", "default", false);
       if (type != "default")
-        throw Error(str("'", path, "': rope_type '", type, "' is not supported yet (only default RoPE)"));
-      s.rope_theta = get_field<float>(rp, "rope_theta", path + " rope_parameters", s.rope_theta, false);
+        throw Error(
+            str("'", path, "': rope_type '", type, "' is not supported yet (only default RoPE)"));
+      s.rope_theta =
+          get_field<float>(rp, "rope_theta", path + " rope_parameters", s.rope_theta, false);
     }
     s.tie_embeddings = get_field<bool>(j, "tie_word_embeddings", path, false, false);
     if (get_field<bool>(j, "attention_bias", path, false, false) ||
@@ -110,12 +115,15 @@ nn::DecoderSpec read_hf_config(const std::string& dir) {
     if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
       throw Error(str("'", path, "': rope_scaling is not supported yet"));
     std::string act = get_field<std::string>(j, "hidden_act", path, "silu", false);
-    if (act != "silu") throw Error(str("'", path, "': hidden_act '", act, "' is not supported (silu)"));
+    if (act != "silu")
+      throw Error(str("'", path, "': hidden_act '", act, "' is not supported (silu)"));
     if (j.contains("head_dim") && j["head_dim"].is_number_integer() &&
         j["head_dim"].get<int64_t>() * s.n_head != s.d_model)
-      throw Error(str("'", path, "': head_dim * num_attention_heads != hidden_size is not supported"));
+      throw Error(
+          str("'", path, "': head_dim * num_attention_heads != hidden_size is not supported"));
   } else {
-    throw Error(str("'", path, "': model_type '", type, "' is not supported (expected gpt2 or llama)"));
+    throw Error(
+        str("'", path, "': model_type '", type, "' is not supported (expected gpt2 or llama)"));
   }
   try {
     s.validate();
@@ -137,8 +145,8 @@ void load_into(nn::ParameterSet& params, const std::vector<std::shared_ptr<Safet
         continue;
       }
       if (dst->shape() != t.shape) {
-        misshaped.push_back(str(t.name, " is ", shape_str(t.shape), ", model expects ",
-                                shape_str(dst->shape())));
+        misshaped.push_back(
+            str(t.name, " is ", shape_str(t.shape), ", model expects ", shape_str(dst->shape())));
         continue;
       }
       if (params.is_alias(t.name) && loaded.count(params.aliases().at(t.name))) continue;
@@ -176,7 +184,8 @@ void load_hf_weights(const std::string& dir, nn::Decoder& model) {
       throw Error(str("'", index, "' has no weight_map object"));
     std::set<std::string> shards;
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      if (!it.value().is_string()) throw Error(str("'", index, "': weight_map values must be file names"));
+      if (!it.value().is_string())
+        throw Error(str("'", index, "': weight_map values must be file names"));
       std::string shard = it.value().get<std::string>();
       if (shard.find('/') != std::string::npos || shard.find("..") != std::string::npos)
         throw Error(str("'", index, "': shard name '", shard, "' must be a plain file name"));

@@ -25,10 +25,10 @@ struct DTypeRow {
   size_t size;
 };
 constexpr DTypeRow kDTypes[] = {
-    {DType::BOOL, "BOOL", 1}, {DType::U8, "U8", 1},     {DType::I8, "I8", 1},
-    {DType::I16, "I16", 2},   {DType::U16, "U16", 2},   {DType::F16, "F16", 2},
-    {DType::BF16, "BF16", 2}, {DType::I32, "I32", 4},   {DType::U32, "U32", 4},
-    {DType::F32, "F32", 4},   {DType::F64, "F64", 8},   {DType::I64, "I64", 8},
+    {DType::BOOL, "BOOL", 1}, {DType::U8, "U8", 1},           {DType::I8, "I8", 1},
+    {DType::I16, "I16", 2},   {DType::U16, "U16", 2},         {DType::F16, "F16", 2},
+    {DType::BF16, "BF16", 2}, {DType::I32, "I32", 4},         {DType::U32, "U32", 4},
+    {DType::F32, "F32", 4},   {DType::F64, "F64", 8},         {DType::I64, "I64", 8},
     {DType::U64, "U64", 8},   {DType::F8_E4M3, "F8_E4M3", 1}, {DType::F8_E5M2, "F8_E5M2", 1},
 };
 }  // namespace
@@ -82,7 +82,8 @@ uint16_t f32_to_f16(float f) {
   uint32_t sign = (x >> 16) & 0x8000u;
   int32_t exp = static_cast<int32_t>((x >> 23) & 0xff) - 127 + 15;
   uint32_t mant = x & 0x7fffffu;
-  if (((x >> 23) & 0xff) == 0xff) return static_cast<uint16_t>(sign | 0x7c00u | (mant ? 0x200u : 0));
+  if (((x >> 23) & 0xff) == 0xff)
+    return static_cast<uint16_t>(sign | 0x7c00u | (mant ? 0x200u : 0));
   if (exp >= 31) return static_cast<uint16_t>(sign | 0x7c00u);
   if (exp <= 0) {
     if (exp < -10) return static_cast<uint16_t>(sign);
@@ -163,7 +164,8 @@ void SafetensorsFile::validate(const uint8_t* base, uint64_t size) {
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | base[i];
   if (n > kMaxHeaderBytes)
-    fail(str("header length ", n, " exceeds the 100 MB limit (a corrupt or non-safetensors file?)"));
+    fail(
+        str("header length ", n, " exceeds the 100 MB limit (a corrupt or non-safetensors file?)"));
   if (n > size - 8)
     fail(str("header length ", n, " runs past the end of the file (", size, " bytes)"));
   if (n < 2) fail(str("header length ", n, " is too short to hold a JSON object"));
@@ -212,7 +214,8 @@ void SafetensorsFile::validate(const uint8_t* base, uint64_t size) {
     uint64_t numel = 1;
     bool overflow = false;
     for (const json& d : e["shape"]) {
-      if (!d.is_number_unsigned()) fail(str("tensor '", name, "' has a non-integer or negative dim"));
+      if (!d.is_number_unsigned())
+        fail(str("tensor '", name, "' has a non-integer or negative dim"));
       uint64_t v = d.get<uint64_t>();
       t.shape.push_back(static_cast<int64_t>(v));
       if (v > 0 && numel > std::numeric_limits<uint64_t>::max() / v) overflow = true;
@@ -228,8 +231,7 @@ void SafetensorsFile::validate(const uint8_t* base, uint64_t size) {
     t.end = e["data_offsets"][1].get<uint64_t>();
     if (t.end < t.begin) fail(str("tensor '", name, "' has data_offsets end < begin"));
     const uint64_t elem = dtype_size(t.dtype);
-    if (numel > std::numeric_limits<uint64_t>::max() / elem ||
-        t.end - t.begin != numel * elem)
+    if (numel > std::numeric_limits<uint64_t>::max() / elem || t.end - t.begin != numel * elem)
       fail(str("tensor '", name, "': shape ", shape_str(t.shape), " of ", dtype_name(t.dtype),
                " needs ", numel * elem, " bytes but data_offsets span ", t.end - t.begin));
     if (t.end > data_size)
@@ -319,7 +321,8 @@ std::vector<uint8_t> serialize_safetensors(const std::vector<WriteEntry>& entrie
       throw Error(str("cannot save: tensor name '", e.name, "' is reserved or repeated"));
     uint64_t need = static_cast<uint64_t>(shape_numel(e.shape)) * dtype_size(e.dtype);
     TESSERA_CHECK(need == e.nbytes, "entry ", e.name, " has ", e.nbytes, " bytes, needs ", need);
-    h[e.name] = {{"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {off, off + need}}};
+    h[e.name] = {
+        {"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {off, off + need}}};
     off += need;
   }
   std::string hs = h.dump();

@@ -14,7 +14,23 @@
 
 namespace tessera::io {
 
-enum class DType { BOOL, U8, I8, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64, F8_E4M3, F8_E5M2 };
+enum class DType {
+  BOOL,
+  U8,
+  I8,
+  I16,
+  U16,
+  F16,
+  BF16,
+  I32,
+  U32,
+  F32,
+  F64,
+  I64,
+  U64,
+  F8_E4M3,
+  F8_E5M2
+};
 const char* dtype_name(DType d);
 size_t dtype_size(DType d);
 bool parse_dtype(const std::string& s, DType* out);

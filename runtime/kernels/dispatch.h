@@ -28,9 +28,9 @@
     }                                           \
   } while (0)
 
-#define TESSERA_DISPATCH_CPU_ONLY(device, fn, ...)                                       \
-  do {                                                                                   \
-    if ((device) != ::tessera::Device::CPU)                                              \
+#define TESSERA_DISPATCH_CPU_ONLY(device, fn, ...)                                             \
+  do {                                                                                         \
+    if ((device) != ::tessera::Device::CPU)                                                    \
       throw ::tessera::Error("op " #fn " has no CUDA kernel yet: keep this model on the CPU"); \
-    ::tessera::kernels::cpu::fn(__VA_ARGS__);                                            \
+    ::tessera::kernels::cpu::fn(__VA_ARGS__);                                                  \
   } while (0)

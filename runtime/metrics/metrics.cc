@@ -34,7 +34,8 @@ std::string format_duration(double s) {
     std::snprintf(buf, sizeof buf, "%ldh%02ldm", static_cast<long>(t / 3600),
                   static_cast<long>((t / 60) % 60));
   else if (t >= 60)
-    std::snprintf(buf, sizeof buf, "%ldm%02lds", static_cast<long>(t / 60), static_cast<long>(t % 60));
+    std::snprintf(buf, sizeof buf, "%ldm%02lds", static_cast<long>(t / 60),
+                  static_cast<long>(t % 60));
   else
     std::snprintf(buf, sizeof buf, "%lds", static_cast<long>(t));
   return buf;
@@ -59,15 +60,18 @@ void Progress::update(int64_t step, double units, const std::string& status) {
   bool last = total_ > 0 && step >= total_;
   if (!(tty_ ? since >= 0.2 : since >= 10.0) && !last) return;
   last_print_ = now;
-  double eta = step > 0 && total_ > 0 ? el / static_cast<double>(step) * static_cast<double>(total_ - step) : -1;
+  double eta = step > 0 && total_ > 0
+                   ? el / static_cast<double>(step) * static_cast<double>(total_ - step)
+                   : -1;
   char head[96];
   if (total_ > 0)
-    std::snprintf(head, sizeof head, "%s %ld/%ld (%3.0f%%)", label_.c_str(), static_cast<long>(step),
-                  static_cast<long>(total_), 100.0 * static_cast<double>(step) / static_cast<double>(total_));
+    std::snprintf(head, sizeof head, "%s %ld/%ld (%3.0f%%)", label_.c_str(),
+                  static_cast<long>(step), static_cast<long>(total_),
+                  100.0 * static_cast<double>(step) / static_cast<double>(total_));
   else
     std::snprintf(head, sizeof head, "%s %ld", label_.c_str(), static_cast<long>(step));
-  std::string line = str(head, " | ", status, " | elapsed ", format_duration(el), " eta ",
-                         format_duration(eta));
+  std::string line =
+      str(head, " | ", status, " | elapsed ", format_duration(el), " eta ", format_duration(eta));
   if (tty_)
     std::fprintf(out_, "\r\033[K%s", line.c_str());
   else
@@ -77,7 +81,8 @@ void Progress::update(int64_t step, double units, const std::string& status) {
 
 void Progress::finish(const std::string& status) {
   double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  std::string line = str(label_, " done: ", last_step_, " steps in ", format_duration(el), " | ", status);
+  std::string line =
+      str(label_, " done: ", last_step_, " steps in ", format_duration(el), " | ", status);
   if (tty_)
     std::fprintf(out_, "\r\033[K%s\n", line.c_str());
   else

@@ -47,8 +47,7 @@ Tensor Linear::forward(const Tensor& x) const {
   return y;
 }
 
-LayerNorm::LayerNorm(ParameterSet& ps, const std::string& prefix, int64_t dim, float eps,
-                     bool bias)
+LayerNorm::LayerNorm(ParameterSet& ps, const std::string& prefix, int64_t dim, float eps, bool bias)
     : eps_(eps) {
   weight_ = ps.add(prefix + ".weight", Tensor::full({dim}, 1.0f));
   if (bias) bias_ = ps.add(prefix + ".bias", Tensor::zeros({dim}));

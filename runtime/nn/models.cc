@@ -44,7 +44,9 @@ double MlpClassifier::train_flops_per_example() const {
   return f;
 }
 
-const char* flavor_name(Flavor f) { return f == Flavor::Gpt2 ? "gpt2" : "llama"; }
+const char* flavor_name(Flavor f) {
+  return f == Flavor::Gpt2 ? "gpt2" : "llama";
+}
 
 int64_t DecoderSpec::ff() const {
   if (d_ff > 0) return d_ff;
@@ -63,8 +65,7 @@ void DecoderSpec::validate() const {
   need(n_head >= 1, str("n_head = ", n_head, ", expected >= 1"));
   need(d_model >= 1 && d_model % n_head == 0,
        str("d_model = ", d_model, " must be a positive multiple of n_head = ", n_head));
-  need(n_head % kv_heads() == 0,
-       str("n_kv_head = ", kv_heads(), " must divide n_head = ", n_head));
+  need(n_head % kv_heads() == 0, str("n_kv_head = ", kv_heads(), " must divide n_head = ", n_head));
   need(flavor == Flavor::Gpt2 || head_dim() % 2 == 0,
        str("llama needs an even head dim, d_model/n_head = ", head_dim()));
   need(norm_eps > 0, str("norm_eps = ", norm_eps, ", expected > 0"));
@@ -101,15 +102,19 @@ Decoder::Decoder(const DecoderSpec& spec, Rng& rng) : spec_(spec) {
       Block& b = blocks_[l];
       std::string p = str("model.layers.", l, ".");
       b.rms1 = RMSNorm(params_, p + "input_layernorm", C, spec.norm_eps);
-      b.q = Linear(params_, p + "self_attn.q_proj", C, Hq * D, false, false, rng, Init::Normal, std);
-      b.k = Linear(params_, p + "self_attn.k_proj", C, Hkv * D, false, false, rng, Init::Normal, std);
-      b.v = Linear(params_, p + "self_attn.v_proj", C, Hkv * D, false, false, rng, Init::Normal, std);
+      b.q =
+          Linear(params_, p + "self_attn.q_proj", C, Hq * D, false, false, rng, Init::Normal, std);
+      b.k =
+          Linear(params_, p + "self_attn.k_proj", C, Hkv * D, false, false, rng, Init::Normal, std);
+      b.v =
+          Linear(params_, p + "self_attn.v_proj", C, Hkv * D, false, false, rng, Init::Normal, std);
       b.o = Linear(params_, p + "self_attn.o_proj", Hq * D, C, false, false, rng, Init::Normal,
                    proj_std);
       b.rms2 = RMSNorm(params_, p + "post_attention_layernorm", C, spec.norm_eps);
       b.gate = Linear(params_, p + "mlp.gate_proj", C, F, false, false, rng, Init::Normal, std);
       b.up = Linear(params_, p + "mlp.up_proj", C, F, false, false, rng, Init::Normal, std);
-      b.down = Linear(params_, p + "mlp.down_proj", F, C, false, false, rng, Init::Normal, proj_std);
+      b.down =
+          Linear(params_, p + "mlp.down_proj", F, C, false, false, rng, Init::Normal, proj_std);
     }
     norm_f_ = RMSNorm(params_, "model.norm", C, spec.norm_eps);
     if (spec.tie_embeddings)
@@ -167,8 +172,8 @@ Tensor Decoder::forward(const std::vector<int32_t>& ids, int64_t B, int64_t T) c
 std::vector<Linear*> Decoder::linears() {
   std::vector<Linear*> out;
   for (auto& b : blocks_) {
-    for (Linear* l : {&b.c_attn, &b.c_proj, &b.fc, &b.fc_proj, &b.q, &b.k, &b.v, &b.o, &b.gate,
-                      &b.up, &b.down})
+    for (Linear* l :
+         {&b.c_attn, &b.c_proj, &b.fc, &b.fc_proj, &b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down})
       if (l->weight().defined()) out.push_back(l);
   }
   if (lm_head_.weight().defined()) out.push_back(&lm_head_);

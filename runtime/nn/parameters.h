@@ -3,8 +3,8 @@
 // interface: checkpoints, optimizers and (later) adapters find tensors by them.
 #pragma once
 
-#include <string>
 #include <deque>
+#include <string>
 #include <unordered_map>
 #include <vector>
 

@@ -11,7 +11,9 @@
 
 namespace tessera {
 
-const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+const char* device_name(Device d) {
+  return d == Device::CPU ? "cpu" : "cuda";
+}
 
 int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
@@ -83,8 +85,12 @@ CpuCache& cpu_cache() {
 
 }  // namespace
 
-void release_cached_memory() { cpu_cache().release(); }
-size_t cached_memory_bytes() { return cpu_cache().bytes(); }
+void release_cached_memory() {
+  cpu_cache().release();
+}
+size_t cached_memory_bytes() {
+  return cpu_cache().bytes();
+}
 
 std::shared_ptr<Storage> Storage::allocate(size_t numel, Device device) {
   auto s = std::make_shared<Storage>();
@@ -127,7 +133,8 @@ Tensor Tensor::full(const Shape& shape, float value, Device device) {
 
 Tensor Tensor::from_vector(const std::vector<float>& values, const Shape& shape) {
   if (static_cast<int64_t>(values.size()) != shape_numel(shape))
-    throw Error(str("from_vector: ", values.size(), " values do not fill shape ", shape_str(shape)));
+    throw Error(
+        str("from_vector: ", values.size(), " values do not fill shape ", shape_str(shape)));
   Tensor t = empty(shape);
   if (!values.empty()) std::memcpy(t.data(), values.data(), values.size() * sizeof(float));
   return t;
@@ -137,14 +144,18 @@ const Shape& Tensor::shape() const {
   TESSERA_CHECK(impl_, "undefined tensor");
   return impl_->shape;
 }
-int Tensor::ndim() const { return static_cast<int>(shape().size()); }
+int Tensor::ndim() const {
+  return static_cast<int>(shape().size());
+}
 int64_t Tensor::size(int dim) const {
   int n = ndim();
   int d = dim < 0 ? dim + n : dim;
   TESSERA_CHECK(d >= 0 && d < n, "dim ", dim, " out of range for ", shape_str(shape()));
   return impl_->shape[d];
 }
-int64_t Tensor::numel() const { return shape_numel(shape()); }
+int64_t Tensor::numel() const {
+  return shape_numel(shape());
+}
 Shape Tensor::strides() const {
   const Shape& s = shape();
   Shape st(s.size());
@@ -249,7 +260,9 @@ void Tensor::copy_from(const Tensor& src) {
     cuda::copy_device_to_device(data(), src.data(), bytes);
 }
 
-bool Tensor::requires_grad() const { return impl_ && impl_->requires_grad; }
+bool Tensor::requires_grad() const {
+  return impl_ && impl_->requires_grad;
+}
 Tensor& Tensor::set_requires_grad(bool on) {
   TESSERA_CHECK(impl_, "undefined tensor");
   impl_->requires_grad = on;

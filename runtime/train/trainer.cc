@@ -25,7 +25,8 @@ namespace tessera::train {
 namespace fs = std::filesystem;
 
 std::string EvalResult::summary() const {
-  if (accuracy >= 0) return str("accuracy ", accuracy * 100.0, "% loss ", loss, " on ", count, " examples");
+  if (accuracy >= 0)
+    return str("accuracy ", accuracy * 100.0, "% loss ", loss, " on ", count, " examples");
   return str("loss ", loss, " bits/token ", bits_per_token, " on ", count, " tokens");
 }
 
@@ -57,7 +58,8 @@ class ClassifierTask : public Task {
  public:
   ClassifierTask(const PretrainConfig& cfg, Rng& rng) {
     if (cfg.data().kind() != "fashion_mnist")
-      throw Error(str("model 'mlp' trains on data.kind 'fashion_mnist', got '", cfg.data().kind(), "'"));
+      throw Error(
+          str("model 'mlp' trains on data.kind 'fashion_mnist', got '", cfg.data().kind(), "'"));
     train_ = data::load_fashion_mnist(cfg.data().dir(), "train", cfg.data().limit_train());
     test_ = data::load_fashion_mnist(cfg.data().dir(), "test", cfg.data().limit_test());
     nn::MlpSpec spec;
@@ -101,7 +103,8 @@ class ClassifierTask : public Task {
       std::copy_n(test_.images.data() + s * F, n * F, x.data());
       std::vector<int32_t> y(test_.labels.begin() + s, test_.labels.begin() + s + n);
       Tensor logits = model_->forward(x);
-      loss_sum += static_cast<double>(ops::cross_entropy(logits, y).item()) * static_cast<double>(n);
+      loss_sum +=
+          static_cast<double>(ops::cross_entropy(logits, y).item()) * static_cast<double>(n);
       const int64_t C = logits.size(1);
       const float* l = logits.data();
       for (int64_t i = 0; i < n; ++i) {
@@ -142,7 +145,8 @@ class LmTask : public Task {
     else
       throw Error(str("model 'decoder' trains on data.kind 'text' or 'tokens', got '",
                       cfg.data().kind(), "'"));
-    if (cfg.data().files().empty()) throw Error("data.files is empty: name the text files or globs");
+    if (cfg.data().files().empty())
+      throw Error("data.files is empty: name the text files or globs");
     data::split_holdout(all, cfg.data().holdout(), &train_, &test_);
     if (!d.init_from().empty()) {
       model_ = io::load_hf_decoder(d.init_from());
@@ -162,8 +166,8 @@ class LmTask : public Task {
       model_ = std::make_unique<nn::Decoder>(s, rng);
     }
     if (all.vocab > model_->spec().vocab_size)
-      throw Error(str("the corpus uses token ids up to ", all.vocab - 1, " but decoder.vocab_size is ",
-                      model_->spec().vocab_size));
+      throw Error(str("the corpus uses token ids up to ", all.vocab - 1,
+                      " but decoder.vocab_size is ", model_->spec().vocab_size));
     T_ = model_->spec().n_ctx;
     windows_ = std::make_unique<data::LmWindows>(&train_, T_);
   }
@@ -187,7 +191,8 @@ class LmTask : public Task {
     const int64_t windows = (n - 1) / T;
     double loss_sum = 0.0;
     int64_t tokens = 0;
-    for (int64_t w = 0, b = 0; w < windows && (max_batches <= 0 || b < max_batches); w += batch, ++b) {
+    for (int64_t w = 0, b = 0; w < windows && (max_batches <= 0 || b < max_batches);
+         w += batch, ++b) {
       const int64_t B = std::min(batch, windows - w);
       std::vector<int32_t> ids(B * T), tgt(B * T);
       for (int64_t i = 0; i < B; ++i) {
@@ -245,9 +250,10 @@ Trainer::Trainer(const PretrainConfig& cfg, int rank, int world)
   st_->sampler = std::make_unique<data::Sampler>(task_->train_examples(), cfg.batch_size(),
                                                  cfg.seed(), rank, world);
   const int64_t per_epoch = st_->sampler->batches_per_epoch();
-  total_steps_ = cfg.steps() > 0
-                     ? cfg.steps()
-                     : static_cast<int64_t>(std::ceil(cfg.epochs() * static_cast<double>(per_epoch)));
+  total_steps_ =
+      cfg.steps() > 0
+          ? cfg.steps()
+          : static_cast<int64_t>(std::ceil(cfg.epochs() * static_cast<double>(per_epoch)));
   if (total_steps_ <= 0) throw Error("steps and epochs are both 0: nothing to train");
 
   const OptimConfig& o = cfg.optim();
@@ -270,14 +276,21 @@ Trainer::Trainer(const PretrainConfig& cfg, int rank, int world)
   } else {
     throw Error(str("optim.kind '", o.kind(), "': expected adamw or sgd"));
   }
-  st_->schedule = {o.lr(), o.warmup_steps(), total_steps_, o.min_lr_ratio(), o.schedule() == "cosine"};
+  st_->schedule = {o.lr(), o.warmup_steps(), total_steps_, o.min_lr_ratio(),
+                   o.schedule() == "cosine"};
 }
 
 Trainer::~Trainer() = default;
 
-const std::string& Trainer::kind() const { return task_->kind(); }
-nn::ParameterSet& Trainer::params() { return task_->params(); }
-const char* Trainer::unit() const { return task_->kind() == "mlp" ? "samples" : "tok"; }
+const std::string& Trainer::kind() const {
+  return task_->kind();
+}
+nn::ParameterSet& Trainer::params() {
+  return task_->params();
+}
+const char* Trainer::unit() const {
+  return task_->kind() == "mlp" ? "samples" : "tok";
+}
 
 StepStats Trainer::train_step() {
   auto t0 = std::chrono::steady_clock::now();
@@ -293,7 +306,8 @@ StepStats Trainer::train_step() {
     tape.backward(loss);
   }
   if (!std::isfinite(s.loss))
-    throw Error(str("loss is ", s.loss, " at step ", step_, ": training diverged (lower optim.lr?)"));
+    throw Error(
+        str("loss is ", s.loss, " at step ", step_, ": training diverged (lower optim.lr?)"));
   s.grad_norm = optim::clip_grad_norm(ps, cfg_.optim().grad_clip());
   s.lr = st_->schedule.at(step_);
   st_->opt->step(s.lr);
@@ -303,7 +317,8 @@ StepStats Trainer::train_step() {
   double units = task_->units_per_example() * static_cast<double>(idx.size());
   s.units_per_s = secs > 0 ? units / secs : 0.0;
   if (peak_gflops_ > 0)
-    s.mfu = task_->flops_per_example() * static_cast<double>(idx.size()) / secs / (peak_gflops_ * 1e9);
+    s.mfu =
+        task_->flops_per_example() * static_cast<double>(idx.size()) / secs / (peak_gflops_ * 1e9);
   return s;
 }
 
@@ -312,7 +327,8 @@ std::vector<float> Trainer::run(int64_t max_steps, bool progress) {
   if (logging) {
     fs::create_directories(cfg_.out_dir());
     if (!st_->log)
-      st_->log = std::make_unique<metrics::JsonlWriter>(cfg_.out_dir() + "/metrics.jsonl", step_ > 0);
+      st_->log =
+          std::make_unique<metrics::JsonlWriter>(cfg_.out_dir() + "/metrics.jsonl", step_ > 0);
     peak_gflops();
   }
   const int64_t end = max_steps > 0 ? std::min(total_steps_, step_ + max_steps) : total_steps_;
@@ -331,23 +347,32 @@ std::vector<float> Trainer::run(int64_t max_steps, bool progress) {
     losses.push_back(s.loss);
     smooth = losses.size() == 1 ? s.loss : 0.95f * smooth + 0.05f * s.loss;
     if (bar)
-      bar->update(step_, u, str("loss ", smooth, " | ", static_cast<int64_t>(bar->rate()), " ", unit(), "/s"));
+      bar->update(
+          step_, u,
+          str("loss ", smooth, " | ", static_cast<int64_t>(bar->rate()), " ", unit(), "/s"));
     if (st_->log && (step_ % cfg_.log_every() == 0 || step_ == end)) {
-      nlohmann::json row = {{"step", s.step}, {"loss", s.loss}, {"lr", s.lr},
-                            {"grad_norm", s.grad_norm}, {"epoch", st_->sampler->epoch()},
-                            {std::string(unit()) + "_per_s", s.units_per_s}, {"mfu", s.mfu}};
+      nlohmann::json row = {{"step", s.step},
+                            {"loss", s.loss},
+                            {"lr", s.lr},
+                            {"grad_norm", s.grad_norm},
+                            {"epoch", st_->sampler->epoch()},
+                            {std::string(unit()) + "_per_s", s.units_per_s},
+                            {"mfu", s.mfu}};
       st_->log->write(row);
     }
     if (logging && cfg_.eval_every() > 0 && step_ % cfg_.eval_every() == 0 && step_ != end) {
       EvalResult e = evaluate(cfg_.eval_batches());
-      st_->log->write({{"step", step_}, {"eval_loss", e.loss}, {"eval_accuracy", e.accuracy},
+      st_->log->write({{"step", step_},
+                       {"eval_loss", e.loss},
+                       {"eval_accuracy", e.accuracy},
                        {"eval_bits_per_token", e.bits_per_token}});
     }
     if (logging && cfg_.checkpoint_every() > 0 && step_ % cfg_.checkpoint_every() == 0)
       save_checkpoint(cfg_.out_dir() + "/checkpoint.safetensors");
   }
   units_per_s_ = secs > 0 ? units / secs : 0.0;
-  if (bar) bar->finish(str("loss ", smooth, " | ", static_cast<int64_t>(units_per_s_), " ", unit(), "/s"));
+  if (bar)
+    bar->finish(str("loss ", smooth, " | ", static_cast<int64_t>(units_per_s_), " ", unit(), "/s"));
   return losses;
 }
 
@@ -359,7 +384,8 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
 void Trainer::save_checkpoint(const std::string& path) const {
   std::vector<io::WriteEntry> e;
   for (const auto& p : task_->params().all()) e.push_back(io::WriteEntry::f32(p.name, p.tensor));
-  for (const auto& p : st_->opt->state()) e.push_back(io::WriteEntry::f32("optimizer." + p.name, p.tensor));
+  for (const auto& p : st_->opt->state())
+    e.push_back(io::WriteEntry::f32("optimizer." + p.name, p.tensor));
   std::map<std::string, std::string> meta = {
       {"format", "pt"},
       {"tessera.format", "checkpoint-v1"},
@@ -405,8 +431,8 @@ PretrainConfig read_checkpoint_config(const std::string& path) {
 void Trainer::load_checkpoint(const std::string& path, bool weights_only) {
   auto f = io::SafetensorsFile::open(path);
   if (meta_at(*f, "tessera.kind") != task_->kind())
-    throw Error(str("'", path, "' holds a ", meta_at(*f, "tessera.kind"), " model, this run trains a ",
-                    task_->kind()));
+    throw Error(str("'", path, "' holds a ", meta_at(*f, "tessera.kind"),
+                    " model, this run trains a ", task_->kind()));
   // Model tensors: every parameter, by name and shape.
   nn::ParameterSet& ps = task_->params();
   std::vector<std::string> problems;
@@ -449,6 +475,8 @@ double Trainer::peak_gflops() {
   return peak_gflops_;
 }
 
-void Trainer::export_model(const std::string& dir) const { task_->export_model(dir); }
+void Trainer::export_model(const std::string& dir) const {
+  task_->export_model(dir);
+}
 
 }  // namespace tessera::train

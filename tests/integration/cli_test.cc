@@ -35,10 +35,13 @@ class Cli : public ::testing::Test {
     for (int i = 0; i < 400; ++i) c << "modular experts share one frozen base. ";
     std::ofstream(dir_ + "/lm.pbtxt") << "model: \"decoder\"\n"
                                          "decoder { d_model: 32 n_layer: 1 n_head: 2 n_ctx: 16 }\n"
-                                         "data { kind: \"text\" files: \"" + dir_ + "/corpus.txt\" holdout: 0.2 }\n"
-                                         "batch_size: 4\nsteps: 20\nlog_every: 5\n"
-                                         "optim { warmup_steps: 2 }\n"
-                                         "out_dir: \"" + dir_ + "/run\"\n";
+                                         "data { kind: \"text\" files: \"" +
+                                             dir_ +
+                                             "/corpus.txt\" holdout: 0.2 }\n"
+                                             "batch_size: 4\nsteps: 20\nlog_every: 5\n"
+                                             "optim { warmup_steps: 2 }\n"
+                                             "out_dir: \"" +
+                                             dir_ + "/run\"\n";
   }
   std::string dir_;
 };
@@ -47,7 +50,8 @@ TEST_F(Cli, PretrainResumeAndEval) {
   CliRun a = run("pretrain --quiet --config " + dir_ + "/lm.pbtxt --max-steps 8 threads=1");
   ASSERT_EQ(a.code, 0) << a.out;
   EXPECT_NE(a.out.find("8 steps"), std::string::npos) << a.out;
-  CliRun b = run("pretrain --quiet --config " + dir_ + "/lm.pbtxt --resume " + dir_ + "/run/checkpoint.safetensors threads=1");
+  CliRun b = run("pretrain --quiet --config " + dir_ + "/lm.pbtxt --resume " + dir_ +
+                 "/run/checkpoint.safetensors threads=1");
   ASSERT_EQ(b.code, 0) << b.out;
   EXPECT_NE(b.out.find("resumed"), std::string::npos) << b.out;
   EXPECT_NE(b.out.find("20 steps"), std::string::npos) << b.out;
@@ -65,7 +69,8 @@ TEST_F(Cli, PretrainResumeAndEval) {
   ASSERT_EQ(e.code, 0) << e.out;
   EXPECT_NE(e.out.find("bits/token"), std::string::npos) << e.out;
   // The exported Hugging Face folder evaluates too (same weights, default data overridden).
-  CliRun h = run("eval --checkpoint " + dir_ + "/run/model data.files=" + dir_ + "/corpus.txt data.holdout=0.2");
+  CliRun h = run("eval --checkpoint " + dir_ + "/run/model data.files=" + dir_ +
+                 "/corpus.txt data.holdout=0.2");
   ASSERT_EQ(h.code, 0) << h.out;
   auto loss_of = [](const std::string& s) { return s.substr(s.find("loss ")); };
   EXPECT_EQ(loss_of(e.out), loss_of(h.out));

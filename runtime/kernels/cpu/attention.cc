@@ -2,8 +2,8 @@
 
 #include <cmath>
 
-#include "runtime/kernels/cpu/vmath.h"
 #include <vector>
+#include "runtime/kernels/cpu/vmath.h"
 
 namespace tessera::kernels::cpu {
 
@@ -96,7 +96,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
             float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
             for (int64_t j = 0; j < n; ++j) dot += g[j] * p[j];
-            // g becomes dS (the gradient of the pre-softmax scores, times scale).
+              // g becomes dS (the gradient of the pre-softmax scores, times scale).
 #pragma omp simd
             for (int64_t j = 0; j < n; ++j) g[j] = p[j] * (g[j] - dot) * scale;
             if (dv) {

@@ -73,7 +73,9 @@ void scale_backward(float* da, const float* dout, float s, int64_t n) {
 }
 
 namespace {
-inline float sigmoid(float x) { return vsigmoid(x); }
+inline float sigmoid(float x) {
+  return vsigmoid(x);
+}
 }  // namespace
 
 void act_forward(Act act, float* out, const float* inp, int64_t n) {

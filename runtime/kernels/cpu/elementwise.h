@@ -29,7 +29,6 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
 
 // out[i,:] = table[ids[i],:]  (ids in [0, V) — the caller validates)
 void embedding_forward(float* out, const int32_t* ids, const float* table, int64_t N, int64_t C);
-void embedding_backward(float* dtable, const int32_t* ids, const float* dout, int64_t N,
-                        int64_t C);
+void embedding_backward(float* dtable, const int32_t* ids, const float* dout, int64_t N, int64_t C);
 
 }  // namespace tessera::kernels::cpu

@@ -24,8 +24,8 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
               static_cast<int>(lda), B, static_cast<int>(ldb), beta, C, static_cast<int>(ldc));
 }
 
-void linear_forward(float* out, const float* inp, const float* weight, const float* bias,
-                    int64_t N, int64_t C, int64_t OC, bool w_in_out) {
+void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N,
+                    int64_t C, int64_t OC, bool w_in_out) {
   float beta = 0.0f;
   if (bias) {
 #pragma omp parallel for if (N * OC > 65536) schedule(static)
@@ -35,9 +35,8 @@ void linear_forward(float* out, const float* inp, const float* weight, const flo
   linear_gemm_forward(gemm, out, inp, weight, beta, N, C, OC, w_in_out);
 }
 
-void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                     const float* inp, const float* weight, int64_t N, int64_t C, int64_t OC,
-                     bool w_in_out) {
+void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                     const float* weight, int64_t N, int64_t C, int64_t OC, bool w_in_out) {
   linear_gemm_backward(gemm, dinp, dweight, dout, inp, weight, N, C, OC, w_in_out);
   if (dbias) {
     // Column sums; each thread owns a block of columns so no reduction races.

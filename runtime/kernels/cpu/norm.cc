@@ -63,8 +63,8 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
 }
 
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                        const float* inp, const float* weight, const float* mean,
-                        const float* rstd, int64_t N, int64_t C) {
+                        const float* inp, const float* weight, const float* mean, const float* rstd,
+                        int64_t N, int64_t C) {
   float* dparams[2] = {dweight, dbias};
   rows_with_param_grads(N, C, 2, dparams, [&](int64_t i, float* dw, float* db) {
     const float* dy = dout + i * C;

@@ -27,7 +27,9 @@ __attribute__((always_inline)) inline float vexp(float x) {
   return p * __builtin_bit_cast(float, bits);
 }
 
-__attribute__((always_inline)) inline float vsigmoid(float x) { return 1.0f / (1.0f + vexp(-x)); }
+__attribute__((always_inline)) inline float vsigmoid(float x) {
+  return 1.0f / (1.0f + vexp(-x));
+}
 
 __attribute__((always_inline)) inline float vtanh(float x) {
   // tanh x = sign(x)·(1 - 2/(e^{2|x|} + 1)); odd-polynomial branch for small |x|
@@ -36,7 +38,9 @@ __attribute__((always_inline)) inline float vtanh(float x) {
   float e = vexp(2.0f * a);
   float big = 1.0f - 2.0f / (e + 1.0f);
   float x2 = a * a;
-  float small = a * (1.0f + x2 * (-0.333333333f + x2 * (0.133333333f + x2 * (-0.0539682540f + x2 * 0.0218694885f))));
+  float small =
+      a * (1.0f +
+           x2 * (-0.333333333f + x2 * (0.133333333f + x2 * (-0.0539682540f + x2 * 0.0218694885f))));
   float t = a < 0.0625f ? small : big;
   return __builtin_copysignf(t, x);
 }
@@ -45,7 +49,8 @@ __attribute__((always_inline)) inline float verf(float x) {
   // Abramowitz & Stegun 7.1.26 refined: |error| < 1.5e-7.
   float a = __builtin_fabsf(x);
   float t = 1.0f / (1.0f + 0.3275911f * a);
-  float y = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+  float y = t * (0.254829592f +
+                 t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
   float r = 1.0f - y * vexp(-a * a);
   return __builtin_copysignf(r, x);
 }

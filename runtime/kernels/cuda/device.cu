@@ -12,7 +12,9 @@ void check(cudaError_t e, const char* what) {
 }
 }  // namespace
 
-bool compiled() { return true; }
+bool compiled() {
+  return true;
+}
 
 bool available() {
   static const bool ok = [] {
@@ -25,7 +27,8 @@ bool available() {
 std::string describe() {
   if (!available()) return "no CUDA device";
   cudaDeviceProp p{};
-  if (cudaGetDeviceProperties(&p, 0) != cudaSuccess) return "CUDA device 0 (properties unavailable)";
+  if (cudaGetDeviceProperties(&p, 0) != cudaSuccess)
+    return "CUDA device 0 (properties unavailable)";
   return str(p.name, " (sm_", p.major, p.minor, ", ", p.totalGlobalMem >> 20, " MiB)");
 }
 
@@ -35,8 +38,12 @@ void* device_malloc(size_t bytes) {
   check(cudaMalloc(&p, bytes ? bytes : 1), "cudaMalloc");
   return p;
 }
-void device_free(void* p) { cudaFree(p); }
-void device_memset_zero(void* p, size_t bytes) { check(cudaMemset(p, 0, bytes), "cudaMemset"); }
+void device_free(void* p) {
+  cudaFree(p);
+}
+void device_memset_zero(void* p, size_t bytes) {
+  check(cudaMemset(p, 0, bytes), "cudaMemset");
+}
 void copy_to_device(void* dst, const void* src, size_t bytes) {
   check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy H2D");
 }
@@ -46,6 +53,8 @@ void copy_to_host(void* dst, const void* src, size_t bytes) {
 void copy_device_to_device(void* dst, const void* src, size_t bytes) {
   check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpy D2D");
 }
-void synchronize() { check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
+void synchronize() {
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
 
 }  // namespace tessera::cuda

@@ -9,8 +9,8 @@
 
 namespace tessera::cuda {
 
-bool compiled();       // built with nvcc
-bool available();      // compiled and a device is present
+bool compiled();         // built with nvcc
+bool available();        // compiled and a device is present
 std::string describe();  // "NVIDIA H100 (sm_90)" or why not available
 
 void* device_malloc(size_t bytes);

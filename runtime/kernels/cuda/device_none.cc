@@ -10,15 +10,31 @@ namespace {
 }
 }  // namespace
 
-bool compiled() { return false; }
-bool available() { return false; }
-std::string describe() { return "built without CUDA"; }
-void* device_malloc(size_t) { unavailable(); }
+bool compiled() {
+  return false;
+}
+bool available() {
+  return false;
+}
+std::string describe() {
+  return "built without CUDA";
+}
+void* device_malloc(size_t) {
+  unavailable();
+}
 void device_free(void*) {}
-void device_memset_zero(void*, size_t) { unavailable(); }
-void copy_to_device(void*, const void*, size_t) { unavailable(); }
-void copy_to_host(void*, const void*, size_t) { unavailable(); }
-void copy_device_to_device(void*, const void*, size_t) { unavailable(); }
+void device_memset_zero(void*, size_t) {
+  unavailable();
+}
+void copy_to_device(void*, const void*, size_t) {
+  unavailable();
+}
+void copy_to_host(void*, const void*, size_t) {
+  unavailable();
+}
+void copy_device_to_device(void*, const void*, size_t) {
+  unavailable();
+}
 void synchronize() {}
 
 }  // namespace tessera::cuda

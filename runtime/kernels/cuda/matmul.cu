@@ -37,11 +37,12 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
   // Row-major C = op(A) op(B)  <=>  column-major Cᵀ = op(B)ᵀ op(A)ᵀ.
-  cublasStatus_t st = cublasSgemm(handle(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                  static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &alpha, B,
-                                  static_cast<int>(ldb), A, static_cast<int>(lda), &beta, C,
-                                  static_cast<int>(ldc));
-  if (st != CUBLAS_STATUS_SUCCESS) throw Error(str("cublasSgemm failed with status ", static_cast<int>(st)));
+  cublasStatus_t st =
+      cublasSgemm(handle(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                  static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &alpha, B,
+                  static_cast<int>(ldb), A, static_cast<int>(lda), &beta, C, static_cast<int>(ldc));
+  if (st != CUBLAS_STATUS_SUCCESS)
+    throw Error(str("cublasSgemm failed with status ", static_cast<int>(st)));
 }
 
 void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N,

@@ -24,8 +24,8 @@ std::vector<std::vector<float>> run(const std::function<Tensor()>& f, std::vecto
   return res;
 }
 
-void expect_close(const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b,
-                  float tol) {
+void expect_close(const std::vector<std::vector<float>>& a,
+                  const std::vector<std::vector<float>>& b, float tol) {
   ASSERT_EQ(a.size(), b.size());
   for (size_t k = 0; k < a.size(); ++k) {
     ASSERT_EQ(a[k].size(), b[k].size());

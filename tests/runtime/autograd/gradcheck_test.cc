@@ -87,10 +87,14 @@ TEST(ElementwiseGrad, MulScaleSum) {
 
 std::string act_name(ops::Act a) {
   switch (a) {
-    case ops::Act::Gelu: return "gelu";
-    case ops::Act::GeluTanh: return "gelu_tanh";
-    case ops::Act::Relu: return "relu";
-    case ops::Act::Silu: return "silu";
+    case ops::Act::Gelu:
+      return "gelu";
+    case ops::Act::GeluTanh:
+      return "gelu_tanh";
+    case ops::Act::Relu:
+      return "relu";
+    case ops::Act::Silu:
+      return "silu";
   }
   return "?";
 }
@@ -146,7 +150,9 @@ TEST(NormGrad, LayerNormWithAndWithoutBias) {
   for (auto [N, C] : {std::pair<int64_t, int64_t>{1, 1}, {1, 5}, {3, 8}, {4, 13}}) {
     Tensor x = randn({N, C}, rng, 1.0f, true);
     Tensor w = randn({C}, rng, 0.5f, true), b = randn({C}, rng, 0.5f, true);
-    if (C > 1) expect_gradients_match([&] { return ops::layernorm(x, w, b, 1e-5f); }, {x, w, b}, 1e-2f, 3e-2f, 3e-3f);
+    if (C > 1)
+      expect_gradients_match([&] { return ops::layernorm(x, w, b, 1e-5f); }, {x, w, b}, 1e-2f,
+                             3e-2f, 3e-3f);
     expect_gradients_match([&] { return ops::layernorm(x, w, Tensor(), 1e-5f); }, {w});
   }
 }

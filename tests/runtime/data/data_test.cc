@@ -88,7 +88,8 @@ TEST(Text, GlobsSplitAndWindows) {
 TEST(Tokens, RawAndLlmcFormats) {
   const std::string dir = testing::temp_dir("tok");
   std::vector<uint16_t> raw = {5, 6, 7, 8};
-  std::ofstream(dir + "/raw.bin", std::ios::binary).write(reinterpret_cast<const char*>(raw.data()), 8);
+  std::ofstream(dir + "/raw.bin", std::ios::binary)
+      .write(reinterpret_cast<const char*>(raw.data()), 8);
   TokenCorpus c = load_token_bins({dir + "/raw.bin"}, 2);
   EXPECT_EQ(c.tokens, (std::vector<int32_t>{5, 6, 7, 8}));
   EXPECT_EQ(c.vocab, 9);

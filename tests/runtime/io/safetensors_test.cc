@@ -40,8 +40,10 @@ TEST(Safetensors, RoundTripIsBitExact) {
   Tensor s = Tensor::from_vector({42.0f}, {});
   std::vector<uint16_t> half = {f32_to_f16(1.5f), f32_to_f16(-2.25f)};
   std::vector<uint16_t> bf = {f32_to_bf16(3.0f), f32_to_bf16(-0.5f), f32_to_bf16(1e-3f)};
-  std::vector<WriteEntry> e = {WriteEntry::f32("model.a", a), WriteEntry::f32("b", b),
-                               WriteEntry::f32("empty", c), WriteEntry::f32("scalar", s),
+  std::vector<WriteEntry> e = {WriteEntry::f32("model.a", a),
+                               WriteEntry::f32("b", b),
+                               WriteEntry::f32("empty", c),
+                               WriteEntry::f32("scalar", s),
                                {"half", DType::F16, {2}, half.data(), 4},
                                {"bf", DType::BF16, {3}, bf.data(), 6}};
   const std::string dir = testing::temp_dir("st");
@@ -67,7 +69,8 @@ TEST(Safetensors, RoundTripIsBitExact) {
 }
 
 TEST(Safetensors, HalfConversionsAreExactWhereRepresentable) {
-  for (float v : {0.0f, -0.0f, 1.0f, -1.0f, 65504.0f, 6.103515625e-05f, 5.960464477539063e-08f, 0.333251953125f})
+  for (float v : {0.0f, -0.0f, 1.0f, -1.0f, 65504.0f, 6.103515625e-05f, 5.960464477539063e-08f,
+                  0.333251953125f})
     EXPECT_EQ(f16_to_f32(f32_to_f16(v)), v) << v;
   EXPECT_TRUE(std::isinf(f16_to_f32(f32_to_f16(1e6f))));
   EXPECT_TRUE(std::isnan(f16_to_f32(f32_to_f16(NAN))));
@@ -91,42 +94,54 @@ TEST(Safetensors, RefusesHeaderLengthPastEnd) {
 TEST(Safetensors, RefusesBadJson) {
   EXPECT_NE(refusal(image("{not json", 0)).find("not valid JSON"), std::string::npos);
   EXPECT_NE(refusal(image("[1,2]", 0)).find("not an object"), std::string::npos);
-  EXPECT_NE(refusal(image(R"({"a":{"dtype":"F32","shape":[1]}})", 4)).find("data_offsets"), std::string::npos);
-  EXPECT_NE(refusal(image(R"({"a":{"dtype":"Q4","shape":[1],"data_offsets":[0,4]}})", 4)).find("unknown dtype"),
+  EXPECT_NE(refusal(image(R"({"a":{"dtype":"F32","shape":[1]}})", 4)).find("data_offsets"),
             std::string::npos);
-  EXPECT_NE(refusal(image(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4)).find("negative"),
+  EXPECT_NE(refusal(image(R"({"a":{"dtype":"Q4","shape":[1],"data_offsets":[0,4]}})", 4))
+                .find("unknown dtype"),
             std::string::npos);
-  EXPECT_NE(refusal(image(R"({"__metadata__":{"k":1}})", 0)).find("not a string"), std::string::npos);
+  EXPECT_NE(refusal(image(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4))
+                .find("negative"),
+            std::string::npos);
+  EXPECT_NE(refusal(image(R"({"__metadata__":{"k":1}})", 0)).find("not a string"),
+            std::string::npos);
 }
 
 TEST(Safetensors, RefusesOverlapsAndGaps) {
   EXPECT_NE(refusal(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                          R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12))
+                          R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                          12))
                 .find("overlaps"),
             std::string::npos);
   EXPECT_NE(refusal(image(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
-                          R"("b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})", 12))
+                          R"("b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})",
+                          12))
                 .find("gap"),
             std::string::npos);
   // Trailing bytes not covered by any tensor.
-  EXPECT_NE(refusal(image(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 8)).find("cover"),
-            std::string::npos);
+  EXPECT_NE(
+      refusal(image(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 8)).find("cover"),
+      std::string::npos);
   // A range past the data section.
-  EXPECT_NE(refusal(image(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8)).find("runs past"),
+  EXPECT_NE(refusal(image(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8))
+                .find("runs past"),
             std::string::npos);
 }
 
 TEST(Safetensors, RefusesDtypeShapeSizeDisagreement) {
-  EXPECT_NE(refusal(image(R"({"a":{"dtype":"F16","shape":[3],"data_offsets":[0,4]}})", 4)).find("needs 6 bytes"),
+  EXPECT_NE(refusal(image(R"({"a":{"dtype":"F16","shape":[3],"data_offsets":[0,4]}})", 4))
+                .find("needs 6 bytes"),
             std::string::npos);
-  EXPECT_NE(refusal(image(R"({"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,4]}})", 4))
-                .find("overflow"),
-            std::string::npos);
+  EXPECT_NE(
+      refusal(
+          image(R"({"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,4]}})", 4))
+          .find("overflow"),
+      std::string::npos);
 }
 
 TEST(Safetensors, RefusesDuplicateNames) {
   EXPECT_NE(refusal(image(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
-                          R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8))
+                          R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                          8))
                 .find("appears twice"),
             std::string::npos);
 }
@@ -152,7 +167,8 @@ TEST(Safetensors, SurvivesEveryTruncationAndByteFlipOfAValidFile) {
   // either parses or is refused with tessera::Error — never crashes.
   Rng rng(3);
   Tensor a = testing::randn({2, 3}, rng);
-  auto good = serialize_safetensors({WriteEntry::f32("w", a), WriteEntry::f32("v", a)}, {{"k", "v"}});
+  auto good =
+      serialize_safetensors({WriteEntry::f32("w", a), WriteEntry::f32("v", a)}, {{"k", "v"}});
   for (size_t n = 0; n < good.size(); ++n) {
     std::vector<uint8_t> b(good.begin(), good.begin() + n);
     EXPECT_THROW(SafetensorsFile::parse(b, "prefix"), Error) << "prefix " << n;

@@ -13,8 +13,8 @@ namespace {
 
 using testing::randn;
 
-#define REQUIRE_GPU()                                                           \
-  do {                                                                          \
+#define REQUIRE_GPU()                                                               \
+  do {                                                                              \
     if (!cuda::available()) GTEST_SKIP() << "no CUDA device: " << cuda::describe(); \
   } while (0)
 
@@ -40,9 +40,11 @@ TEST(Cuda, LinearForwardBackwardMatchesCpu) {
   REQUIRE_GPU();
   Rng rng(1);
   for (bool w_in_out : {false, true}) {
-    Tensor x = randn({37, 29}, rng, 1.0f, true), w = randn(w_in_out ? Shape{29, 53} : Shape{53, 29}, rng, 0.3f, true),
+    Tensor x = randn({37, 29}, rng, 1.0f, true),
+           w = randn(w_in_out ? Shape{29, 53} : Shape{53, 29}, rng, 0.3f, true),
            b = randn({53}, rng, 0.3f, true);
-    Tensor xg = x.to(Device::CUDA).set_requires_grad(true), wg = w.to(Device::CUDA).set_requires_grad(true),
+    Tensor xg = x.to(Device::CUDA).set_requires_grad(true),
+           wg = w.to(Device::CUDA).set_requires_grad(true),
            bg = b.to(Device::CUDA).set_requires_grad(true);
     Tensor dy = randn({37, 53}, rng);
     Tensor y, yg;
@@ -69,13 +71,15 @@ TEST(Cuda, ElementwiseKernelsMatchCpu) {
   Tensor a = randn({1001}, rng, 2.0f), b = randn({1001}, rng);
   Tensor ag = a.to(Device::CUDA), bg = b.to(Device::CUDA);
   for (auto act : {ops::Act::Gelu, ops::Act::GeluTanh, ops::Act::Relu, ops::Act::Silu})
-    EXPECT_LT(nmse(ops::activation(ag, act).to_vector(), ops::activation(a, act).to_vector()), 1e-10);
+    EXPECT_LT(nmse(ops::activation(ag, act).to_vector(), ops::activation(a, act).to_vector()),
+              1e-10);
   EXPECT_LT(nmse(ops::swiglu(ag, bg).to_vector(), ops::swiglu(a, b).to_vector()), 1e-10);
   EXPECT_LT(nmse(ops::add(ag, bg).to_vector(), ops::add(a, b).to_vector()), 1e-12);
   EXPECT_LT(nmse(ops::mul(ag, bg).to_vector(), ops::mul(a, b).to_vector()), 1e-12);
   // An op without a CUDA kernel refuses clearly instead of reading device memory on the host.
-  EXPECT_THROW(ops::layernorm(ag.view({7, 143}), Tensor::full({143}, 1.0f, Device::CUDA), Tensor(), 1e-5f),
-               Error);
+  EXPECT_THROW(
+      ops::layernorm(ag.view({7, 143}), Tensor::full({143}, 1.0f, Device::CUDA), Tensor(), 1e-5f),
+      Error);
 }
 
 }  // namespace

@@ -10,8 +10,8 @@
 
 #include "runtime/autograd/ops.h"
 #include "runtime/autograd/tape.h"
-#include "runtime/io/hf.h"
 #include "runtime/common/error.h"
+#include "runtime/io/hf.h"
 #include "runtime/io/safetensors.h"
 #include "tests/testing.h"
 
@@ -93,7 +93,8 @@ TEST(HfCheckpoint, LoadsHalfPrecisionWeights) {
     for (const auto& t : f->tensors()) {
       std::vector<float> v = f->load_f32(t).to_vector();
       std::vector<uint16_t> h(v.size());
-      for (size_t i = 0; i < v.size(); ++i) h[i] = dt == io::DType::F16 ? io::f32_to_f16(v[i]) : io::f32_to_bf16(v[i]);
+      for (size_t i = 0; i < v.size(); ++i)
+        h[i] = dt == io::DType::F16 ? io::f32_to_f16(v[i]) : io::f32_to_bf16(v[i]);
       store.push_back(std::move(h));
       e.push_back({t.name, dt, t.shape, store.back().data(), store.back().size() * 2});
     }

@@ -66,7 +66,8 @@ TEST_P(Determinism, ResumeEqualsUninterrupted) {
   straight.run();
   auto& pa = second.params().all();
   auto& pb = straight.params().all();
-  for (size_t i = 0; i < pa.size(); ++i) EXPECT_EQ(pa[i].tensor.to_vector(), pb[i].tensor.to_vector()) << pa[i].name;
+  for (size_t i = 0; i < pa.size(); ++i)
+    EXPECT_EQ(pa[i].tensor.to_vector(), pb[i].tensor.to_vector()) << pa[i].name;
 }
 
 INSTANTIATE_TEST_SUITE_P(Flavors, Determinism, ::testing::Values("gpt2", "llama"));
@@ -91,10 +92,11 @@ TEST(Checkpoint, RefusesAMismatchedModel) {
 }
 
 TEST(FashionMnist, MlpReachesEightyPercentOnASubset) {
-  PretrainConfig cfg = launch::resolve_config(
-      "", {"data.limit_train=8192", "data.limit_test=2000", "epochs=0", "steps=192", "batch_size=128",
-           "out_dir=", "threads=2"},
-      "mlp");
+  PretrainConfig cfg =
+      launch::resolve_config("",
+                             {"data.limit_train=8192", "data.limit_test=2000", "epochs=0",
+                              "steps=192", "batch_size=128", "out_dir=", "threads=2"},
+                             "mlp");
   Trainer t(cfg);
   t.run();
   EvalResult e = t.evaluate();
