@@ -136,6 +136,8 @@ class LmTask : public Task {
  public:
   LmTask(const PretrainConfig& cfg, Rng& rng) {
     const DecoderConfig& d = cfg.decoder();
+    if (cfg.data().files().empty())
+      throw Error("data.files is empty: name the text files or globs");
     data::TokenCorpus all;
     if (cfg.data().kind() == "text")
       all = data::load_text({cfg.data().files().begin(), cfg.data().files().end()});
@@ -145,8 +147,6 @@ class LmTask : public Task {
     else
       throw Error(str("model 'decoder' trains on data.kind 'text' or 'tokens', got '",
                       cfg.data().kind(), "'"));
-    if (cfg.data().files().empty())
-      throw Error("data.files is empty: name the text files or globs");
     data::split_holdout(all, cfg.data().holdout(), &train_, &test_);
     if (!d.init_from().empty()) {
       model_ = io::load_hf_decoder(d.init_from());
