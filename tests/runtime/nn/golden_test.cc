@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "runtime/autograd/ops.h"
 #include "runtime/autograd/tape.h"
@@ -79,6 +80,39 @@ TEST(HfCheckpoint, SaveThenLoadRoundTrips) {
   EXPECT_EQ(b->spec().kv_heads(), 2);
   for (size_t i = 0; i < a->params().all().size(); ++i)
     EXPECT_EQ(a->params().all()[i].tensor.to_vector(), b->params().all()[i].tensor.to_vector());
+}
+
+TEST(HfCheckpoint, LoadsShardedIndexAndHubStyleNames) {
+  // Split the GPT-2 fixture into two shards with a model.safetensors.index.json,
+  // naming tensors without the "transformer." prefix as hub GPT-2 files do.
+  const std::string src = testing::source_dir() + "/tests/fixtures/golden/gpt2/model";
+  auto f = io::SafetensorsFile::open(src + "/model.safetensors");
+  const std::string dir = testing::temp_dir("hf_sharded");
+  std::filesystem::copy_file(src + "/config.json", dir + "/config.json");
+  std::vector<io::WriteEntry> shard[2];
+  nlohmann::json map = nlohmann::json::object();
+  int i = 0;
+  for (const auto& t : f->tensors()) {
+    std::string name = t.name.substr(std::string("transformer.").size());
+    int s = i++ % 2;
+    shard[s].push_back({name, t.dtype, t.shape, f->bytes(t), t.end - t.begin});
+    map[name] = "model-0000" + std::to_string(s + 1) + "-of-00002.safetensors";
+  }
+  for (int s = 0; s < 2; ++s)
+    io::save_safetensors(dir + "/model-0000" + std::to_string(s + 1) + "-of-00002.safetensors",
+                         shard[s]);
+  std::ofstream(dir + "/model.safetensors.index.json")
+      << nlohmann::json{{"weight_map", map}}.dump();
+  auto sharded = io::load_hf_decoder(dir);
+  auto plain = io::load_hf_decoder(src);
+  for (size_t k = 0; k < plain->params().all().size(); ++k)
+    EXPECT_EQ(sharded->params().all()[k].tensor.to_vector(),
+              plain->params().all()[k].tensor.to_vector());
+  // A shard name that escapes the folder is refused.
+  map.begin().value() = "../evil.safetensors";
+  std::ofstream(dir + "/model.safetensors.index.json")
+      << nlohmann::json{{"weight_map", map}}.dump();
+  EXPECT_THROW(io::load_hf_decoder(dir), Error);
 }
 
 TEST(HfCheckpoint, LoadsHalfPrecisionWeights) {

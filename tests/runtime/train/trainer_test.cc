@@ -91,6 +91,33 @@ TEST(Checkpoint, RefusesAMismatchedModel) {
   EXPECT_THROW(u.load_checkpoint(dir + "/none.safetensors"), Error);
 }
 
+TEST(Tokens, TrainsOnPreTokenisedBins) {
+  const std::string dir = testing::temp_dir("tokbins");
+  std::vector<uint16_t> toks(6000);
+  for (size_t i = 0; i < toks.size(); ++i)
+    toks[i] = static_cast<uint16_t>((i * 7) % 300);  // ids above 255
+  std::ofstream(dir + "/train.bin", std::ios::binary)
+      .write(reinterpret_cast<const char*>(toks.data()),
+             static_cast<std::streamsize>(toks.size() * 2));
+  PretrainConfig cfg = launch::resolve_config(
+      "",
+      {"data.kind=tokens", "data.files=" + dir + "/train.bin", "data.token_bytes=2",
+       "decoder.vocab_size=300", "decoder.d_model=32", "decoder.n_layer=1", "decoder.n_head=2",
+       "decoder.n_ctx=16", "batch_size=4", "steps=60", "optim.lr=0.01", "optim.warmup_steps=2",
+       "eval_batches=2", "out_dir=", "threads=2"},
+      "decoder");
+  Trainer t(cfg);
+  std::vector<float> losses = t.run();
+  EXPECT_LT(losses.back(), losses.front() - 1.0f);  // a periodic sequence is learnable
+  cfg.mutable_decoder()->set_vocab_size(256);
+  try {
+    Trainer small(cfg);
+    FAIL() << "a vocabulary smaller than the corpus ids was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("vocab_size"), std::string::npos) << e.what();
+  }
+}
+
 TEST(FashionMnist, MlpReachesEightyPercentOnASubset) {
   PretrainConfig cfg =
       launch::resolve_config("",
