@@ -220,6 +220,12 @@ class LmTask : public Task {
   int64_t T_ = 0;
 };
 
+std::string status_text(float loss, double rate, const char* unit) {
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "loss %.4f | %.0f %s/s", loss, rate, unit);
+  return buf;
+}
+
 std::string config_text(const PretrainConfig& c) {
   std::string s;
   google::protobuf::TextFormat::PrintToString(c, &s);
@@ -346,10 +352,7 @@ std::vector<float> Trainer::run(int64_t max_steps, bool progress) {
     secs += dt;
     losses.push_back(s.loss);
     smooth = losses.size() == 1 ? s.loss : 0.95f * smooth + 0.05f * s.loss;
-    if (bar)
-      bar->update(
-          step_, u,
-          str("loss ", smooth, " | ", static_cast<int64_t>(bar->rate()), " ", unit(), "/s"));
+    if (bar) bar->update(step_, u, status_text(smooth, bar->rate(), unit()));
     if (st_->log && (step_ % cfg_.log_every() == 0 || step_ == end)) {
       nlohmann::json row = {{"step", s.step},
                             {"loss", s.loss},
@@ -371,8 +374,7 @@ std::vector<float> Trainer::run(int64_t max_steps, bool progress) {
       save_checkpoint(cfg_.out_dir() + "/checkpoint.safetensors");
   }
   units_per_s_ = secs > 0 ? units / secs : 0.0;
-  if (bar)
-    bar->finish(str("loss ", smooth, " | ", static_cast<int64_t>(units_per_s_), " ", unit(), "/s"));
+  if (bar) bar->finish(status_text(smooth, units_per_s_, unit()));
   return losses;
 }
 
