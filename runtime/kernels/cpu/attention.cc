@@ -106,8 +106,12 @@ void rope_tables(float* cos, float* sin, int64_t T, int64_t D, float theta) {
   }
 }
 
-void rope_forward(float* out, const float* inp, const float* cos, const float* sin, int64_t B,
-                  int64_t T, int64_t H, int64_t D) {
+namespace {
+// Rotates each (x[i], x[i + D/2]) pair by +angle (forward) or −angle (its
+// transpose, the backward); writes or accumulates into out.
+template <bool kAccumulate>
+void rope_rotate(float* out, const float* inp, const float* cos, const float* sin, float sign,
+                 int64_t B, int64_t T, int64_t H, int64_t D) {
   const int64_t half = D / 2;
 #pragma omp parallel for collapse(2) if (B * T * H * D > (1 << 15)) schedule(static)
   for (int64_t b = 0; b < B; ++b) {
@@ -119,35 +123,25 @@ void rope_forward(float* out, const float* inp, const float* cos, const float* s
         float* o = out + (b * T + t) * H * D + h * D;
 #pragma omp simd
         for (int64_t i = 0; i < half; ++i) {
-          float x1 = x[i], x2 = x[i + half];
-          o[i] = x1 * c[i] - x2 * s[i];
-          o[i + half] = x2 * c[i] + x1 * s[i];
+          const float x1 = x[i], x2 = x[i + half], si = sign * s[i];
+          const float r1 = x1 * c[i] - x2 * si, r2 = x2 * c[i] + x1 * si;
+          o[i] = kAccumulate ? o[i] + r1 : r1;
+          o[i + half] = kAccumulate ? o[i + half] + r2 : r2;
         }
       }
     }
   }
 }
+}  // namespace
+
+void rope_forward(float* out, const float* inp, const float* cos, const float* sin, int64_t B,
+                  int64_t T, int64_t H, int64_t D) {
+  rope_rotate<false>(out, inp, cos, sin, 1.0f, B, T, H, D);
+}
 
 void rope_backward(float* dinp, const float* dout, const float* cos, const float* sin, int64_t B,
                    int64_t T, int64_t H, int64_t D) {
-  const int64_t half = D / 2;
-#pragma omp parallel for collapse(2) if (B * T * H * D > (1 << 15)) schedule(static)
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t t = 0; t < T; ++t) {
-      const float* c = cos + t * half;
-      const float* s = sin + t * half;
-      for (int64_t h = 0; h < H; ++h) {
-        const float* g = dout + (b * T + t) * H * D + h * D;
-        float* dx = dinp + (b * T + t) * H * D + h * D;
-#pragma omp simd
-        for (int64_t i = 0; i < half; ++i) {
-          float g1 = g[i], g2 = g[i + half];
-          dx[i] += g1 * c[i] + g2 * s[i];
-          dx[i + half] += g2 * c[i] - g1 * s[i];
-        }
-      }
-    }
-  }
+  rope_rotate<true>(dinp, dout, cos, sin, -1.0f, B, T, H, D);
 }
 
 }  // namespace tessera::kernels::cpu
