@@ -67,8 +67,6 @@ class Rng {
   std::string state() const;
   void set_state(const std::string& text);  // throws tessera::Error on malformed text
 
-  bool operator==(const Rng& o) const { return s_ == o.s_ && has_spare_ == o.has_spare_; }
-
  private:
   static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
   static uint64_t splitmix64(uint64_t& x) {

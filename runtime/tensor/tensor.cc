@@ -45,7 +45,6 @@ class CpuCache {
       if (it != free_.end() && !it->second.empty()) {
         float* p = it->second.back();
         it->second.pop_back();
-        bytes_ -= numel * sizeof(float);
         return p;
       }
     }
@@ -57,25 +56,18 @@ class CpuCache {
   void put(float* p, size_t numel) {
     std::lock_guard<std::mutex> lock(mu_);
     free_[numel].push_back(p);
-    bytes_ += numel * sizeof(float);
   }
   void release() {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [n, v] : free_)
       for (float* p : v) std::free(p);
     free_.clear();
-    bytes_ = 0;
-  }
-  size_t bytes() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return bytes_;
   }
   ~CpuCache() { release(); }
 
  private:
   std::mutex mu_;
   std::unordered_map<size_t, std::vector<float*>> free_;
-  size_t bytes_ = 0;
 };
 
 CpuCache& cpu_cache() {
@@ -84,13 +76,6 @@ CpuCache& cpu_cache() {
 }
 
 }  // namespace
-
-void release_cached_memory() {
-  cpu_cache().release();
-}
-size_t cached_memory_bytes() {
-  return cpu_cache().bytes();
-}
 
 std::shared_ptr<Storage> Storage::allocate(size_t numel, Device device) {
   auto s = std::make_shared<Storage>();

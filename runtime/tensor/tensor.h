@@ -93,9 +93,4 @@ struct TensorImpl {
   Tensor grad;
 };
 
-// Frees the CPU buffer cache (tests and long-lived servers call this).
-void release_cached_memory();
-// Bytes currently parked in the cache.
-size_t cached_memory_bytes();
-
 }  // namespace tessera

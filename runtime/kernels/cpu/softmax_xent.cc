@@ -47,15 +47,4 @@ void cross_entropy_backward(float* dlogits, const float* logits, const float* ls
   }
 }
 
-void softmax_forward(float* out, const float* inp, int64_t N, int64_t V) {
-#pragma omp parallel for if (N * V > (1 << 15)) schedule(static)
-  for (int64_t i = 0; i < N; ++i) {
-    const float* x = inp + i * V;
-    float l = row_lse(x, V);
-    float* o = out + i * V;
-#pragma omp simd
-    for (int64_t j = 0; j < V; ++j) o[j] = vexp(x[j] - l);
-  }
-}
-
 }  // namespace tessera::kernels::cpu

@@ -14,7 +14,4 @@ double cross_entropy_forward(float* lse, const float* logits, const int32_t* tar
 void cross_entropy_backward(float* dlogits, const float* logits, const float* lse,
                             const int32_t* targets, float scale, int64_t N, int64_t V);
 
-// Row-wise softmax (inference helpers and tests).
-void softmax_forward(float* out, const float* inp, int64_t N, int64_t V);
-
 }  // namespace tessera::kernels::cpu
