@@ -13,8 +13,31 @@ float LoraConfig::scale() const {
   return rslora ? alpha / std::sqrt(static_cast<float>(r)) : alpha / static_cast<float>(r);
 }
 
+bool peft_pattern_matches(const std::string& key, const std::string& module) {
+  try {
+    return std::regex_match(module, std::regex("(.*\\.)?(" + key + ")"));
+  } catch (const std::regex_error& e) {
+    throw Error(str("pattern '", key, "' is not a valid regular expression: ", e.what()));
+  }
+}
+
+LoraConfig LoraSpec::for_module(const std::string& name) const {
+  LoraConfig c = base;
+  for (const auto& [k, r] : rank_pattern)
+    if (peft_pattern_matches(k, name)) {
+      c.r = r;
+      break;
+    }
+  for (const auto& [k, a] : alpha_pattern)
+    if (peft_pattern_matches(k, name)) {
+      c.alpha = a;
+      break;
+    }
+  return c;
+}
+
 Lora::Lora(const nn::Linear& base, const LoraConfig& cfg, nn::ParameterSet& ps, Rng& rng)
-    : scale_(cfg.scale()) {
+    : cfg_(cfg), scale_(cfg.scale()) {
   if (cfg.r < 1) throw Error(str("LoRA rank r = ", cfg.r, " for ", base.name(), ": expected >= 1"));
   const int64_t in = base.in_features(), out = base.out_features();
   // torch.nn.init.kaiming_uniform_(A, a=√5), as PEFT does: bound = 1/√in.
@@ -109,8 +132,8 @@ std::string near_names(const std::vector<nn::Linear*>& linears, const std::strin
 }  // namespace
 
 AdapterSet::AdapterSet(std::vector<nn::Linear*> linears, nn::ParameterSet& base,
-                       const std::vector<std::string>& targets, const LoraConfig& cfg,
-                       uint64_t seed) {
+                       const std::vector<std::string>& targets, const LoraSpec& spec, uint64_t seed)
+    : spec_(spec), targets_(targets) {
   if (targets.empty())
     throw Error("LoRA: no target modules given (e.g. all-linear, q_proj, re:.*mlp.*)");
   std::vector<std::string> chosen;
@@ -126,7 +149,7 @@ AdapterSet::AdapterSet(std::vector<nn::Linear*> linears, nn::ParameterSet& base,
   for (nn::Linear* l : linears) {
     if (std::find(chosen.begin(), chosen.end(), l->name()) == chosen.end()) continue;
     if (l->adapter()) throw Error(str("module ", l->name(), " already has an adapter attached"));
-    auto lora = std::make_shared<Lora>(*l, cfg, params_, rng);
+    auto lora = std::make_shared<Lora>(*l, spec.for_module(l->name()), params_, rng);
     l->set_adapter(lora);
     linears_.push_back(l);
     loras_.push_back(lora);

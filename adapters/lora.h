@@ -25,12 +25,25 @@ struct LoraConfig {
   float scale() const;
 };
 
+// Per-module overrides as PEFT writes them: a key matches a module when the
+// regex (.*\.)?(key)$ matches its whole name.
+struct LoraSpec {
+  LoraConfig base;
+  std::vector<std::pair<std::string, int64_t>> rank_pattern;
+  std::vector<std::pair<std::string, float>> alpha_pattern;
+  LoraSpec() = default;
+  LoraSpec(const LoraConfig& c) : base(c) {}  // NOLINT: a plain config is a spec
+  LoraConfig for_module(const std::string& name) const;
+};
+bool peft_pattern_matches(const std::string& key, const std::string& module);
+
 class Lora : public nn::LinearAdapter {
  public:
   // Registers "<module>.lora_A.weight" [r, in] and "<module>.lora_B.weight" [out, r] in `ps`.
   Lora(const nn::Linear& base, const LoraConfig& cfg, nn::ParameterSet& ps, Rng& rng);
   Tensor forward(const Tensor& x, const Tensor& base_out, const nn::Linear& base) override;
 
+  const LoraConfig& config() const { return cfg_; }
   const Tensor& A() const { return a_; }
   const Tensor& B() const { return b_; }
   float scale() const { return scale_; }
@@ -40,6 +53,7 @@ class Lora : public nn::LinearAdapter {
   void set_merged(bool m) { merged_ = m; }
 
  private:
+  LoraConfig cfg_;
   Tensor a_, b_;
   float scale_;
   bool merged_ = false;
@@ -51,13 +65,17 @@ class AdapterSet {
   // `targets`; throws Error listing near names when a target matches nothing.
   // The base parameters are frozen (`base` is the model's ParameterSet).
   AdapterSet(std::vector<nn::Linear*> linears, nn::ParameterSet& base,
-             const std::vector<std::string>& targets, const LoraConfig& cfg, uint64_t seed);
+             const std::vector<std::string>& targets, const LoraSpec& spec, uint64_t seed);
   ~AdapterSet();
   AdapterSet(const AdapterSet&) = delete;
   AdapterSet& operator=(const AdapterSet&) = delete;
 
   nn::ParameterSet& params() { return params_; }
   const std::vector<std::string>& modules() const { return names_; }
+  const std::vector<std::shared_ptr<Lora>>& loras() const { return loras_; }
+  const std::vector<nn::Linear*>& linears() const { return linears_; }
+  const LoraSpec& spec() const { return spec_; }
+  const std::vector<std::string>& targets() const { return targets_; }
   // Adds s·B·A into every base weight; the adapters then stand aside in forward.
   void merge();
   // Subtracts it again (W back within fp32 rounding).
@@ -71,6 +89,8 @@ class AdapterSet {
   std::vector<std::shared_ptr<Lora>> loras_;
   std::vector<std::string> names_;
   nn::ParameterSet params_;
+  LoraSpec spec_;
+  std::vector<std::string> targets_;
   bool attached_ = true;
 };
 

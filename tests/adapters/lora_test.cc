@@ -38,7 +38,7 @@ TEST(Lora, GradientsOfAdapterAndInputMatchFiniteDifferences) {
     Rng rng(1);
     nn::ParameterSet ps;
     nn::Linear base(ps, "proj", 7, 5, true, w_in_out, rng, nn::Init::Normal, 0.5f);
-    AdapterSet set({&base}, ps, {"proj"}, {3, 6.0f, false}, 2);
+    AdapterSet set({&base}, ps, {"proj"}, LoraConfig{3, 6.0f, false}, 2);
     randomise_B(set, rng);
     Tensor x = randn({4, 7}, rng, 1.0f, true);
     std::vector<Tensor> inputs = {x};
@@ -54,7 +54,7 @@ TEST(Lora, ZeroInitIsIdentityAndDetachRestoresBitExactly) {
   std::vector<int32_t> ids = {1, 5, 9, 2, 7, 3, 4, 0, 8, 6, 5, 1};
   std::vector<float> before = model.forward(ids, 2, 6).to_vector();
   {
-    AdapterSet set(model.linears(), model.params(), {"all-linear"}, {4, 8.0f, false}, 7);
+    AdapterSet set(model.linears(), model.params(), {"all-linear"}, LoraConfig{4, 8.0f, false}, 7);
     EXPECT_EQ(set.modules().size(), 2u * 7u);  // q k v o gate up down per layer; no lm_head
     EXPECT_EQ(model.forward(ids, 2, 6).to_vector(), before);  // B = 0: no change
     randomise_B(set, rng);
@@ -71,7 +71,7 @@ TEST(Lora, HotEqualsMergedAndUnmergeRestoresWeights) {
     nn::Decoder model(tiny(flavor), rng);
     std::vector<std::vector<float>> w0;
     for (nn::Linear* l : model.linears()) w0.push_back(l->weight().to_vector());
-    AdapterSet set(model.linears(), model.params(), {"all-linear"}, {2, 4.0f, true}, 9);
+    AdapterSet set(model.linears(), model.params(), {"all-linear"}, LoraConfig{2, 4.0f, true}, 9);
     randomise_B(set, rng);
     std::vector<int32_t> ids = {3, 1, 4, 1, 5, 9};
     std::vector<float> hot = model.forward(ids, 1, 6).to_vector();
@@ -97,7 +97,7 @@ TEST(Lora, DeltaWeightMatchesHandComputation) {
   Rng rng(5);
   nn::ParameterSet ps;
   nn::Linear base(ps, "fc", 2, 2, false, false, rng, nn::Init::Zeros);
-  AdapterSet set({&base}, ps, {"fc"}, {1, 2.0f, false}, 1);  // s = 2
+  AdapterSet set({&base}, ps, {"fc"}, LoraConfig{1, 2.0f, false}, 1);  // s = 2
   Tensor a = set.params().at("fc.lora_A.weight"), b = set.params().at("fc.lora_B.weight");
   a.copy_from(Tensor::from_vector({1.0f, 2.0f}, {1, 2}));
   b.copy_from(Tensor::from_vector({3.0f, -1.0f}, {2, 1}));
@@ -113,7 +113,7 @@ TEST(Lora, OnlyAdapterTrainsAndBaseStaysBitIdentical) {
   nn::MlpClassifier model({20, {16}, 3, nn::Act::Gelu}, rng);
   std::vector<std::vector<float>> base0;
   for (auto& p : model.params().all()) base0.push_back(p.tensor.to_vector());
-  AdapterSet set(model.linears(), model.params(), {"all-linear"}, {4, 8.0f, false}, 3);
+  AdapterSet set(model.linears(), model.params(), {"all-linear"}, LoraConfig{4, 8.0f, false}, 3);
   EXPECT_EQ(set.modules(), (std::vector<std::string>{"layers.0"}));
   optim::AdamW opt(set.params(), {});
   Tensor x = randn({8, 20}, rng);
@@ -144,15 +144,15 @@ TEST(Lora, TargetsByGlobRegexSuffixAndClearErrors) {
   EXPECT_EQ(match_targets(L, "re:.*\\.(q|v)_proj").size(), 4u);
   EXPECT_TRUE(match_targets(L, "proj").empty());  // a suffix must be a whole name component
   try {
-    AdapterSet set(L, model.params(), {"q_prj"}, {}, 1);
+    AdapterSet set(L, model.params(), {"q_prj"}, LoraConfig{}, 1);
     FAIL();
   } catch (const Error& e) {
     std::string m = e.what();
     EXPECT_NE(m.find("q_prj"), std::string::npos) << m;
     EXPECT_NE(m.find("q_proj"), std::string::npos) << m;  // the near match is suggested
   }
-  EXPECT_THROW(AdapterSet(L, model.params(), {"re:("}, {}, 1), Error);
-  EXPECT_THROW(AdapterSet(L, model.params(), {"q_proj"}, {0, 1.0f, false}, 1), Error);
+  EXPECT_THROW(AdapterSet(L, model.params(), {"re:("}, LoraConfig{}, 1), Error);
+  EXPECT_THROW(AdapterSet(L, model.params(), {"q_proj"}, LoraConfig{0, 1.0f, false}, 1), Error);
 }
 
 }  // namespace
