@@ -25,7 +25,17 @@ struct EvalOptions {
   std::vector<std::string> overrides;
 };
 
+struct TrainAdapterOptions {
+  std::string base;  // base checkpoint
+  std::string task;  // permute:seed=N | rotate:deg=D | classes:A,B | text:GLOB[|GLOB]
+  std::string adapter = "lora:r=8,alpha=16,targets=all-linear";
+  std::string out_dir;  // default runs/adapter
+  bool quiet = false;
+  std::vector<std::string> overrides;
+};
+
 int run_demo(const DemoOptions& o);
+int run_train_adapter(const TrainAdapterOptions& o);
 int run_pretrain(const PretrainOptions& o);
 int run_eval(const EvalOptions& o);
 

@@ -277,6 +277,52 @@ PretrainConfig resolve_config(const std::string& path, const std::vector<std::st
   return cfg;
 }
 
+AdapterArgs parse_adapter_spec(const std::string& spec) {
+  AdapterArgs a;
+  const size_t colon = spec.find(':');
+  a.kind = spec.substr(0, colon);
+  if (a.kind != "lora")
+    throw Error(
+        str("adapter '", spec, "': kind '", a.kind, "' is not available yet (expected lora)"));
+  if (colon == std::string::npos) return a;
+  std::stringstream ss(spec.substr(colon + 1));
+  std::string kv;
+  while (std::getline(ss, kv, ',')) {
+    const size_t eq = kv.find('=');
+    if (eq == std::string::npos)
+      throw Error(str("adapter '", spec, "': '", kv, "' is not key=value"));
+    const std::string k = kv.substr(0, eq), v = kv.substr(eq + 1);
+    try {
+      size_t pos = 0;
+      if (k == "r") {
+        a.r = std::stoll(v, &pos);
+        if (a.r < 1) throw std::out_of_range(v);
+      } else if (k == "alpha") {
+        a.alpha = std::stof(v, &pos);
+      } else if (k == "rslora") {
+        if (v != "true" && v != "false") throw std::invalid_argument(v);
+        a.rslora = v == "true";
+        pos = v.size();
+      } else if (k == "targets") {
+        a.targets.clear();
+        std::stringstream ts(v);
+        std::string t;
+        while (std::getline(ts, t, '|'))
+          if (!t.empty()) a.targets.push_back(t);
+        if (a.targets.empty()) throw std::invalid_argument(v);
+        pos = v.size();
+      } else {
+        throw Error(str("adapter '", spec, "': unknown key '", k,
+                        "' (expected r, alpha, rslora, targets)"));
+      }
+      if (pos != v.size()) throw std::invalid_argument(v);
+    } catch (const std::logic_error&) {
+      throw Error(str("adapter '", spec, "': bad value '", v, "' for ", k));
+    }
+  }
+  return a;
+}
+
 std::string to_text(const PretrainConfig& cfg) {
   std::string s;
   pb::TextFormat::PrintToString(cfg, &s);

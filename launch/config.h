@@ -26,4 +26,15 @@ PretrainConfig resolve_config(const std::string& path, const std::vector<std::st
                               const std::string& model_if_no_file = "");
 std::string to_text(const PretrainConfig& cfg);
 
+// "lora:r=8,alpha=16,targets=all-linear" (targets separated by '|', e.g.
+// targets=q_proj|v_proj; rslora=true). Unknown keys and bad values name themselves.
+struct AdapterArgs {
+  std::string kind = "lora";
+  int64_t r = 8;
+  float alpha = 16.0f;
+  bool rslora = false;
+  std::vector<std::string> targets = {"all-linear"};
+};
+AdapterArgs parse_adapter_spec(const std::string& spec);
+
 }  // namespace tessera::launch

@@ -47,6 +47,22 @@ int main(int argc, char** argv) {
                      "Evaluate at most this many batches (0: all)");
   c_eval->add_option("overrides", ev.overrides, "key=value config overrides, e.g. data.dir=/path");
 
+  tessera::launch::TrainAdapterOptions ta;
+  auto* c_ta =
+      app.add_subcommand("train-adapter", "Train a LoRA adapter on a frozen base checkpoint");
+  c_ta->add_option("--base", ta.base, "Base model checkpoint (from tessera pretrain or demo)")
+      ->required();
+  c_ta->add_option("--task", ta.task,
+                   "permute:seed=N | rotate:deg=D | classes:A,B,... (MLP base) or text:GLOB[|GLOB] "
+                   "(decoder base)");
+  c_ta->add_option("--adapter", ta.adapter,
+                   "lora:r=8,alpha=16,targets=all-linear (targets: a|b|re:...)")
+      ->capture_default_str();
+  c_ta->add_option("--out", ta.out_dir, "Run folder (default runs/adapter)");
+  c_ta->add_flag("--quiet", ta.quiet, "No progress line");
+  c_ta->add_option("overrides", ta.overrides,
+                   "key=value config overrides, e.g. epochs=1 optim.lr=3e-3");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -57,6 +73,7 @@ int main(int argc, char** argv) {
     if (*c_demo) return tessera::launch::run_demo(demo);
     if (*c_pre) return tessera::launch::run_pretrain(pre);
     if (*c_eval) return tessera::launch::run_eval(ev);
+    if (*c_ta) return tessera::launch::run_train_adapter(ta);
   } catch (const tessera::Error& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "\ntessera: error: %s\n", e.what());

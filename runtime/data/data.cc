@@ -5,6 +5,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -118,6 +119,92 @@ ImageSet load_fashion_mnist(const std::string& dir_in, const std::string& split,
     s.labels[i] = lb.data[i];
   }
   return s;
+}
+
+namespace {
+int64_t parse_int(const std::string& v, const std::string& task) {
+  try {
+    size_t pos = 0;
+    long long x = std::stoll(v, &pos);
+    if (pos != v.size()) throw std::invalid_argument(v);
+    return x;
+  } catch (const std::exception&) {
+    throw Error(str("task '", task, "': '", v, "' is not an integer"));
+  }
+}
+}  // namespace
+
+void apply_image_task(ImageSet* s, const std::string& task, int64_t side) {
+  if (task.empty()) return;
+  const size_t colon = task.find(':');
+  const std::string kind = task.substr(0, colon);
+  const std::string arg = colon == std::string::npos ? "" : task.substr(colon + 1);
+  const int64_t N = s->size(), F = s->features();
+  auto value_of = [&](const std::string& key) {
+    if (arg.rfind(key + "=", 0) != 0)
+      throw Error(str("task '", task, "': expected ", kind, ":", key, "=<integer>"));
+    return parse_int(arg.substr(key.size() + 1), task);
+  };
+  if (kind == "permute") {
+    const uint64_t seed = static_cast<uint64_t>(value_of("seed"));
+    std::vector<int64_t> perm(static_cast<size_t>(F));
+    for (int64_t i = 0; i < F; ++i) perm[i] = i;
+    Rng rng(seed ^ 0x5EEDULL);
+    for (int64_t i = F - 1; i > 0; --i)
+      std::swap(perm[i], perm[static_cast<int64_t>(rng.below(static_cast<uint64_t>(i + 1)))]);
+    std::vector<float> row(static_cast<size_t>(F));
+    for (int64_t n = 0; n < N; ++n) {
+      float* x = s->images.data() + n * F;
+      for (int64_t i = 0; i < F; ++i) row[i] = x[perm[i]];
+      std::copy(row.begin(), row.end(), x);
+    }
+  } else if (kind == "rotate") {
+    if (side * side != F)
+      throw Error(str("task '", task, "': images of ", F, " pixels are not ", side, "x", side));
+    const double rad = static_cast<double>(value_of("deg")) * M_PI / 180.0;
+    const double c = std::cos(rad), sn = std::sin(rad), mid = (side - 1) / 2.0;
+    // The background is the standardised value of a black pixel.
+    const float bg = (0.0f - kFashionMean) / kFashionStd;
+    std::vector<float> row(static_cast<size_t>(F));
+    for (int64_t n = 0; n < N; ++n) {
+      float* x = s->images.data() + n * F;
+      for (int64_t yy = 0; yy < side; ++yy)
+        for (int64_t xx = 0; xx < side; ++xx) {
+          // Inverse rotation: where in the source does this output pixel come from?
+          const double dx = xx - mid, dy = yy - mid;
+          const int64_t sx = std::llround(c * dx + sn * dy + mid),
+                        sy = std::llround(-sn * dx + c * dy + mid);
+          row[yy * side + xx] =
+              (sx >= 0 && sx < side && sy >= 0 && sy < side) ? x[sy * side + sx] : bg;
+        }
+      std::copy(row.begin(), row.end(), x);
+    }
+  } else if (kind == "classes") {
+    std::vector<char> keep(10, 0);
+    std::stringstream ss(arg);
+    std::string item;
+    int count = 0;
+    while (std::getline(ss, item, ',')) {
+      int64_t k = parse_int(item, task);
+      if (k < 0 || k > 9) throw Error(str("task '", task, "': class ", k, " is outside 0..9"));
+      keep[k] = 1;
+      ++count;
+    }
+    if (count == 0)
+      throw Error(str("task '", task, "': expected classes:A,B,... with at least one class"));
+    int64_t m = 0;
+    for (int64_t n = 0; n < N; ++n)
+      if (keep[s->labels[n]]) {
+        std::copy_n(s->images.data() + n * F, F, s->images.data() + m * F);
+        s->labels[m++] = s->labels[n];
+      }
+    Tensor kept = Tensor::empty({m, F});
+    std::copy_n(s->images.data(), m * F, kept.data());
+    s->images = kept;
+    s->labels.resize(static_cast<size_t>(m));
+  } else {
+    throw Error(str("task '", task, "': expected permute:seed=N, rotate:deg=D or classes:A,B,..."));
+  }
 }
 
 std::vector<std::string> expand_globs(const std::vector<std::string>& patterns) {

@@ -35,6 +35,15 @@ constexpr float kFashionMean = 0.2860f, kFashionStd = 0.3530f;
 // split: "train" or "test". limit > 0 keeps the first `limit` examples.
 ImageSet load_fashion_mnist(const std::string& dir, const std::string& split, int64_t limit = 0);
 
+// Image tasks for adapters over one base (applied identically to train and test):
+//   ""                 the dataset as it is
+//   "permute:seed=N"   a fixed seeded permutation of the pixels
+//   "rotate:deg=D"     every image rotated by D degrees about its centre
+//                      (nearest neighbour; multiples of 90 are exact)
+//   "classes:A,B,..."  only examples of these classes (labels keep their ids)
+// A malformed spec is an Error naming it.
+void apply_image_task(ImageSet* s, const std::string& task, int64_t side = 28);
+
 // A token stream (bytes are tokens 0..255 for byte-level text).
 struct TokenCorpus {
   std::vector<int32_t> tokens;

@@ -36,6 +36,7 @@ class Task {
   virtual ~Task() = default;
   virtual const std::string& kind() const = 0;
   virtual nn::ParameterSet& params() = 0;
+  virtual std::vector<nn::Linear*> linears() = 0;
   virtual int64_t train_examples() const = 0;
   virtual double units_per_example() const = 0;
   virtual double flops_per_example() const = 0;
@@ -62,6 +63,8 @@ class ClassifierTask : public Task {
           str("model 'mlp' trains on data.kind 'fashion_mnist', got '", cfg.data().kind(), "'"));
     train_ = data::load_fashion_mnist(cfg.data().dir(), "train", cfg.data().limit_train());
     test_ = data::load_fashion_mnist(cfg.data().dir(), "test", cfg.data().limit_test());
+    data::apply_image_task(&train_, cfg.data().task());
+    data::apply_image_task(&test_, cfg.data().task());
     nn::MlpSpec spec;
     spec.in_features = cfg.mlp().in_features();
     spec.hidden.assign(cfg.mlp().hidden().begin(), cfg.mlp().hidden().end());
@@ -76,6 +79,7 @@ class ClassifierTask : public Task {
   }
   const std::string& kind() const override { return kind_; }
   nn::ParameterSet& params() override { return model_->params(); }
+  std::vector<nn::Linear*> linears() override { return model_->linears(); }
   int64_t train_examples() const override { return train_.size(); }
   double units_per_example() const override { return 1.0; }
   double flops_per_example() const override { return model_->train_flops_per_example(); }
@@ -173,6 +177,7 @@ class LmTask : public Task {
   }
   const std::string& kind() const override { return kind_; }
   nn::ParameterSet& params() override { return model_->params(); }
+  std::vector<nn::Linear*> linears() override { return model_->linears(); }
   int64_t train_examples() const override { return windows_->count(); }
   double units_per_example() const override { return static_cast<double>(T_); }
   double flops_per_example() const override { return model_->train_flops_per_token(T_) * T_; }
@@ -262,7 +267,17 @@ Trainer::Trainer(const PretrainConfig& cfg, int rank, int world)
           : static_cast<int64_t>(std::ceil(cfg.epochs() * static_cast<double>(per_epoch)));
   if (total_steps_ <= 0) throw Error("steps and epochs are both 0: nothing to train");
 
+  trained_ = &task_->params();
+  build_optimizer();
   const OptimConfig& o = cfg.optim();
+  st_->schedule = {o.lr(), o.warmup_steps(), total_steps_, o.min_lr_ratio(),
+                   o.schedule() == "cosine"};
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::build_optimizer() {
+  const OptimConfig& o = cfg_.optim();
   if (o.kind() == "adamw") {
     optim::AdamWOptions a;
     a.lr = o.lr();
@@ -271,22 +286,27 @@ Trainer::Trainer(const PretrainConfig& cfg, int rank, int world)
     a.eps = o.eps();
     a.weight_decay = o.weight_decay();
     a.decay_vectors = o.decay_vectors();
-    st_->opt = std::make_unique<optim::AdamW>(task_->params(), a);
+    st_->opt = std::make_unique<optim::AdamW>(*trained_, a);
   } else if (o.kind() == "sgd") {
     optim::SgdOptions s;
     s.lr = o.lr();
     s.momentum = o.momentum();
     s.weight_decay = o.weight_decay();
     s.decay_vectors = o.decay_vectors();
-    st_->opt = std::make_unique<optim::Sgd>(task_->params(), s);
+    st_->opt = std::make_unique<optim::Sgd>(*trained_, s);
   } else {
     throw Error(str("optim.kind '", o.kind(), "': expected adamw or sgd"));
   }
-  st_->schedule = {o.lr(), o.warmup_steps(), total_steps_, o.min_lr_ratio(),
-                   o.schedule() == "cosine"};
 }
 
-Trainer::~Trainer() = default;
+void Trainer::attach(const AttachFn& fn) {
+  if (step_ > 0) throw Error("attach adapters before the first training step");
+  nn::ParameterSet* ps = fn(task_->linears(), task_->params());
+  if (!ps || ps->trainable().empty())
+    throw Error("the attached adapters have no trainable parameters");
+  trained_ = ps;
+  build_optimizer();
+}
 
 const std::string& Trainer::kind() const {
   return task_->kind();
@@ -302,7 +322,7 @@ StepStats Trainer::train_step() {
   auto t0 = std::chrono::steady_clock::now();
   std::vector<int64_t> idx = st_->sampler->next();
   const int64_t epoch = st_->sampler->epoch();
-  nn::ParameterSet& ps = task_->params();
+  nn::ParameterSet& ps = *trained_;
   ps.zero_grad();
   StepStats s;
   {
@@ -385,13 +405,14 @@ EvalResult Trainer::evaluate(int64_t max_batches) {
 
 void Trainer::save_checkpoint(const std::string& path) const {
   std::vector<io::WriteEntry> e;
-  for (const auto& p : task_->params().all()) e.push_back(io::WriteEntry::f32(p.name, p.tensor));
+  for (const auto& p : trained_->all()) e.push_back(io::WriteEntry::f32(p.name, p.tensor));
   for (const auto& p : st_->opt->state())
     e.push_back(io::WriteEntry::f32("optimizer." + p.name, p.tensor));
   std::map<std::string, std::string> meta = {
       {"format", "pt"},
       {"tessera.format", "checkpoint-v1"},
       {"tessera.kind", task_->kind()},
+      {"tessera.holds", trained_ == &task_->params() ? "model" : "adapters"},
       {"tessera.config", config_text(cfg_)},
       {"tessera.step", std::to_string(step_)},
       {"tessera.optimizer_steps", std::to_string(st_->opt->steps())},
@@ -435,8 +456,8 @@ void Trainer::load_checkpoint(const std::string& path, bool weights_only) {
   if (meta_at(*f, "tessera.kind") != task_->kind())
     throw Error(str("'", path, "' holds a ", meta_at(*f, "tessera.kind"),
                     " model, this run trains a ", task_->kind()));
-  // Model tensors: every parameter, by name and shape.
-  nn::ParameterSet& ps = task_->params();
+  // Every parameter of what this trainer trains (model, or attached adapters), by name and shape.
+  nn::ParameterSet& ps = *trained_;
   std::vector<std::string> problems;
   for (auto& p : ps.all()) {
     const io::TensorInfo* t = f->find(p.name);

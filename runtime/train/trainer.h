@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/nn/layers.h"
 #include "runtime/nn/parameters.h"
 #include "tessera/config.pb.h"
 
@@ -44,6 +45,15 @@ class Trainer {
   int64_t total_steps() const { return total_steps_; }
   const char* unit() const;  // "samples" or "tok"
 
+  // Puts adapters on the model before training: `fn` fills Linear slots,
+  // freezes what it wants and returns the parameters to train. The optimizer
+  // is rebuilt over them, and checkpoints then hold only them (the base comes
+  // from the checkpoint it was loaded from). runtime/ knows no adapter kind.
+  using AttachFn =
+      std::function<nn::ParameterSet*(std::vector<nn::Linear*> linears, nn::ParameterSet& base)>;
+  void attach(const AttachFn& fn);
+  nn::ParameterSet& trained() { return *trained_; }
+
   // One optimisation step; returns its loss.
   StepStats train_step();
   // Trains until total_steps() (or at most max_steps more when > 0), with a
@@ -69,6 +79,8 @@ class Trainer {
   PretrainConfig cfg_;
   int rank_, world_;
   std::unique_ptr<Task> task_;
+  nn::ParameterSet* trained_ = nullptr;
+  void build_optimizer();
   int64_t step_ = 0, total_steps_ = 0;
   double units_per_s_ = 0.0;
   double peak_gflops_ = 0.0;

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 #include "tests/testing.h"
@@ -74,6 +75,30 @@ TEST_F(Cli, PretrainResumeAndEval) {
   ASSERT_EQ(h.code, 0) << h.out;
   auto loss_of = [](const std::string& s) { return s.substr(s.find("loss ")); };
   EXPECT_EQ(loss_of(e.out), loss_of(h.out));
+}
+
+TEST_F(Cli, TrainAdapterOnAFrozenMlpBase) {
+  CliRun p =
+      run("pretrain --quiet --model mlp data.limit_train=2048 data.limit_test=500 epochs=0 "
+          "steps=40 threads=1 out_dir=" +
+          dir_ + "/base");
+  ASSERT_EQ(p.code, 0) << p.out;
+  CliRun a = run("train-adapter --quiet --base " + dir_ +
+                 "/base/checkpoint.safetensors --task permute:seed=3 --out " + dir_ +
+                 "/ad --adapter lora:r=4,alpha=8 epochs=1 threads=1");
+  ASSERT_EQ(a.code, 0) << a.out;
+  EXPECT_NE(a.out.find("base        accuracy"), std::string::npos) << a.out;
+  EXPECT_NE(a.out.find("adapter     accuracy"), std::string::npos) << a.out;
+  EXPECT_TRUE(std::filesystem::exists(dir_ + "/ad/adapter/adapter_config.json"));
+  EXPECT_TRUE(std::filesystem::exists(dir_ + "/ad/adapter/adapter_model.safetensors"));
+  CliRun bad = run("train-adapter --base " + dir_ +
+                   "/base/checkpoint.safetensors --task permute:seed=3 --adapter lora:r=0");
+  EXPECT_EQ(bad.code, 2) << bad.out;
+  EXPECT_NE(bad.out.find("lora:r=0"), std::string::npos) << bad.out;
+  CliRun text = run("train-adapter --base " + dir_ +
+                    "/base/checkpoint.safetensors --task text:/usr/include/*.h");
+  EXPECT_EQ(text.code, 2) << text.out;
+  EXPECT_NE(text.out.find("decoder base"), std::string::npos) << text.out;
 }
 
 TEST_F(Cli, MistakesGetOneClearMessage) {

@@ -95,6 +95,24 @@ TEST(Config, MissingFileIsNamed) {
 namespace tessera::launch {
 namespace {
 
+TEST(AdapterSpec, ParsesAndNamesMistakes) {
+  AdapterArgs a = parse_adapter_spec("lora:r=4,alpha=8,rslora=true,targets=q_proj|re:.*v_proj");
+  EXPECT_EQ(a.r, 4);
+  EXPECT_FLOAT_EQ(a.alpha, 8.0f);
+  EXPECT_TRUE(a.rslora);
+  EXPECT_EQ(a.targets, (std::vector<std::string>{"q_proj", "re:.*v_proj"}));
+  EXPECT_EQ(parse_adapter_spec("lora").targets, (std::vector<std::string>{"all-linear"}));
+  for (const char* bad : {"dora:r=4", "lora:r=0", "lora:r=x", "lora:rank=4", "lora:r",
+                          "lora:rslora=yes", "lora:targets="}) {
+    try {
+      parse_adapter_spec(bad);
+      ADD_FAILURE() << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(bad), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(Config, ShippedConfigsResolve) {
   int n = 0;
   for (const auto& e : std::filesystem::directory_iterator(testing::source_dir() + "/configs")) {

@@ -78,6 +78,60 @@ TEST(FashionMnist, ReadsGzipFolderAndStandardises) {
   EXPECT_THROW(load_fashion_mnist(dir, "test"), Error);  // 3 labels for 2 images
 }
 
+ImageSet tiny_images(int64_t n, int64_t side) {
+  ImageSet s;
+  s.images = Tensor::empty({n, side * side});
+  for (int64_t i = 0; i < s.images.numel(); ++i) s.images.data()[i] = static_cast<float>(i % 17);
+  for (int64_t i = 0; i < n; ++i) s.labels.push_back(static_cast<int32_t>(i % 10));
+  return s;
+}
+
+TEST(ImageTask, PermuteIsASeededPixelPermutation) {
+  ImageSet a = tiny_images(3, 4), b = tiny_images(3, 4), c = tiny_images(3, 4),
+           orig = tiny_images(3, 4);
+  apply_image_task(&a, "permute:seed=5", 4);
+  apply_image_task(&b, "permute:seed=5", 4);
+  apply_image_task(&c, "permute:seed=6", 4);
+  EXPECT_EQ(a.images.to_vector(), b.images.to_vector());
+  EXPECT_NE(a.images.to_vector(), c.images.to_vector());
+  EXPECT_NE(a.images.to_vector(), orig.images.to_vector());
+  for (int64_t n = 0; n < 3; ++n) {
+    std::vector<float> x(a.images.data() + n * 16, a.images.data() + (n + 1) * 16);
+    std::vector<float> y(orig.images.data() + n * 16, orig.images.data() + (n + 1) * 16);
+    std::sort(x.begin(), x.end());
+    std::sort(y.begin(), y.end());
+    EXPECT_EQ(x, y);  // same pixels, other places
+  }
+  EXPECT_EQ(a.labels, orig.labels);
+}
+
+TEST(ImageTask, RotateByHandAndFourQuarterTurnsAreIdentity) {
+  ImageSet s;
+  s.images = Tensor::zeros({1, 9});
+  s.images.data()[1] = 5.0f;  // row 0, column 1
+  s.labels = {3};
+  apply_image_task(&s, "rotate:deg=90", 3);
+  // Now at row 1, column 2: a quarter turn clockwise; a 90° turn of a square
+  // image moves every pixel onto the grid, so the rest stays 0.
+  for (int64_t i = 0; i < 9; ++i) EXPECT_EQ(s.images.data()[i], i == 5 ? 5.0f : 0.0f) << i;
+  ImageSet r = tiny_images(2, 5), orig = tiny_images(2, 5);
+  for (int k = 0; k < 4; ++k) apply_image_task(&r, "rotate:deg=90", 5);
+  EXPECT_EQ(r.images.to_vector(), orig.images.to_vector());
+}
+
+TEST(ImageTask, ClassSubsetAndMalformedSpecs) {
+  ImageSet s = tiny_images(20, 2);
+  apply_image_task(&s, "classes:1,3", 2);
+  EXPECT_EQ(s.labels, (std::vector<int32_t>{1, 3, 1, 3}));
+  EXPECT_EQ(s.images.size(0), 4);
+  EXPECT_EQ(s.images.data()[0], static_cast<float>((1 * 4) % 17));  // row of example 1
+  for (const char* bad :
+       {"permute", "permute:seed=x", "rotate:deg=", "classes:", "classes:12", "blur:3"}) {
+    ImageSet t = tiny_images(2, 2);
+    EXPECT_THROW(apply_image_task(&t, bad, 2), Error) << bad;
+  }
+}
+
 TEST(Text, GlobsSplitAndWindows) {
   const std::string dir = testing::temp_dir("text");
   std::ofstream(dir + "/a.txt") << "abcdefghij";
