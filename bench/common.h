@@ -60,8 +60,8 @@ inline std::vector<ThreadSetting> peer_settings(int cores) {
   return s;
 }
 
-inline bool peer_available(const std::string& python) {
-  std::string cmd = python + " -c 'import torch' >/dev/null 2>&1";
+inline bool peer_available(const std::string& python, const std::string& modules = "torch") {
+  std::string cmd = python + " -c 'import " + modules + "' >/dev/null 2>&1";
   return std::system(cmd.c_str()) == 0;
 }
 
