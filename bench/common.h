@@ -60,6 +60,35 @@ inline std::vector<ThreadSetting> peer_settings(int cores) {
   return s;
 }
 
+// Probes each thread setting with a short run (`probe_args` plus --threads N),
+// emits one probe row each, and returns the setting with the highest
+// rows[row].samples_per_s (row: 0 = first line the peer printed, -1 = last).
+inline ThreadSetting best_peer_setting(const std::string& python, const std::string& script,
+                                       const std::string& probe_args, int cores,
+                                       const std::string& bench, const std::string& impl,
+                                       int row = -1) {
+  ThreadSetting best{"", cores};
+  double best_rate = 0;
+  for (const auto& s : peer_settings(cores)) {
+    auto rows =
+        run_peer(python, script, probe_args + " --threads " + std::to_string(s.threads), s.env);
+    if (rows.empty()) continue;
+    const json& r = row < 0 ? rows.back() : rows.front();
+    const double rate = r.value("samples_per_s", 0.0);
+    emit({{"bench", bench},
+          {"impl", impl},
+          {"figure", "thread_setting_probe"},
+          {"env", s.env},
+          {"threads", s.threads},
+          {"samples_per_s", rate}});
+    if (rate > best_rate) {
+      best_rate = rate;
+      best = s;
+    }
+  }
+  return best;
+}
+
 inline bool peer_available(const std::string& python, const std::string& modules = "torch") {
   std::string cmd = python + " -c 'import " + modules + "' >/dev/null 2>&1";
   return std::system(cmd.c_str()) == 0;

@@ -101,26 +101,9 @@ int main(int argc, char** argv) {
                    {"error", "no torch+peft for " + python}});
       return 0;
     }
-    bench::ThreadSetting best{};
-    double best_rate = 0;
-    for (const auto& s : bench::peer_settings(threads)) {
-      auto rows = bench::run_peer(
-          python, peer,
-          "--base-epochs 1 --epochs 1 --max-seconds 8 --threads " + std::to_string(s.threads),
-          s.env);
-      if (rows.empty()) continue;
-      double r = rows.front().value("samples_per_s", 0.0);
-      bench::emit({{"bench", "lora_mlp"},
-                   {"impl", "pytorch+peft"},
-                   {"figure", "thread_setting_probe"},
-                   {"env", s.env},
-                   {"threads", s.threads},
-                   {"samples_per_s", r}});
-      if (r > best_rate) {
-        best_rate = r;
-        best = s;
-      }
-    }
+    const bench::ThreadSetting best =
+        bench::best_peer_setting(python, peer, "--base-epochs 1 --epochs 1 --max-seconds 8",
+                                 threads, "lora_mlp", "pytorch+peft", 0);
     auto rows =
         bench::run_peer(python, peer,
                         "--base-epochs " + std::to_string(base_epochs) + " --epochs " +

@@ -92,27 +92,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     // Pick PyTorch's best thread setting on a short timed run, then measure it fully.
-    bench::ThreadSetting best{};
-    double best_rate = 0;
-    for (const auto& s : bench::peer_settings(threads)) {
-      auto rows =
-          bench::run_peer(python, peer_script,
-                          "--epochs 1 --threads " + std::to_string(s.threads) + " --max-seconds " +
-                              std::to_string(select_seconds) + " --data-dir " + data_dir,
-                          s.env);
-      if (rows.empty()) continue;
-      double r = rows.back().value("samples_per_s", 0.0);
-      bench::emit({{"bench", "mlp"},
-                   {"impl", "pytorch"},
-                   {"figure", "thread_setting_probe"},
-                   {"env", s.env},
-                   {"threads", s.threads},
-                   {"samples_per_s", r}});
-      if (r > best_rate) {
-        best_rate = r;
-        best = s;
-      }
-    }
+    const bench::ThreadSetting best = bench::best_peer_setting(
+        python, peer_script,
+        "--epochs 1 --max-seconds " + std::to_string(select_seconds) + " --data-dir " + data_dir,
+        threads, "mlp", "pytorch");
     auto rows =
         bench::run_peer(python, peer_script,
                         "--epochs " + epochs + " --threads " + std::to_string(best.threads) +

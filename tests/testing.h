@@ -84,6 +84,16 @@ inline void expect_gradients_match(const std::function<Tensor()>& f, std::vector
   }
 }
 
+// max |a - b| / max |b|: a scale-aware error over a whole tensor.
+inline double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 1e-12;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    num = std::max(num, static_cast<double>(std::fabs(a[i] - b[i])));
+    den = std::max(den, static_cast<double>(std::fabs(b[i])));
+  }
+  return a.size() == b.size() ? num / den : 1e30;
+}
+
 inline std::string temp_dir(const std::string& name) {
   auto p = std::filesystem::temp_directory_path() /
            ("tessera_test_" + name + "_" + std::to_string(::getpid()));

@@ -26,15 +26,6 @@ std::string fixture(const std::string& p) {
   return testing::source_dir() + "/tests/fixtures/" + p;
 }
 
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 1e-12;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, static_cast<double>(std::fabs(a[i] - b[i])));
-    den = std::max(den, static_cast<double>(std::fabs(b[i])));
-  }
-  return num / den;
-}
-
 std::vector<int32_t> golden_ids(const std::string& arch) {
   auto g = io::SafetensorsFile::open(fixture("golden/" + arch + "/golden.safetensors"));
   const io::TensorInfo* t = g->find("input_ids");
@@ -54,13 +45,14 @@ TEST_P(PeftGolden, ImportMatchesPeftDeltaWeightsAndLogits) {
   for (size_t i = 0; i < imp.set->modules().size(); ++i) {
     const std::string& m = imp.set->modules()[i];
     Tensor d = imp.set->loras()[i]->delta_weight(*imp.set->linears()[i]);
-    EXPECT_LT(rel_err(d.to_vector(), golden->load_f32("delta." + m).to_vector()), 1e-5) << m;
+    EXPECT_LT(testing::rel_err(d.to_vector(), golden->load_f32("delta." + m).to_vector()), 1e-5)
+        << m;
     ++deltas;
   }
   EXPECT_EQ(deltas + 1, static_cast<int>(golden->tensors().size()));  // every PEFT module, + logits
   std::vector<int32_t> ids = golden_ids(arch);
   Tensor logits = model->forward(ids, 2, static_cast<int64_t>(ids.size()) / 2);
-  EXPECT_LT(rel_err(logits.to_vector(), golden->load_f32("logits").to_vector()), 1e-5);
+  EXPECT_LT(testing::rel_err(logits.to_vector(), golden->load_f32("logits").to_vector()), 1e-5);
   EXPECT_TRUE(imp.notes.empty()) << imp.notes.front();
 }
 

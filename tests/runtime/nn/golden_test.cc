@@ -28,14 +28,6 @@ std::vector<int32_t> ints(const io::SafetensorsFile& f, const std::string& name)
 }
 
 // max |a - b| / (max |b| + tiny): a scale-aware error for a whole tensor.
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 1e-12;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, static_cast<double>(std::fabs(a[i] - b[i])));
-    den = std::max(den, static_cast<double>(std::fabs(b[i])));
-  }
-  return num / den;
-}
 
 class Golden : public ::testing::TestWithParam<std::string> {};
 
@@ -51,7 +43,7 @@ TEST_P(Golden, LogitsLossAndAllGradientsMatchPyTorch) {
   autograd::Tape tape;
   Tensor logits = model->forward(ids, B, T);
   Tensor loss = ops::cross_entropy(logits, tgt);
-  EXPECT_LT(rel_err(logits.to_vector(), golden->load_f32("logits").to_vector()), 1e-5);
+  EXPECT_LT(testing::rel_err(logits.to_vector(), golden->load_f32("logits").to_vector()), 1e-5);
   EXPECT_NEAR(loss.item(), golden->load_f32("loss").item(), 1e-5);
   tape.backward(loss);
 
@@ -62,7 +54,8 @@ TEST_P(Golden, LogitsLossAndAllGradientsMatchPyTorch) {
     const Tensor* p = model->params().find(name);
     ASSERT_NE(p, nullptr) << "model lacks " << name;
     ASSERT_TRUE(p->grad().defined()) << name << " got no gradient";
-    EXPECT_LT(rel_err(p->grad().to_vector(), golden->load_f32(t).to_vector()), 1e-4) << name;
+    EXPECT_LT(testing::rel_err(p->grad().to_vector(), golden->load_f32(t).to_vector()), 1e-4)
+        << name;
     ++checked;
   }
   // Every trainable parameter of the model was compared.
