@@ -53,8 +53,7 @@ T field(const json& j, const char* key, const std::string& path) {
 
 }  // namespace
 
-PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
-                       nn::ParameterSet& base) {
+PeftFolder read_peft(const std::string& dir) {
   const std::string cpath = dir + "/adapter_config.json";
   std::ifstream in(cpath);
   if (!in) throw Error(str("'", dir, "' has no adapter_config.json: not a PEFT adapter folder"));
@@ -65,7 +64,7 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
     throw Error(str("'", cpath, "' is not valid JSON: ", e.what()));
   }
   if (!c.is_object()) throw Error(str("'", cpath, "' is not a JSON object"));
-  PeftImport out;
+  PeftFolder out;
   const std::string type = field<std::string>(c, "peft_type", cpath);
   if (type != "LORA")
     throw Error(str("'", cpath, "': peft_type '", type, "' is not supported here (expected LORA)"));
@@ -87,7 +86,7 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
     throw Error(
         str("'", cpath, "': bias = ", c["bias"].dump(), " is not supported (expected \"none\")"));
 
-  LoraSpec spec;
+  LoraSpec& spec = out.spec;
   spec.base.r = field<int64_t>(c, "r", cpath);
   spec.base.alpha = field<float>(c, "lora_alpha", cpath);
   spec.base.rslora =
@@ -104,7 +103,7 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
         spec.alpha_pattern.push_back({it.key(), it.value().get<float>()});
     }
   }
-  std::vector<std::string> targets;
+  std::vector<std::string>& targets = out.targets;
   if (!c.contains("target_modules")) throw Error(str("'", cpath, "' lacks target_modules"));
   if (c["target_modules"].is_string()) {
     targets.push_back("re:" + c["target_modules"].get<std::string>());  // PEFT: a full-match regex
@@ -119,13 +118,49 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
   if (c.contains("base_model_name_or_path") && c["base_model_name_or_path"].is_string())
     out.base_model = c["base_model_name_or_path"].get<std::string>();
 
-  auto f = io::SafetensorsFile::open(dir + "/adapter_model.safetensors");
+  out.fan_in_fan_out = c.contains("fan_in_fan_out") && c["fan_in_fan_out"].is_boolean() &&
+                       c["fan_in_fan_out"].get<bool>();
+  out.tensors = io::SafetensorsFile::open(dir + "/adapter_model.safetensors");
+  return out;
+}
+
+std::vector<std::pair<std::string, LoraFactors>> PeftFolder::factors() const {
+  std::vector<std::pair<std::string, LoraFactors>> out;
+  const std::string pre = kPrefix, suf = ".lora_A.weight";
+  for (const auto& t : tensors->tensors()) {
+    if (t.name.size() <= pre.size() + suf.size() || t.name.rfind(pre, 0) != 0 ||
+        t.name.compare(t.name.size() - suf.size(), suf.size(), suf) != 0)
+      continue;
+    const std::string m = t.name.substr(pre.size(), t.name.size() - pre.size() - suf.size());
+    const io::TensorInfo* b = tensors->find(pre + m + ".lora_B.weight");
+    if (!b) throw Error(str("'", tensors->source(), "' has lora_A but no lora_B for ", m));
+    LoraConfig c = spec.for_module(m);
+    LoraFactors f{tensors->load_f32(t), tensors->load_f32(*b), c.scale()};
+    if (f.A.ndim() != 2 || f.B.ndim() != 2 || f.A.size(0) != c.r || f.B.size(1) != c.r)
+      throw Error(str("module ", m, ": lora_A ", shape_str(f.A.shape()), " / lora_B ",
+                      shape_str(f.B.shape()), " disagree with rank ", c.r, " from the config"));
+    out.push_back({m, f});
+  }
+  if (out.empty()) throw Error(str("'", tensors->source(), "' holds no LoRA tensors"));
+  return out;
+}
+
+PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
+                       nn::ParameterSet& base) {
+  PeftFolder folder = read_peft(dir);
+  PeftImport out;
+  out.base_model = folder.base_model;
+  out.notes = folder.notes;
+  const LoraSpec& spec = folder.spec;
+  const std::vector<std::string>& targets = folder.targets;
+  const std::string cpath = dir + "/adapter_config.json";
+  const auto& f = folder.tensors;
+
   std::map<std::string, const io::TensorInfo*> file;
   for (const auto& t : f->tensors()) file[t.name] = &t;
   // PEFT writes each target module's A and B; the set must be exactly those.
   auto set = std::make_unique<AdapterSet>(linears, base, targets, spec, 0);
-  const bool fan_in_fan_out = c.contains("fan_in_fan_out") && c["fan_in_fan_out"].is_boolean() &&
-                              c["fan_in_fan_out"].get<bool>();
+  const bool fan_in_fan_out = folder.fan_in_fan_out;
   std::set<std::string> used;
   for (size_t i = 0; i < set->modules().size(); ++i) {
     const std::string& m = set->modules()[i];
@@ -157,6 +192,56 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
                       " (wrong base model, or a field tessera does not implement?)"));
   out.set = std::move(set);
   return out;
+}
+
+namespace {
+std::string regex_escape(const std::string& s) {
+  std::string o;
+  for (char ch : s) {
+    if (std::string("\\^$.|?*+()[]{}").find(ch) != std::string::npos) o.push_back('\\');
+    o.push_back(ch);
+  }
+  return o;
+}
+}  // namespace
+
+void write_peft(const std::string& dir,
+                const std::vector<std::pair<std::string, LoraFactors>>& modules,
+                bool fan_in_fan_out, const std::string& base_model) {
+  if (modules.empty()) throw Error("write_peft: no modules");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw Error(str("cannot create '", dir, "': ", ec.message()));
+  const int64_t r0 = modules.front().second.rank();
+  json rank = json::object(), alpha = json::object(), targets = json::array();
+  std::vector<io::WriteEntry> e;
+  for (const auto& [m, f] : modules) {
+    const std::string key = regex_escape(m);  // exact module, as a PEFT pattern
+    if (f.rank() != r0) rank[key] = f.rank();
+    alpha[key] = f.scale * static_cast<float>(f.rank());  // s = α/r
+    targets.push_back(m);
+    e.push_back(io::WriteEntry::f32(kPrefix + m + ".lora_A.weight", f.A));
+    e.push_back(io::WriteEntry::f32(kPrefix + m + ".lora_B.weight", f.B));
+  }
+  json c = {{"peft_type", "LORA"},
+            {"r", r0},
+            {"lora_alpha", static_cast<float>(r0)},
+            {"use_rslora", false},
+            {"use_dora", false},
+            {"target_modules", targets},
+            {"rank_pattern", rank},
+            {"alpha_pattern", alpha},
+            {"fan_in_fan_out", fan_in_fan_out},
+            {"bias", "none"},
+            {"lora_dropout", 0.0},
+            {"modules_to_save", nullptr},
+            {"init_lora_weights", true},
+            {"inference_mode", true},
+            {"task_type", nullptr},
+            {"base_model_name_or_path", base_model}};
+  std::string text = c.dump(2) + "\n";
+  io::write_file_atomic(dir + "/adapter_config.json", text.data(), text.size());
+  io::save_safetensors(dir + "/adapter_model.safetensors", e, {{"format", "pt"}});
 }
 
 void export_peft(const AdapterSet& set, const std::string& dir, const std::string& base_model) {

@@ -13,6 +13,11 @@
 #include <vector>
 
 #include "adapters/lora.h"
+#include "adapters/merge.h"
+
+namespace tessera::io {
+class SafetensorsFile;
+}
 
 namespace tessera::adapters {
 
@@ -21,6 +26,24 @@ struct PeftImport {
   std::string base_model;          // base_model_name_or_path, as recorded
   std::vector<std::string> notes;  // unknown or ignored fields
 };
+
+// A PEFT LoRA folder read and validated without a model.
+struct PeftFolder {
+  LoraSpec spec;
+  std::vector<std::string> targets;  // as tessera target patterns
+  bool fan_in_fan_out = false;
+  std::string base_model;
+  std::vector<std::string> notes;
+  std::shared_ptr<io::SafetensorsFile> tensors;
+  // Module name → its LoRA factors and scale, checked against the config's ranks.
+  std::vector<std::pair<std::string, LoraFactors>> factors() const;
+};
+PeftFolder read_peft(const std::string& dir);
+// Writes per-module factors as a PEFT folder (per-module rank and alpha patterns
+// keep each module's rank and scale exact).
+void write_peft(const std::string& dir,
+                const std::vector<std::pair<std::string, LoraFactors>>& modules,
+                bool fan_in_fan_out, const std::string& base_model);
 
 PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
                        nn::ParameterSet& base);

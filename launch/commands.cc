@@ -3,15 +3,18 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <sstream>
 
 #include "adapters/lora.h"
 #include "adapters/peft.h"
 #include "launch/config.h"
 #include "runtime/common/error.h"
+#include "runtime/common/rng.h"
 #include "runtime/common/threads.h"
 #include "runtime/io/hf.h"
 #include "runtime/train/trainer.h"
@@ -186,6 +189,122 @@ int run_train_adapter(const TrainAdapterOptions& o) {
               eval_text(r.after).c_str());
   std::printf("adapter (PEFT format): %s/adapter   trainer checkpoint: %s/checkpoint.safetensors\n",
               cfg.out_dir().c_str(), cfg.out_dir().c_str());
+  return 0;
+}
+
+std::vector<float> parse_weights(const std::string& csv) {
+  std::vector<float> w;
+  std::stringstream ss(csv);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t pos = 0;
+      w.push_back(std::stof(item, &pos));
+      if (pos != item.size()) throw std::invalid_argument(item);
+    } catch (const std::logic_error&) {
+      throw Error(str("--weights '", csv, "': '", item, "' is not a number"));
+    }
+  }
+  return w;
+}
+
+int run_merge(const MergeOptions& o) {
+  if (o.inputs.empty()) throw Error("merge: name the adapter folders to combine");
+  if (o.out.empty()) throw Error("merge: -o/--out names the folder to write");
+  std::vector<float> w = o.weights.empty() ? std::vector<float>(o.inputs.size(), 1.0f) : o.weights;
+  if (w.size() != o.inputs.size())
+    throw Error(str("merge: ", w.size(), " weights for ", o.inputs.size(), " adapters"));
+  // method[:k=v,...]
+  const size_t colon = o.method.find(':');
+  const std::string method = o.method.substr(0, colon);
+  std::map<std::string, float> arg;
+  if (colon != std::string::npos) {
+    std::stringstream ss(o.method.substr(colon + 1));
+    std::string kv;
+    while (std::getline(ss, kv, ',')) {
+      const size_t eq = kv.find('=');
+      try {
+        if (eq == std::string::npos) throw std::invalid_argument(kv);
+        size_t pos = 0;
+        arg[kv.substr(0, eq)] = std::stof(kv.substr(eq + 1), &pos);
+        if (pos != kv.size() - eq - 1) throw std::invalid_argument(kv);
+      } catch (const std::logic_error&) {
+        throw Error(str("merge method '", o.method, "': '", kv, "' is not key=number"));
+      }
+    }
+  }
+  const std::map<std::string, std::vector<std::string>> keys = {{"cat", {}},
+                                                                {"linear", {"lambda"}},
+                                                                {"svd", {"lambda"}},
+                                                                {"ties", {"density"}},
+                                                                {"dare_linear", {"p"}},
+                                                                {"dare_ties", {"p", "density"}},
+                                                                {"magnitude_prune", {"density"}}};
+  auto known = keys.find(method);
+  if (known == keys.end())
+    throw Error(
+        str("merge method '", method,
+            "': expected cat, linear, svd, ties, dare_linear, dare_ties or magnitude_prune"));
+  for (const auto& [k, v] : arg)
+    if (std::find(known->second.begin(), known->second.end(), k) == known->second.end())
+      throw Error(str("merge method '", o.method, "': '", method, "' takes no '", k, "'"));
+  auto get = [&](const char* k, float d) { return arg.count(k) ? arg.at(k) : d; };
+
+  std::vector<adapters::PeftFolder> folders;
+  std::vector<std::vector<std::pair<std::string, adapters::LoraFactors>>> per;
+  for (const auto& dir : o.inputs) {
+    folders.push_back(adapters::read_peft(dir));
+    per.push_back(folders.back().factors());
+    for (const auto& n : folders.back().notes) spdlog::warn("{}: {}", dir, n);
+  }
+  for (size_t i = 1; i < per.size(); ++i) {
+    if (folders[i].fan_in_fan_out != folders[0].fan_in_fan_out)
+      throw Error(
+          str("merge: '", o.inputs[i], "' and '", o.inputs[0], "' disagree on fan_in_fan_out"));
+    if (per[i].size() != per[0].size())
+      throw Error(str("merge: '", o.inputs[i], "' adapts ", per[i].size(), " modules, '",
+                      o.inputs[0], "' ", per[0].size(), " (merge adapters of the same targets)"));
+  }
+  Rng rng(o.seed);
+  std::vector<std::pair<std::string, adapters::LoraFactors>> merged;
+  for (size_t m = 0; m < per[0].size(); ++m) {
+    const std::string& name = per[0][m].first;
+    std::vector<adapters::LoraFactors> fs;
+    std::vector<Tensor> deltas;
+    int64_t rmax = 0;
+    for (size_t i = 0; i < per.size(); ++i) {
+      auto it = std::find_if(per[i].begin(), per[i].end(),
+                             [&](const auto& p) { return p.first == name; });
+      if (it == per[i].end())
+        throw Error(str("merge: '", o.inputs[i], "' has no adapter for module ", name));
+      fs.push_back(it->second);
+      deltas.push_back(it->second.delta());
+      rmax = std::max(rmax, it->second.rank());
+    }
+    if (method == "cat") {
+      merged.push_back({name, adapters::merge_cat(fs, w)});
+      continue;
+    }
+    Tensor d;
+    if (method == "linear" || method == "svd")
+      d = adapters::task_arithmetic(deltas, w, get("lambda", 1.0f));
+    else if (method == "ties")
+      d = adapters::ties(deltas, w, get("density", 0.2f));
+    else if (method == "dare_linear")
+      d = adapters::dare(deltas, w, get("p", 0.5f), rng);
+    else if (method == "dare_ties")
+      d = adapters::dare(deltas, w, get("p", 0.5f), rng, true, get("density", 1.0f));
+    else {
+      for (size_t i = 0; i < deltas.size(); ++i)
+        deltas[i] = adapters::prune_magnitude(deltas[i], get("density", 0.2f));
+      d = adapters::task_arithmetic(deltas, w);
+    }
+    const int64_t r = std::min(o.rank > 0 ? o.rank : rmax, std::min(d.size(0), d.size(1)));
+    merged.push_back({name, adapters::svd_factor(d, r)});
+  }
+  adapters::write_peft(o.out, merged, folders[0].fan_in_fan_out, folders[0].base_model);
+  std::printf("merged %zu adapters with %s into %s (%zu modules)\n", o.inputs.size(),
+              o.method.c_str(), o.out.c_str(), merged.size());
   return 0;
 }
 

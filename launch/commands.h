@@ -34,7 +34,23 @@ struct TrainAdapterOptions {
   std::vector<std::string> overrides;
 };
 
+struct MergeOptions {
+  std::string method = "linear";    // name[:key=value,...], see run_merge
+  std::vector<std::string> inputs;  // PEFT LoRA folders
+  std::string out;
+  std::vector<float> weights;  // default: 1 each
+  int64_t rank = 0;            // 0: the largest input rank
+  uint64_t seed = 0;           // DARE's drops
+};
+
 int run_demo(const DemoOptions& o);
+// Combines PEFT LoRA adapters of one base into one PEFT adapter. Methods:
+// cat (exact, ranks add up), linear[:lambda=L] / svd (Σ λ wᵢ ΔWᵢ refactored to
+// --rank), ties:density=D, dare_linear:p=P, dare_ties:p=P,density=D,
+// magnitude_prune:density=D (each pruned, then summed).
+int run_merge(const MergeOptions& o);
+// "0.5,1,2" → {0.5, 1, 2}; "" → {}. A malformed number is an Error naming it.
+std::vector<float> parse_weights(const std::string& csv);
 int run_train_adapter(const TrainAdapterOptions& o);
 int run_pretrain(const PretrainOptions& o);
 int run_eval(const EvalOptions& o);

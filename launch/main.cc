@@ -63,6 +63,22 @@ int main(int argc, char** argv) {
   c_ta->add_option("overrides", ta.overrides,
                    "key=value config overrides, e.g. epochs=1 optim.lr=3e-3");
 
+  tessera::launch::MergeOptions mo;
+  auto* c_merge =
+      app.add_subcommand("merge", "Combine LoRA adapters (PEFT folders) of one base into one");
+  c_merge
+      ->add_option("--method", mo.method,
+                   "cat | linear[:lambda=L] | svd | ties:density=D | dare_linear:p=P | "
+                   "dare_ties:p=P,density=D | magnitude_prune:density=D")
+      ->capture_default_str();
+  c_merge->add_option("inputs", mo.inputs, "Adapter folders")->required();
+  c_merge->add_option("-o,--out", mo.out, "Output adapter folder")->required();
+  std::string merge_weights;
+  c_merge->add_option("--weights", merge_weights,
+                      "Comma-separated weight per adapter (default 1 each)");
+  c_merge->add_option("--rank", mo.rank, "Rank of the result (default: the largest input rank)");
+  c_merge->add_option("--seed", mo.seed, "Seed for DARE's drops")->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -74,6 +90,10 @@ int main(int argc, char** argv) {
     if (*c_pre) return tessera::launch::run_pretrain(pre);
     if (*c_eval) return tessera::launch::run_eval(ev);
     if (*c_ta) return tessera::launch::run_train_adapter(ta);
+    if (*c_merge) {
+      mo.weights = tessera::launch::parse_weights(merge_weights);
+      return tessera::launch::run_merge(mo);
+    }
   } catch (const tessera::Error& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "\ntessera: error: %s\n", e.what());

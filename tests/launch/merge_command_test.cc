@@ -1,0 +1,79 @@
+// `tessera merge` on adapters written by the real peft library: the merged
+// PEFT folder imports back and gives the expected delta weights.
+#include <gtest/gtest.h>
+
+#include "adapters/peft.h"
+#include "launch/commands.h"
+#include "runtime/common/error.h"
+#include "runtime/io/hf.h"
+#include "runtime/io/safetensors.h"
+#include "tests/testing.h"
+
+namespace tessera::launch {
+namespace {
+
+std::string fixture(const std::string& p) {
+  return testing::source_dir() + "/tests/fixtures/" + p;
+}
+
+// Imports `dir` onto the tiny GPT-2 and compares every module's ΔW with
+// `scale` × PEFT's own delta for the fixture adapter.
+void expect_deltas(const std::string& dir, float scale, double tol) {
+  auto model = io::load_hf_decoder(fixture("golden/gpt2/model"));
+  adapters::PeftImport imp = adapters::import_peft(dir, model->linears(), model->params());
+  auto golden = io::SafetensorsFile::open(fixture("peft/gpt2/peft_golden.safetensors"));
+  ASSERT_EQ(imp.set->modules().size(), 8u);
+  for (size_t i = 0; i < imp.set->modules().size(); ++i) {
+    std::vector<float> ref = golden->load_f32("delta." + imp.set->modules()[i]).to_vector();
+    for (float& v : ref) v *= scale;
+    EXPECT_LT(testing::rel_err(
+                  imp.set->loras()[i]->delta_weight(*imp.set->linears()[i]).to_vector(), ref),
+              tol)
+        << imp.set->modules()[i];
+  }
+}
+
+TEST(MergeCommand, CatOfAnAdapterWithItselfIsExact) {
+  const std::string out = testing::temp_dir("merge_cat");
+  MergeOptions o;
+  o.method = "cat";
+  o.inputs = {fixture("peft/gpt2"), fixture("peft/gpt2")};
+  o.weights = {0.25f, 0.5f};
+  o.out = out;
+  ASSERT_EQ(run_merge(o), 0);
+  expect_deltas(out, 0.75f, 1e-5);
+}
+
+TEST(MergeCommand, SvdAndTiesRefactorToALora) {
+  const std::string a = testing::temp_dir("merge_linear"), b = testing::temp_dir("merge_ties");
+  MergeOptions o;
+  o.method = "linear:lambda=2";
+  o.inputs = {fixture("peft/gpt2"), fixture("peft/gpt2")};
+  o.out = a;
+  ASSERT_EQ(run_merge(o), 0);  // 2·(ΔW + ΔW), still of the input rank
+  expect_deltas(a, 4.0f, 1e-4);
+  o.method = "ties:density=1";
+  o.inputs = {fixture("peft/gpt2")};
+  o.out = b;
+  ASSERT_EQ(run_merge(o), 0);  // one adapter, nothing trimmed: itself
+  expect_deltas(b, 1.0f, 1e-4);
+}
+
+TEST(MergeCommand, RefusesBadMethodsAndMismatchedAdapters) {
+  MergeOptions o;
+  o.inputs = {fixture("peft/gpt2")};
+  o.out = testing::temp_dir("merge_bad");
+  for (const char* m : {"average", "ties:density", "ties:p=0.3", "dare_linear:p=x"}) {
+    o.method = m;
+    EXPECT_THROW(run_merge(o), Error) << m;
+  }
+  o.method = "cat";
+  o.inputs = {fixture("peft/gpt2"), fixture("peft/llama")};
+  EXPECT_THROW(run_merge(o), Error);
+  o.inputs = {fixture("peft/gpt2")};
+  o.weights = {1.0f, 2.0f};
+  EXPECT_THROW(run_merge(o), Error);
+}
+
+}  // namespace
+}  // namespace tessera::launch
