@@ -245,41 +245,14 @@ void write_peft(const std::string& dir,
 }
 
 void export_peft(const AdapterSet& set, const std::string& dir, const std::string& base_model) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) throw Error(str("cannot create '", dir, "': ", ec.message()));
-  const LoraSpec& spec = set.spec();
+  std::vector<std::pair<std::string, LoraFactors>> modules;
   bool conv1d = false;
-  for (nn::Linear* l : set.linears()) conv1d = conv1d || l->w_in_out();
-  json rank = json::object(), alpha = json::object();
-  for (const auto& [k, v] : spec.rank_pattern) rank[k] = v;
-  for (const auto& [k, v] : spec.alpha_pattern) alpha[k] = v;
-  json c = {{"peft_type", "LORA"},
-            {"r", spec.base.r},
-            {"lora_alpha", spec.base.alpha},
-            {"use_rslora", spec.base.rslora},
-            {"use_dora", false},
-            {"target_modules", set.modules()},
-            {"rank_pattern", rank},
-            {"alpha_pattern", alpha},
-            {"fan_in_fan_out", conv1d},
-            {"bias", "none"},
-            {"lora_dropout", 0.0},
-            {"modules_to_save", nullptr},
-            {"init_lora_weights", true},
-            {"inference_mode", true},
-            {"task_type", nullptr},
-            {"base_model_name_or_path", base_model}};
-  std::string text = c.dump(2) + "\n";
-  io::write_file_atomic(dir + "/adapter_config.json", text.data(), text.size());
-  std::vector<io::WriteEntry> e;
   for (size_t i = 0; i < set.modules().size(); ++i) {
-    e.push_back(
-        io::WriteEntry::f32(kPrefix + set.modules()[i] + ".lora_A.weight", set.loras()[i]->A()));
-    e.push_back(
-        io::WriteEntry::f32(kPrefix + set.modules()[i] + ".lora_B.weight", set.loras()[i]->B()));
+    const Lora& l = *set.loras()[i];
+    modules.push_back({set.modules()[i], LoraFactors{l.A(), l.B(), l.scale()}});
+    conv1d = conv1d || set.linears()[i]->w_in_out();
   }
-  io::save_safetensors(dir + "/adapter_model.safetensors", e, {{"format", "pt"}});
+  write_peft(dir, modules, conv1d, base_model);
 }
 
 }  // namespace tessera::adapters
