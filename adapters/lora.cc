@@ -1,5 +1,7 @@
 #include "adapters/lora.h"
 
+#include "adapters/merge.h"
+
 #include <algorithm>
 #include <cmath>
 #include <regex>
@@ -55,18 +57,7 @@ Tensor Lora::forward(const Tensor& x, const Tensor& base_out, const nn::Linear&)
 }
 
 Tensor Lora::delta_weight(const nn::Linear& base) const {
-  const int64_t r = a_.size(0), in = a_.size(1), out = b_.size(0);
-  Tensor d = Tensor::empty(base.w_in_out() ? Shape{in, out} : Shape{out, in});
-  const float* A = a_.data();
-  const float* B = b_.data();
-  float* D = d.data();
-  for (int64_t o = 0; o < out; ++o)
-    for (int64_t i = 0; i < in; ++i) {
-      double s = 0.0;
-      for (int64_t k = 0; k < r; ++k) s += static_cast<double>(B[o * r + k]) * A[k * in + i];
-      D[base.w_in_out() ? i * out + o : o * in + i] = static_cast<float>(s * scale_);
-    }
-  return d;
+  return LoraFactors{a_, b_, scale_}.delta(base.w_in_out());
 }
 
 std::vector<std::string> match_targets(const std::vector<nn::Linear*>& linears,
@@ -161,24 +152,22 @@ AdapterSet::~AdapterSet() {
   if (attached_) detach();
 }
 
-void AdapterSet::merge() {
+void AdapterSet::shift_base(bool merge) {
+  const float sign = merge ? 1.0f : -1.0f;
   for (size_t i = 0; i < loras_.size(); ++i) {
-    if (loras_[i]->merged()) continue;
+    if (loras_[i]->merged() == merge) continue;
     Tensor w = linears_[i]->weight();
     Tensor d = loras_[i]->delta_weight(*linears_[i]);
-    for (int64_t k = 0; k < w.numel(); ++k) w.data()[k] += d.data()[k];
-    loras_[i]->set_merged(true);
+    for (int64_t k = 0; k < w.numel(); ++k) w.data()[k] += sign * d.data()[k];
+    loras_[i]->set_merged(merge);
   }
 }
 
+void AdapterSet::merge() {
+  shift_base(true);
+}
 void AdapterSet::unmerge() {
-  for (size_t i = 0; i < loras_.size(); ++i) {
-    if (!loras_[i]->merged()) continue;
-    Tensor w = linears_[i]->weight();
-    Tensor d = loras_[i]->delta_weight(*linears_[i]);
-    for (int64_t k = 0; k < w.numel(); ++k) w.data()[k] -= d.data()[k];
-    loras_[i]->set_merged(false);
-  }
+  shift_base(false);
 }
 
 void AdapterSet::detach() {

@@ -85,6 +85,7 @@ class AdapterSet {
   void detach();
 
  private:
+  void shift_base(bool merge);  // W ± s·B·A for every adapter not yet in that state
   std::vector<nn::Linear*> linears_;
   std::vector<std::shared_ptr<Lora>> loras_;
   std::vector<std::string> names_;

@@ -63,14 +63,18 @@ Tensor disjoint_merge(const std::vector<std::vector<float>>& tau, const Shape& s
 
 }  // namespace
 
-Tensor LoraFactors::delta() const {
+Tensor LoraFactors::delta(bool in_out) const {
   const int64_t r = A.size(0), in = A.size(1), out = B.size(0);
   if (B.size(1) != r)
     throw Error(
         str("LoRA factors disagree: A ", shape_str(A.shape()), ", B ", shape_str(B.shape())));
-  Tensor d = Tensor::empty({out, in});
-  kernels::cpu::gemm(false, false, out, in, r, scale, B.data(), r, A.data(), in, 0.0f, d.data(),
-                     in);
+  Tensor d = Tensor::empty(in_out ? Shape{in, out} : Shape{out, in});
+  if (in_out)  // (s·B·A)ᵀ = s·Aᵀ·Bᵀ
+    kernels::cpu::gemm(true, true, in, out, r, scale, A.data(), in, B.data(), r, 0.0f, d.data(),
+                       out);
+  else
+    kernels::cpu::gemm(false, false, out, in, r, scale, B.data(), r, A.data(), in, 0.0f, d.data(),
+                       in);
   return d;
 }
 

@@ -28,7 +28,8 @@ struct LoraFactors {
   Tensor B;  // [out, r]
   float scale = 1.0f;
   int64_t rank() const { return A.size(0); }
-  Tensor delta() const;  // s·B·A, [out, in]
+  // s·B·A as [out, in], or transposed to [in, out] (GPT-2's Conv1D weight layout).
+  Tensor delta(bool in_out = false) const;
 };
 
 LoraFactors merge_cat(const std::vector<LoraFactors>& loras, const std::vector<float>& weights);

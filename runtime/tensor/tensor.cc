@@ -141,16 +141,6 @@ int64_t Tensor::size(int dim) const {
 int64_t Tensor::numel() const {
   return shape_numel(shape());
 }
-Shape Tensor::strides() const {
-  const Shape& s = shape();
-  Shape st(s.size());
-  int64_t acc = 1;
-  for (int i = static_cast<int>(s.size()) - 1; i >= 0; --i) {
-    st[i] = acc;
-    acc *= s[i];
-  }
-  return st;
-}
 Device Tensor::device() const {
   TESSERA_CHECK(impl_, "undefined tensor");
   return impl_->storage->device;

@@ -50,7 +50,6 @@ class Tensor {
   int ndim() const;
   int64_t size(int dim) const;  // negative dims count from the end
   int64_t numel() const;
-  Shape strides() const;
   Device device() const;
 
   float* data();
