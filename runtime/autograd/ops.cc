@@ -102,21 +102,92 @@ Tensor add(const Tensor& a, const Tensor& b) {
 }
 
 Tensor mul(const Tensor& a, const Tensor& b) {
-  if (a.shape() != b.shape())
-    throw Error(
-        str("mul: shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()), " differ"));
+  const Shape& as = a.shape();
+  const Shape& bs = b.shape();
+  bool suffix = bs.size() <= as.size() && std::equal(bs.begin(), bs.end(), as.end() - bs.size());
+  if (!suffix)
+    throw Error(str("mul: shape ", shape_str(bs), " does not broadcast onto ", shape_str(as)));
   same_device("mul", {&a, &b});
-  const int64_t n = a.numel();
+  const int64_t n = a.numel(), nb = b.numel();
   bool rec = should_record({&a, &b});
-  Tensor out = result(a.shape(), a.device(), rec);
-  TESSERA_DISPATCH(a.device(), mul_forward, out.data(), a.data(), b.data(), n);
+  Tensor out = result(as, a.device(), rec);
+  if (n == nb) {
+    TESSERA_DISPATCH(a.device(), mul_forward, out.data(), a.data(), b.data(), n);
+  } else if (n > 0) {
+    TESSERA_DISPATCH_CPU_ONLY(a.device(), mul_bcast_forward, out.data(), a.data(), b.data(), n, nb);
+  }
   if (rec) {
-    on_backward(out, [a, b, n](const float* g) mutable {
-      TESSERA_DISPATCH(a.device(), mul_backward, grad_ptr(a), grad_ptr(b), g, a.data(), b.data(),
-                       n);
+    on_backward(out, [a, b, n, nb](const float* g) mutable {
+      if (n == nb) {
+        TESSERA_DISPATCH(a.device(), mul_backward, grad_ptr(a), grad_ptr(b), g, a.data(), b.data(),
+                         n);
+      } else if (n > 0) {
+        TESSERA_DISPATCH_CPU_ONLY(a.device(), mul_bcast_backward, grad_ptr(a), grad_ptr(b), g,
+                                  a.data(), b.data(), n, nb);
+      }
     });
   }
   return out;
+}
+
+Tensor div(const Tensor& a, const Tensor& b) {
+  if (a.shape() != b.shape())
+    throw Error(
+        str("div: shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()), " differ"));
+  same_device("div", {&a, &b});
+  const int64_t n = a.numel();
+  bool rec = should_record({&a, &b});
+  Tensor out = result(a.shape(), a.device(), rec);
+  TESSERA_DISPATCH_CPU_ONLY(a.device(), div_forward, out.data(), a.data(), b.data(), n);
+  if (rec) {
+    on_backward(out, [a, b, n](const float* g) mutable {
+      TESSERA_DISPATCH_CPU_ONLY(a.device(), div_backward, grad_ptr(a), grad_ptr(b), g, a.data(),
+                                b.data(), n);
+    });
+  }
+  return out;
+}
+
+Tensor row_norm(const Tensor& x) {
+  if (x.ndim() != 2) throw Error(str("row_norm: x must be 2-D, got ", shape_str(x.shape())));
+  const int64_t N = x.size(0), C = x.size(1);
+  bool rec = should_record({&x});
+  Tensor out = result({N}, x.device(), rec);
+  TESSERA_DISPATCH_CPU_ONLY(x.device(), row_norm_forward, out.data(), x.data(), N, C);
+  if (rec) {
+    on_backward(out, [x, out, N, C](const float* g) mutable {
+      TESSERA_DISPATCH_CPU_ONLY(x.device(), row_norm_backward, grad_ptr(x), g, x.data(), out.data(),
+                                N, C);
+    });
+  }
+  return out;
+}
+
+Tensor transpose(const Tensor& x) {
+  if (x.ndim() != 2) throw Error(str("transpose: x must be 2-D, got ", shape_str(x.shape())));
+  const int64_t R = x.size(0), C = x.size(1);
+  bool rec = should_record({&x});
+  Tensor out = Tensor::zeros({C, R}, x.device());
+  if (rec) out.set_requires_grad(true);
+  TESSERA_DISPATCH_CPU_ONLY(x.device(), transpose, out.data(), x.data(), R, C);
+  if (rec) {
+    on_backward(out, [x, R, C](const float* g) mutable {
+      TESSERA_DISPATCH_CPU_ONLY(x.device(), transpose, grad_ptr(x), g, C, R);
+    });
+  }
+  return out;
+}
+
+Tensor dropout(const Tensor& x, float p, Rng& rng) {
+  if (!(p >= 0.0f && p < 1.0f)) throw Error(str("dropout: p = ", p, " is outside [0, 1)"));
+  if (p == 0.0f || !Tape::current()) return x;
+  if (x.device() != Device::CPU)
+    throw Error("op dropout has no CUDA kernel yet: keep this model on the CPU");
+  const int64_t n = x.numel();
+  Tensor mask = Tensor::empty(x.shape());
+  const float keep = 1.0f / (1.0f - p);
+  for (int64_t i = 0; i < n; ++i) mask.data()[i] = rng.uniform(0.0f, 1.0f) < p ? 0.0f : keep;
+  return mul(x, mask);
 }
 
 Tensor scale(const Tensor& a, float s) {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "runtime/common/rng.h"
 #include "runtime/kernels/cpu/elementwise.h"
 #include "runtime/tensor/tensor.h"
 
@@ -21,7 +22,16 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, bool w_in_out =
 Tensor matmul_nt(const Tensor& x, const Tensor& w);  // linear without bias
 // a + b with b broadcast over the leading dims of a (b's shape is a suffix of a's).
 Tensor add(const Tensor& a, const Tensor& b);
+// a * b elementwise; b may also be a suffix of a's shape, broadcast over the leading dims.
 Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);  // same shapes
+// Per-row L2 norm of a 2-D x [N, C] → [N].
+Tensor row_norm(const Tensor& x);
+// [R, C] → [C, R] (a copy).
+Tensor transpose(const Tensor& x);
+// Inverted dropout: zeroes each element with probability p and scales the
+// rest by 1/(1-p). The identity when p == 0 or no tape is recording (evaluation).
+Tensor dropout(const Tensor& x, float p, Rng& rng);
 Tensor scale(const Tensor& a, float s);
 // Sum of all elements → [1].
 Tensor sum(const Tensor& a);

@@ -18,6 +18,13 @@ Tape* Tape::current() {
   return t_current;
 }
 
+NoGrad::NoGrad() : saved_(t_current) {
+  t_current = nullptr;
+}
+NoGrad::~NoGrad() {
+  t_current = saved_;
+}
+
 void Tape::backward(const Tensor& loss) {
   if (loss.numel() != 1)
     throw Error(str("backward() needs a scalar loss, got shape ", shape_str(loss.shape())));

@@ -41,6 +41,19 @@ class Tape {
   Tape* prev_;
 };
 
+// Suspends recording on this thread for its lifetime (a detached computation
+// inside a recorded forward, e.g. DoRA's weight norm).
+class NoGrad {
+ public:
+  NoGrad();
+  ~NoGrad();
+  NoGrad(const NoGrad&) = delete;
+  NoGrad& operator=(const NoGrad&) = delete;
+
+ private:
+  Tape* saved_;
+};
+
 // True when a tape is recording and any of the inputs requires a gradient.
 bool should_record(std::initializer_list<const Tensor*> inputs);
 

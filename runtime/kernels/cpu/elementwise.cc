@@ -62,6 +62,74 @@ void mul_backward(float* da, float* db, const float* dout, const float* a, const
   }
 }
 
+void mul_bcast_forward(float* out, const float* a, const float* b, int64_t n, int64_t nb) {
+  const int64_t rows = n / nb;
+#pragma omp parallel for if (n > kPar) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+#pragma omp simd
+    for (int64_t j = 0; j < nb; ++j) out[r * nb + j] = a[r * nb + j] * b[j];
+  }
+}
+
+void mul_bcast_backward(float* da, float* db, const float* dout, const float* a, const float* b,
+                        int64_t n, int64_t nb) {
+  const int64_t rows = n / nb;
+  if (da) {
+#pragma omp parallel for if (n > kPar) schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+#pragma omp simd
+      for (int64_t j = 0; j < nb; ++j) da[r * nb + j] += dout[r * nb + j] * b[j];
+    }
+  }
+  if (db) {
+    // Rows summed in a fixed order: the result does not depend on the thread count.
+    for (int64_t r = 0; r < rows; ++r) {
+#pragma omp simd
+      for (int64_t j = 0; j < nb; ++j) db[j] += dout[r * nb + j] * a[r * nb + j];
+    }
+  }
+}
+
+void div_forward(float* out, const float* a, const float* b, int64_t n) {
+#pragma omp parallel for simd if (n > kPar) schedule(static)
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] / b[i];
+}
+
+void div_backward(float* da, float* db, const float* dout, const float* a, const float* b,
+                  int64_t n) {
+#pragma omp parallel for simd if (n > kPar) schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    if (da) da[i] += dout[i] / b[i];
+    if (db) db[i] -= dout[i] * a[i] / (b[i] * b[i]);
+  }
+}
+
+void row_norm_forward(float* out, const float* x, int64_t N, int64_t C) {
+#pragma omp parallel for if (N * C > kPar) schedule(static)
+  for (int64_t i = 0; i < N; ++i) {
+    double s = 0.0;
+    for (int64_t j = 0; j < C; ++j) s += static_cast<double>(x[i * C + j]) * x[i * C + j];
+    out[i] = static_cast<float>(std::sqrt(s));
+  }
+}
+
+void row_norm_backward(float* dx, const float* dout, const float* x, const float* norm, int64_t N,
+                       int64_t C) {
+#pragma omp parallel for if (N * C > kPar) schedule(static)
+  for (int64_t i = 0; i < N; ++i) {
+    if (norm[i] == 0.0f) continue;  // subgradient 0 at the origin
+    const float g = dout[i] / norm[i];
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) dx[i * C + j] += g * x[i * C + j];
+  }
+}
+
+void transpose(float* out, const float* x, int64_t R, int64_t C) {
+#pragma omp parallel for if (R * C > kPar) schedule(static)
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t r = 0; r < R; ++r) out[c * R + r] += x[r * C + c];
+}
+
 void scale_forward(float* out, const float* a, float s, int64_t n) {
 #pragma omp parallel for simd if (n > kPar) schedule(static)
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] * s;

@@ -15,6 +15,19 @@ void mul_forward(float* out, const float* a, const float* b, int64_t n);
 void mul_backward(float* da, float* db, const float* dout, const float* a, const float* b,
                   int64_t n);
 
+// out[i] = a[i] * b[i % nb]  (b broadcast over leading dims; nb divides n)
+void mul_bcast_forward(float* out, const float* a, const float* b, int64_t n, int64_t nb);
+void mul_bcast_backward(float* da, float* db, const float* dout, const float* a, const float* b,
+                        int64_t n, int64_t nb);
+void div_forward(float* out, const float* a, const float* b, int64_t n);
+void div_backward(float* da, float* db, const float* dout, const float* a, const float* b,
+                  int64_t n);
+// out[i] = ‖x[i,:]‖₂ over C columns.
+void row_norm_forward(float* out, const float* x, int64_t N, int64_t C);
+void row_norm_backward(float* dx, const float* dout, const float* x, const float* norm, int64_t N,
+                       int64_t C);
+void transpose(float* out, const float* x, int64_t R, int64_t C);  // out [C, R] += x [R, C]ᵀ
+
 void scale_forward(float* out, const float* a, float s, int64_t n);
 void scale_backward(float* da, const float* dout, float s, int64_t n);
 

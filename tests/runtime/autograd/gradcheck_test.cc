@@ -137,6 +137,48 @@ TEST(ActivationValues, MatchLibm) {
   }
 }
 
+TEST(ElementwiseGrad, MulBroadcastDivRowNormTranspose) {
+  Rng rng(21);
+  Tensor a = randn({5, 7}, rng, 1.0f, true), v = randn({7}, rng, 1.0f, true);
+  expect_gradients_match([&] { return ops::mul(a, v); }, {a, v});
+  Tensor a3 = randn({2, 3, 4}, rng, 1.0f, true), v2 = randn({3, 4}, rng, 1.0f, true);
+  expect_gradients_match([&] { return ops::mul(a3, v2); }, {a3, v2});
+  Tensor num = randn({6}, rng, 1.0f, true), den = uniform({6}, rng, 0.5f, 2.0f, true);
+  expect_gradients_match([&] { return ops::div(num, den); }, {num, den});
+  Tensor m = randn({4, 9}, rng, 1.0f, true);
+  expect_gradients_match([&] { return ops::row_norm(m); }, {m});
+  Tensor one = randn({1, 1}, rng, 1.0f, true);
+  expect_gradients_match([&] { return ops::transpose(m); }, {m});
+  expect_gradients_match([&] { return ops::row_norm(one); }, {one});
+  // Hand-computed: ‖(3, 4)‖ = 5; [[1,2],[3,4]]ᵀ = [[1,3],[2,4]].
+  EXPECT_FLOAT_EQ(ops::row_norm(Tensor::from_vector({3, 4}, {1, 2})).item(), 5.0f);
+  EXPECT_EQ(ops::transpose(Tensor::from_vector({1, 2, 3, 4}, {2, 2})).to_vector(),
+            (std::vector<float>{1, 3, 2, 4}));
+  EXPECT_THROW(ops::mul(a, randn({5}, rng)), Error);
+}
+
+TEST(ElementwiseGrad, DropoutMasksAndRescalesOnlyWhileRecording) {
+  Rng rng(22);
+  Tensor x = Tensor::full({10000}, 1.0f);
+  x.set_requires_grad(true);
+  Rng drng(5);
+  EXPECT_TRUE(ops::dropout(x, 0.25f, drng).same(x));  // no tape: evaluation, identity
+  autograd::Tape tape;
+  Tensor y = ops::dropout(x, 0.25f, drng);
+  int64_t zeros = 0;
+  for (float v : y.to_vector()) {
+    if (v == 0.0f)
+      ++zeros;
+    else
+      EXPECT_FLOAT_EQ(v, 1.0f / 0.75f);
+  }
+  EXPECT_NEAR(zeros / 10000.0, 0.25, 0.02);
+  tape.backward(ops::sum(y));
+  // The gradient passes exactly where the forward kept the element.
+  for (int64_t i = 0; i < 10000; ++i) EXPECT_EQ(x.grad().data()[i], y.data()[i]);
+  EXPECT_THROW(ops::dropout(x, 1.0f, drng), Error);
+}
+
 TEST(ElementwiseGrad, SwiGLU) {
   Rng rng(8);
   for (Shape s : {Shape{1}, Shape{5, 7}}) {
