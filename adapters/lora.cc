@@ -1,10 +1,14 @@
 #include "adapters/lora.h"
 
-#include "adapters/merge.h"
-
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <optional>
 #include <regex>
+
+#include "adapters/kinds.h"
+#include "adapters/merge.h"
+#include "runtime/autograd/tape.h"
 
 #include "runtime/autograd/ops.h"
 #include "runtime/common/error.h"
@@ -38,9 +42,70 @@ LoraConfig LoraSpec::for_module(const std::string& name) const {
   return c;
 }
 
-Lora::Lora(const nn::Linear& base, const LoraConfig& cfg, nn::ParameterSet& ps, Rng& rng)
-    : cfg_(cfg), scale_(cfg.scale()) {
+const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::Lora:
+      return "lora";
+    case Kind::Dora:
+      return "dora";
+    case Kind::Vera:
+      return "vera";
+    case Kind::Ia3:
+      return "ia3";
+    case Kind::Bottleneck:
+      return "bottleneck";
+  }
+  return "?";
+}
+
+Kind parse_kind(const std::string& s) {
+  for (Kind k : {Kind::Lora, Kind::Dora, Kind::Vera, Kind::Ia3, Kind::Bottleneck})
+    if (s == kind_name(k)) return k;
+  throw Error(str("adapter kind '", s, "': expected one of lora, dora, vera, ia3, bottleneck"));
+}
+
+std::vector<std::string> placement_targets(const std::string& placement) {
+  // The MLP classifier's hidden layers ("layers.N") are its feed-forward blocks.
+  if (placement == "houlsby")
+    return {"re:(.*(attn\\.c_proj|o_proj|mlp\\.c_proj|down_proj)|layers\\.[0-9]+)"};
+  if (placement == "pfeiffer") return {"re:(.*(mlp\\.c_proj|down_proj)|layers\\.[0-9]+)"};
+  throw Error(str("bottleneck placement '", placement, "': expected houlsby or pfeiffer"));
+}
+
+namespace {
+// A seed for a module's own random stream (dropout) that leaves the set's
+// initialisation stream untouched.
+uint64_t module_seed(const std::string& name) {
+  return std::hash<std::string>{}(name) ^ 0x9e3779b97f4a7c15ULL;
+}
+
+// W[o, i] *= f(o, i) for a weight in either layout.
+template <typename F>
+void scale_weight(const nn::Linear& base, F f) {
+  Tensor w = base.weight();
+  const int64_t in = base.in_features(), out = base.out_features();
+  float* p = w.data();
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t i = 0; i < in; ++i) p[base.w_in_out() ? i * out + o : o * in + i] *= f(o, i);
+}
+
+void add_delta(const nn::Linear& base, const Tensor& d, float sign) {
+  Tensor w = base.weight();
+  for (int64_t k = 0; k < w.numel(); ++k) w.data()[k] += sign * d.data()[k];
+}
+}  // namespace
+
+Lora::Lora(const nn::Linear& base, const LoraConfig& cfg, nn::ParameterSet& ps, Rng& rng, bool dora,
+           float dropout, bool dora_exact_grad)
+    : cfg_(cfg),
+      scale_(cfg.scale()),
+      dora_(dora),
+      dropout_(dropout),
+      exact_(dora_exact_grad),
+      rng_(module_seed(base.name())) {
   if (cfg.r < 1) throw Error(str("LoRA rank r = ", cfg.r, " for ", base.name(), ": expected >= 1"));
+  if (!(dropout >= 0.0f && dropout < 1.0f))
+    throw Error(str("adapter dropout ", dropout, " for ", base.name(), ": expected [0, 1)"));
   const int64_t in = base.in_features(), out = base.out_features();
   // torch.nn.init.kaiming_uniform_(A, a=√5), as PEFT does: bound = 1/√in.
   Tensor a = Tensor::empty({cfg.r, in});
@@ -48,16 +113,59 @@ Lora::Lora(const nn::Linear& base, const LoraConfig& cfg, nn::ParameterSet& ps, 
   for (int64_t i = 0; i < a.numel(); ++i) a.data()[i] = rng.uniform(-bound, bound);
   a_ = ps.add(base.name() + ".lora_A.weight", a);
   b_ = ps.add(base.name() + ".lora_B.weight", Tensor::zeros({out, cfg.r}));
+  if (dora_) {
+    autograd::NoGrad ng;
+    m_ = ps.add(base.name() + ".lora_magnitude_vector", weight_norm(base, true).clone());
+  }
 }
 
-Tensor Lora::forward(const Tensor& x, const Tensor& base_out, const nn::Linear&) {
+Tensor Lora::weight_norm(const nn::Linear& base, bool detach) const {
+  std::optional<autograd::NoGrad> ng;
+  if (detach) ng.emplace();
+  Tensor w = base.w_in_out() ? ops::transpose(base.weight()) : base.weight();  // [out, in]
+  Tensor d = ops::scale(ops::linear(b_, a_, Tensor(), /*w_in_out=*/true), scale_);
+  return ops::row_norm(ops::add(w, d));
+}
+
+Tensor Lora::forward(const Tensor& x, const Tensor& base_out, const nn::Linear& base) {
   if (merged_) return base_out;
-  Tensor h = ops::matmul_nt(x, a_);  // [..., r]
-  return ops::add(base_out, ops::scale(ops::matmul_nt(h, b_), scale_));
+  Tensor xd = ops::dropout(x, dropout_, rng_);
+  Tensor delta = ops::scale(ops::matmul_nt(ops::matmul_nt(xd, a_), b_), scale_);
+  if (!dora_) return ops::add(base_out, delta);
+  // m ⊙ (W·x + ΔW·x) / ‖W + ΔW‖ + b, with W·x = base_out − b.
+  const Tensor& bias = base.bias();
+  Tensor wx = bias.defined() ? ops::add(base_out, ops::scale(bias, -1.0f)) : base_out;
+  Tensor y = ops::mul(ops::add(wx, delta), ops::div(m_, weight_norm(base, !exact_)));
+  return bias.defined() ? ops::add(y, bias) : y;
 }
 
 Tensor Lora::delta_weight(const nn::Linear& base) const {
   return LoraFactors{a_, b_, scale_}.delta(base.w_in_out());
+}
+
+void Lora::shift_base(nn::Linear& base, bool merge) {
+  if (merged_ == merge) return;
+  if (!dora_) {
+    add_delta(base, delta_weight(base), merge ? 1.0f : -1.0f);
+  } else if (merge) {
+    // W ← m/‖W + ΔW‖ ⊙ (W + ΔW), per output feature.
+    autograd::NoGrad ng;
+    merge_norm_ = weight_norm(base, true).clone();
+    add_delta(base, delta_weight(base), 1.0f);
+    const float* m = m_.data();
+    const float* n = merge_norm_.data();
+    scale_weight(base, [&](int64_t o, int64_t) { return m[o] / n[o]; });
+  } else {
+    const float* m = m_.data();
+    const float* n = merge_norm_.data();
+    for (int64_t o = 0; o < m_.numel(); ++o)
+      if (m[o] == 0.0f)
+        throw Error(str("DoRA on ", base.name(), ": magnitude of output ", o,
+                        " is 0, the merged weight cannot be unmerged"));
+    scale_weight(base, [&](int64_t o, int64_t) { return n[o] / m[o]; });
+    add_delta(base, delta_weight(base), -1.0f);
+  }
+  merged_ = merge;
 }
 
 std::vector<std::string> match_targets(const std::vector<nn::Linear*>& linears,
@@ -122,28 +230,84 @@ std::string near_names(const std::vector<nn::Linear*>& linears, const std::strin
 }
 }  // namespace
 
-AdapterSet::AdapterSet(std::vector<nn::Linear*> linears, nn::ParameterSet& base,
-                       const std::vector<std::string>& targets, const LoraSpec& spec, uint64_t seed)
-    : spec_(spec), targets_(targets) {
+std::vector<std::string> select_modules(const std::vector<nn::Linear*>& linears,
+                                        const std::vector<std::string>& targets) {
   if (targets.empty())
-    throw Error("LoRA: no target modules given (e.g. all-linear, q_proj, re:.*mlp.*)");
+    throw Error("adapter: no target modules given (e.g. all-linear, q_proj, re:.*mlp.*)");
   std::vector<std::string> chosen;
   for (const std::string& t : targets) {
     std::vector<std::string> m = match_targets(linears, t);
     if (m.empty())
-      throw Error(str("LoRA target '", t,
+      throw Error(str("adapter target '", t,
                       "' matches no Linear of this model; nearest: ", near_names(linears, t)));
     chosen.insert(chosen.end(), m.begin(), m.end());
   }
+  return chosen;
+}
+
+AdapterSet::AdapterSet(std::vector<nn::Linear*> linears, nn::ParameterSet& base,
+                       const std::vector<std::string>& targets, const AdapterSpec& spec,
+                       uint64_t seed)
+    : spec_(spec), targets_(targets) {
+  std::vector<std::string> chosen = select_modules(linears, targets);
+  auto is_chosen = [&](const nn::Linear* l) {
+    return std::find(chosen.begin(), chosen.end(), l->name()) != chosen.end();
+  };
+  for (nn::Linear* l : linears)
+    if (is_chosen(l) && l->adapter())
+      throw Error(str("module ", l->name(), " already has an adapter attached"));
   base.set_trainable("*", false);
   Rng rng(seed);
+  const int64_t r = spec.lora.base.r;
+  Tensor vera_a, vera_b;
+  if (spec.kind == Kind::Vera) {
+    // One frozen random pair for the whole set, as large as the largest module.
+    if (r < 1) throw Error(str("VeRA rank r = ", r, ": expected >= 1"));
+    int64_t max_in = 0, max_out = 0;
+    for (nn::Linear* l : linears)
+      if (is_chosen(l)) {
+        max_in = std::max(max_in, l->in_features());
+        max_out = std::max(max_out, l->out_features());
+      }
+    vera_a = Tensor::empty({r, max_in});
+    vera_b = Tensor::empty({max_out, r});
+    const float ba = 1.0f / std::sqrt(static_cast<float>(max_in));
+    const float bb = 1.0f / std::sqrt(static_cast<float>(r));
+    for (int64_t i = 0; i < vera_a.numel(); ++i) vera_a.data()[i] = rng.uniform(-ba, ba);
+    for (int64_t i = 0; i < vera_b.numel(); ++i) vera_b.data()[i] = rng.uniform(-bb, bb);
+    params_.add("vera_A", vera_a).set_requires_grad(false);
+    params_.add("vera_B", vera_b).set_requires_grad(false);
+  }
+  std::vector<std::string> ff;
+  if (spec.kind == Kind::Ia3)
+    for (const std::string& t : spec.feedforward) {
+      std::vector<std::string> m = match_targets(linears, t);
+      ff.insert(ff.end(), m.begin(), m.end());
+    }
   for (nn::Linear* l : linears) {
-    if (std::find(chosen.begin(), chosen.end(), l->name()) == chosen.end()) continue;
-    if (l->adapter()) throw Error(str("module ", l->name(), " already has an adapter attached"));
-    auto lora = std::make_shared<Lora>(*l, spec.for_module(l->name()), params_, rng);
-    l->set_adapter(lora);
+    if (!is_chosen(l)) continue;
+    std::shared_ptr<Adapter> a;
+    switch (spec.kind) {
+      case Kind::Lora:
+      case Kind::Dora:
+        a = std::make_shared<Lora>(*l, spec.lora.for_module(l->name()), params_, rng,
+                                   spec.kind == Kind::Dora, spec.dropout, spec.dora_exact_grad);
+        break;
+      case Kind::Vera:
+        a = std::make_shared<Vera>(*l, vera_a, vera_b, spec.vera_d_init, spec.dropout, params_,
+                                   module_seed(l->name()));
+        break;
+      case Kind::Ia3:
+        a = std::make_shared<Ia3>(*l, std::find(ff.begin(), ff.end(), l->name()) != ff.end(),
+                                  params_);
+        break;
+      case Kind::Bottleneck:
+        a = std::make_shared<Bottleneck>(*l, r, spec.act, params_, rng);
+        break;
+    }
+    l->set_adapter(a);
     linears_.push_back(l);
-    loras_.push_back(lora);
+    adapters_.push_back(a);
     names_.push_back(l->name());
   }
 }
@@ -152,28 +316,26 @@ AdapterSet::~AdapterSet() {
   if (attached_) detach();
 }
 
-void AdapterSet::shift_base(bool merge) {
-  const float sign = merge ? 1.0f : -1.0f;
-  for (size_t i = 0; i < loras_.size(); ++i) {
-    if (loras_[i]->merged() == merge) continue;
-    Tensor w = linears_[i]->weight();
-    Tensor d = loras_[i]->delta_weight(*linears_[i]);
-    for (int64_t k = 0; k < w.numel(); ++k) w.data()[k] += sign * d.data()[k];
-    loras_[i]->set_merged(merge);
-  }
+std::vector<std::shared_ptr<Lora>> AdapterSet::loras() const {
+  std::vector<std::shared_ptr<Lora>> out;
+  for (const auto& a : adapters_)
+    if (auto l = std::dynamic_pointer_cast<Lora>(a)) out.push_back(l);
+  return out;
 }
 
 void AdapterSet::merge() {
-  shift_base(true);
+  for (size_t i = 0; i < adapters_.size(); ++i) adapters_[i]->shift_base(*linears_[i], true);
 }
+
 void AdapterSet::unmerge() {
-  shift_base(false);
+  // Reverse order: exact even if two adapters of this set ever shared a module.
+  for (size_t i = adapters_.size(); i-- > 0;) adapters_[i]->shift_base(*linears_[i], false);
 }
 
 void AdapterSet::detach() {
   unmerge();
   for (size_t i = 0; i < linears_.size(); ++i)
-    if (linears_[i]->adapter() == loras_[i]) linears_[i]->set_adapter(nullptr);
+    if (linears_[i]->adapter() == adapters_[i]) linears_[i]->set_adapter(nullptr);
   attached_ = false;
 }
 

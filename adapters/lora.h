@@ -1,10 +1,26 @@
-// LoRA adapters on the frozen base: y = W·x + b + s · B·(A·x), A [r, in]
-// (Kaiming-uniform), B [out, r] (zeros), s = α/r, or α/√r with rsLoRA.
+// Adapters on the frozen base. Every kind fills the adapter slot of a Linear
+// (nn::LinearAdapter) and owns only its own parameters:
 //
-// An AdapterSet attaches one named LoRA to every Linear of a model whose
-// module name matches a pattern (glob, "re:<regex>", or "all-linear", which
-// like PEFT leaves out the output layer), owns the adapter parameters in its
-// own ParameterSet (so an optimizer sees only them), and can detach, merge
+//   lora        y = W·x + b + s · B·(A·drop(x)), A [r, in] (Kaiming-uniform),
+//               B [out, r] (zeros), s = α/r, or α/√r with rsLoRA
+//   dora        y = m ⊙ (W·x + s·B·A·drop(x)) / ‖W + s·B·A‖ + b, m [out]
+//               initialised to the row norms of W (Liu et al. 2024). As in the
+//               paper and PEFT the norm is detached by default (`dora_exact_grad`
+//               differentiates through it)
+//   vera        y = W·x + b + λ_b ⊙ B·(λ_d ⊙ A·drop(x)), A [r, in] and B [out, r]
+//               frozen random slices of one pair shared by every module
+//               (Kopiczko et al. 2024); λ_d [r] = d_init, λ_b [out] = 0 train
+//   ia3         y = l ⊙ (W·x + b) (keys, values), or W·(l ⊙ x) + b for the
+//               modules named feed-forward (Liu et al. 2022); l = 1 at start
+//   bottleneck  y = h + U·act(D·h + b_D) + b_U with h = W·x + b, D [m, out],
+//               U [out, m] = 0 at start (Houlsby et al. 2019); placement
+//               "houlsby" puts one after attention and one after the MLP,
+//               "pfeiffer" only after the MLP
+//
+// An AdapterSet attaches one adapter of one kind to every Linear of a model
+// whose module name matches a pattern (glob, "re:<regex>", or "all-linear",
+// which like PEFT leaves out the output layer), owns the adapter parameters in
+// its own ParameterSet (so an optimizer sees only them), and can detach, merge
 // into the base weights and unmerge.
 #pragma once
 
@@ -37,60 +53,111 @@ struct LoraSpec {
 };
 bool peft_pattern_matches(const std::string& key, const std::string& module);
 
-class Lora : public nn::LinearAdapter {
+enum class Kind { Lora, Dora, Vera, Ia3, Bottleneck };
+const char* kind_name(Kind k);
+Kind parse_kind(const std::string& s);  // throws Error listing the kinds
+
+// Everything that configures one AdapterSet. `lora` carries r (the rank, the
+// VeRA rank, or the bottleneck width), α and the per-module patterns.
+struct AdapterSpec {
+  Kind kind = Kind::Lora;
+  LoraSpec lora;
+  float dropout = 0.0f;          // on the adapter input (lora, dora, vera)
+  bool dora_exact_grad = false;  // dora: differentiate through the weight norm
+  float vera_d_init = 0.1f;      // vera: initial λ_d
+  // ia3: modules (patterns as for targets) whose input rather than output is scaled.
+  std::vector<std::string> feedforward = {"re:.*(mlp\\.c_proj|down_proj|fc2)"};
+  kernels::cpu::Act act = kernels::cpu::Act::Relu;  // bottleneck non-linearity
+  AdapterSpec() = default;
+  AdapterSpec(const LoraSpec& s) : lora(s) {}    // NOLINT
+  AdapterSpec(const LoraConfig& c) : lora(c) {}  // NOLINT
+  AdapterSpec(Kind k, const LoraConfig& c) : kind(k), lora(c) {}
+};
+
+// Default targets of a bottleneck placement ("houlsby" or "pfeiffer").
+std::vector<std::string> placement_targets(const std::string& placement);
+
+// An adapter in a Linear's slot.
+class Adapter : public nn::LinearAdapter {
  public:
-  // Registers "<module>.lora_A.weight" [r, in] and "<module>.lora_B.weight" [out, r] in `ps`.
-  Lora(const nn::Linear& base, const LoraConfig& cfg, nn::ParameterSet& ps, Rng& rng);
+  virtual Kind kind() const = 0;
+  // Folds the adapter into the base weights (merge) or takes it out again
+  // (unmerge); while merged, forward passes the base output through.
+  // Throws Error for kinds that cannot merge (bottleneck).
+  virtual void shift_base(nn::Linear& base, bool merge) = 0;
+  bool merged() const { return merged_; }
+
+ protected:
+  bool merged_ = false;
+};
+
+class Lora : public Adapter {
+ public:
+  // Registers "<module>.lora_A.weight" [r, in] and "<module>.lora_B.weight" [out, r]
+  // in `ps` (and for DoRA "<module>.lora_magnitude_vector" [out]).
+  Lora(const nn::Linear& base, const LoraConfig& cfg, nn::ParameterSet& ps, Rng& rng,
+       bool dora = false, float dropout = 0.0f, bool dora_exact_grad = false);
   Tensor forward(const Tensor& x, const Tensor& base_out, const nn::Linear& base) override;
+  Kind kind() const override { return dora_ ? Kind::Dora : Kind::Lora; }
+  void shift_base(nn::Linear& base, bool merge) override;
 
   const LoraConfig& config() const { return cfg_; }
   const Tensor& A() const { return a_; }
   const Tensor& B() const { return b_; }
+  const Tensor& magnitude() const { return m_; }  // DoRA only
   float scale() const { return scale_; }
   // s·B·A laid out like the base weight ([out, in], or [in, out] for Conv1D).
   Tensor delta_weight(const nn::Linear& base) const;
-  bool merged() const { return merged_; }
-  void set_merged(bool m) { merged_ = m; }
+  // DoRA: ‖W + s·B·A‖ per output feature (recorded on the tape unless `detach`).
+  Tensor weight_norm(const nn::Linear& base, bool detach) const;
 
  private:
   LoraConfig cfg_;
-  Tensor a_, b_;
+  Tensor a_, b_, m_;
   float scale_;
-  bool merged_ = false;
+  bool dora_;
+  float dropout_;
+  bool exact_;
+  Rng rng_;
+  Tensor merge_norm_;  // DoRA: the norm the merge divided by, so unmerge is exact
 };
 
 class AdapterSet {
  public:
-  // Attaches a LoRA to every Linear in `linears` whose name matches one of
-  // `targets`; throws Error listing near names when a target matches nothing.
-  // The base parameters are frozen (`base` is the model's ParameterSet).
+  // Attaches an adapter of spec.kind to every Linear in `linears` whose name
+  // matches one of `targets`; throws Error listing near names when a target
+  // matches nothing. The base parameters are frozen (`base` is the model's ParameterSet).
   AdapterSet(std::vector<nn::Linear*> linears, nn::ParameterSet& base,
-             const std::vector<std::string>& targets, const LoraSpec& spec, uint64_t seed);
+             const std::vector<std::string>& targets, const AdapterSpec& spec, uint64_t seed);
   ~AdapterSet();
   AdapterSet(const AdapterSet&) = delete;
   AdapterSet& operator=(const AdapterSet&) = delete;
 
+  Kind kind() const { return spec_.kind; }
   nn::ParameterSet& params() { return params_; }
+  const nn::ParameterSet& params() const { return params_; }
   const std::vector<std::string>& modules() const { return names_; }
-  const std::vector<std::shared_ptr<Lora>>& loras() const { return loras_; }
+  const std::vector<std::shared_ptr<Adapter>>& adapters() const { return adapters_; }
+  // The LoRA / DoRA adapters (empty for other kinds), in module order.
+  std::vector<std::shared_ptr<Lora>> loras() const;
   const std::vector<nn::Linear*>& linears() const { return linears_; }
-  const LoraSpec& spec() const { return spec_; }
+  const AdapterSpec& spec() const { return spec_; }
+  const LoraSpec& lora_spec() const { return spec_.lora; }
   const std::vector<std::string>& targets() const { return targets_; }
-  // Adds s·B·A into every base weight; the adapters then stand aside in forward.
+  // Folds every adapter into its base weight; the adapters then stand aside in forward.
   void merge();
-  // Subtracts it again (W back within fp32 rounding).
+  // Takes them out again (W back within fp32 rounding).
   void unmerge();
   // Empties every slot this set filled (unmerging first); the base output is
   // then bit-identical to the model's before attach.
   void detach();
 
  private:
-  void shift_base(bool merge);  // W ± s·B·A for every adapter not yet in that state
   std::vector<nn::Linear*> linears_;
-  std::vector<std::shared_ptr<Lora>> loras_;
+  std::vector<std::shared_ptr<Adapter>> adapters_;
   std::vector<std::string> names_;
   nn::ParameterSet params_;
-  LoraSpec spec_;
+  AdapterSpec spec_;
   std::vector<std::string> targets_;
   bool attached_ = true;
 };
@@ -98,5 +165,9 @@ class AdapterSet {
 // Module names of `linears` selected by one target pattern.
 std::vector<std::string> match_targets(const std::vector<nn::Linear*>& linears,
                                        const std::string& target);
+// Module names selected by any of `targets`; throws Error naming the near
+// matches for a target that selects nothing.
+std::vector<std::string> select_modules(const std::vector<nn::Linear*>& linears,
+                                        const std::vector<std::string>& targets);
 
 }  // namespace tessera::adapters

@@ -245,6 +245,9 @@ void write_peft(const std::string& dir,
 }
 
 void export_peft(const AdapterSet& set, const std::string& dir, const std::string& base_model) {
+  if (set.kind() != Kind::Lora)
+    throw Error(str("PEFT export: a ", kind_name(set.kind()),
+                    " adapter has no PEFT LoRA form; save it in tessera's adapter format"));
   std::vector<std::pair<std::string, LoraFactors>> modules;
   bool conv1d = false;
   for (size_t i = 0; i < set.modules().size(); ++i) {

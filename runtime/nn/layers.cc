@@ -42,6 +42,7 @@ Linear::Linear(ParameterSet& ps, const std::string& prefix, int64_t in, int64_t 
 }
 
 Tensor Linear::forward(const Tensor& x) const {
+  if (adapter_ && !adapter_->needs_base_out()) return adapter_->forward(x, Tensor(), *this);
   Tensor y = ops::linear(x, weight_, bias_, w_in_out_);
   if (adapter_) y = adapter_->forward(x, y, *this);
   return y;

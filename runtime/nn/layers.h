@@ -18,8 +18,10 @@ class Linear;
 class LinearAdapter {
  public:
   virtual ~LinearAdapter() = default;
-  // x: the Linear's input; base_out: x·Wᵀ+b. Returns the adapted output.
+  // x: the Linear's input; base_out: x·Wᵀ+b (undefined when needs_base_out()
+  // is false: the adapter computes the whole output itself). Returns the adapted output.
   virtual Tensor forward(const Tensor& x, const Tensor& base_out, const Linear& base) = 0;
+  virtual bool needs_base_out() const { return true; }
 };
 
 enum class Init { Zeros, Ones, Normal, TorchDefault };

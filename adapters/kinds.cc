@@ -1,0 +1,135 @@
+#include "adapters/kinds.h"
+
+#include <cmath>
+
+#include "adapters/merge.h"
+#include "runtime/autograd/ops.h"
+#include "runtime/common/error.h"
+
+namespace tessera::adapters {
+
+namespace {
+// W[o, i] *= f(o, i) (or /=) for a weight in either layout.
+template <typename F>
+void scale_weight(const nn::Linear& base, F f, bool divide) {
+  Tensor w = base.weight();
+  const int64_t in = base.in_features(), out = base.out_features();
+  float* p = w.data();
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t i = 0; i < in; ++i) {
+      float& v = p[base.w_in_out() ? i * out + o : o * in + i];
+      v = divide ? v / f(o, i) : v * f(o, i);
+    }
+}
+}  // namespace
+
+// ---- VeRA ----
+
+Vera::Vera(const nn::Linear& base, const Tensor& shared_a, const Tensor& shared_b, float d_init,
+           float dropout, nn::ParameterSet& ps, uint64_t seed)
+    : dropout_(dropout), rng_(seed) {
+  if (!(dropout >= 0.0f && dropout < 1.0f))
+    throw Error(str("adapter dropout ", dropout, " for ", base.name(), ": expected [0, 1)"));
+  const int64_t r = shared_a.size(0), in = base.in_features(), out = base.out_features();
+  // A = vera_A[:, :in], B = vera_B[:out, :], as PEFT slices them.
+  a_ = Tensor::empty({r, in});
+  for (int64_t k = 0; k < r; ++k)
+    for (int64_t i = 0; i < in; ++i)
+      a_.data()[k * in + i] = shared_a.data()[k * shared_a.size(1) + i];
+  b_ = Tensor::empty({out, r});
+  std::copy(shared_b.data(), shared_b.data() + out * r, b_.data());
+  ld_ = ps.add(base.name() + ".vera_lambda_d", Tensor::full({r}, d_init));
+  lb_ = ps.add(base.name() + ".vera_lambda_b", Tensor::zeros({out}));
+}
+
+Tensor Vera::forward(const Tensor& x, const Tensor& base_out, const nn::Linear&) {
+  if (merged_) return base_out;
+  Tensor h = ops::mul(ops::matmul_nt(ops::dropout(x, dropout_, rng_), a_), ld_);
+  return ops::add(base_out, ops::mul(ops::matmul_nt(h, b_), lb_));
+}
+
+Tensor Vera::delta_weight(const nn::Linear& base) const {
+  const int64_t out = b_.size(0), r = b_.size(1);
+  Tensor bs = Tensor::empty({out, r});  // diag(λ_b)·B·diag(λ_d)
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t k = 0; k < r; ++k)
+      bs.data()[o * r + k] = lb_.data()[o] * b_.data()[o * r + k] * ld_.data()[k];
+  return LoraFactors{a_, bs, 1.0f}.delta(base.w_in_out());
+}
+
+void Vera::shift_base(nn::Linear& base, bool merge) {
+  if (merged_ == merge) return;
+  Tensor d = delta_weight(base);
+  Tensor w = base.weight();
+  const float sign = merge ? 1.0f : -1.0f;
+  for (int64_t k = 0; k < w.numel(); ++k) w.data()[k] += sign * d.data()[k];
+  merged_ = merge;
+}
+
+// ---- (IA)³ ----
+
+Ia3::Ia3(const nn::Linear& base, bool feedforward, nn::ParameterSet& ps) : ff_(feedforward) {
+  l_ = ps.add(base.name() + ".ia3_l",
+              Tensor::full({feedforward ? base.in_features() : base.out_features()}, 1.0f));
+}
+
+Tensor Ia3::forward(const Tensor& x, const Tensor& base_out, const nn::Linear& base) {
+  if (merged_) return base_out;
+  if (ff_) return ops::linear(ops::mul(x, l_), base.weight(), base.bias(), base.w_in_out());
+  return ops::mul(base_out, l_);
+}
+
+void Ia3::shift_base(nn::Linear& base, bool merge) {
+  if (merged_ == merge) return;
+  const float* l = l_.data();
+  if (!merge)
+    for (int64_t k = 0; k < l_.numel(); ++k)
+      if (l[k] == 0.0f)
+        throw Error(str("(IA)3 on ", base.name(), ": scaling ", k,
+                        " is 0, the merged weight cannot be unmerged"));
+  if (ff_) {
+    scale_weight(
+        base, [&](int64_t, int64_t i) { return l[i]; }, !merge);
+  } else {
+    scale_weight(
+        base, [&](int64_t o, int64_t) { return l[o]; }, !merge);
+    if (base.bias().defined()) {
+      Tensor b = base.bias();
+      for (int64_t o = 0; o < b.numel(); ++o)
+        b.data()[o] = merge ? b.data()[o] * l[o] : b.data()[o] / l[o];
+    }
+  }
+  merged_ = merge;
+}
+
+// ---- Bottleneck ----
+
+Bottleneck::Bottleneck(const nn::Linear& base, int64_t width, kernels::cpu::Act act,
+                       nn::ParameterSet& ps, Rng& rng)
+    : act_(act) {
+  if (width < 1)
+    throw Error(str("bottleneck width r = ", width, " for ", base.name(), ": expected >= 1"));
+  const int64_t d = base.out_features();
+  Tensor dw = Tensor::empty({width, d});
+  const float bound = 1.0f / std::sqrt(static_cast<float>(d));
+  for (int64_t i = 0; i < dw.numel(); ++i) dw.data()[i] = rng.uniform(-bound, bound);
+  dw_ = ps.add(base.name() + ".adapter_down.weight", dw);
+  db_ = ps.add(base.name() + ".adapter_down.bias", Tensor::zeros({width}));
+  // Up-projection at zero: the adapter starts as the identity (Houlsby's near-identity init).
+  uw_ = ps.add(base.name() + ".adapter_up.weight", Tensor::zeros({d, width}));
+  ub_ = ps.add(base.name() + ".adapter_up.bias", Tensor::zeros({d}));
+}
+
+Tensor Bottleneck::forward(const Tensor& x, const Tensor& base_out, const nn::Linear&) {
+  (void)x;
+  Tensor h = ops::activation(ops::linear(base_out, dw_, db_), act_);
+  return ops::add(base_out, ops::linear(h, uw_, ub_));
+}
+
+void Bottleneck::shift_base(nn::Linear& base, bool merge) {
+  if (merge)
+    throw Error(str("bottleneck adapter on ", base.name(),
+                    " is non-linear and cannot be merged into the base weights"));
+}
+
+}  // namespace tessera::adapters
