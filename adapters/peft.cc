@@ -25,22 +25,29 @@ bool neutral(const json& v) {
 
 // Fields that change what the adapter computes and that tessera does not
 // implement: refused unless neutral (null / false / empty).
-const std::set<std::string> kRefusedUnlessNeutral = {
-    "use_dora",          "modules_to_save",         "layers_to_transform",
-    "layers_pattern",    "exclude_modules",         "lora_bias",
-    "use_qalora",        "target_parameters",       "trainable_token_indices",
-    "layer_replication", "alora_invocation_tokens", "use_bdlora"};
+const std::set<std::string> kRefusedUnlessNeutral = {"modules_to_save",   "layers_to_transform",
+                                                     "layers_pattern",    "exclude_modules",
+                                                     "lora_bias",         "use_qalora",
+                                                     "target_parameters", "trainable_token_indices",
+                                                     "layer_replication", "alora_invocation_tokens",
+                                                     "use_bdlora"};
 // Training-time or bookkeeping fields with no effect on the adapted forward.
 const std::set<std::string> kIgnored = {
     "lora_dropout", "inference_mode", "init_lora_weights", "task_type",           "revision",
     "peft_version", "auto_mapping",   "megatron_config",   "megatron_core",       "loftq_config",
     "eva_config",   "corda_config",   "qalora_group_size", "ensure_weight_tying", "arrow_config",
     "kasa_config",  "lora_ga_config", "monteclora_config", "velora_config"};
-const std::set<std::string> kHonoured = {"peft_type",     "r",
-                                         "lora_alpha",    "target_modules",
-                                         "use_rslora",    "rank_pattern",
-                                         "alpha_pattern", "fan_in_fan_out",
-                                         "bias",          "base_model_name_or_path"};
+const std::set<std::string> kHonoured = {"peft_type",
+                                         "r",
+                                         "use_dora",
+                                         "lora_alpha",
+                                         "target_modules",
+                                         "use_rslora",
+                                         "rank_pattern",
+                                         "alpha_pattern",
+                                         "fan_in_fan_out",
+                                         "bias",
+                                         "base_model_name_or_path"};
 
 template <typename T>
 T field(const json& j, const char* key, const std::string& path) {
@@ -118,6 +125,7 @@ PeftFolder read_peft(const std::string& dir) {
   if (c.contains("base_model_name_or_path") && c["base_model_name_or_path"].is_string())
     out.base_model = c["base_model_name_or_path"].get<std::string>();
 
+  out.dora = c.contains("use_dora") && c["use_dora"].is_boolean() && c["use_dora"].get<bool>();
   out.fan_in_fan_out = c.contains("fan_in_fan_out") && c["fan_in_fan_out"].is_boolean() &&
                        c["fan_in_fan_out"].get<bool>();
   out.tensors = io::SafetensorsFile::open(dir + "/adapter_model.safetensors");
@@ -125,6 +133,10 @@ PeftFolder read_peft(const std::string& dir) {
 }
 
 std::vector<std::pair<std::string, LoraFactors>> PeftFolder::factors() const {
+  if (dora)
+    throw Error(str("'", tensors->source(),
+                    "' is a DoRA adapter: its magnitude rescales the whole weight, so it cannot be "
+                    "combined as LoRA factors (merge it into the base instead)"));
   std::vector<std::pair<std::string, LoraFactors>> out;
   const std::string pre = kPrefix, suf = ".lora_A.weight";
   for (const auto& t : tensors->tensors()) {
@@ -159,7 +171,9 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
   std::map<std::string, const io::TensorInfo*> file;
   for (const auto& t : f->tensors()) file[t.name] = &t;
   // PEFT writes each target module's A and B; the set must be exactly those.
-  auto set = std::make_unique<AdapterSet>(linears, base, targets, spec, 0);
+  AdapterSpec aspec(spec);
+  if (folder.dora) aspec.kind = Kind::Dora;
+  auto set = std::make_unique<AdapterSet>(linears, base, targets, aspec, 0);
   const bool fan_in_fan_out = folder.fan_in_fan_out;
   std::set<std::string> used;
   for (size_t i = 0; i < set->modules().size(); ++i) {
@@ -170,13 +184,16 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
           "'", cpath, "': fan_in_fan_out = ", fan_in_fan_out ? "true" : "false", " but module ", m,
           lin.w_in_out() ? " stores its weight [in, out] (Conv1D)" : " is a plain Linear [out, in]",
           " — is this adapter for another base model?"));
-    for (const char* ab : {"lora_A", "lora_B"}) {
-      const std::string key = std::string(kPrefix) + m + "." + ab + ".weight";
+    std::vector<std::string> parts = {"lora_A.weight", "lora_B.weight"};
+    if (folder.dora) parts.push_back("lora_magnitude_vector");
+    for (const std::string& ab : parts) {
+      const std::string key = std::string(kPrefix) + m + "." + ab;
       auto it = file.find(key);
       if (it == file.end())
         throw Error(
             str("'", dir, "/adapter_model.safetensors' lacks ", key, " for target module ", m));
-      Tensor dst = std::string(ab) == "lora_A" ? set->loras()[i]->A() : set->loras()[i]->B();
+      const Lora& l = *set->loras()[i];
+      Tensor dst = ab == "lora_A.weight" ? l.A() : ab == "lora_B.weight" ? l.B() : l.magnitude();
       if (it->second->shape != dst.shape())
         throw Error(str("adapter tensor ", key, " is ", shape_str(it->second->shape),
                         " but module ", m, " (", lin.in_features(), " -> ", lin.out_features(),
@@ -207,7 +224,10 @@ std::string regex_escape(const std::string& s) {
 
 void write_peft(const std::string& dir,
                 const std::vector<std::pair<std::string, LoraFactors>>& modules,
-                bool fan_in_fan_out, const std::string& base_model) {
+                bool fan_in_fan_out, const std::string& base_model,
+                const std::vector<Tensor>& magnitudes) {
+  if (!magnitudes.empty() && magnitudes.size() != modules.size())
+    throw Error("write_peft: one DoRA magnitude per module expected");
   if (modules.empty()) throw Error("write_peft: no modules");
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -215,19 +235,22 @@ void write_peft(const std::string& dir,
   const int64_t r0 = modules.front().second.rank();
   json rank = json::object(), alpha = json::object(), targets = json::array();
   std::vector<io::WriteEntry> e;
-  for (const auto& [m, f] : modules) {
+  for (size_t i = 0; i < modules.size(); ++i) {
+    const auto& [m, f] = modules[i];
     const std::string key = regex_escape(m);  // exact module, as a PEFT pattern
     if (f.rank() != r0) rank[key] = f.rank();
     alpha[key] = f.scale * static_cast<float>(f.rank());  // s = α/r
     targets.push_back(m);
     e.push_back(io::WriteEntry::f32(kPrefix + m + ".lora_A.weight", f.A));
     e.push_back(io::WriteEntry::f32(kPrefix + m + ".lora_B.weight", f.B));
+    if (!magnitudes.empty())
+      e.push_back(io::WriteEntry::f32(kPrefix + m + ".lora_magnitude_vector", magnitudes[i]));
   }
   json c = {{"peft_type", "LORA"},
             {"r", r0},
             {"lora_alpha", static_cast<float>(r0)},
             {"use_rslora", false},
-            {"use_dora", false},
+            {"use_dora", !magnitudes.empty()},
             {"target_modules", targets},
             {"rank_pattern", rank},
             {"alpha_pattern", alpha},
@@ -245,17 +268,19 @@ void write_peft(const std::string& dir,
 }
 
 void export_peft(const AdapterSet& set, const std::string& dir, const std::string& base_model) {
-  if (set.kind() != Kind::Lora)
+  if (set.kind() != Kind::Lora && set.kind() != Kind::Dora)
     throw Error(str("PEFT export: a ", kind_name(set.kind()),
                     " adapter has no PEFT LoRA form; save it in tessera's adapter format"));
   std::vector<std::pair<std::string, LoraFactors>> modules;
+  std::vector<Tensor> magnitudes;
   bool conv1d = false;
   for (size_t i = 0; i < set.modules().size(); ++i) {
     const Lora& l = *set.loras()[i];
     modules.push_back({set.modules()[i], LoraFactors{l.A(), l.B(), l.scale()}});
+    if (set.kind() == Kind::Dora) magnitudes.push_back(l.magnitude());
     conv1d = conv1d || set.linears()[i]->w_in_out();
   }
-  write_peft(dir, modules, conv1d, base_model);
+  write_peft(dir, modules, conv1d, base_model, magnitudes);
 }
 
 }  // namespace tessera::adapters

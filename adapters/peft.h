@@ -1,5 +1,6 @@
-// PEFT interchange for LoRA: adapter_config.json + adapter_model.safetensors
-// with base_model.model.<module>.lora_A.weight [r, in] / .lora_B.weight [out, r],
+// PEFT interchange for LoRA and DoRA: adapter_config.json + adapter_model.safetensors
+// with base_model.model.<module>.lora_A.weight [r, in] / .lora_B.weight [out, r]
+// (DoRA: also .lora_magnitude_vector [out]),
 // exactly as the `peft` library writes and reads them.
 //
 // Import validates the config (fields tessera implements are honoured; fields
@@ -32,6 +33,7 @@ struct PeftFolder {
   LoraSpec spec;
   std::vector<std::string> targets;  // as tessera target patterns
   bool fan_in_fan_out = false;
+  bool dora = false;  // use_dora: each module also has lora_magnitude_vector
   std::string base_model;
   std::vector<std::string> notes;
   std::shared_ptr<io::SafetensorsFile> tensors;
@@ -43,7 +45,8 @@ PeftFolder read_peft(const std::string& dir);
 // keep each module's rank and scale exact).
 void write_peft(const std::string& dir,
                 const std::vector<std::pair<std::string, LoraFactors>>& modules,
-                bool fan_in_fan_out, const std::string& base_model);
+                bool fan_in_fan_out, const std::string& base_model,
+                const std::vector<Tensor>& magnitudes = {});
 
 PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
                        nn::ParameterSet& base);

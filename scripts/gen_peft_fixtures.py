@@ -27,6 +27,10 @@ CASES = {
     "llama": dict(arch="llama", config=peft.LoraConfig(
         r=4, lora_alpha=16, use_rslora=True, target_modules=r".*\.(q_proj|v_proj|down_proj)",
         lora_dropout=0.0)),
+    # DoRA: a magnitude vector per module beside A and B (GPT-2's Conv1D layout).
+    "gpt2_dora": dict(arch="gpt2", config=peft.LoraConfig(
+        r=2, lora_alpha=4, use_dora=True, target_modules=["c_attn", "mlp.c_proj"],
+        fan_in_fan_out=True, lora_dropout=0.0)),
 }
 
 
@@ -41,6 +45,8 @@ def main():
             for n, p in model.named_parameters():
                 if "lora_B" in n or "lora_A" in n:
                     p.normal_(0.0, 0.2)
+                if "lora_magnitude_vector" in n:
+                    p.mul_(1.0 + 0.1 * torch.randn_like(p))
         out = os.path.join(ROOT, "peft", name)
         model.save_pretrained(out)
         os.remove(os.path.join(out, "README.md"))  # a generated model card, not a fixture

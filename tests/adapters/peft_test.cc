@@ -36,11 +36,17 @@ std::vector<int32_t> golden_ids(const std::string& arch) {
 
 class PeftGolden : public ::testing::TestWithParam<std::string> {};
 
+// "gpt2_dora" is a DoRA adapter on the gpt2 golden base.
+std::string arch_of(const std::string& fixture_name) {
+  return fixture_name.substr(0, fixture_name.find('_'));
+}
+
 TEST_P(PeftGolden, ImportMatchesPeftDeltaWeightsAndLogits) {
-  const std::string arch = GetParam();
+  const std::string name = GetParam(), arch = arch_of(name);
   auto model = io::load_hf_decoder(fixture("golden/" + arch + "/model"));
-  PeftImport imp = import_peft(fixture("peft/" + arch), model->linears(), model->params());
-  auto golden = io::SafetensorsFile::open(fixture("peft/" + arch + "/peft_golden.safetensors"));
+  PeftImport imp = import_peft(fixture("peft/" + name), model->linears(), model->params());
+  EXPECT_EQ(imp.set->kind(), name == "gpt2_dora" ? Kind::Dora : Kind::Lora);
+  auto golden = io::SafetensorsFile::open(fixture("peft/" + name + "/peft_golden.safetensors"));
   int deltas = 0;
   for (size_t i = 0; i < imp.set->modules().size(); ++i) {
     const std::string& m = imp.set->modules()[i];
@@ -57,10 +63,10 @@ TEST_P(PeftGolden, ImportMatchesPeftDeltaWeightsAndLogits) {
 }
 
 TEST_P(PeftGolden, ExportThenImportRoundTripsExactly) {
-  const std::string arch = GetParam();
+  const std::string name = GetParam(), arch = arch_of(name);
   auto a = io::load_hf_decoder(fixture("golden/" + arch + "/model"));
-  PeftImport first = import_peft(fixture("peft/" + arch), a->linears(), a->params());
-  const std::string dir = testing::temp_dir("peft_rt_" + arch);
+  PeftImport first = import_peft(fixture("peft/" + name), a->linears(), a->params());
+  const std::string dir = testing::temp_dir("peft_rt_" + name);
   export_peft(*first.set, dir, "tessera/tiny-" + arch);
   auto b = io::load_hf_decoder(fixture("golden/" + arch + "/model"));
   PeftImport second = import_peft(dir, b->linears(), b->params());
@@ -70,10 +76,15 @@ TEST_P(PeftGolden, ExportThenImportRoundTripsExactly) {
     EXPECT_EQ(first.set->loras()[i]->A().to_vector(), second.set->loras()[i]->A().to_vector());
     EXPECT_EQ(first.set->loras()[i]->B().to_vector(), second.set->loras()[i]->B().to_vector());
     EXPECT_EQ(first.set->loras()[i]->scale(), second.set->loras()[i]->scale());
+    if (first.set->kind() == Kind::Dora) {
+      EXPECT_EQ(first.set->loras()[i]->magnitude().to_vector(),
+                second.set->loras()[i]->magnitude().to_vector());
+    }
   }
+  EXPECT_EQ(first.set->kind(), second.set->kind());
 }
 
-INSTANTIATE_TEST_SUITE_P(Archs, PeftGolden, ::testing::Values("gpt2", "llama"));
+INSTANTIATE_TEST_SUITE_P(Archs, PeftGolden, ::testing::Values("gpt2", "llama", "gpt2_dora"));
 
 // Copies the GPT-2 fixture, lets `edit` change its config, and returns the import error.
 std::string import_error(const std::function<void(json&)>& edit, const std::string& name,
@@ -97,8 +108,17 @@ std::string import_error(const std::function<void(json&)>& edit, const std::stri
 TEST(PeftImport, RefusesWhatItCannotHonour) {
   EXPECT_NE(import_error([](json& c) { c["peft_type"] = "IA3"; }, "type").find("IA3"),
             std::string::npos);
-  EXPECT_NE(import_error([](json& c) { c["use_dora"] = true; }, "dora").find("use_dora"),
-            std::string::npos);
+  // use_dora on a LoRA folder: the magnitude vectors are missing.
+  EXPECT_NE(
+      import_error([](json& c) { c["use_dora"] = true; }, "dora").find("lora_magnitude_vector"),
+      std::string::npos);
+  // A DoRA folder cannot be combined as plain LoRA factors (tessera merge).
+  try {
+    read_peft(fixture("peft/gpt2_dora")).factors();
+    ADD_FAILURE() << "DoRA factors() did not throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("DoRA"), std::string::npos) << e.what();
+  }
   EXPECT_NE(import_error([](json& c) { c["bias"] = "all"; }, "bias").find("bias"),
             std::string::npos);
   EXPECT_NE(import_error([](json& c) { c.erase("r"); }, "r").find("'r'"), std::string::npos);
