@@ -1,5 +1,6 @@
 #include "adapters/kinds.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "adapters/merge.h"
@@ -27,34 +28,45 @@ void scale_weight(const nn::Linear& base, F f, bool divide) {
 
 Vera::Vera(const nn::Linear& base, const Tensor& shared_a, const Tensor& shared_b, float d_init,
            float dropout, nn::ParameterSet& ps, uint64_t seed)
-    : dropout_(dropout), rng_(seed) {
+    : va_(shared_a),
+      vb_(shared_b),
+      in_(base.in_features()),
+      out_(base.out_features()),
+      dropout_(dropout),
+      rng_(seed) {
   if (!(dropout >= 0.0f && dropout < 1.0f))
     throw Error(str("adapter dropout ", dropout, " for ", base.name(), ": expected [0, 1)"));
-  const int64_t r = shared_a.size(0), in = base.in_features(), out = base.out_features();
-  // A = vera_A[:, :in], B = vera_B[:out, :], as PEFT slices them.
-  a_ = Tensor::empty({r, in});
-  for (int64_t k = 0; k < r; ++k)
-    for (int64_t i = 0; i < in; ++i)
-      a_.data()[k * in + i] = shared_a.data()[k * shared_a.size(1) + i];
-  b_ = Tensor::empty({out, r});
-  std::copy(shared_b.data(), shared_b.data() + out * r, b_.data());
+  const int64_t r = shared_a.size(0), out = base.out_features();
   ld_ = ps.add(base.name() + ".vera_lambda_d", Tensor::full({r}, d_init));
   lb_ = ps.add(base.name() + ".vera_lambda_b", Tensor::zeros({out}));
 }
 
+// A = vera_A[:, :in], B = vera_B[:out, :], as PEFT slices them.
+Tensor Vera::a_slice() const {
+  const int64_t r = va_.size(0), ld = va_.size(1);
+  Tensor a = Tensor::empty({r, in_});
+  for (int64_t k = 0; k < r; ++k) std::copy_n(va_.data() + k * ld, in_, a.data() + k * in_);
+  return a;
+}
+
+Tensor Vera::b_slice() const {
+  Tensor b = Tensor::empty({out_, vb_.size(1)});
+  std::copy_n(vb_.data(), b.numel(), b.data());
+  return b;
+}
+
 Tensor Vera::forward(const Tensor& x, const Tensor& base_out, const nn::Linear&) {
   if (merged_) return base_out;
-  Tensor h = ops::mul(ops::matmul_nt(ops::dropout(x, dropout_, rng_), a_), ld_);
-  return ops::add(base_out, ops::mul(ops::matmul_nt(h, b_), lb_));
+  Tensor h = ops::mul(ops::matmul_nt(ops::dropout(x, dropout_, rng_), a_slice()), ld_);
+  return ops::add(base_out, ops::mul(ops::matmul_nt(h, b_slice()), lb_));
 }
 
 Tensor Vera::delta_weight(const nn::Linear& base) const {
-  const int64_t out = b_.size(0), r = b_.size(1);
-  Tensor bs = Tensor::empty({out, r});  // diag(λ_b)·B·diag(λ_d)
-  for (int64_t o = 0; o < out; ++o)
-    for (int64_t k = 0; k < r; ++k)
-      bs.data()[o * r + k] = lb_.data()[o] * b_.data()[o * r + k] * ld_.data()[k];
-  return LoraFactors{a_, bs, 1.0f}.delta(base.w_in_out());
+  const int64_t r = vb_.size(1);
+  Tensor bs = b_slice();  // → diag(λ_b)·B·diag(λ_d)
+  for (int64_t o = 0; o < out_; ++o)
+    for (int64_t k = 0; k < r; ++k) bs.data()[o * r + k] *= lb_.data()[o] * ld_.data()[k];
+  return LoraFactors{a_slice(), bs, 1.0f}.delta(base.w_in_out());
 }
 
 void Vera::shift_base(nn::Linear& base, bool merge) {

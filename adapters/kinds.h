@@ -21,7 +21,12 @@ class Vera : public Adapter {
   const Tensor& lambda_b() const { return lb_; }
 
  private:
-  Tensor a_, b_, ld_, lb_;
+  // This module's slices of the shared pair, read when used (the shared
+  // tensors may be reloaded after attach).
+  Tensor a_slice() const;
+  Tensor b_slice() const;
+  Tensor va_, vb_, ld_, lb_;
+  int64_t in_, out_;
   float dropout_;
   Rng rng_;
 };

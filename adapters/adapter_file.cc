@@ -1,0 +1,194 @@
+#include "adapters/adapter_file.h"
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "adapters/kinds.h"
+#include "runtime/common/error.h"
+#include "runtime/io/safetensors.h"
+
+namespace tessera::adapters {
+
+using kernels::cpu::Act;
+using nlohmann::json;
+
+namespace {
+constexpr const char* kMetaKey = "tessera.adapter";
+constexpr int kFormat = 1;
+
+struct Loaded {
+  AdapterFile info;
+  std::shared_ptr<io::SafetensorsFile> file;
+};
+
+template <typename T>
+T get(const json& j, const char* key, const std::string& path) {
+  try {
+    return j.at(key).get<T>();
+  } catch (const json::exception&) {
+    throw Error(str("adapter file '", path, "': metadata field '", key,
+                    "' is missing or has the wrong type"));
+  }
+}
+
+Loaded open(const std::string& path) {
+  if (!std::filesystem::is_regular_file(path))
+    throw Error(str("adapter file '", path, "' does not exist"));
+  Loaded l;
+  l.file = io::SafetensorsFile::open(path);
+  auto it = l.file->metadata().find(kMetaKey);
+  if (it == l.file->metadata().end())
+    throw Error(str("'", path, "' is a safetensors file without '", kMetaKey,
+                    "' metadata: not a tessera adapter (a PEFT folder? use import-peft)"));
+  json j;
+  try {
+    j = json::parse(it->second);
+  } catch (const json::exception& e) {
+    throw Error(str("adapter file '", path, "': metadata is not valid JSON: ", e.what()));
+  }
+  if (!j.is_object()) throw Error(str("adapter file '", path, "': metadata is not a JSON object"));
+  const int format = get<int>(j, "format", path);
+  if (format != kFormat)
+    throw Error(
+        str("adapter file '", path, "' has format ", format, "; this tessera reads ", kFormat));
+  AdapterFile& a = l.info;
+  a.path = path;
+  AdapterSpec& s = a.spec;
+  s.kind = parse_kind(get<std::string>(j, "kind", path));
+  s.lora.base.r = get<int64_t>(j, "r", path);
+  s.lora.base.alpha = get<float>(j, "alpha", path);
+  s.lora.base.rslora = get<bool>(j, "rslora", path);
+  s.dropout = get<float>(j, "dropout", path);
+  s.dora_exact_grad = get<bool>(j, "dora_exact_grad", path);
+  s.vera_d_init = get<float>(j, "vera_d_init", path);
+  s.feedforward = get<std::vector<std::string>>(j, "feedforward", path);
+  s.act = parse_act(get<std::string>(j, "act", path));
+  for (auto& [k, v] : get<std::map<std::string, int64_t>>(j, "rank_pattern", path))
+    s.lora.rank_pattern.push_back({k, v});
+  for (auto& [k, v] : get<std::map<std::string, float>>(j, "alpha_pattern", path))
+    s.lora.alpha_pattern.push_back({k, v});
+  a.targets = get<std::vector<std::string>>(j, "targets", path);
+  a.modules = get<std::vector<std::string>>(j, "modules", path);
+  a.conv1d = get<std::vector<bool>>(j, "conv1d", path);
+  a.base_model = get<std::string>(j, "base_model", path);
+  if (a.modules.empty() || a.conv1d.size() != a.modules.size())
+    throw Error(str("adapter file '", path, "': ", a.modules.size(), " modules but ",
+                    a.conv1d.size(), " conv1d flags"));
+  return l;
+}
+}  // namespace
+
+const char* act_name(Act a) {
+  switch (a) {
+    case Act::Gelu:
+      return "gelu";
+    case Act::GeluTanh:
+      return "gelu_tanh";
+    case Act::Relu:
+      return "relu";
+    case Act::Silu:
+      return "silu";
+  }
+  return "?";
+}
+
+Act parse_act(const std::string& s) {
+  for (Act a : {Act::Gelu, Act::GeluTanh, Act::Relu, Act::Silu})
+    if (s == act_name(a)) return a;
+  throw Error(str("activation '", s, "': expected one of gelu, gelu_tanh, relu, silu"));
+}
+
+void save_adapter(const AdapterSet& set, const std::string& path, const std::string& base_model) {
+  const AdapterSpec& s = set.spec();
+  json rp = json::object(), ap = json::object(), conv = json::array();
+  for (const auto& [k, v] : s.lora.rank_pattern) rp[k] = v;
+  for (const auto& [k, v] : s.lora.alpha_pattern) ap[k] = v;
+  for (const nn::Linear* l : set.linears()) conv.push_back(l->w_in_out());
+  json j = {{"format", kFormat},
+            {"kind", kind_name(s.kind)},
+            {"r", s.lora.base.r},
+            {"alpha", s.lora.base.alpha},
+            {"rslora", s.lora.base.rslora},
+            {"dropout", s.dropout},
+            {"dora_exact_grad", s.dora_exact_grad},
+            {"vera_d_init", s.vera_d_init},
+            {"feedforward", s.feedforward},
+            {"act", act_name(s.act)},
+            {"rank_pattern", rp},
+            {"alpha_pattern", ap},
+            {"targets", set.targets()},
+            {"modules", set.modules()},
+            {"conv1d", conv},
+            {"base_model", base_model}};
+  std::vector<io::WriteEntry> e;
+  for (const auto& p : set.params().all()) e.push_back(io::WriteEntry::f32(p.name, p.tensor));
+  std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
+  io::save_safetensors(path, e, {{kMetaKey, j.dump()}, {"format", "pt"}});
+}
+
+AdapterFile read_adapter(const std::string& path) {
+  Loaded l = open(path);
+  return l.info;
+}
+
+Tensor AdapterFile::tensor(const std::string& name) const {
+  auto f = io::SafetensorsFile::open(path);
+  if (!f->find(name)) throw Error(str("adapter file '", path, "' lacks tensor ", name));
+  return f->load_f32(name);
+}
+
+std::vector<std::pair<std::string, LoraFactors>> AdapterFile::factors() const {
+  if (spec.kind != Kind::Lora && spec.kind != Kind::Dora)
+    throw Error(str("adapter file '", path, "' holds a ", kind_name(spec.kind),
+                    " adapter, which has no LoRA factors"));
+  auto f = io::SafetensorsFile::open(path);
+  std::vector<std::pair<std::string, LoraFactors>> out;
+  for (const std::string& m : modules) {
+    for (const char* ab : {".lora_A.weight", ".lora_B.weight"})
+      if (!f->find(m + ab)) throw Error(str("adapter file '", path, "' lacks tensor ", m, ab));
+    LoraFactors lf{f->load_f32(m + ".lora_A.weight"), f->load_f32(m + ".lora_B.weight"),
+                   spec.lora.for_module(m).scale()};
+    out.push_back({m, lf});
+  }
+  return out;
+}
+
+std::vector<Tensor> AdapterFile::magnitudes() const {
+  std::vector<Tensor> out;
+  if (spec.kind != Kind::Dora) return out;
+  for (const std::string& m : modules) out.push_back(tensor(m + ".lora_magnitude_vector"));
+  return out;
+}
+
+std::unique_ptr<AdapterSet> load_adapter(const std::string& path, std::vector<nn::Linear*> linears,
+                                         nn::ParameterSet& base, std::string* base_model) {
+  Loaded l = open(path);
+  const AdapterFile& a = l.info;
+  auto set = std::make_unique<AdapterSet>(linears, base, a.targets, a.spec, 0);
+  if (set->modules() != a.modules)
+    throw Error(str("adapter file '", path, "' was trained on ", a.modules.size(),
+                    " modules, but its targets select ", set->modules().size(),
+                    " on this base (first: ", set->modules().front(),
+                    ") — is it for another base model?"));
+  size_t used = 0;
+  for (auto& p : set->params().all()) {
+    const io::TensorInfo* t = l.file->find(p.name);
+    if (!t)
+      throw Error(str("adapter file '", path, "' lacks tensor ", p.name, " — is it for another ",
+                      "base model?"));
+    if (t->shape != p.tensor.shape())
+      throw Error(str("adapter tensor ", p.name, " in '", path, "' is ", shape_str(t->shape),
+                      " but this base needs ", shape_str(p.tensor.shape()),
+                      " — is it for another base model?"));
+    p.tensor.copy_from(l.file->load_f32(*t));
+    ++used;
+  }
+  if (used != l.file->tensors().size())
+    throw Error(str("adapter file '", path, "' holds ", l.file->tensors().size(),
+                    " tensors, but the adapter has ", used, " — extra tensors would be lost"));
+  if (base_model) *base_model = a.base_model;
+  return set;
+}
+
+}  // namespace tessera::adapters

@@ -1,0 +1,48 @@
+// tessera's own adapter file: one safetensors file holding every tensor of an
+// AdapterSet (trainable and frozen, e.g. VeRA's shared projections) under its
+// module-qualified name, and in the metadata "tessera.adapter" a JSON object
+// with everything needed to rebuild the set on a base:
+//
+//   {"format": 1, "kind": "dora", "r": 8, "alpha": 16, "rslora": false,
+//    "dropout": 0.0, "dora_exact_grad": false, "vera_d_init": 0.1,
+//    "feedforward": [...], "act": "relu", "rank_pattern": {...},
+//    "alpha_pattern": {...}, "targets": [...], "modules": [...],
+//    "conv1d": [...], "base_model": "..."}
+//
+// It expresses every adapter kind (PEFT's folder expresses LoRA and DoRA).
+// Loading validates the metadata field by field and refuses a base whose
+// modules or shapes do not fit, naming the tensor.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "adapters/lora.h"
+#include "adapters/merge.h"
+
+namespace tessera::adapters {
+
+// What the file says, read without a model.
+struct AdapterFile {
+  AdapterSpec spec;
+  std::vector<std::string> targets, modules;
+  std::vector<bool> conv1d;  // per module: the base weight is [in, out]
+  std::string base_model;
+  std::string path;
+  // LoRA kinds: per-module factors (for PEFT export and merging without a base).
+  std::vector<std::pair<std::string, LoraFactors>> factors() const;
+  std::vector<Tensor> magnitudes() const;  // DoRA
+  Tensor tensor(const std::string& name) const;
+};
+
+void save_adapter(const AdapterSet& set, const std::string& path, const std::string& base_model);
+AdapterFile read_adapter(const std::string& path);
+// Rebuilds the set on `linears` (base frozen) and loads its tensors.
+std::unique_ptr<AdapterSet> load_adapter(const std::string& path, std::vector<nn::Linear*> linears,
+                                         nn::ParameterSet& base, std::string* base_model = nullptr);
+
+const char* act_name(kernels::cpu::Act a);
+kernels::cpu::Act parse_act(const std::string& s);  // throws Error listing the choices
+
+}  // namespace tessera::adapters
