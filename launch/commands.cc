@@ -10,6 +10,7 @@
 #include <map>
 #include <sstream>
 
+#include "adapters/adapter_file.h"
 #include "adapters/lora.h"
 #include "adapters/peft.h"
 #include "launch/config.h"
@@ -89,35 +90,53 @@ struct AdapterRun {
   size_t modules = 0;
   int64_t trainable = 0;
   double units_per_s = 0;
+  std::string adapter_file, peft_dir;
 };
 
-// Loads the base weights, evaluates the base on the task, attaches LoRA to the
-// targets (base frozen), trains, evaluates, and writes the trainer checkpoint
-// and the PEFT adapter under cfg.out_dir.
-AdapterRun train_lora(const PretrainConfig& cfg, const std::string& base_ckpt, const AdapterArgs& a,
-                      bool progress) {
+// Loads the base weights, evaluates the base on the task, attaches the adapter
+// to the targets (base frozen), trains, evaluates, and writes under cfg.out_dir
+// the trainer checkpoint, tessera's adapter file (adapter.safetensors) and, for
+// LoRA and DoRA, the PEFT folder (adapter/).
+AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt,
+                         const AdapterArgs& a, bool progress) {
   train::Trainer t(cfg);
   t.load_checkpoint(base_ckpt, /*weights_only=*/true);
   AdapterRun r;
   r.before = t.evaluate();
   std::unique_ptr<adapters::AdapterSet> set;
   t.attach([&](std::vector<nn::Linear*> linears, nn::ParameterSet& base) {
-    set = std::make_unique<adapters::AdapterSet>(
-        linears, base, a.targets, adapters::LoraSpec(adapters::LoraConfig{a.r, a.alpha, a.rslora}),
-        cfg.seed());
+    set = std::make_unique<adapters::AdapterSet>(linears, base, a.targets, a.spec, cfg.seed());
     return &set->params();
   });
   r.modules = set->modules().size();
-  r.trainable = set->params().count();
-  spdlog::info("{}: LoRA r={} alpha={} on {} modules, {} trainable of {} parameters", t.kind(), a.r,
-               a.alpha, r.modules, human_count(r.trainable), human_count(t.params().count()));
+  r.trainable = set->params().count(/*trainable_only=*/true);
+  spdlog::info("{}: {} r={} on {} modules, {} trainable of {} parameters", t.kind(),
+               adapters::kind_name(a.spec.kind), a.spec.lora.base.r, r.modules,
+               human_count(r.trainable), human_count(t.params().count()));
   t.run(0, progress);
   r.units_per_s = t.mean_units_per_s();
   r.after = t.evaluate();
   fs::create_directories(cfg.out_dir());
   t.save_checkpoint(cfg.out_dir() + "/checkpoint.safetensors");
-  adapters::export_peft(*set, cfg.out_dir() + "/adapter", base_ckpt);
+  r.adapter_file = cfg.out_dir() + "/adapter.safetensors";
+  adapters::save_adapter(*set, r.adapter_file, base_ckpt);
+  if (set->kind() == adapters::Kind::Lora || set->kind() == adapters::Kind::Dora) {
+    r.peft_dir = cfg.out_dir() + "/adapter";
+    adapters::export_peft(*set, r.peft_dir, base_ckpt);
+  }
   return r;
+}
+
+// A trainer on the base checkpoint's config (with overrides), its weights loaded.
+std::unique_ptr<train::Trainer> base_trainer(const std::string& ckpt,
+                                             const std::vector<std::string>& overrides) {
+  if (!fs::exists(ckpt)) throw Error(str("checkpoint '", ckpt, "' does not exist"));
+  PretrainConfig cfg = train::read_checkpoint_config(ckpt);
+  apply_overrides(&cfg, overrides);
+  validate_config(cfg);
+  auto t = std::make_unique<train::Trainer>(cfg);
+  t->load_checkpoint(ckpt, /*weights_only=*/true);
+  return t;
 }
 
 }  // namespace
@@ -148,8 +167,20 @@ int run_eval(const EvalOptions& o) {
   validate_config(cfg);
   train::Trainer t(cfg);
   if (!hf_folder) t.load_checkpoint(o.checkpoint, /*weights_only=*/true);
+  std::unique_ptr<adapters::AdapterSet> set;
+  if (!o.adapter.empty()) {
+    // A tessera adapter file, or a PEFT folder.
+    t.attach([&](std::vector<nn::Linear*> linears, nn::ParameterSet& base) {
+      if (fs::is_directory(o.adapter))
+        set = std::move(adapters::import_peft(o.adapter, linears, base).set);
+      else
+        set = adapters::load_adapter(o.adapter, linears, base);
+      return &set->params();
+    });
+  }
   train::EvalResult e = t.evaluate(o.max_batches);
-  std::printf("%s %s: %s\n", t.kind().c_str(), o.checkpoint.c_str(), eval_text(e).c_str());
+  std::printf("%s %s%s%s: %s\n", t.kind().c_str(), o.checkpoint.c_str(),
+              o.adapter.empty() ? "" : " + ", o.adapter.c_str(), eval_text(e).c_str());
   return 0;
 }
 
@@ -184,11 +215,11 @@ int run_train_adapter(const TrainAdapterOptions& o) {
   apply_overrides(&cfg, o.overrides);
   validate_config(cfg);
 
-  AdapterRun r = train_lora(cfg, o.base, a, !o.quiet);
+  AdapterRun r = train_adapter(cfg, o.base, a, !o.quiet);
   std::printf("\n%-10s  %s\n%-10s  %s\n", "base", eval_text(r.before).c_str(), "adapter",
               eval_text(r.after).c_str());
-  std::printf("adapter (PEFT format): %s/adapter   trainer checkpoint: %s/checkpoint.safetensors\n",
-              cfg.out_dir().c_str(), cfg.out_dir().c_str());
+  std::printf("adapter: %s%s%s\n", r.adapter_file.c_str(),
+              r.peft_dir.empty() ? "" : "   PEFT folder: ", r.peft_dir.c_str());
   return 0;
 }
 
@@ -358,7 +389,7 @@ int run_demo(const DemoOptions& o) {
     ac.clear_steps();
     ac.set_epochs(o.quick ? 0.05f : 1.0f);
     ac.mutable_optim()->set_lr(3e-3f);
-    AdapterRun r = train_lora(ac, rows.front().checkpoint, AdapterArgs{}, true);
+    AdapterRun r = train_adapter(ac, rows.front().checkpoint, AdapterArgs{}, true);
     char b[32], a2[32];
     std::snprintf(b, sizeof b, "%.2f%%", r.before.accuracy * 100);
     std::snprintf(a2, sizeof a2, "%.2f%%", r.after.accuracy * 100);
@@ -381,6 +412,41 @@ int run_demo(const DemoOptions& o) {
   std::printf("PEFT adapters: %s/adapters/*/adapter\n", o.out_dir.c_str());
   std::printf("evaluate again with: tessera eval --checkpoint %s\n",
               rows.back().checkpoint.c_str());
+  return 0;
+}
+
+int run_export_peft(const ExportPeftOptions& o) {
+  adapters::AdapterFile f = adapters::read_adapter(o.adapter);
+  if (f.spec.kind != adapters::Kind::Lora && f.spec.kind != adapters::Kind::Dora)
+    throw Error(str("'", o.adapter, "' is a ", adapters::kind_name(f.spec.kind),
+                    " adapter; PEFT's LoRA format holds only lora and dora"));
+  if (f.spec.dropout > 0)
+    spdlog::info("note: dropout {} is a training setting; written as lora_dropout 0",
+                 f.spec.dropout);
+  const bool conv1d = std::find(f.conv1d.begin(), f.conv1d.end(), true) != f.conv1d.end();
+  if (conv1d && std::find(f.conv1d.begin(), f.conv1d.end(), false) != f.conv1d.end())
+    throw Error(str("'", o.adapter,
+                    "' mixes Conv1D and Linear modules; PEFT's fan_in_fan_out "
+                    "is one flag for the whole adapter"));
+  adapters::write_peft(o.out, f.factors(), conv1d, f.base_model, f.magnitudes());
+  std::printf("%s (%s, %zu modules) → PEFT folder %s\n", o.adapter.c_str(),
+              adapters::kind_name(f.spec.kind), f.modules.size(), o.out.c_str());
+  return 0;
+}
+
+int run_import_peft(const ImportPeftOptions& o) {
+  if (o.base.empty()) throw Error("--base: name the base checkpoint the PEFT adapter belongs to");
+  auto t = base_trainer(o.base, {});
+  adapters::PeftImport imp;
+  t->attach([&](std::vector<nn::Linear*> linears, nn::ParameterSet& base) {
+    imp = adapters::import_peft(o.peft_dir, linears, base);
+    return &imp.set->params();
+  });
+  for (const auto& n : imp.notes) spdlog::info("note: {}", n);
+  adapters::save_adapter(*imp.set, o.out, imp.base_model.empty() ? o.base : imp.base_model);
+  std::printf("PEFT %s (%s, %zu modules, checked against %s) → %s\n", o.peft_dir.c_str(),
+              adapters::kind_name(imp.set->kind()), imp.set->modules().size(), o.base.c_str(),
+              o.out.c_str());
   return 0;
 }
 

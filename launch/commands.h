@@ -21,6 +21,7 @@ struct PretrainOptions {
 };
 struct EvalOptions {
   std::string checkpoint;
+  std::string adapter;  // tessera adapter file or PEFT folder, applied to the checkpoint
   int64_t max_batches = 0;
   std::vector<std::string> overrides;
 };
@@ -43,7 +44,20 @@ struct MergeOptions {
   uint64_t seed = 0;           // DARE's drops
 };
 
+struct ExportPeftOptions {
+  std::string adapter;  // tessera adapter file (lora or dora)
+  std::string out;      // PEFT folder
+};
+struct ImportPeftOptions {
+  std::string peft_dir;  // PEFT folder
+  std::string base;      // base checkpoint, to check modules and shapes
+  std::string out;       // tessera adapter file
+};
+
 int run_demo(const DemoOptions& o);
+int run_export_peft(const ExportPeftOptions& o);
+// Validates the PEFT folder against the base, then writes tessera's adapter file.
+int run_import_peft(const ImportPeftOptions& o);
 // Combines PEFT LoRA adapters of one base into one PEFT adapter. Methods:
 // cat (exact, ranks add up), linear[:lambda=L] / svd (Σ λ wᵢ ΔWᵢ refactored to
 // --rank), ties:density=D, dare_linear:p=P, dare_ties:p=P,density=D,

@@ -1,5 +1,7 @@
 #include "launch/config.h"
 
+#include "adapters/adapter_file.h"
+
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
@@ -279,45 +281,83 @@ PretrainConfig resolve_config(const std::string& path, const std::vector<std::st
 
 AdapterArgs parse_adapter_spec(const std::string& spec) {
   AdapterArgs a;
+  adapters::AdapterSpec& s = a.spec;
   const size_t colon = spec.find(':');
-  a.kind = spec.substr(0, colon);
-  if (a.kind != "lora")
-    throw Error(
-        str("adapter '", spec, "': kind '", a.kind, "' is not available yet (expected lora)"));
+  try {
+    s.kind = adapters::parse_kind(spec.substr(0, colon));
+  } catch (const Error& e) {
+    throw Error(str("adapter '", spec, "': ", e.what()));
+  }
+  const bool bottleneck = s.kind == adapters::Kind::Bottleneck;
+  if (bottleneck) {
+    s.lora.base.r = 16;  // bottleneck width
+    a.targets = adapters::placement_targets("houlsby");
+  }
+  if (s.kind == adapters::Kind::Vera) s.lora.base.r = 64;  // VeRA's ranks are larger (PEFT: 256)
   if (colon == std::string::npos) return a;
+  auto split = [](const std::string& v) {
+    std::vector<std::string> out;
+    std::stringstream ts(v);
+    std::string t;
+    while (std::getline(ts, t, '|'))
+      if (!t.empty()) out.push_back(t);
+    if (out.empty()) throw std::invalid_argument(v);
+    return out;
+  };
+  auto boolean = [](const std::string& v) {
+    if (v != "true" && v != "false") throw std::invalid_argument(v);
+    return v == "true";
+  };
   std::stringstream ss(spec.substr(colon + 1));
   std::string kv;
+  bool explicit_targets = false;
   while (std::getline(ss, kv, ',')) {
     const size_t eq = kv.find('=');
     if (eq == std::string::npos)
       throw Error(str("adapter '", spec, "': '", kv, "' is not key=value"));
     const std::string k = kv.substr(0, eq), v = kv.substr(eq + 1);
     try {
-      size_t pos = 0;
+      size_t pos = v.size();
       if (k == "r") {
-        a.r = std::stoll(v, &pos);
-        if (a.r < 1) throw std::out_of_range(v);
+        s.lora.base.r = std::stoll(v, &pos);
+        if (s.lora.base.r < 1) throw std::out_of_range(v);
       } else if (k == "alpha") {
-        a.alpha = std::stof(v, &pos);
+        s.lora.base.alpha = std::stof(v, &pos);
       } else if (k == "rslora") {
-        if (v != "true" && v != "false") throw std::invalid_argument(v);
-        a.rslora = v == "true";
-        pos = v.size();
+        s.lora.base.rslora = boolean(v);
+      } else if (k == "dropout") {
+        s.dropout = std::stof(v, &pos);
+        if (!(s.dropout >= 0.0f && s.dropout < 1.0f)) throw std::out_of_range(v);
       } else if (k == "targets") {
-        a.targets.clear();
-        std::stringstream ts(v);
-        std::string t;
-        while (std::getline(ts, t, '|'))
-          if (!t.empty()) a.targets.push_back(t);
-        if (a.targets.empty()) throw std::invalid_argument(v);
-        pos = v.size();
+        a.targets = split(v);
+        explicit_targets = true;
+      } else if (k == "placement" && bottleneck) {
+        if (!explicit_targets)
+          a.targets = adapters::placement_targets(v);
+        else
+          adapters::placement_targets(v);  // still validate the name
+      } else if (k == "act" && bottleneck) {
+        s.act = adapters::parse_act(v);
+      } else if (k == "d_init" && s.kind == adapters::Kind::Vera) {
+        s.vera_d_init = std::stof(v, &pos);
+      } else if (k == "feedforward" && s.kind == adapters::Kind::Ia3) {
+        s.feedforward = split(v);
+      } else if (k == "exact_grad" && s.kind == adapters::Kind::Dora) {
+        s.dora_exact_grad = boolean(v);
       } else {
-        throw Error(str("adapter '", spec, "': unknown key '", k,
-                        "' (expected r, alpha, rslora, targets)"));
+        throw Error(str(
+            "adapter '", spec, "': unknown key '", k, "' for ", adapters::kind_name(s.kind),
+            " (expected r, alpha, rslora, dropout, targets", bottleneck ? ", placement, act" : "",
+            s.kind == adapters::Kind::Vera ? ", d_init" : "",
+            s.kind == adapters::Kind::Ia3 ? ", feedforward" : "",
+            s.kind == adapters::Kind::Dora ? ", exact_grad" : "", ")"));
       }
       if (pos != v.size()) throw std::invalid_argument(v);
     } catch (const std::logic_error&) {
       throw Error(str("adapter '", spec, "': bad value '", v, "' for ", k));
+    } catch (const Error& e) {
+      if (std::string(e.what()).find(spec) != std::string::npos) throw;
+      throw Error(str("adapter '", spec, "': ", e.what()));
     }
   }
   return a;

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "adapters/lora.h"
 #include "tessera/config.pb.h"
 
 namespace tessera::launch {
@@ -26,13 +27,15 @@ PretrainConfig resolve_config(const std::string& path, const std::vector<std::st
                               const std::string& model_if_no_file = "");
 std::string to_text(const PretrainConfig& cfg);
 
-// "lora:r=8,alpha=16,targets=all-linear" (targets separated by '|', e.g.
-// targets=q_proj|v_proj; rslora=true). Unknown keys and bad values name themselves.
+// An adapter on the command line: KIND[:key=value,...] with KIND one of lora,
+// dora, vera, ia3, bottleneck. Keys: r (rank; the bottleneck width), alpha,
+// rslora=true|false, dropout, targets=a|b|re:... (default all-linear; for a
+// bottleneck its placement's sublayer outputs), placement=houlsby|pfeiffer,
+// act=relu|gelu|gelu_tanh|silu (bottleneck), d_init (vera), feedforward=a|b
+// (ia3: modules whose input is scaled), exact_grad=true|false (dora).
+// Unknown keys and bad values name themselves.
 struct AdapterArgs {
-  std::string kind = "lora";
-  int64_t r = 8;
-  float alpha = 16.0f;
-  bool rslora = false;
+  adapters::AdapterSpec spec;
   std::vector<std::string> targets = {"all-linear"};
 };
 AdapterArgs parse_adapter_spec(const std::string& spec);

@@ -43,20 +43,23 @@ int main(int argc, char** argv) {
       ->add_option("--checkpoint", ev.checkpoint,
                    "tessera checkpoint (.safetensors) or Hugging Face folder")
       ->required();
+  c_eval->add_option("--adapter", ev.adapter,
+                     "Evaluate with this adapter attached (tessera adapter file or PEFT folder)");
   c_eval->add_option("--max-batches", ev.max_batches,
                      "Evaluate at most this many batches (0: all)");
   c_eval->add_option("overrides", ev.overrides, "key=value config overrides, e.g. data.dir=/path");
 
   tessera::launch::TrainAdapterOptions ta;
-  auto* c_ta =
-      app.add_subcommand("train-adapter", "Train a LoRA adapter on a frozen base checkpoint");
+  auto* c_ta = app.add_subcommand("train-adapter", "Train an adapter on a frozen base checkpoint");
   c_ta->add_option("--base", ta.base, "Base model checkpoint (from tessera pretrain or demo)")
       ->required();
   c_ta->add_option("--task", ta.task,
                    "permute:seed=N | rotate:deg=D | classes:A,B,... (MLP base) or text:GLOB[|GLOB] "
                    "(decoder base)");
   c_ta->add_option("--adapter", ta.adapter,
-                   "lora:r=8,alpha=16,targets=all-linear (targets: a|b|re:...)")
+                   "KIND[:key=value,...], KIND lora|dora|vera|ia3|bottleneck; keys r, alpha, "
+                   "rslora, dropout, targets=a|b|re:..., placement=houlsby|pfeiffer, act, "
+                   "d_init, feedforward, exact_grad")
       ->capture_default_str();
   c_ta->add_option("--out", ta.out_dir, "Run folder (default runs/adapter)");
   c_ta->add_flag("--quiet", ta.quiet, "No progress line");
@@ -79,6 +82,20 @@ int main(int argc, char** argv) {
   c_merge->add_option("--rank", mo.rank, "Rank of the result (default: the largest input rank)");
   c_merge->add_option("--seed", mo.seed, "Seed for DARE's drops")->capture_default_str();
 
+  tessera::launch::ExportPeftOptions ep;
+  auto* c_ep =
+      app.add_subcommand("export-peft", "Write a tessera LoRA/DoRA adapter file as a PEFT folder");
+  c_ep->add_option("adapter", ep.adapter, "tessera adapter file (.safetensors)")->required();
+  c_ep->add_option("-o,--out", ep.out, "PEFT folder to write")->required();
+
+  tessera::launch::ImportPeftOptions ip;
+  auto* c_ip = app.add_subcommand(
+      "import-peft",
+      "Check a PEFT LoRA/DoRA folder against a base and write a tessera adapter file");
+  c_ip->add_option("peft_dir", ip.peft_dir, "PEFT adapter folder")->required();
+  c_ip->add_option("--base", ip.base, "Base checkpoint the adapter belongs to")->required();
+  c_ip->add_option("-o,--out", ip.out, "tessera adapter file to write")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -90,6 +107,8 @@ int main(int argc, char** argv) {
     if (*c_pre) return tessera::launch::run_pretrain(pre);
     if (*c_eval) return tessera::launch::run_eval(ev);
     if (*c_ta) return tessera::launch::run_train_adapter(ta);
+    if (*c_ep) return tessera::launch::run_export_peft(ep);
+    if (*c_ip) return tessera::launch::run_import_peft(ip);
     if (*c_merge) {
       mo.weights = tessera::launch::parse_weights(merge_weights);
       return tessera::launch::run_merge(mo);

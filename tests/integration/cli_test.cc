@@ -91,6 +91,38 @@ TEST_F(Cli, TrainAdapterOnAFrozenMlpBase) {
   EXPECT_NE(a.out.find("adapter     accuracy"), std::string::npos) << a.out;
   EXPECT_TRUE(std::filesystem::exists(dir_ + "/ad/adapter/adapter_config.json"));
   EXPECT_TRUE(std::filesystem::exists(dir_ + "/ad/adapter/adapter_model.safetensors"));
+  // The adapter file, its PEFT export and the re-imported file all evaluate
+  // to the accuracy train-adapter reported.
+  const std::string base = dir_ + "/base/checkpoint.safetensors";
+  auto acc_of = [](const std::string& s, const std::string& after) {
+    size_t at = s.find("accuracy", s.find(after));
+    return at == std::string::npos ? std::string("none") : s.substr(at, 16);
+  };
+  const std::string trained = acc_of(a.out, "adapter     accuracy");
+  ASSERT_NE(trained, "none") << a.out;
+  CliRun e1 = run("eval --checkpoint " + base + " --adapter " + dir_ +
+                  "/ad/adapter.safetensors data.task=permute:seed=3");
+  ASSERT_EQ(e1.code, 0) << e1.out;
+  EXPECT_EQ(acc_of(e1.out, "adapter.safetensors"), trained) << e1.out << a.out;
+  CliRun ex = run("export-peft " + dir_ + "/ad/adapter.safetensors -o " + dir_ + "/peft");
+  ASSERT_EQ(ex.code, 0) << ex.out;
+  CliRun im =
+      run("import-peft " + dir_ + "/peft --base " + base + " -o " + dir_ + "/re.safetensors");
+  ASSERT_EQ(im.code, 0) << im.out;
+  for (const std::string& ad : {dir_ + "/peft", dir_ + "/re.safetensors"}) {
+    CliRun e = run("eval --checkpoint " + base + " --adapter " + ad + " data.task=permute:seed=3");
+    ASSERT_EQ(e.code, 0) << e.out;
+    EXPECT_EQ(acc_of(e.out, ad), trained) << e.out;
+  }
+  // Another kind: (IA)3 trains and writes only tessera's file (PEFT LoRA cannot hold it).
+  CliRun ia = run("train-adapter --quiet --base " + base + " --task rotate:deg=90 --out " + dir_ +
+                  "/ia3 --adapter ia3 epochs=0 steps=10 threads=1");
+  ASSERT_EQ(ia.code, 0) << ia.out;
+  EXPECT_TRUE(std::filesystem::exists(dir_ + "/ia3/adapter.safetensors"));
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/ia3/adapter"));
+  CliRun nope = run("export-peft " + dir_ + "/ia3/adapter.safetensors -o " + dir_ + "/p2");
+  EXPECT_EQ(nope.code, 2) << nope.out;
+  EXPECT_NE(nope.out.find("ia3"), std::string::npos) << nope.out;
   CliRun bad = run("train-adapter --base " + dir_ +
                    "/base/checkpoint.safetensors --task permute:seed=3 --adapter lora:r=0");
   EXPECT_EQ(bad.code, 2) << bad.out;
