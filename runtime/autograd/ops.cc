@@ -6,6 +6,7 @@
 
 namespace tessera::ops {
 
+using autograd::on_backward;
 using autograd::should_record;
 using autograd::Tape;
 
@@ -34,18 +35,6 @@ Tensor result(const Shape& shape, Device device, bool grad) {
   Tensor out = Tensor::empty(shape, device);
   if (grad) out.set_requires_grad(true);
   return out;
-}
-
-// Records `fn(dout)` to run when the output's gradient is known; the output's
-// gradient buffer is released right after (nothing downstream reads it again).
-template <typename Fn>
-void on_backward(Tensor out, Fn fn) {
-  Tape::current()->record([out, fn]() mutable {
-    Tensor g = out.grad();
-    if (!g.defined()) return;
-    fn(static_cast<const float*>(g.data()));
-    out.clear_grad();
-  });
 }
 
 }  // namespace

@@ -54,6 +54,19 @@ class NoGrad {
   Tape* saved_;
 };
 
+// Records `fn(dout)` on the current tape, to run once `out`'s gradient is
+// known (skipped when nothing reached it); `out`'s gradient buffer is released
+// right after. For ops written outside runtime/autograd/ops.cc.
+template <typename Fn>
+void on_backward(Tensor out, Fn fn) {
+  Tape::current()->record([out, fn]() mutable {
+    Tensor g = out.grad();
+    if (!g.defined()) return;
+    fn(static_cast<const float*>(g.data()));
+    out.clear_grad();
+  });
+}
+
 // True when a tape is recording and any of the inputs requires a gradient.
 bool should_record(std::initializer_list<const Tensor*> inputs);
 
