@@ -98,33 +98,66 @@ Act parse_act(const std::string& s) {
   throw Error(str("activation '", s, "': expected one of gelu, gelu_tanh, relu, silu"));
 }
 
-void save_adapter(const AdapterSet& set, const std::string& path, const std::string& base_model) {
-  const AdapterSpec& s = set.spec();
-  json rp = json::object(), ap = json::object(), conv = json::array();
+namespace {
+json spec_json(const AdapterSpec& s, const std::vector<std::string>& targets,
+               const std::vector<std::string>& modules, const std::vector<bool>& conv1d,
+               const std::string& base_model) {
+  json rp = json::object(), ap = json::object();
   for (const auto& [k, v] : s.lora.rank_pattern) rp[k] = v;
   for (const auto& [k, v] : s.lora.alpha_pattern) ap[k] = v;
-  for (const nn::Linear* l : set.linears()) conv.push_back(l->w_in_out());
-  json j = {{"format", kFormat},
-            {"kind", kind_name(s.kind)},
-            {"r", s.lora.base.r},
-            {"alpha", s.lora.base.alpha},
-            {"rslora", s.lora.base.rslora},
-            {"dropout", s.dropout},
-            {"dora_exact_grad", s.dora_exact_grad},
-            {"vera_d_init", s.vera_d_init},
-            {"feedforward", s.feedforward},
-            {"act", act_name(s.act)},
-            {"rank_pattern", rp},
-            {"alpha_pattern", ap},
-            {"targets", set.targets()},
-            {"modules", set.modules()},
-            {"conv1d", conv},
-            {"base_model", base_model}};
-  std::vector<io::WriteEntry> e;
-  for (const auto& p : set.params().all()) e.push_back(io::WriteEntry::f32(p.name, p.tensor));
+  return {{"format", kFormat},
+          {"kind", kind_name(s.kind)},
+          {"r", s.lora.base.r},
+          {"alpha", s.lora.base.alpha},
+          {"rslora", s.lora.base.rslora},
+          {"dropout", s.dropout},
+          {"dora_exact_grad", s.dora_exact_grad},
+          {"vera_d_init", s.vera_d_init},
+          {"feedforward", s.feedforward},
+          {"act", act_name(s.act)},
+          {"rank_pattern", rp},
+          {"alpha_pattern", ap},
+          {"targets", targets},
+          {"modules", modules},
+          {"conv1d", conv1d},
+          {"base_model", base_model}};
+}
+
+void write(const std::string& path, const std::vector<io::WriteEntry>& e, const json& meta) {
   std::filesystem::path parent = std::filesystem::path(path).parent_path();
   if (!parent.empty()) std::filesystem::create_directories(parent);
-  io::save_safetensors(path, e, {{kMetaKey, j.dump()}, {"format", "pt"}});
+  io::save_safetensors(path, e, {{kMetaKey, meta.dump()}, {"format", "pt"}});
+}
+
+}  // namespace
+
+void save_adapter(const AdapterSet& set, const std::string& path, const std::string& base_model) {
+  std::vector<bool> conv;
+  for (const nn::Linear* l : set.linears()) conv.push_back(l->w_in_out());
+  std::vector<io::WriteEntry> e;
+  for (const auto& p : set.params().all()) e.push_back(io::WriteEntry::f32(p.name, p.tensor));
+  write(path, e, spec_json(set.spec(), set.targets(), set.modules(), conv, base_model));
+}
+
+void save_lora_factors(const std::string& path,
+                       const std::vector<std::pair<std::string, LoraFactors>>& modules,
+                       const std::vector<bool>& conv1d, const std::string& base_model) {
+  if (modules.empty() || conv1d.size() != modules.size())
+    throw Error(
+        str("save_lora_factors: ", modules.size(), " modules, ", conv1d.size(), " layout flags"));
+  // Each module's own rank and scale, as rank/alpha patterns on its exact name.
+  AdapterSpec s(Kind::Lora, LoraConfig{modules.front().second.rank(), 1.0f, false});
+  std::vector<std::string> targets, names;
+  std::vector<io::WriteEntry> e;
+  for (const auto& [m, f] : modules) {
+    s.lora.rank_pattern.push_back({regex_escape(m), f.rank()});
+    s.lora.alpha_pattern.push_back({regex_escape(m), f.scale * static_cast<float>(f.rank())});
+    targets.push_back("re:" + regex_escape(m));
+    names.push_back(m);
+    e.push_back(io::WriteEntry::f32(m + ".lora_A.weight", f.A));
+    e.push_back(io::WriteEntry::f32(m + ".lora_B.weight", f.B));
+  }
+  write(path, e, spec_json(s, targets, names, conv1d, base_model));
 }
 
 AdapterFile read_adapter(const std::string& path) {

@@ -37,6 +37,11 @@ struct AdapterFile {
 };
 
 void save_adapter(const AdapterSet& set, const std::string& path, const std::string& base_model);
+// A plain LoRA given as per-module factors (an expert of a bank, a merge
+// result), written in the same format; conv1d per module as in AdapterFile.
+void save_lora_factors(const std::string& path,
+                       const std::vector<std::pair<std::string, LoraFactors>>& modules,
+                       const std::vector<bool>& conv1d, const std::string& base_model);
 AdapterFile read_adapter(const std::string& path);
 // Rebuilds the set on `linears` (base frozen) and loads its tensors.
 std::unique_ptr<AdapterSet> load_adapter(const std::string& path, std::vector<nn::Linear*> linears,

@@ -27,6 +27,15 @@ bool peft_pattern_matches(const std::string& key, const std::string& module) {
   }
 }
 
+std::string regex_escape(const std::string& s) {
+  std::string o;
+  for (char ch : s) {
+    if (std::string("\\^$.|?*+()[]{}").find(ch) != std::string::npos) o.push_back('\\');
+    o.push_back(ch);
+  }
+  return o;
+}
+
 LoraConfig LoraSpec::for_module(const std::string& name) const {
   LoraConfig c = base;
   for (const auto& [k, r] : rank_pattern)

@@ -52,6 +52,8 @@ struct LoraSpec {
   LoraConfig for_module(const std::string& name) const;
 };
 bool peft_pattern_matches(const std::string& key, const std::string& module);
+// `s` with regex metacharacters escaped: an exact module name as a pattern.
+std::string regex_escape(const std::string& s);
 
 enum class Kind { Lora, Dora, Vera, Ia3, Bottleneck };
 const char* kind_name(Kind k);

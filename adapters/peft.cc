@@ -211,17 +211,6 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
   return out;
 }
 
-namespace {
-std::string regex_escape(const std::string& s) {
-  std::string o;
-  for (char ch : s) {
-    if (std::string("\\^$.|?*+()[]{}").find(ch) != std::string::npos) o.push_back('\\');
-    o.push_back(ch);
-  }
-  return o;
-}
-}  // namespace
-
 void write_peft(const std::string& dir,
                 const std::vector<std::pair<std::string, LoraFactors>>& modules,
                 bool fan_in_fan_out, const std::string& base_model,

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "adapters/adapter_file.h"
+#include "adapters/bank.h"
 #include "adapters/lora.h"
 #include "adapters/peft.h"
 #include "launch/config.h"
@@ -127,6 +128,51 @@ AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt
   return r;
 }
 
+// Several tasks at once on the MLP base: one LoRA expert per task in a bank,
+// every batch holding rows of each task routed to its expert, one pass over
+// the frozen base. Writes one adapter file (and PEFT folder) per task.
+int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const AdapterArgs& a,
+               const std::vector<std::string>& tasks, bool progress) {
+  if (a.spec.kind != adapters::Kind::Lora)
+    throw Error(str("several tasks at once train a bank of LoRA experts; ",
+                    adapters::kind_name(a.spec.kind), " is trained one task at a time"));
+  train::Trainer t(cfg);
+  t.load_checkpoint(base_ckpt, /*weights_only=*/true);
+  const int T = t.num_tasks();
+  std::vector<train::EvalResult> before;
+  for (int k = 0; k < T; ++k) before.push_back(t.evaluate(-1, k));
+  std::unique_ptr<adapters::BankSet> bank;
+  std::vector<bool> conv1d;
+  t.attach([&](std::vector<nn::Linear*> linears, nn::ParameterSet& base) {
+    bank =
+        std::make_unique<adapters::BankSet>(linears, base, a.targets, T, a.spec.lora, cfg.seed());
+    for (nn::Linear* l : linears)
+      for (const std::string& m : bank->modules())
+        if (l->name() == m) conv1d.push_back(l->w_in_out());
+    return &bank->params();
+  });
+  adapters::BankSet* b = bank.get();
+  t.set_router([b](const std::vector<int32_t>& rows) { b->route(rows); });
+  spdlog::info("{}: {} LoRA experts r={} trained together on {} modules, {} trainable", t.kind(), T,
+               a.spec.lora.base.r, bank->modules().size(), human_count(bank->params().count(true)));
+  t.run(0, progress);
+  std::printf("\n%-24s %14s %14s  %s\n", "task", "base accuracy", "with expert", "adapter");
+  fs::create_directories(cfg.out_dir());
+  for (int k = 0; k < T; ++k) {
+    train::EvalResult after = t.evaluate(-1, k);
+    std::string dir = cfg.out_dir() + "/" + std::to_string(k);
+    adapters::save_lora_factors(dir + "/adapter.safetensors", bank->expert(k), conv1d, base_ckpt);
+    const bool any_conv = std::find(conv1d.begin(), conv1d.end(), true) != conv1d.end();
+    adapters::write_peft(dir + "/adapter", bank->expert(k), any_conv, base_ckpt);
+    std::printf("%-24s %13.2f%% %13.2f%%  %s/adapter.safetensors\n", tasks[k].c_str(),
+                before[k].accuracy * 100, after.accuracy * 100, dir.c_str());
+  }
+  std::printf("%.0f samples/s over all tasks (%d experts in one pass over the frozen base)\n",
+              t.mean_units_per_s(), T);
+  t.save_checkpoint(cfg.out_dir() + "/checkpoint.safetensors");
+  return 0;
+}
+
 // A trainer on the base checkpoint's config (with overrides), its weights loaded.
 std::unique_ptr<train::Trainer> base_trainer(const std::string& ckpt,
                                              const std::vector<std::string>& overrides) {
@@ -193,19 +239,29 @@ int run_train_adapter(const TrainAdapterOptions& o) {
   cfg.set_out_dir(o.out_dir.empty() ? "runs/adapter" : o.out_dir);
   cfg.set_eval_every(0);
   cfg.set_checkpoint_every(0);
+  if (o.tasks.empty()) throw Error("--task: name the task to train the adapter on");
+  if (o.tasks.size() > 1 && cfg.model() != "mlp")
+    throw Error("several --task at once train on the MLP base only (this base is a decoder)");
+  const std::string task = o.tasks.front();
   if (cfg.model() == "mlp") {
-    if (o.task.rfind("text:", 0) == 0)
-      throw Error("task 'text:...' needs a decoder base; this base is an MLP");
-    cfg.mutable_data()->set_task(o.task);
+    std::string joined;
+    for (const std::string& t : o.tasks) {
+      if (t.rfind("text:", 0) == 0)
+        throw Error(str("task '", t, "' needs a decoder base; this base is an MLP"));
+      if (t.find(';') != std::string::npos)
+        throw Error(str("task '", t, "': give each task its own --task"));
+      joined += (joined.empty() ? "" : ";") + t;
+    }
+    cfg.mutable_data()->set_task(joined);
     cfg.set_epochs(3);
     cfg.clear_steps();
     cfg.mutable_optim()->set_lr(3e-3f);  // LoRA wants a larger step than full training
   } else {
-    if (o.task.rfind("text:", 0) != 0)
-      throw Error(str("task '", o.task, "': a decoder base trains on text:GLOB[|GLOB...]"));
+    if (task.rfind("text:", 0) != 0)
+      throw Error(str("task '", task, "': a decoder base trains on text:GLOB[|GLOB...]"));
     cfg.mutable_data()->set_kind("text");
     cfg.mutable_data()->clear_files();
-    std::stringstream ss(o.task.substr(5));
+    std::stringstream ss(task.substr(5));
     std::string g;
     while (std::getline(ss, g, '|')) cfg.mutable_data()->add_files(g);
     cfg.mutable_decoder()->clear_init_from();
@@ -215,6 +271,7 @@ int run_train_adapter(const TrainAdapterOptions& o) {
   apply_overrides(&cfg, o.overrides);
   validate_config(cfg);
 
+  if (o.tasks.size() > 1) return train_bank(cfg, o.base, a, o.tasks, !o.quiet);
   AdapterRun r = train_adapter(cfg, o.base, a, !o.quiet);
   std::printf("\n%-10s  %s\n%-10s  %s\n", "base", eval_text(r.before).c_str(), "adapter",
               eval_text(r.after).c_str());

@@ -28,7 +28,9 @@ struct EvalOptions {
 
 struct TrainAdapterOptions {
   std::string base;  // base checkpoint
-  std::string task;  // permute:seed=N | rotate:deg=D | classes:A,B | text:GLOB[|GLOB]
+  // permute:seed=N | rotate:deg=D | classes:A,B | text:GLOB[|GLOB]; several
+  // (MLP base): one LoRA expert each, trained together in one pass.
+  std::vector<std::string> tasks;
   std::string adapter = "lora:r=8,alpha=16,targets=all-linear";
   std::string out_dir;  // default runs/adapter
   bool quiet = false;

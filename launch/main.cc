@@ -53,9 +53,9 @@ int main(int argc, char** argv) {
   auto* c_ta = app.add_subcommand("train-adapter", "Train an adapter on a frozen base checkpoint");
   c_ta->add_option("--base", ta.base, "Base model checkpoint (from tessera pretrain or demo)")
       ->required();
-  c_ta->add_option("--task", ta.task,
+  c_ta->add_option("--task", ta.tasks,
                    "permute:seed=N | rotate:deg=D | classes:A,B,... (MLP base) or text:GLOB[|GLOB] "
-                   "(decoder base)");
+                   "(decoder base); repeat --task to train one LoRA expert per task together");
   c_ta->add_option("--adapter", ta.adapter,
                    "KIND[:key=value,...], KIND lora|dora|vera|ia3|bottleneck; keys r, alpha, "
                    "rslora, dropout, targets=a|b|re:..., placement=houlsby|pfeiffer, act, "

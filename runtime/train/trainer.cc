@@ -41,7 +41,13 @@ class Task {
   virtual double units_per_example() const = 0;
   virtual double flops_per_example() const = 0;
   virtual Tensor loss(const std::vector<int64_t>& idx, int64_t epoch) = 0;
-  virtual EvalResult evaluate(int64_t batch, int64_t max_batches) = 0;
+  // task < 0: every task (the mean); the LM has one task.
+  virtual EvalResult evaluate(int64_t batch, int64_t max_batches, int task) = 0;
+  virtual int num_tasks() const { return 1; }
+  using RouteFn = Trainer::RouteFn;
+  virtual void set_router(RouteFn fn) {
+    if (fn) throw Error("this model trains one task; a router has nothing to route");
+  }
   virtual void export_model(const std::string& dir) const = 0;
 };
 
@@ -55,24 +61,59 @@ nn::Act parse_act(const std::string& a) {
   throw Error(str("mlp.activation '", a, "': expected gelu, gelu_tanh, relu or silu"));
 }
 
+// Fashion-MNIST under one image task, or several at once ("permute:seed=1;
+// rotate:deg=90"): then every sampled index yields one row per task, the loss
+// is the sum of the per-task mean losses (each task's gradient is exactly its
+// own), and the router learns which task each row belongs to.
+std::vector<std::string> split_tasks(const std::string& spec) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  while (true) {
+    size_t e = spec.find(';', b);
+    out.push_back(spec.substr(b, e == std::string::npos ? std::string::npos : e - b));
+    if (e == std::string::npos) break;
+    b = e + 1;
+  }
+  for (const std::string& t : out)
+    if (t.empty() && out.size() > 1) throw Error(str("data.task '", spec, "' has an empty task"));
+  return out;
+}
+
 class ClassifierTask : public Task {
  public:
   ClassifierTask(const PretrainConfig& cfg, Rng& rng) {
     if (cfg.data().kind() != "fashion_mnist")
       throw Error(
           str("model 'mlp' trains on data.kind 'fashion_mnist', got '", cfg.data().kind(), "'"));
-    train_ = data::load_fashion_mnist(cfg.data().dir(), "train", cfg.data().limit_train());
-    test_ = data::load_fashion_mnist(cfg.data().dir(), "test", cfg.data().limit_test());
-    data::apply_image_task(&train_, cfg.data().task());
-    data::apply_image_task(&test_, cfg.data().task());
+    data::ImageSet train =
+        data::load_fashion_mnist(cfg.data().dir(), "train", cfg.data().limit_train());
+    data::ImageSet test =
+        data::load_fashion_mnist(cfg.data().dir(), "test", cfg.data().limit_test());
+    names_ = split_tasks(cfg.data().task());
+    const int64_t in_features = train.features();
+    for (size_t k = 0; k < names_.size(); ++k) {
+      const std::string& t = names_[k];
+      // The last task takes the loaded images; the others work on copies.
+      const bool last = k + 1 == names_.size();
+      trains_.push_back(last ? std::move(train) : train);
+      tests_.push_back(last ? std::move(test) : test);
+      if (!last) {
+        trains_.back().images = train.images.clone();
+        tests_.back().images = test.images.clone();
+      }
+      data::apply_image_task(&trains_.back(), t);
+      data::apply_image_task(&tests_.back(), t);
+      if (trains_.back().size() == 0 || tests_.back().size() == 0)
+        throw Error(str("data.task '", t, "' leaves no examples"));
+    }
     nn::MlpSpec spec;
     spec.in_features = cfg.mlp().in_features();
     spec.hidden.assign(cfg.mlp().hidden().begin(), cfg.mlp().hidden().end());
     spec.num_classes = cfg.mlp().num_classes();
     spec.activation = parse_act(cfg.mlp().activation());
-    if (spec.in_features != train_.features())
-      throw Error(str("mlp.in_features = ", spec.in_features, " but the images have ",
-                      train_.features(), " pixels"));
+    if (spec.in_features != in_features)
+      throw Error(str("mlp.in_features = ", spec.in_features, " but the images have ", in_features,
+                      " pixels"));
     if (spec.num_classes < 10)
       throw Error(str("mlp.num_classes = ", spec.num_classes, " but Fashion-MNIST has 10 classes"));
     model_ = std::make_unique<nn::MlpClassifier>(spec, rng);
@@ -80,32 +121,69 @@ class ClassifierTask : public Task {
   const std::string& kind() const override { return kind_; }
   nn::ParameterSet& params() override { return model_->params(); }
   std::vector<nn::Linear*> linears() override { return model_->linears(); }
-  int64_t train_examples() const override { return train_.size(); }
-  double units_per_example() const override { return 1.0; }
-  double flops_per_example() const override { return model_->train_flops_per_example(); }
+  int64_t train_examples() const override { return trains_[0].size(); }
+  double units_per_example() const override { return static_cast<double>(trains_.size()); }
+  double flops_per_example() const override {
+    return model_->train_flops_per_example() * static_cast<double>(trains_.size());
+  }
+  int num_tasks() const override { return static_cast<int>(trains_.size()); }
+  void set_router(RouteFn fn) override { router_ = std::move(fn); }
 
   Tensor loss(const std::vector<int64_t>& idx, int64_t) override {
-    const int64_t B = static_cast<int64_t>(idx.size()), F = train_.features();
-    Tensor x = Tensor::empty({B, F});
-    std::vector<int32_t> y(idx.size());
-    for (int64_t i = 0; i < B; ++i) {
-      std::copy_n(train_.images.data() + idx[i] * F, F, x.data() + i * F);
-      y[i] = train_.labels[idx[i]];
+    const int64_t B = static_cast<int64_t>(idx.size()), F = trains_[0].features();
+    const int64_t T = static_cast<int64_t>(trains_.size());
+    Tensor x = Tensor::empty({T * B, F});
+    std::vector<std::vector<int32_t>> y(T, std::vector<int32_t>(T * B, -1));
+    std::vector<int32_t> route(T * B);
+    for (int64_t t = 0; t < T; ++t) {
+      const data::ImageSet& d = trains_[t];
+      for (int64_t i = 0; i < B; ++i) {
+        const int64_t k = idx[i] % d.size();  // a smaller task cycles through its examples
+        std::copy_n(d.images.data() + k * F, F, x.data() + (t * B + i) * F);
+        y[t][t * B + i] = d.labels[k];
+        route[t * B + i] = static_cast<int32_t>(t);
+      }
     }
-    return ops::cross_entropy(model_->forward(x), y);
+    if (router_) router_(route);
+    Tensor logits = model_->forward(x);
+    if (T == 1) {
+      y[0].resize(B);
+      return ops::cross_entropy(logits, y[0]);
+    }
+    Tensor loss = ops::cross_entropy(logits, y[0]);
+    for (int64_t t = 1; t < T; ++t) loss = ops::add(loss, ops::cross_entropy(logits, y[t]));
+    return loss;
   }
 
-  EvalResult evaluate(int64_t batch, int64_t max_batches) override {
+  // One task (its rows routed to it), or with task < 0 the mean over tasks.
+  EvalResult evaluate(int64_t batch, int64_t max_batches, int task) override {
+    if (task >= 0) return evaluate_one(batch, max_batches, task);
+    EvalResult mean;
+    mean.loss = mean.accuracy = 0.0;
+    for (int t = 0; t < num_tasks(); ++t) {
+      EvalResult r = evaluate_one(batch, max_batches, t);
+      mean.loss += r.loss / num_tasks();
+      mean.accuracy += r.accuracy / num_tasks();
+      mean.count += r.count;
+    }
+    return mean;
+  }
+
+  EvalResult evaluate_one(int64_t batch, int64_t max_batches, int task) {
+    if (task >= num_tasks())
+      throw Error(str("task ", task, " is outside the ", num_tasks(), " tasks of this run"));
+    const data::ImageSet& test = tests_[task];
     EvalResult r;
-    const int64_t N = test_.size(), F = test_.features();
+    const int64_t N = test.size(), F = test.features();
     batch = std::max<int64_t>(batch, 500);
     double loss_sum = 0.0;
     int64_t correct = 0, seen = 0;
     for (int64_t s = 0, b = 0; s < N && (max_batches <= 0 || b < max_batches); s += batch, ++b) {
       const int64_t n = std::min(batch, N - s);
       Tensor x = Tensor::empty({n, F});
-      std::copy_n(test_.images.data() + s * F, n * F, x.data());
-      std::vector<int32_t> y(test_.labels.begin() + s, test_.labels.begin() + s + n);
+      std::copy_n(test.images.data() + s * F, n * F, x.data());
+      std::vector<int32_t> y(test.labels.begin() + s, test.labels.begin() + s + n);
+      if (router_) router_(std::vector<int32_t>(n, task));
       Tensor logits = model_->forward(x);
       loss_sum +=
           static_cast<double>(ops::cross_entropy(logits, y).item()) * static_cast<double>(n);
@@ -132,8 +210,10 @@ class ClassifierTask : public Task {
 
  private:
   std::string kind_ = "mlp";
-  data::ImageSet train_, test_;
+  std::vector<std::string> names_;
+  std::vector<data::ImageSet> trains_, tests_;
   std::unique_ptr<nn::MlpClassifier> model_;
+  RouteFn router_;
 };
 
 class LmTask : public Task {
@@ -188,7 +268,7 @@ class LmTask : public Task {
     return ops::cross_entropy(model_->forward(ids, static_cast<int64_t>(idx.size()), T_), tgt);
   }
 
-  EvalResult evaluate(int64_t batch, int64_t max_batches) override {
+  EvalResult evaluate(int64_t batch, int64_t max_batches, int) override {
     EvalResult r;
     const int64_t n = static_cast<int64_t>(test_.tokens.size());
     const int64_t T = std::min<int64_t>(T_, n - 1);
@@ -398,9 +478,17 @@ std::vector<float> Trainer::run(int64_t max_steps, bool progress) {
   return losses;
 }
 
-EvalResult Trainer::evaluate(int64_t max_batches) {
+EvalResult Trainer::evaluate(int64_t max_batches, int task) {
   if (max_batches < 0) max_batches = cfg_.eval_batches();
-  return task_->evaluate(cfg_.batch_size(), max_batches);
+  return task_->evaluate(cfg_.batch_size(), max_batches, task);
+}
+
+int Trainer::num_tasks() const {
+  return task_->num_tasks();
+}
+
+void Trainer::set_router(RouteFn fn) {
+  task_->set_router(std::move(fn));
 }
 
 void Trainer::save_checkpoint(const std::string& path) const {

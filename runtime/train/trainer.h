@@ -60,7 +60,14 @@ class Trainer {
   // progress line when `progress`, metrics rows every log_every steps, and
   // checkpoints every checkpoint_every steps into out_dir. Returns the losses.
   std::vector<float> run(int64_t max_steps = 0, bool progress = false);
-  EvalResult evaluate(int64_t max_batches = -1);
+  // On the test split; with several tasks (data.task "a;b;..."), task >= 0
+  // evaluates one of them and task < 0 their mean.
+  EvalResult evaluate(int64_t max_batches = -1, int task = -1);
+  int num_tasks() const;
+  // Called with the task of every row before each forward (training and
+  // evaluation) — how a LoRA bank learns which expert serves which row.
+  using RouteFn = std::function<void(const std::vector<int32_t>& row_task)>;
+  void set_router(RouteFn fn);
 
   void save_checkpoint(const std::string& path) const;
   // Restores a checkpoint; with weights_only the optimizer, step and data

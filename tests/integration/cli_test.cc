@@ -120,6 +120,23 @@ TEST_F(Cli, TrainAdapterOnAFrozenMlpBase) {
   ASSERT_EQ(ia.code, 0) << ia.out;
   EXPECT_TRUE(std::filesystem::exists(dir_ + "/ia3/adapter.safetensors"));
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/ia3/adapter"));
+  // Two tasks at once: one expert each, in one pass over the base; each expert's
+  // file evaluates to the accuracy printed for it.
+  CliRun two = run("train-adapter --quiet --base " + base +
+                   " --task permute:seed=3 --task rotate:deg=90 --out " + dir_ +
+                   "/two epochs=0 steps=30 threads=1");
+  ASSERT_EQ(two.code, 0) << two.out;
+  EXPECT_NE(two.out.find("2 experts in one pass"), std::string::npos) << two.out;
+  for (int k = 0; k < 2; ++k) {
+    const std::string file = dir_ + "/two/" + std::to_string(k) + "/adapter.safetensors";
+    const std::string task = k == 0 ? "permute:seed=3" : "rotate:deg=90";
+    CliRun e = run("eval --checkpoint " + base + " --adapter " + file + " data.task=" + task);
+    ASSERT_EQ(e.code, 0) << e.out;
+    const std::string printed = two.out.substr(two.out.find(task));
+    const std::string acc = e.out.substr(e.out.find("accuracy ") + 9, 5);  // "87.12"
+    EXPECT_NE(printed.substr(0, printed.find('\n')).find(acc), std::string::npos) << e.out << "\n"
+                                                                                  << two.out;
+  }
   CliRun nope = run("export-peft " + dir_ + "/ia3/adapter.safetensors -o " + dir_ + "/p2");
   EXPECT_EQ(nope.code, 2) << nope.out;
   EXPECT_NE(nope.out.find("ia3"), std::string::npos) << nope.out;
