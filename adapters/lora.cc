@@ -256,14 +256,14 @@ std::vector<std::string> select_modules(const std::vector<nn::Linear*>& linears,
 
 AdapterSet::AdapterSet(std::vector<nn::Linear*> linears, nn::ParameterSet& base,
                        const std::vector<std::string>& targets, const AdapterSpec& spec,
-                       uint64_t seed)
+                       uint64_t seed, bool install)
     : spec_(spec), targets_(targets) {
   std::vector<std::string> chosen = select_modules(linears, targets);
   auto is_chosen = [&](const nn::Linear* l) {
     return std::find(chosen.begin(), chosen.end(), l->name()) != chosen.end();
   };
   for (nn::Linear* l : linears)
-    if (is_chosen(l) && l->adapter())
+    if (install && is_chosen(l) && l->adapter())
       throw Error(str("module ", l->name(), " already has an adapter attached"));
   base.set_trainable("*", false);
   Rng rng(seed);
@@ -314,7 +314,7 @@ AdapterSet::AdapterSet(std::vector<nn::Linear*> linears, nn::ParameterSet& base,
         a = std::make_shared<Bottleneck>(*l, r, spec.act, params_, rng);
         break;
     }
-    l->set_adapter(a);
+    if (install) l->set_adapter(a);
     linears_.push_back(l);
     adapters_.push_back(a);
     names_.push_back(l->name());

@@ -129,8 +129,11 @@ class AdapterSet {
   // Attaches an adapter of spec.kind to every Linear in `linears` whose name
   // matches one of `targets`; throws Error listing near names when a target
   // matches nothing. The base parameters are frozen (`base` is the model's ParameterSet).
+  // With install = false the adapters are built but fill no slot (for a
+  // Composition of several sets).
   AdapterSet(std::vector<nn::Linear*> linears, nn::ParameterSet& base,
-             const std::vector<std::string>& targets, const AdapterSpec& spec, uint64_t seed);
+             const std::vector<std::string>& targets, const AdapterSpec& spec, uint64_t seed,
+             bool install = true);
   ~AdapterSet();
   AdapterSet(const AdapterSet&) = delete;
   AdapterSet& operator=(const AdapterSet&) = delete;

@@ -167,6 +167,64 @@ Tensor transpose(const Tensor& x) {
   return out;
 }
 
+Tensor slice_rows(const Tensor& x, int64_t begin, int64_t end) {
+  if (x.ndim() < 1 || begin < 0 || end < begin || end > x.size(0))
+    throw Error(str("slice_rows: rows [", begin, ", ", end, ") of ", shape_str(x.shape())));
+  if (x.device() != Device::CPU)
+    throw Error("op slice_rows has no CUDA kernel yet: keep this model on the CPU");
+  const int64_t C = x.size(0) ? x.numel() / x.size(0) : 0;
+  Shape s = x.shape();
+  s[0] = end - begin;
+  bool rec = should_record({&x});
+  Tensor out = result(s, x.device(), rec);
+  std::copy_n(x.data() + begin * C, (end - begin) * C, out.data());
+  if (rec) {
+    on_backward(out, [x, begin, end, C](const float* g) mutable {
+      float* d = x.ensure_grad().data() + begin * C;
+      for (int64_t i = 0; i < (end - begin) * C; ++i) d[i] += g[i];
+    });
+  }
+  return out;
+}
+
+Tensor concat_rows(const std::vector<Tensor>& xs) {
+  if (xs.empty()) throw Error("concat_rows: nothing to concatenate");
+  Shape s = xs[0].shape();
+  if (s.empty()) throw Error("concat_rows: scalars have no rows");
+  int64_t rows = 0;
+  bool rec = false;
+  for (const Tensor& t : xs) {
+    if (t.ndim() != static_cast<int>(s.size()) ||
+        !std::equal(s.begin() + 1, s.end(), t.shape().begin() + 1))
+      throw Error(
+          str("concat_rows: ", shape_str(t.shape()), " does not stack onto ", shape_str(s)));
+    if (t.device() != Device::CPU)
+      throw Error("op concat_rows has no CUDA kernel yet: keep this model on the CPU");
+    rows += t.size(0);
+    rec = rec || should_record({&t});
+  }
+  s[0] = rows;
+  Tensor out = result(s, Device::CPU, rec);
+  int64_t off = 0;
+  for (const Tensor& t : xs) {
+    std::copy_n(t.data(), t.numel(), out.data() + off);
+    off += t.numel();
+  }
+  if (rec) {
+    on_backward(out, [xs](const float* g) mutable {
+      int64_t off = 0;
+      for (const Tensor& t : xs) {
+        if (t.requires_grad()) {
+          float* d = t.ensure_grad().data();
+          for (int64_t i = 0; i < t.numel(); ++i) d[i] += g[off + i];
+        }
+        off += t.numel();
+      }
+    });
+  }
+  return out;
+}
+
 Tensor dropout(const Tensor& x, float p, Rng& rng) {
   if (!(p >= 0.0f && p < 1.0f)) throw Error(str("dropout: p = ", p, " is outside [0, 1)"));
   if (p == 0.0f || !Tape::current()) return x;

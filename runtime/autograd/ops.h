@@ -29,6 +29,10 @@ Tensor div(const Tensor& a, const Tensor& b);  // same shapes
 Tensor row_norm(const Tensor& x);
 // [R, C] → [C, R] (a copy).
 Tensor transpose(const Tensor& x);
+// Rows [begin, end) of x along its first dim (a copy; gradients flow back).
+Tensor slice_rows(const Tensor& x, int64_t begin, int64_t end);
+// Tensors of equal trailing shape stacked along the first dim.
+Tensor concat_rows(const std::vector<Tensor>& xs);
 // Inverted dropout: zeroes each element with probability p and scales the
 // rest by 1/(1-p). The identity when p == 0 or no tape is recording (evaluation).
 Tensor dropout(const Tensor& x, float p, Rng& rng);

@@ -157,6 +157,21 @@ TEST(ElementwiseGrad, MulBroadcastDivRowNormTranspose) {
   EXPECT_THROW(ops::mul(a, randn({5}, rng)), Error);
 }
 
+TEST(ShapeGrad, SliceAndConcatRows) {
+  Rng rng(23);
+  Tensor x = randn({5, 3}, rng, 1.0f, true), y = randn({2, 3}, rng, 1.0f, true);
+  expect_gradients_match([&] { return ops::slice_rows(x, 1, 4); }, {x});
+  expect_gradients_match(
+      [&] {
+        return ops::concat_rows({y, ops::slice_rows(x, 0, 2), y});
+      },
+      {x, y});
+  EXPECT_EQ(ops::slice_rows(Tensor::from_vector({1, 2, 3, 4}, {2, 2}), 1, 2).to_vector(),
+            (std::vector<float>{3, 4}));
+  EXPECT_THROW(ops::slice_rows(x, 3, 6), Error);
+  EXPECT_THROW(ops::concat_rows({x, randn({2, 4}, rng)}), Error);
+}
+
 TEST(ElementwiseGrad, DropoutMasksAndRescalesOnlyWhileRecording) {
   Rng rng(22);
   Tensor x = Tensor::full({10000}, 1.0f);
