@@ -164,6 +164,148 @@ Tensor dare(const std::vector<Tensor>& deltas, const std::vector<float>& weights
   return out;
 }
 
+LoraFactors lego(const std::vector<LoraFactors>& loras, const std::vector<float>& weights,
+                 const LegoOptions& o) {
+  if (loras.empty()) throw Error("lego: nothing to merge");
+  if (weights.size() != loras.size())
+    throw Error(str("lego: ", weights.size(), " weights for ", loras.size(), " adapters"));
+  const int64_t in = loras[0].A.size(1), out = loras[0].B.size(0), D = in + out;
+  // Units: [√(w·s)·A_i, √(w·s)·B_:,i] so that Σ unit_B ⊗ unit_A = Σ w·s·B·A.
+  std::vector<std::vector<float>> units;
+  for (size_t l = 0; l < loras.size(); ++l) {
+    const LoraFactors& f = loras[l];
+    if (f.A.ndim() != 2 || f.B.ndim() != 2 || f.A.size(1) != in || f.B.size(0) != out ||
+        f.B.size(1) != f.rank())
+      throw Error(str("lego: adapter ", l, " (A ", shape_str(f.A.shape()), ", B ",
+                      shape_str(f.B.shape()), ") does not share in = ", in, " / out = ", out,
+                      " with adapter 0"));
+    const float ws = weights[l] * f.scale;
+    if (ws < 0.0f)
+      throw Error(str("lego: adapter ", l, " has weight × scale ", ws,
+                      " < 0, which rank-1 units cannot carry"));
+    const float c = std::sqrt(ws);
+    for (int64_t i = 0; i < f.rank(); ++i) {
+      std::vector<float> u(static_cast<size_t>(D));
+      for (int64_t j = 0; j < in; ++j) u[j] = c * f.A.data()[i * in + j];
+      for (int64_t j = 0; j < out; ++j) u[in + j] = c * f.B.data()[j * f.rank() + i];
+      // (a, b) and (−a, −b) give the same update: canonical sign, largest |a_j| positive.
+      int64_t arg = 0;
+      for (int64_t j = 1; j < in; ++j)
+        if (std::fabs(u[j]) > std::fabs(u[arg])) arg = j;
+      if (u[arg] < 0)
+        for (float& v : u) v = -v;
+      units.push_back(std::move(u));
+    }
+  }
+  const int64_t U = static_cast<int64_t>(units.size()), k = o.k;
+  if (k < 1 || k > U)
+    throw Error(
+        str("lego: k = ", k, " clusters from ", U, " rank-1 units (need 1 <= k <= ", U, ")"));
+  auto dist2 = [&](const std::vector<float>& a, const std::vector<float>& b) {
+    double d = 0;
+    for (int64_t j = 0; j < D; ++j) d += (static_cast<double>(a[j]) - b[j]) * (a[j] - b[j]);
+    return d;
+  };
+  // k-means++ initialisation (seeded), then Lloyd's iterations.
+  Rng rng(o.seed);
+  std::vector<std::vector<float>> cent;
+  cent.push_back(units[static_cast<size_t>(rng.uniform() * U) % U]);
+  std::vector<double> best(static_cast<size_t>(U), 1e300);
+  while (static_cast<int64_t>(cent.size()) < k) {
+    double total = 0;
+    for (int64_t u = 0; u < U; ++u) {
+      best[u] = std::min(best[u], dist2(units[u], cent.back()));
+      total += best[u];
+    }
+    int64_t pick = U - 1;
+    if (total > 0) {
+      double r = rng.uniform() * total;
+      for (int64_t u = 0; u < U; ++u) {
+        r -= best[u];
+        if (r <= 0) {
+          pick = u;
+          break;
+        }
+      }
+    } else {
+      pick = static_cast<int64_t>(cent.size());  // all units identical: any distinct index
+    }
+    cent.push_back(units[pick]);
+  }
+  std::vector<int64_t> assign(static_cast<size_t>(U), -1);
+  for (int it = 0; it < std::max(1, o.iterations); ++it) {
+    bool changed = false;
+    for (int64_t u = 0; u < U; ++u) {
+      int64_t c = 0;
+      double d = dist2(units[u], cent[0]);
+      for (int64_t j = 1; j < k; ++j) {
+        double dj = dist2(units[u], cent[j]);
+        if (dj < d) {
+          d = dj;
+          c = j;
+        }
+      }
+      if (assign[u] != c) {
+        assign[u] = c;
+        changed = true;
+      }
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      std::vector<double> sum(static_cast<size_t>(D), 0.0);
+      int64_t n = 0;
+      for (int64_t u = 0; u < U; ++u)
+        if (assign[u] == j) {
+          for (int64_t t = 0; t < D; ++t) sum[t] += units[u][t];
+          ++n;
+        }
+      if (n == 0) continue;  // an empty cluster keeps its centroid
+      for (int64_t t = 0; t < D; ++t) cent[j][t] = static_cast<float>(sum[t] / n);
+    }
+    if (!changed && it > 0) break;
+  }
+  LoraFactors outf{Tensor::zeros({k, in}), Tensor::zeros({out, k}), 1.0f};
+  for (int64_t j = 0; j < k; ++j) {
+    std::vector<float> c = cent[j];
+    if (o.rescale) {
+      double member_norm = 0, cn = 0;
+      int64_t n = 0;
+      for (int64_t u = 0; u < U; ++u)
+        if (assign[u] == j) {
+          member_norm += std::sqrt(dist2(units[u], std::vector<float>(D, 0.0f)));
+          ++n;
+        }
+      cn = std::sqrt(dist2(c, std::vector<float>(D, 0.0f)));
+      if (n > 0 && cn > 0) {
+        // Parameter reweighting: the centroid gets its members' mean norm.
+        const float f = static_cast<float>(member_norm / n / cn);
+        for (float& v : c) v *= f;
+      }
+    }
+    for (int64_t t = 0; t < in; ++t) outf.A.data()[j * in + t] = c[t];
+    for (int64_t t = 0; t < out; ++t) outf.B.data()[t * k + j] = c[in + t];
+  }
+  return outf;
+}
+
+std::vector<size_t> greedy_soup(const std::vector<double>& own,
+                                const std::function<double(const std::vector<size_t>&)>& score) {
+  if (own.empty()) throw Error("greedy_soup: no ingredients");
+  std::vector<size_t> order(own.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return own[a] > own[b]; });
+  std::vector<size_t> soup = {order[0]};
+  double best = score(soup);
+  for (size_t i = 1; i < order.size(); ++i) {
+    soup.push_back(order[i]);
+    const double s = score(soup);
+    if (s >= best)
+      best = s;
+    else
+      soup.pop_back();
+  }
+  return soup;
+}
+
 LoraFactors svd_factor(const Tensor& delta, int64_t rank) {
   if (delta.ndim() != 2)
     throw Error(str("svd: expected a 2-D delta, got ", shape_str(delta.shape())));

@@ -9,6 +9,14 @@
 //   dare           drop each entry with probability p and rescale by 1/(1−p),
 //                  then sum (linear) or TIES-combine (ties) — Yu et al. 2024
 //   prune_magnitude keep a tensor's top `density` entries by magnitude
+//   lego           LoRA-LEGO (Zhao et al. 2024): every LoRA split into rank-1
+//                  units (row i of A with column i of B, scaled by √(w·s)),
+//                  signs made canonical, k-means into k clusters whose
+//                  centroids form a rank-k LoRA; each centroid rescaled to
+//                  the mean norm of its members (averaging shrinks norms)
+//   greedy_soup    model soups (Wortsman et al. 2022): ingredients sorted by
+//                  their own validation score, each kept only if the soup's
+//                  score does not drop (uniform soup: task_arithmetic, w = 1/n)
 //   svd_factor     best rank-r factorisation of a dense ΔW (truncated SVD),
 //                  so any dense result becomes a LoRA again
 //
@@ -16,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "runtime/common/rng.h"
@@ -39,6 +48,22 @@ Tensor ties(const std::vector<Tensor>& deltas, const std::vector<float>& weights
 Tensor dare(const std::vector<Tensor>& deltas, const std::vector<float>& weights, float drop_p,
             Rng& rng, bool ties_combine = false, float density = 1.0f);
 Tensor prune_magnitude(const Tensor& delta, float density);
+struct LegoOptions {
+  int64_t k = 8;         // units of the result (its rank)
+  int iterations = 100;  // Lloyd iterations at most
+  uint64_t seed = 0;     // k-means++ initialisation
+  bool rescale = true;   // centroid norm = mean member norm
+};
+// Mixed ranks are fine (units are rank 1); A of every LoRA must share `in`
+// and B `out`. Refuses k larger than the number of units.
+LoraFactors lego(const std::vector<LoraFactors>& loras, const std::vector<float>& weights,
+                 const LegoOptions& o);
+// Returns the kept ingredient indices (in the order tried). `score` rates a
+// soup given as ingredient indices (higher is better); `own` is each
+// ingredient's score alone.
+std::vector<size_t> greedy_soup(const std::vector<double>& own,
+                                const std::function<double(const std::vector<size_t>&)>& score);
+
 // Truncated SVD: B = U_r √Σ_r, A = √Σ_r V_rᵀ, scale 1.
 LoraFactors svd_factor(const Tensor& delta, int64_t rank);
 

@@ -327,23 +327,47 @@ int run_merge(const MergeOptions& o) {
                                                                 {"ties", {"density"}},
                                                                 {"dare_linear", {"p"}},
                                                                 {"dare_ties", {"p", "density"}},
-                                                                {"magnitude_prune", {"density"}}};
+                                                                {"magnitude_prune", {"density"}},
+                                                                {"lego", {"k"}},
+                                                                {"soup", {}}};
   auto known = keys.find(method);
   if (known == keys.end())
     throw Error(
         str("merge method '", method,
-            "': expected cat, linear, svd, ties, dare_linear, dare_ties or magnitude_prune"));
+            "': expected cat, linear, svd, ties, dare_linear, dare_ties, magnitude_prune, lego "
+            "or soup"));
   for (const auto& [k, v] : arg)
     if (std::find(known->second.begin(), known->second.end(), k) == known->second.end())
       throw Error(str("merge method '", o.method, "': '", method, "' takes no '", k, "'"));
   auto get = [&](const char* k, float d) { return arg.count(k) ? arg.at(k) : d; };
 
-  std::vector<adapters::PeftFolder> folders;
+  if (method == "soup") {  // the uniform soup: the weights' mean
+    float total = 0;
+    for (float x : w) total += x;
+    for (float& x : w) x /= total;
+  }
+  // Each input: a PEFT folder or a tessera adapter file (lora).
+  struct Input {
+    bool fan_in_fan_out = false;
+    std::string base_model;
+  };
+  std::vector<Input> folders;
   std::vector<std::vector<std::pair<std::string, adapters::LoraFactors>>> per;
-  for (const auto& dir : o.inputs) {
-    folders.push_back(adapters::read_peft(dir));
-    per.push_back(folders.back().factors());
-    for (const auto& n : folders.back().notes) spdlog::warn("{}: {}", dir, n);
+  for (const auto& in : o.inputs) {
+    if (fs::is_directory(in)) {
+      adapters::PeftFolder f = adapters::read_peft(in);
+      per.push_back(f.factors());
+      folders.push_back({f.fan_in_fan_out, f.base_model});
+      for (const auto& n : f.notes) spdlog::warn("{}: {}", in, n);
+    } else {
+      adapters::AdapterFile f = adapters::read_adapter(in);
+      if (f.spec.kind != adapters::Kind::Lora)
+        throw Error(str("merge: '", in, "' is a ", adapters::kind_name(f.spec.kind),
+                        " adapter; these methods combine LoRAs"));
+      per.push_back(f.factors());
+      const bool conv = std::find(f.conv1d.begin(), f.conv1d.end(), true) != f.conv1d.end();
+      folders.push_back({conv, f.base_model});
+    }
   }
   for (size_t i = 1; i < per.size(); ++i) {
     if (folders[i].fan_in_fan_out != folders[0].fan_in_fan_out)
@@ -373,8 +397,15 @@ int run_merge(const MergeOptions& o) {
       merged.push_back({name, adapters::merge_cat(fs, w)});
       continue;
     }
+    if (method == "lego") {
+      adapters::LegoOptions lo;
+      lo.k = arg.count("k") ? static_cast<int64_t>(arg.at("k")) : rmax;
+      lo.seed = o.seed;
+      merged.push_back({name, adapters::lego(fs, w, lo)});
+      continue;
+    }
     Tensor d;
-    if (method == "linear" || method == "svd")
+    if (method == "linear" || method == "svd" || method == "soup")
       d = adapters::task_arithmetic(deltas, w, get("lambda", 1.0f));
     else if (method == "ties")
       d = adapters::ties(deltas, w, get("density", 0.2f));
@@ -390,7 +421,14 @@ int run_merge(const MergeOptions& o) {
     const int64_t r = std::min(o.rank > 0 ? o.rank : rmax, std::min(d.size(0), d.size(1)));
     merged.push_back({name, adapters::svd_factor(d, r)});
   }
-  adapters::write_peft(o.out, merged, folders[0].fan_in_fan_out, folders[0].base_model);
+  const bool file_out =
+      o.out.size() > 12 && o.out.compare(o.out.size() - 12, 12, ".safetensors") == 0;
+  if (file_out)
+    adapters::save_lora_factors(o.out, merged,
+                                std::vector<bool>(merged.size(), folders[0].fan_in_fan_out),
+                                folders[0].base_model);
+  else
+    adapters::write_peft(o.out, merged, folders[0].fan_in_fan_out, folders[0].base_model);
   std::printf("merged %zu adapters with %s into %s (%zu modules)\n", o.inputs.size(),
               o.method.c_str(), o.out.c_str(), merged.size());
   return 0;

@@ -68,19 +68,24 @@ int main(int argc, char** argv) {
 
   tessera::launch::MergeOptions mo;
   auto* c_merge =
-      app.add_subcommand("merge", "Combine LoRA adapters (PEFT folders) of one base into one");
+      app.add_subcommand("merge",
+                         "Combine LoRA adapters of one base into one (PEFT folders or "
+                         "tessera adapter files; -o X.safetensors writes tessera's file)");
   c_merge
       ->add_option("--method", mo.method,
                    "cat | linear[:lambda=L] | svd | ties:density=D | dare_linear:p=P | "
-                   "dare_ties:p=P,density=D | magnitude_prune:density=D")
+                   "dare_ties:p=P,density=D | magnitude_prune:density=D | lego:k=K | soup")
       ->capture_default_str();
-  c_merge->add_option("inputs", mo.inputs, "Adapter folders")->required();
-  c_merge->add_option("-o,--out", mo.out, "Output adapter folder")->required();
+  c_merge->add_option("inputs", mo.inputs, "Adapters: PEFT folders or tessera adapter files")
+      ->required();
+  c_merge->add_option("-o,--out", mo.out, "Output: a PEFT folder, or a .safetensors adapter file")
+      ->required();
   std::string merge_weights;
   c_merge->add_option("--weights", merge_weights,
                       "Comma-separated weight per adapter (default 1 each)");
   c_merge->add_option("--rank", mo.rank, "Rank of the result (default: the largest input rank)");
-  c_merge->add_option("--seed", mo.seed, "Seed for DARE's drops")->capture_default_str();
+  c_merge->add_option("--seed", mo.seed, "Seed for DARE's drops and LEGO's k-means")
+      ->capture_default_str();
 
   tessera::launch::ExportPeftOptions ep;
   auto* c_ep =

@@ -90,5 +90,49 @@ TEST(Merge, SvdFactorIsTheBestLowRankApproximation) {
   expect_near(svd_factor(merge_cat({a, b}, {1, 1}).delta(), 1).delta(), {3, 3, 0, 0}, 1e-5f);
 }
 
+TEST(Merge, LegoClustersRankOneUnitsHandComputed) {
+  // Unit 1: a = (1, 0), b = (2, 0); unit 2: a = (0, 1), b = (0, 2); s = 1.
+  LoraFactors l1{Tensor::from_vector({1, 0}, {1, 2}), Tensor::from_vector({2, 0}, {2, 1}), 1.0f};
+  LoraFactors l2{Tensor::from_vector({0, 1}, {1, 2}), Tensor::from_vector({0, 2}, {2, 1}), 1.0f};
+  // k = 2: each unit its own cluster, the result is the sum [[2,0],[0,2]].
+  LegoOptions o;
+  o.k = 2;
+  expect_near(lego({l1, l2}, {1, 1}, o).delta(), {2, 0, 0, 2}, 1e-6f);
+  // k = 1: centroid (0.5, 0.5 | 1, 1), norm √2.5; members' norm √5, so the
+  // centroid scales by √2: (0.7071, 0.7071 | 1.4142, 1.4142) → b ⊗ a = all ones.
+  o.k = 1;
+  LoraFactors m = lego({l1, l2}, {1, 1}, o);
+  EXPECT_EQ(m.rank(), 1);
+  expect_near(m.delta(), {1, 1, 1, 1}, 1e-5f);
+  o.rescale = false;
+  expect_near(lego({l1, l2}, {1, 1}, o).delta(), {0.5f, 0.5f, 0.5f, 0.5f}, 1e-6f);
+  // (−a, −b) is the same update: with canonical signs it joins (a, b).
+  LoraFactors neg{Tensor::from_vector({-1, 0}, {1, 2}), Tensor::from_vector({-2, 0}, {2, 1}), 1.0f};
+  o.rescale = true;
+  expect_near(lego({l1, neg}, {1, 1}, o).delta(), {2, 0, 0, 0}, 1e-6f);
+  // Mixed ranks; weights and scales enter through √(w·s).
+  LoraFactors r2{Tensor::from_vector({1, 0, 0, 1}, {2, 2}),
+                 Tensor::from_vector({1, 0, 0, 1}, {2, 2}), 4.0f};
+  o.k = 3;
+  expect_near(lego({l1, r2}, {1, 0.25f}, o).delta(), {3, 0, 0, 1}, 1e-5f);
+  o.k = 4;
+  EXPECT_THROW(lego({l1, l2}, {1, 1}, o), Error);  // 2 units
+  LoraFactors wide{Tensor::zeros({1, 3}), Tensor::zeros({2, 1}), 1.0f};
+  o.k = 1;
+  EXPECT_THROW(lego({l1, wide}, {1, 1}, o), Error);
+}
+
+TEST(Merge, GreedySoupKeepsIngredientsThatDoNotHurt) {
+  // Tried in order of their own score: 1, 2, 0. {1} 0.9, {1,2} 0.95, {1,2,0} 0.8.
+  std::vector<double> own = {0.5, 0.9, 0.7};
+  auto score = [](const std::vector<size_t>& s) {
+    if (s == std::vector<size_t>{1}) return 0.9;
+    if (s == std::vector<size_t>{1, 2}) return 0.95;
+    return 0.8;
+  };
+  EXPECT_EQ(greedy_soup(own, score), (std::vector<size_t>{1, 2}));
+  EXPECT_THROW(greedy_soup({}, score), Error);
+}
+
 }  // namespace
 }  // namespace tessera::adapters

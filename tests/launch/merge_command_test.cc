@@ -2,6 +2,7 @@
 // PEFT folder imports back and gives the expected delta weights.
 #include <gtest/gtest.h>
 
+#include "adapters/adapter_file.h"
 #include "adapters/peft.h"
 #include "launch/commands.h"
 #include "runtime/common/error.h"
@@ -57,6 +58,36 @@ TEST(MergeCommand, SvdAndTiesRefactorToALora) {
   o.out = b;
   ASSERT_EQ(run_merge(o), 0);  // one adapter, nothing trimmed: itself
   expect_deltas(b, 1.0f, 1e-4);
+}
+
+TEST(MergeCommand, LegoAndSoupIntoATesseraAdapterFile) {
+  // LEGO of an adapter with itself, k = its rank (the default): every cluster
+  // holds a unit and its copy, so each centroid is that unit and the merge
+  // is the adapter itself (clusters average, they do not add up).
+  const std::string dir = testing::temp_dir("merge_lego");
+  MergeOptions o;
+  o.method = "lego";
+  o.inputs = {fixture("peft/gpt2"), fixture("peft/gpt2")};
+  o.out = dir + "/lego.safetensors";
+  ASSERT_EQ(run_merge(o), 0);
+  adapters::AdapterFile f = adapters::read_adapter(o.out);
+  auto peft = adapters::read_peft(fixture("peft/gpt2")).factors();
+  auto merged = f.factors();
+  ASSERT_EQ(merged.size(), peft.size());
+  for (size_t i = 0; i < merged.size(); ++i) {
+    std::vector<float> ref = peft[i].second.delta().to_vector();
+    EXPECT_LT(testing::rel_err(merged[i].second.delta().to_vector(), ref), 1e-4) << merged[i].first;
+  }
+  // The uniform soup of an adapter with itself is the adapter.
+  o.method = "soup";
+  o.out = dir + "/soup";
+  ASSERT_EQ(run_merge(o), 0);
+  expect_deltas(o.out, 1.0f, 1e-4);
+  // A tessera adapter file is an input too.
+  o.inputs = {dir + "/lego.safetensors"};
+  o.out = dir + "/soup2";
+  ASSERT_EQ(run_merge(o), 0);
+  expect_deltas(o.out, 1.0f, 1e-4);
 }
 
 TEST(MergeCommand, RefusesBadMethodsAndMismatchedAdapters) {
