@@ -90,6 +90,7 @@ class ClassifierTask : public Task {
     data::ImageSet test =
         data::load_fashion_mnist(cfg.data().dir(), "test", cfg.data().limit_test());
     names_ = split_tasks(cfg.data().task());
+    eval_train_ = cfg.data().eval_split() == "train";
     const int64_t in_features = train.features();
     for (size_t k = 0; k < names_.size(); ++k) {
       const std::string& t = names_[k];
@@ -172,7 +173,7 @@ class ClassifierTask : public Task {
   EvalResult evaluate_one(int64_t batch, int64_t max_batches, int task) {
     if (task >= num_tasks())
       throw Error(str("task ", task, " is outside the ", num_tasks(), " tasks of this run"));
-    const data::ImageSet& test = tests_[task];
+    const data::ImageSet& test = eval_train_ ? trains_[task] : tests_[task];
     EvalResult r;
     const int64_t N = test.size(), F = test.features();
     batch = std::max<int64_t>(batch, 500);
@@ -212,6 +213,7 @@ class ClassifierTask : public Task {
   std::string kind_ = "mlp";
   std::vector<std::string> names_;
   std::vector<data::ImageSet> trains_, tests_;
+  bool eval_train_ = false;
   std::unique_ptr<nn::MlpClassifier> model_;
   RouteFn router_;
 };
