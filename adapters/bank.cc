@@ -1,6 +1,7 @@
 #include "adapters/bank.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -42,9 +43,25 @@ void gather_rows(float* dst, const float* src, const int64_t* rows, int64_t n, i
   for (int64_t i = 0; i < n; ++i) std::memcpy(dst + i * C, src + rows[i] * C, C * sizeof(float));
 }
 
-// Forward rows are cut into blocks of at most this many, so one expert with
-// many rows still spreads over the threads.
+// Rows are cut into blocks of at most this many, so one expert with many rows
+// still spreads over the threads; each block's thin rank-r GEMMs run on one
+// thread (OpenBLAS inside an OpenMP region), where they are fastest.
 constexpr int64_t kBlock = 64;
+
+struct Job {
+  int64_t e, begin, end;  // expert; range in plan order
+  bool contiguous;        // the block's rows form one run
+};
+
+std::vector<Job> make_jobs(const Plan& p) {
+  std::vector<Job> jobs;
+  for (int64_t e : p.active)
+    for (int64_t b = p.start[e]; b < p.start[e + 1]; b += kBlock) {
+      const int64_t end = std::min(b + kBlock, p.start[e + 1]);
+      jobs.push_back({e, b, end, p.rows[end - 1] - p.rows[b] == end - 1 - b});
+    }
+  return jobs;
+}
 
 }  // namespace
 
@@ -79,33 +96,40 @@ Tensor lora_gather(const Tensor& x, const Tensor& base_out, const Tensor& A, con
   if (rec) y.set_requires_grad(true);
   Tensor H = Tensor::empty({std::max<int64_t>(R, 1), r});  // A_e·x of every routed row, plan order
 
-  struct Job {
-    int64_t e, begin, end;
-  };
-  std::vector<Job> jobs;
-  for (int64_t e : plan->active)
-    for (int64_t b = plan->start[e]; b < plan->start[e + 1]; b += kBlock)
-      jobs.push_back({e, b, std::min(b + kBlock, plan->start[e + 1])});
+  auto jobs = std::make_shared<std::vector<Job>>(make_jobs(*plan));
   const float* xp = x.data();
   const float* ap = A.data();
   const float* bp = B.data();
   float* hp = H.data();
   float* yp = y.data();
-  const int64_t J = static_cast<int64_t>(jobs.size());
+  const int64_t J = static_cast<int64_t>(jobs->size());
 #pragma omp parallel if (J > 1)
   {
-    std::vector<float> xg(kBlock * in), yg(kBlock * out);
-#pragma omp for schedule(dynamic)
+    std::vector<float> xg, yg;
+#pragma omp for schedule(static)
     for (int64_t j = 0; j < J; ++j) {
-      const Job& jb = jobs[j];
+      const Job& jb = (*jobs)[j];
       const int64_t n = jb.end - jb.begin;
       const int64_t* rows = plan->rows.data() + jb.begin;
-      gather_rows(xg.data(), xp, rows, n, in);
       float* h = hp + jb.begin * r;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r, in, 1.0f, xg.data(), in,
-                  ap + jb.e * r * in, in, 0.0f, h, r);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, r, scales[jb.e], h, r,
-                  bp + jb.e * out * r, r, 0.0f, yg.data(), out);
+      const float* a = ap + jb.e * r * in;
+      const float* b = bp + jb.e * out * r;
+      if (jb.contiguous) {
+        // Rows in one run (one adapter for the batch, or a batch split): read x
+        // and accumulate into y in place.
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r, in, 1.0f, xp + rows[0] * in, in,
+                    a, in, 0.0f, h, r);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, r, scales[jb.e], h, r, b, r,
+                    1.0f, yp + rows[0] * out, out);
+        continue;
+      }
+      xg.resize(n * in);
+      yg.resize(n * out);
+      gather_rows(xg.data(), xp, rows, n, in);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r, in, 1.0f, xg.data(), in, a, in,
+                  0.0f, h, r);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, r, scales[jb.e], h, r, b, r,
+                  0.0f, yg.data(), out);
       for (int64_t i = 0; i < n; ++i) {
         float* dst = yp + rows[i] * out;
         const float* src = yg.data() + i * out;
@@ -116,60 +140,92 @@ Tensor lora_gather(const Tensor& x, const Tensor& base_out, const Tensor& A, con
   }
 
   if (rec) {
-    autograd::on_backward(
-        y, [x, base_out, A, B, H, plan, scales, r, in, out, N](const float* g) mutable {
-          if (base_out.requires_grad()) {
-            float* d = base_out.ensure_grad().data();
-            const int64_t n = N * out;
+    autograd::on_backward(y, [x, base_out, A, B, H, plan, jobs, scales, r, in, out,
+                              N](const float* g) mutable {
+      if (base_out.requires_grad()) {
+        float* d = base_out.ensure_grad().data();
+        const int64_t n = N * out;
 #pragma omp parallel for simd if (n > 65536) schedule(static)
-            for (int64_t i = 0; i < n; ++i) d[i] += g[i];
-          }
-          float* dA = A.requires_grad() ? A.ensure_grad().data() : nullptr;
-          float* dB = B.requires_grad() ? B.ensure_grad().data() : nullptr;
-          float* dx = x.requires_grad() ? x.ensure_grad().data() : nullptr;
-          const float* xp = x.data();
-          const float* ap = A.data();
-          const float* bp = B.data();
-          const float* hp = H.data();
-          const int64_t P = static_cast<int64_t>(plan->active.size());
-      // One expert per thread at a time: its dA and dB have one writer, and
-      // the rows of different experts are disjoint, so dx has one writer per row.
-#pragma omp parallel if (P > 1)
-          {
-            std::vector<float> xg(kBlock * in), gg(kBlock * out), dh(kBlock * r), dxg(kBlock * in);
-#pragma omp for schedule(dynamic)
-            for (int64_t k = 0; k < P; ++k) {
-              const int64_t e = plan->active[k];
-              const float s = scales[e];
-              for (int64_t b = plan->start[e]; b < plan->start[e + 1]; b += kBlock) {
-                const int64_t n = std::min(kBlock, plan->start[e + 1] - b);
-                const int64_t* rows = plan->rows.data() + b;
-                gather_rows(gg.data(), g, rows, n, out);
-                const float* h = hp + b * r;
-                if (dB)
-                  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, n, s, gg.data(), out,
-                              h, r, 1.0f, dB + e * out * r, r);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, out, s, gg.data(), out,
-                            bp + e * out * r, r, 0.0f, dh.data(), r);
-                if (dA) {
-                  gather_rows(xg.data(), xp, rows, n, in);
-                  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, n, 1.0f, dh.data(), r,
-                              xg.data(), in, 1.0f, dA + e * r * in, in);
-                }
-                if (dx) {
-                  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, r, 1.0f, dh.data(),
-                              r, ap + e * r * in, in, 0.0f, dxg.data(), in);
-                  for (int64_t i = 0; i < n; ++i) {
-                    float* dst = dx + rows[i] * in;
-                    const float* src = dxg.data() + i * in;
-#pragma omp simd
-                    for (int64_t c = 0; c < in; ++c) dst[c] += src[c];
-                  }
-                }
-              }
+        for (int64_t i = 0; i < n; ++i) d[i] += g[i];
+      }
+      float* dA = A.requires_grad() ? A.ensure_grad().data() : nullptr;
+      float* dB = B.requires_grad() ? B.ensure_grad().data() : nullptr;
+      float* dx = x.requires_grad() ? x.ensure_grad().data() : nullptr;
+      const float* xp = x.data();
+      const float* ap = A.data();
+      const float* bp = B.data();
+      const float* hp = H.data();
+      // Every block writes its own rows of dx. dA and dB of an expert collect
+      // its blocks into thread-private buffers, summed in a fixed order after
+      // (static schedule: the same thread count gives bit-identical gradients).
+      const int64_t J = static_cast<int64_t>(jobs->size());
+      const int64_t P = static_cast<int64_t>(plan->active.size());
+      std::vector<int64_t> slot(static_cast<size_t>(A.size(0)), -1);
+      for (int64_t k = 0; k < P; ++k) slot[plan->active[k]] = k;
+      const int threads = J > 1 ? std::max(1, omp_get_max_threads()) : 1;
+      const int64_t da_n = r * in, db_n = out * r, per = da_n + db_n;
+      std::vector<float> acc(static_cast<size_t>(threads * P * per), 0.0f);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+      {
+        float* mine = acc.data() + static_cast<size_t>(omp_get_thread_num()) * P * per;
+        std::vector<float> xg, gg, dh(kBlock * r), dxg;
+#pragma omp for schedule(static)
+        for (int64_t j = 0; j < J; ++j) {
+          const Job& jb = (*jobs)[j];
+          const int64_t e = jb.e, n = jb.end - jb.begin;
+          const float s = scales[e];
+          const int64_t* rows = plan->rows.data() + jb.begin;
+          const float* gs = g + rows[0] * out;
+          const float* xs = xp + rows[0] * in;
+          if (!jb.contiguous) {
+            gg.resize(n * out);
+            gather_rows(gg.data(), g, rows, n, out);
+            gs = gg.data();
+            if (dA) {
+              xg.resize(n * in);
+              gather_rows(xg.data(), xp, rows, n, in);
+              xs = xg.data();
             }
           }
-        });
+          const float* h = hp + jb.begin * r;
+          float* da = mine + slot[e] * per;
+          float* db = da + da_n;
+          if (dB)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, n, s, gs, out, h, r, 1.0f,
+                        db, r);
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, out, s, gs, out,
+                      bp + e * out * r, r, 0.0f, dh.data(), r);
+          if (dA)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, n, 1.0f, dh.data(), r, xs,
+                        in, 1.0f, da, in);
+          if (!dx) continue;
+          if (jb.contiguous) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, r, 1.0f, dh.data(), r,
+                        ap + e * r * in, in, 1.0f, dx + rows[0] * in, in);
+            continue;
+          }
+          dxg.resize(n * in);
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, r, 1.0f, dh.data(), r,
+                      ap + e * r * in, in, 0.0f, dxg.data(), in);
+          for (int64_t i = 0; i < n; ++i) {
+            float* dst = dx + rows[i] * in;
+            const float* src = dxg.data() + i * in;
+#pragma omp simd
+            for (int64_t c = 0; c < in; ++c) dst[c] += src[c];
+          }
+        }
+      }
+      for (int64_t k = 0; k < P; ++k) {
+        const int64_t e = plan->active[k];
+        for (int t = 0; t < threads; ++t) {
+          const float* src = acc.data() + (static_cast<size_t>(t) * P + k) * per;
+          if (dA)
+            for (int64_t i = 0; i < da_n; ++i) dA[e * da_n + i] += src[i];
+          if (dB)
+            for (int64_t i = 0; i < db_n; ++i) dB[e * db_n + i] += src[da_n + i];
+        }
+      }
+    });
   }
   return y;
 }

@@ -6,6 +6,7 @@
 #include <optional>
 #include <regex>
 
+#include "adapters/bank.h"
 #include "adapters/kinds.h"
 #include "adapters/merge.h"
 #include "runtime/autograd/tape.h"
@@ -139,8 +140,18 @@ Tensor Lora::weight_norm(const nn::Linear& base, bool detach) const {
 Tensor Lora::forward(const Tensor& x, const Tensor& base_out, const nn::Linear& base) {
   if (merged_) return base_out;
   Tensor xd = ops::dropout(x, dropout_, rng_);
+  if (!dora_) {
+    // base_out + s·(x·Aᵀ)·Bᵀ in one kernel: the up-projection accumulates into
+    // a copy of the base output, and the thin rank-r GEMMs run on one thread
+    // per row block (the single-adapter case of the mixed-batch kernel).
+    const int64_t in = base.in_features(), out = base.out_features(), r = cfg_.r;
+    Tensor y = lora_gather(ops::reshape(xd, {xd.numel() / in, in}),
+                           ops::reshape(base_out, {base_out.numel() / out, out}),
+                           ops::reshape(a_, {1, r, in}), ops::reshape(b_, {1, out, r}), {0},
+                           {scale_});
+    return ops::reshape(y, base_out.shape());
+  }
   Tensor delta = ops::scale(ops::matmul_nt(ops::matmul_nt(xd, a_), b_), scale_);
-  if (!dora_) return ops::add(base_out, delta);
   // m ⊙ (W·x + ΔW·x) / ‖W + ΔW‖ + b, with W·x = base_out − b.
   const Tensor& bias = base.bias();
   Tensor wx = bias.defined() ? ops::add(base_out, ops::scale(bias, -1.0f)) : base_out;
