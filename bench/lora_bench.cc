@@ -16,6 +16,7 @@
 
 #include "adapters/lora.h"
 #include "bench/common.h"
+#include "bench/mlp_base.h"
 #include "launch/config.h"
 #include "runtime/train/trainer.h"
 
@@ -35,20 +36,7 @@ int main(int argc, char** argv) {
   const std::string peer = std::string(TESSERA_SOURCE_DIR) + "/bench/peers/torch_peft_mlp.py";
   const std::string t = std::to_string(threads);
   try {
-    const std::string base_ckpt = (std::filesystem::temp_directory_path() /
-                                   ("lora_bench_base_" + std::to_string(getpid()) + ".safetensors"))
-                                      .string();
-    PretrainConfig bc = launch::resolve_config(
-        "", {"epochs=" + std::to_string(base_epochs), "threads=" + t, "out_dir="}, "mlp");
-    {
-      train::Trainer base(bc);
-      base.run();
-      bench::emit({{"bench", "lora_mlp"},
-                   {"impl", "tessera"},
-                   {"phase", "base"},
-                   {"test_accuracy", base.evaluate().accuracy}});
-      base.save_checkpoint(base_ckpt);
-    }
+    const std::string base_ckpt = bench::pretrain_mlp_base(base_epochs, threads, "lora_mlp");
     auto task_cfg = [&](int ep, const std::string& lr) {
       return launch::resolve_config("",
                                     {"epochs=" + std::to_string(ep), "threads=" + t,

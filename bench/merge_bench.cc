@@ -20,6 +20,7 @@
 #include "adapters/bank.h"
 #include "adapters/merge.h"
 #include "bench/common.h"
+#include "bench/mlp_base.h"
 #include "launch/config.h"
 #include "runtime/train/trainer.h"
 
@@ -82,18 +83,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   const std::string t = std::to_string(threads);
   try {
-    const std::string base_ckpt =
-        (std::filesystem::temp_directory_path() /
-         ("merge_bench_base_" + std::to_string(getpid()) + ".safetensors"))
-            .string();
-    {
-      train::Trainer base(launch::resolve_config(
-          "", {"epochs=" + std::to_string(base_epochs), "threads=" + t, "out_dir="}, "mlp"));
-      base.run();
-      bench::emit(
-          {{"bench", "merge"}, {"phase", "base"}, {"test_accuracy", base.evaluate().accuracy}});
-      base.save_checkpoint(base_ckpt);
-    }
+    const std::string base_ckpt = bench::pretrain_mlp_base(base_epochs, threads, "merge");
     std::string joined;
     for (int k = 0; k < tasks; ++k)
       joined += (k ? ";" : "") + std::string("permute:seed=") + std::to_string(k + 1);

@@ -20,6 +20,7 @@
 #include "adapters/bank.h"
 #include "adapters/lora.h"
 #include "bench/common.h"
+#include "bench/mlp_base.h"
 #include "launch/config.h"
 #include "runtime/train/trainer.h"
 
@@ -35,19 +36,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   const std::string t = std::to_string(threads);
   try {
-    const std::string base_ckpt =
-        (std::filesystem::temp_directory_path() /
-         ("multi_bench_base_" + std::to_string(getpid()) + ".safetensors"))
-            .string();
-    {
-      train::Trainer base(launch::resolve_config(
-          "", {"epochs=" + std::to_string(base_epochs), "threads=" + t, "out_dir="}, "mlp"));
-      base.run();
-      bench::emit({{"bench", "multi_adapter"},
-                   {"phase", "base"},
-                   {"test_accuracy", base.evaluate().accuracy}});
-      base.save_checkpoint(base_ckpt);
-    }
+    const std::string base_ckpt = bench::pretrain_mlp_base(base_epochs, threads, "multi_adapter");
     auto cfg_for = [&](const std::string& task) {
       return launch::resolve_config("",
                                     {"epochs=" + std::to_string(epochs), "threads=" + t,

@@ -15,6 +15,7 @@
 #include "runtime/autograd/ops.h"
 #include "runtime/autograd/tape.h"
 #include "runtime/common/rng.h"
+#include "runtime/nn/models.h"
 #include "runtime/tensor/tensor.h"
 
 namespace tessera::testing {
@@ -100,6 +101,20 @@ inline std::string temp_dir(const std::string& name) {
   std::filesystem::remove_all(p);
   std::filesystem::create_directories(p);
   return p.string();
+}
+
+// A decoder small enough for finite differences: vocab 30, 2 layers, 2 heads.
+// Tied embeddings for GPT-2, an lm_head for Llama.
+inline nn::DecoderSpec tiny_decoder(nn::Flavor f, int64_t d_model = 12, int64_t n_ctx = 6) {
+  nn::DecoderSpec s;
+  s.flavor = f;
+  s.vocab_size = 30;
+  s.n_ctx = n_ctx;
+  s.d_model = d_model;
+  s.n_layer = 2;
+  s.n_head = 2;
+  s.tie_embeddings = f == nn::Flavor::Gpt2;
+  return s;
 }
 
 inline std::string source_dir() {

@@ -14,25 +14,14 @@
 namespace tessera::adapters {
 namespace {
 
-nn::DecoderSpec tiny(nn::Flavor f, int64_t d = 12) {
-  nn::DecoderSpec s;
-  s.flavor = f;
-  s.vocab_size = 30;
-  s.n_ctx = 6;
-  s.d_model = d;
-  s.n_layer = 2;
-  s.n_head = 2;
-  s.tie_embeddings = f == nn::Flavor::Gpt2;
-  return s;
-}
-
 const std::vector<int32_t> kIds = {1, 5, 9, 2, 7, 3, 4, 0, 8, 6, 5, 1};
 
 TEST(AdapterFile, EveryKindRoundTripsBitExactly) {
   for (Kind k : {Kind::Lora, Kind::Dora, Kind::Vera, Kind::Ia3, Kind::Bottleneck}) {
     for (nn::Flavor f : {nn::Flavor::Gpt2, nn::Flavor::Llama}) {
       Rng r1(3), r2(3);
-      nn::Decoder a(tiny(f), r1), b(tiny(f), r2);  // the same base twice
+      nn::Decoder a(testing::tiny_decoder(f), r1),
+          b(testing::tiny_decoder(f), r2);  // the same base twice
       AdapterSpec s(k, LoraConfig{3, 5.0f, true});
       s.lora.rank_pattern = {{"layers.1.mlp.down_proj", 2}};
       s.dropout = 0.1f;
@@ -80,19 +69,19 @@ std::string error_of(const std::function<void()>& f) {
 
 TEST(AdapterFile, RefusesWrongBasesAndMalformedFiles) {
   Rng r1(3), r2(3), r3(3);
-  nn::Decoder a(tiny(nn::Flavor::Llama), r1);
+  nn::Decoder a(testing::tiny_decoder(nn::Flavor::Llama), r1);
   AdapterSet set(a.linears(), a.params(), {"q_proj", "v_proj"}, LoraConfig{2, 4.0f, false}, 1);
   const std::string dir = testing::temp_dir("adapter_file_bad");
   const std::string path = dir + "/a.safetensors";
   save_adapter(set, path, "tiny");
   // Another width: shapes do not fit.
-  nn::Decoder wide(tiny(nn::Flavor::Llama, 16), r2);
+  nn::Decoder wide(testing::tiny_decoder(nn::Flavor::Llama, 16), r2);
   EXPECT_NE(error_of([&] {
               load_adapter(path, wide.linears(), wide.params());
             }).find("is [2, 12] but this base needs [2, 16]"),
             std::string::npos);
   // Another architecture: the targets select nothing.
-  nn::Decoder gpt(tiny(nn::Flavor::Gpt2), r3);
+  nn::Decoder gpt(testing::tiny_decoder(nn::Flavor::Gpt2), r3);
   EXPECT_NE(error_of([&] { load_adapter(path, gpt.linears(), gpt.params()); }).find("q_proj"),
             std::string::npos);
   EXPECT_NE(error_of([&] { read_adapter(dir + "/missing.safetensors"); }).find("does not exist"),

@@ -46,21 +46,9 @@ TEST(LoraGather, RefusesBadRouting) {
   EXPECT_THROW(lora_gather(x, base, B, A, {0, 1}, {1, 1}), Error);        // shapes
 }
 
-nn::DecoderSpec tiny() {
-  nn::DecoderSpec s;
-  s.flavor = nn::Flavor::Llama;
-  s.vocab_size = 30;
-  s.n_ctx = 6;
-  s.d_model = 12;
-  s.n_layer = 2;
-  s.n_head = 2;
-  s.tie_embeddings = false;
-  return s;
-}
-
 TEST(BankSet, MixedBatchEqualsEachRowWithItsOwnAdapter) {
   Rng rng(3);
-  nn::Decoder model(tiny(), rng);
+  nn::Decoder model(testing::tiny_decoder(nn::Flavor::Llama), rng);
   const int64_t E = 4, T = 6;
   std::vector<int32_t> ids = {2, -1, 0, 3, 2, 1};  // one expert per sequence
   const int64_t Bn = static_cast<int64_t>(ids.size());

@@ -76,20 +76,9 @@ TEST(Compose, AverageWeighsEachAdaptersOutput) {
   testing::expect_gradients_match([&] { return base.forward(xg); }, inputs);
 }
 
-nn::DecoderSpec tiny() {
-  nn::DecoderSpec s;
-  s.flavor = nn::Flavor::Gpt2;
-  s.vocab_size = 30;
-  s.n_ctx = 5;
-  s.d_model = 12;
-  s.n_layer = 2;
-  s.n_head = 2;
-  return s;
-}
-
 TEST(Compose, BatchSplitSendsExampleRangesToTheirAdapters) {
   Rng rng(3);
-  nn::Decoder model(tiny(), rng);
+  nn::Decoder model(testing::tiny_decoder(nn::Flavor::Gpt2, 12, 5), rng);
   AdapterSet a(model.linears(), model.params(), {"all-linear"}, LoraConfig{2, 4, false}, 1, false);
   AdapterSet b(model.linears(), model.params(), placement_targets("houlsby"),
                AdapterSpec(Kind::Bottleneck, LoraConfig{4, 1, false}), 2, false);

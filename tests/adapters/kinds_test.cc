@@ -244,21 +244,10 @@ TEST(Bottleneck, RefusesToMergeAndStaysUsable) {
   EXPECT_EQ(base.forward(x).to_vector(), before);
 }
 
-nn::DecoderSpec tiny(nn::Flavor f) {
-  nn::DecoderSpec s;
-  s.flavor = f;
-  s.vocab_size = 30;
-  s.n_ctx = 6;
-  s.d_model = 12;
-  s.n_layer = 2;
-  s.n_head = 2;
-  s.tie_embeddings = f == nn::Flavor::Gpt2;
-  return s;
-}
-
 TEST(AdapterKinds, PlacementsSelectTheSublayerOutputs) {
   Rng rng(1);
-  nn::Decoder g(tiny(nn::Flavor::Gpt2), rng), l(tiny(nn::Flavor::Llama), rng);
+  nn::Decoder g(testing::tiny_decoder(nn::Flavor::Gpt2), rng),
+      l(testing::tiny_decoder(nn::Flavor::Llama), rng);
   nn::MlpClassifier m(nn::MlpSpec{8, {6, 5}, 3}, rng);
   auto count = [](std::vector<nn::Linear*> L, const std::string& p) {
     return select_modules(L, placement_targets(p)).size();
@@ -275,7 +264,7 @@ TEST(AdapterKinds, EveryKindTrainsOnADecoderWithTheBaseBitIdentical) {
   for (Kind k : {Kind::Lora, Kind::Dora, Kind::Vera, Kind::Ia3, Kind::Bottleneck}) {
     for (nn::Flavor f : {nn::Flavor::Gpt2, nn::Flavor::Llama}) {
       Rng rng(7);
-      nn::Decoder model(tiny(f), rng);
+      nn::Decoder model(testing::tiny_decoder(f), rng);
       std::vector<std::vector<float>> base0;
       for (auto& p : model.params().all()) base0.push_back(p.tensor.to_vector());
       std::vector<int32_t> ids = {1, 5, 9, 2, 7, 3, 4, 0, 8, 6, 5, 1};

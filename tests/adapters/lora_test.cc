@@ -15,18 +15,6 @@ namespace {
 
 using testing::randn;
 
-nn::DecoderSpec tiny(nn::Flavor f) {
-  nn::DecoderSpec s;
-  s.flavor = f;
-  s.vocab_size = 30;
-  s.n_ctx = 6;
-  s.d_model = 12;
-  s.n_layer = 2;
-  s.n_head = 2;
-  s.tie_embeddings = f == nn::Flavor::Gpt2;
-  return s;
-}
-
 void randomise_B(AdapterSet& set, Rng& rng) {
   for (auto& p : set.params().all())
     if (p.name.find("lora_B") != std::string::npos)
@@ -50,7 +38,7 @@ TEST(Lora, GradientsOfAdapterAndInputMatchFiniteDifferences) {
 
 TEST(Lora, ZeroInitIsIdentityAndDetachRestoresBitExactly) {
   Rng rng(3);
-  nn::Decoder model(tiny(nn::Flavor::Llama), rng);
+  nn::Decoder model(testing::tiny_decoder(nn::Flavor::Llama), rng);
   std::vector<int32_t> ids = {1, 5, 9, 2, 7, 3, 4, 0, 8, 6, 5, 1};
   std::vector<float> before = model.forward(ids, 2, 6).to_vector();
   {
@@ -68,7 +56,7 @@ TEST(Lora, ZeroInitIsIdentityAndDetachRestoresBitExactly) {
 TEST(Lora, HotEqualsMergedAndUnmergeRestoresWeights) {
   for (auto flavor : {nn::Flavor::Gpt2, nn::Flavor::Llama}) {
     Rng rng(4);
-    nn::Decoder model(tiny(flavor), rng);
+    nn::Decoder model(testing::tiny_decoder(flavor), rng);
     std::vector<std::vector<float>> w0;
     for (nn::Linear* l : model.linears()) w0.push_back(l->weight().to_vector());
     AdapterSet set(model.linears(), model.params(), {"all-linear"}, LoraConfig{2, 4.0f, true}, 9);
@@ -137,7 +125,7 @@ TEST(Lora, OnlyAdapterTrainsAndBaseStaysBitIdentical) {
 
 TEST(Lora, TargetsByGlobRegexSuffixAndClearErrors) {
   Rng rng(7);
-  nn::Decoder model(tiny(nn::Flavor::Llama), rng);
+  nn::Decoder model(testing::tiny_decoder(nn::Flavor::Llama), rng);
   auto L = model.linears();
   EXPECT_EQ(match_targets(L, "q_proj").size(), 2u);
   EXPECT_EQ(match_targets(L, "model.layers.1.*").size(), 7u);
