@@ -14,6 +14,7 @@
 
 #include "runtime/autograd/ops.h"
 #include "runtime/autograd/tape.h"
+#include "runtime/common/error.h"
 #include "runtime/common/rng.h"
 #include "runtime/nn/models.h"
 #include "runtime/tensor/tensor.h"
@@ -115,6 +116,16 @@ inline nn::DecoderSpec tiny_decoder(nn::Flavor f, int64_t d_model = 12, int64_t 
   s.n_head = 2;
   s.tie_embeddings = f == nn::Flavor::Gpt2;
   return s;
+}
+
+// The message of the tessera::Error `f` throws, or "" when it throws none.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
 }
 
 inline std::string source_dir() {

@@ -58,14 +58,7 @@ TEST(AdapterFile, EveryKindRoundTripsBitExactly) {
   }
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::error_of;
 
 TEST(AdapterFile, RefusesWrongBasesAndMalformedFiles) {
   Rng r1(3), r2(3), r3(3);

@@ -12,14 +12,7 @@
 namespace tessera::launch {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::error_of;
 
 TEST(Config, DefaultsAreValidForBothModels) {
   EXPECT_NO_THROW(validate_config(default_config("mlp")));
