@@ -134,12 +134,13 @@ int64_t parse_int(const std::string& v, const std::string& task) {
 }
 }  // namespace
 
-void apply_image_task(ImageSet* s, const std::string& task, int64_t side) {
-  if (task.empty()) return;
+ImageTask parse_image_task(const ImageSet& s, const std::string& task, int64_t side) {
+  ImageTask t;
+  if (task.empty()) return t;
   const size_t colon = task.find(':');
   const std::string kind = task.substr(0, colon);
   const std::string arg = colon == std::string::npos ? "" : task.substr(colon + 1);
-  const int64_t N = s->size(), F = s->features();
+  const int64_t N = s.size(), F = s.features();
   auto value_of = [&](const std::string& key) {
     if (arg.rfind(key + "=", 0) != 0)
       throw Error(str("task '", task, "': expected ", kind, ":", key, "=<integer>"));
@@ -147,38 +148,28 @@ void apply_image_task(ImageSet* s, const std::string& task, int64_t side) {
   };
   if (kind == "permute") {
     const uint64_t seed = static_cast<uint64_t>(value_of("seed"));
-    std::vector<int64_t> perm(static_cast<size_t>(F));
-    for (int64_t i = 0; i < F; ++i) perm[i] = i;
+    t.source.resize(static_cast<size_t>(F));
+    for (int64_t i = 0; i < F; ++i) t.source[i] = static_cast<int32_t>(i);
     Rng rng(seed ^ 0x5EEDULL);
     for (int64_t i = F - 1; i > 0; --i)
-      std::swap(perm[i], perm[static_cast<int64_t>(rng.below(static_cast<uint64_t>(i + 1)))]);
-    std::vector<float> row(static_cast<size_t>(F));
-    for (int64_t n = 0; n < N; ++n) {
-      float* x = s->images.data() + n * F;
-      for (int64_t i = 0; i < F; ++i) row[i] = x[perm[i]];
-      std::copy(row.begin(), row.end(), x);
-    }
+      std::swap(t.source[i],
+                t.source[static_cast<int64_t>(rng.below(static_cast<uint64_t>(i + 1)))]);
   } else if (kind == "rotate") {
     if (side * side != F)
       throw Error(str("task '", task, "': images of ", F, " pixels are not ", side, "x", side));
     const double rad = static_cast<double>(value_of("deg")) * M_PI / 180.0;
     const double c = std::cos(rad), sn = std::sin(rad), mid = (side - 1) / 2.0;
-    // The background is the standardised value of a black pixel.
-    const float bg = (0.0f - kFashionMean) / kFashionStd;
-    std::vector<float> row(static_cast<size_t>(F));
-    for (int64_t n = 0; n < N; ++n) {
-      float* x = s->images.data() + n * F;
-      for (int64_t yy = 0; yy < side; ++yy)
-        for (int64_t xx = 0; xx < side; ++xx) {
-          // Inverse rotation: where in the source does this output pixel come from?
-          const double dx = xx - mid, dy = yy - mid;
-          const int64_t sx = std::llround(c * dx + sn * dy + mid),
-                        sy = std::llround(-sn * dx + c * dy + mid);
-          row[yy * side + xx] =
-              (sx >= 0 && sx < side && sy >= 0 && sy < side) ? x[sy * side + sx] : bg;
-        }
-      std::copy(row.begin(), row.end(), x);
-    }
+    t.source.resize(static_cast<size_t>(F));
+    for (int64_t yy = 0; yy < side; ++yy)
+      for (int64_t xx = 0; xx < side; ++xx) {
+        // Inverse rotation: where in the source does this output pixel come from?
+        const double dx = xx - mid, dy = yy - mid;
+        const int64_t sx = std::llround(c * dx + sn * dy + mid),
+                      sy = std::llround(-sn * dx + c * dy + mid);
+        t.source[yy * side + xx] = (sx >= 0 && sx < side && sy >= 0 && sy < side)
+                                       ? static_cast<int32_t>(sy * side + sx)
+                                       : -1;
+      }
   } else if (kind == "classes") {
     std::vector<char> keep(10, 0);
     std::stringstream ss(arg);
@@ -192,19 +183,37 @@ void apply_image_task(ImageSet* s, const std::string& task, int64_t side) {
     }
     if (count == 0)
       throw Error(str("task '", task, "': expected classes:A,B,... with at least one class"));
-    int64_t m = 0;
+    t.subset = true;
     for (int64_t n = 0; n < N; ++n)
-      if (keep[s->labels[n]]) {
-        std::copy_n(s->images.data() + n * F, F, s->images.data() + m * F);
-        s->labels[m++] = s->labels[n];
-      }
-    Tensor kept = Tensor::empty({m, F});
-    std::copy_n(s->images.data(), m * F, kept.data());
-    s->images = kept;
-    s->labels.resize(static_cast<size_t>(m));
+      if (keep[s.labels[n]]) t.examples.push_back(n);
   } else {
     throw Error(str("task '", task, "': expected permute:seed=N, rotate:deg=D or classes:A,B,..."));
   }
+  return t;
+}
+
+void ImageTask::row(const ImageSet& s, int64_t k, float* dst) const {
+  const int64_t F = s.features();
+  const float* x = s.images.data() + example(k) * F;
+  if (source.empty()) {
+    std::copy_n(x, F, dst);
+    return;
+  }
+  for (int64_t i = 0; i < F; ++i) dst[i] = source[i] >= 0 ? x[source[i]] : background;
+}
+
+void apply_image_task(ImageSet* s, const std::string& task, int64_t side) {
+  const ImageTask t = parse_image_task(*s, task, side);
+  if (task.empty()) return;
+  const int64_t n = t.size(*s), F = s->features();
+  Tensor out = Tensor::empty({n, F});
+  std::vector<int32_t> labels(static_cast<size_t>(n));
+  for (int64_t k = 0; k < n; ++k) {
+    t.row(*s, k, out.data() + k * F);
+    labels[k] = t.label(*s, k);
+  }
+  s->images = out;
+  s->labels = std::move(labels);
 }
 
 std::vector<std::string> expand_globs(const std::vector<std::string>& patterns) {

@@ -44,6 +44,24 @@ ImageSet load_fashion_mnist(const std::string& dir, const std::string& split, in
 // A malformed spec is an Error naming it.
 void apply_image_task(ImageSet* s, const std::string& task, int64_t side = 28);
 
+// The same task as a view over the untouched images, so several tasks can
+// share one copy of a dataset: example k of the task is base example
+// example(k), and its pixel i is base pixel source[i] (-1: the background,
+// the standardised black).
+struct ImageTask {
+  std::vector<int32_t> source;    // empty: pixels as they are
+  std::vector<int64_t> examples;  // used when subset (classes:...)
+  bool subset = false;
+  float background = (0.0f - kFashionMean) / kFashionStd;
+  int64_t size(const ImageSet& s) const {
+    return subset ? static_cast<int64_t>(examples.size()) : s.size();
+  }
+  int64_t example(int64_t k) const { return subset ? examples[k] : k; }
+  int32_t label(const ImageSet& s, int64_t k) const { return s.labels[example(k)]; }
+  void row(const ImageSet& s, int64_t k, float* dst) const;  // dst: features() floats
+};
+ImageTask parse_image_task(const ImageSet& s, const std::string& task, int64_t side = 28);
+
 // A token stream (bytes are tokens 0..255 for byte-level text).
 struct TokenCorpus {
   std::vector<int32_t> tokens;

@@ -92,21 +92,21 @@ class ClassifierTask : public Task {
     names_ = split_tasks(cfg.data().task());
     eval_train_ = cfg.data().eval_split() == "train";
     const int64_t in_features = train.features();
-    for (size_t k = 0; k < names_.size(); ++k) {
-      const std::string& t = names_[k];
-      // The last task takes the loaded images; the others work on copies.
-      const bool last = k + 1 == names_.size();
-      trains_.push_back(last ? std::move(train) : train);
-      tests_.push_back(last ? std::move(test) : test);
-      if (!last) {
-        trains_.back().images = train.images.clone();
-        tests_.back().images = test.images.clone();
-      }
-      data::apply_image_task(&trains_.back(), t);
-      data::apply_image_task(&tests_.back(), t);
-      if (trains_.back().size() == 0 || tests_.back().size() == 0)
+    if (names_.size() == 1) {
+      // One task: transform the images once.
+      data::apply_image_task(&train, names_[0]);
+      data::apply_image_task(&test, names_[0]);
+      names_[0].clear();
+    }
+    // Several: every task is a view over the one copy of the images.
+    for (const std::string& t : names_) {
+      train_tasks_.push_back(data::parse_image_task(train, t));
+      test_tasks_.push_back(data::parse_image_task(test, t));
+      if (train_tasks_.back().size(train) == 0 || test_tasks_.back().size(test) == 0)
         throw Error(str("data.task '", t, "' leaves no examples"));
     }
+    train_ = std::move(train);
+    test_ = std::move(test);
     nn::MlpSpec spec;
     spec.in_features = cfg.mlp().in_features();
     spec.hidden.assign(cfg.mlp().hidden().begin(), cfg.mlp().hidden().end());
@@ -122,26 +122,27 @@ class ClassifierTask : public Task {
   const std::string& kind() const override { return kind_; }
   nn::ParameterSet& params() override { return model_->params(); }
   std::vector<nn::Linear*> linears() override { return model_->linears(); }
-  int64_t train_examples() const override { return trains_[0].size(); }
-  double units_per_example() const override { return static_cast<double>(trains_.size()); }
+  int64_t train_examples() const override { return train_tasks_[0].size(train_); }
+  double units_per_example() const override { return static_cast<double>(train_tasks_.size()); }
   double flops_per_example() const override {
-    return model_->train_flops_per_example() * static_cast<double>(trains_.size());
+    return model_->train_flops_per_example() * static_cast<double>(train_tasks_.size());
   }
-  int num_tasks() const override { return static_cast<int>(trains_.size()); }
+  int num_tasks() const override { return static_cast<int>(train_tasks_.size()); }
   void set_router(RouteFn fn) override { router_ = std::move(fn); }
 
   Tensor loss(const std::vector<int64_t>& idx, int64_t) override {
-    const int64_t B = static_cast<int64_t>(idx.size()), F = trains_[0].features();
-    const int64_t T = static_cast<int64_t>(trains_.size());
+    const int64_t B = static_cast<int64_t>(idx.size()), F = train_.features();
+    const int64_t T = static_cast<int64_t>(train_tasks_.size());
     Tensor x = Tensor::empty({T * B, F});
     std::vector<std::vector<int32_t>> y(T, std::vector<int32_t>(T * B, -1));
     std::vector<int32_t> route(T * B);
     for (int64_t t = 0; t < T; ++t) {
-      const data::ImageSet& d = trains_[t];
+      const data::ImageTask& d = train_tasks_[t];
+      const int64_t n = d.size(train_);
       for (int64_t i = 0; i < B; ++i) {
-        const int64_t k = idx[i] % d.size();  // a smaller task cycles through its examples
-        std::copy_n(d.images.data() + k * F, F, x.data() + (t * B + i) * F);
-        y[t][t * B + i] = d.labels[k];
+        const int64_t k = idx[i] % n;  // a smaller task cycles through its examples
+        d.row(train_, k, x.data() + (t * B + i) * F);
+        y[t][t * B + i] = d.label(train_, k);
         route[t * B + i] = static_cast<int32_t>(t);
       }
     }
@@ -173,17 +174,21 @@ class ClassifierTask : public Task {
   EvalResult evaluate_one(int64_t batch, int64_t max_batches, int task) {
     if (task >= num_tasks())
       throw Error(str("task ", task, " is outside the ", num_tasks(), " tasks of this run"));
-    const data::ImageSet& test = eval_train_ ? trains_[task] : tests_[task];
+    const data::ImageSet& set = eval_train_ ? train_ : test_;
+    const data::ImageTask& view = eval_train_ ? train_tasks_[task] : test_tasks_[task];
     EvalResult r;
-    const int64_t N = test.size(), F = test.features();
+    const int64_t N = view.size(set), F = set.features();
     batch = std::max<int64_t>(batch, 500);
     double loss_sum = 0.0;
     int64_t correct = 0, seen = 0;
     for (int64_t s = 0, b = 0; s < N && (max_batches <= 0 || b < max_batches); s += batch, ++b) {
       const int64_t n = std::min(batch, N - s);
       Tensor x = Tensor::empty({n, F});
-      std::copy_n(test.images.data() + s * F, n * F, x.data());
-      std::vector<int32_t> y(test.labels.begin() + s, test.labels.begin() + s + n);
+      std::vector<int32_t> y(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) {
+        view.row(set, s + i, x.data() + i * F);
+        y[i] = view.label(set, s + i);
+      }
       if (router_) router_(std::vector<int32_t>(n, task));
       Tensor logits = model_->forward(x);
       loss_sum +=
@@ -212,7 +217,8 @@ class ClassifierTask : public Task {
  private:
   std::string kind_ = "mlp";
   std::vector<std::string> names_;
-  std::vector<data::ImageSet> trains_, tests_;
+  data::ImageSet train_, test_;
+  std::vector<data::ImageTask> train_tasks_, test_tasks_;
   bool eval_train_ = false;
   std::unique_ptr<nn::MlpClassifier> model_;
   RouteFn router_;

@@ -132,6 +132,27 @@ TEST(ImageTask, ClassSubsetAndMalformedSpecs) {
   }
 }
 
+TEST(ImageTask, ViewsEqualTheTransformedImagesAndLeaveTheBaseAlone) {
+  // What several tasks at once read (one shared copy) is what one task gets
+  // by transforming its images — for every kind, rotations off the grid too.
+  for (const char* task : {"permute:seed=3", "rotate:deg=30", "rotate:deg=90", "classes:2,7", ""}) {
+    ImageSet base = tiny_images(25, 5), done = tiny_images(25, 5);
+    const std::vector<float> before = base.images.to_vector();
+    apply_image_task(&done, task, 5);
+    ImageTask view = parse_image_task(base, task, 5);
+    ASSERT_EQ(view.size(base), done.size()) << task;
+    std::vector<float> row(25);
+    for (int64_t k = 0; k < done.size(); ++k) {
+      view.row(base, k, row.data());
+      EXPECT_EQ(row,
+                std::vector<float>(done.images.data() + k * 25, done.images.data() + (k + 1) * 25))
+          << task << " example " << k;
+      EXPECT_EQ(view.label(base, k), done.labels[k]) << task;
+    }
+    EXPECT_EQ(base.images.to_vector(), before) << task;
+  }
+}
+
 TEST(Text, GlobsSplitAndWindows) {
   const std::string dir = testing::temp_dir("text");
   std::ofstream(dir + "/a.txt") << "abcdefghij";
