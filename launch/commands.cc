@@ -504,7 +504,8 @@ int run_demo(const DemoOptions& o) {
   for (const auto& r : rows) std::printf("  %s\n", r.checkpoint.c_str());
   std::printf("Hugging Face folders (config.json + model.safetensors): %s/decoder/model\n",
               o.out_dir.c_str());
-  std::printf("PEFT adapters: %s/adapters/*/adapter\n", o.out_dir.c_str());
+  std::printf("adapters: %s/adapters/*/adapter.safetensors (PEFT folders beside them: adapter/)\n",
+              o.out_dir.c_str());
   std::printf("evaluate again with: tessera eval --checkpoint %s\n",
               rows.back().checkpoint.c_str());
   return 0;
