@@ -140,92 +140,92 @@ Tensor lora_gather(const Tensor& x, const Tensor& base_out, const Tensor& A, con
   }
 
   if (rec) {
-    autograd::on_backward(y, [x, base_out, A, B, H, plan, jobs, scales, r, in, out,
-                              N](const float* g) mutable {
-      if (base_out.requires_grad()) {
-        float* d = base_out.ensure_grad().data();
-        const int64_t n = N * out;
+    autograd::on_backward(
+        y, [x, base_out, A, B, H, plan, jobs, scales, r, in, out, N](const float* g) mutable {
+          if (base_out.requires_grad()) {
+            float* d = base_out.ensure_grad().data();
+            const int64_t n = N * out;
 #pragma omp parallel for simd if (n > 65536) schedule(static)
-        for (int64_t i = 0; i < n; ++i) d[i] += g[i];
-      }
-      float* dA = A.requires_grad() ? A.ensure_grad().data() : nullptr;
-      float* dB = B.requires_grad() ? B.ensure_grad().data() : nullptr;
-      float* dx = x.requires_grad() ? x.ensure_grad().data() : nullptr;
-      const float* xp = x.data();
-      const float* ap = A.data();
-      const float* bp = B.data();
-      const float* hp = H.data();
-      // Every block writes its own rows of dx. dA and dB of an expert collect
-      // its blocks into thread-private buffers, summed in a fixed order after
-      // (static schedule: the same thread count gives bit-identical gradients).
-      const int64_t J = static_cast<int64_t>(jobs->size());
-      const int64_t P = static_cast<int64_t>(plan->active.size());
-      std::vector<int64_t> slot(static_cast<size_t>(A.size(0)), -1);
-      for (int64_t k = 0; k < P; ++k) slot[plan->active[k]] = k;
-      const int threads = J > 1 ? std::max(1, omp_get_max_threads()) : 1;
-      const int64_t da_n = r * in, db_n = out * r, per = da_n + db_n;
-      std::vector<float> acc(static_cast<size_t>(threads * P * per), 0.0f);
+            for (int64_t i = 0; i < n; ++i) d[i] += g[i];
+          }
+          float* dA = A.requires_grad() ? A.ensure_grad().data() : nullptr;
+          float* dB = B.requires_grad() ? B.ensure_grad().data() : nullptr;
+          float* dx = x.requires_grad() ? x.ensure_grad().data() : nullptr;
+          const float* xp = x.data();
+          const float* ap = A.data();
+          const float* bp = B.data();
+          const float* hp = H.data();
+          // Every block writes its own rows of dx. dA and dB of an expert collect
+          // its blocks into thread-private buffers, summed in a fixed order after
+          // (static schedule: the same thread count gives bit-identical gradients).
+          const int64_t J = static_cast<int64_t>(jobs->size());
+          const int64_t P = static_cast<int64_t>(plan->active.size());
+          std::vector<int64_t> slot(static_cast<size_t>(A.size(0)), -1);
+          for (int64_t k = 0; k < P; ++k) slot[plan->active[k]] = k;
+          const int threads = J > 1 ? std::max(1, omp_get_max_threads()) : 1;
+          const int64_t da_n = r * in, db_n = out * r, per = da_n + db_n;
+          std::vector<float> acc(static_cast<size_t>(threads * P * per), 0.0f);
 #pragma omp parallel num_threads(threads) if (threads > 1)
-      {
-        float* mine = acc.data() + static_cast<size_t>(omp_get_thread_num()) * P * per;
-        std::vector<float> xg, gg, dh(kBlock * r), dxg;
+          {
+            float* mine = acc.data() + static_cast<size_t>(omp_get_thread_num()) * P * per;
+            std::vector<float> xg, gg, dh(kBlock * r), dxg;
 #pragma omp for schedule(static)
-        for (int64_t j = 0; j < J; ++j) {
-          const Job& jb = (*jobs)[j];
-          const int64_t e = jb.e, n = jb.end - jb.begin;
-          const float s = scales[e];
-          const int64_t* rows = plan->rows.data() + jb.begin;
-          const float* gs = g + rows[0] * out;
-          const float* xs = xp + rows[0] * in;
-          if (!jb.contiguous) {
-            gg.resize(n * out);
-            gather_rows(gg.data(), g, rows, n, out);
-            gs = gg.data();
-            if (dA) {
-              xg.resize(n * in);
-              gather_rows(xg.data(), xp, rows, n, in);
-              xs = xg.data();
+            for (int64_t j = 0; j < J; ++j) {
+              const Job& jb = (*jobs)[j];
+              const int64_t e = jb.e, n = jb.end - jb.begin;
+              const float s = scales[e];
+              const int64_t* rows = plan->rows.data() + jb.begin;
+              const float* gs = g + rows[0] * out;
+              const float* xs = xp + rows[0] * in;
+              if (!jb.contiguous) {
+                gg.resize(n * out);
+                gather_rows(gg.data(), g, rows, n, out);
+                gs = gg.data();
+                if (dA) {
+                  xg.resize(n * in);
+                  gather_rows(xg.data(), xp, rows, n, in);
+                  xs = xg.data();
+                }
+              }
+              const float* h = hp + jb.begin * r;
+              float* da = mine + slot[e] * per;
+              float* db = da + da_n;
+              if (dB)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, n, s, gs, out, h, r,
+                            1.0f, db, r);
+              cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, out, s, gs, out,
+                          bp + e * out * r, r, 0.0f, dh.data(), r);
+              if (dA)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, n, 1.0f, dh.data(), r,
+                            xs, in, 1.0f, da, in);
+              if (!dx) continue;
+              if (jb.contiguous) {
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, r, 1.0f, dh.data(), r,
+                            ap + e * r * in, in, 1.0f, dx + rows[0] * in, in);
+                continue;
+              }
+              dxg.resize(n * in);
+              cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, r, 1.0f, dh.data(), r,
+                          ap + e * r * in, in, 0.0f, dxg.data(), in);
+              for (int64_t i = 0; i < n; ++i) {
+                float* dst = dx + rows[i] * in;
+                const float* src = dxg.data() + i * in;
+#pragma omp simd
+                for (int64_t c = 0; c < in; ++c) dst[c] += src[c];
+              }
             }
           }
-          const float* h = hp + jb.begin * r;
-          float* da = mine + slot[e] * per;
-          float* db = da + da_n;
-          if (dB)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, n, s, gs, out, h, r, 1.0f,
-                        db, r);
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, out, s, gs, out,
-                      bp + e * out * r, r, 0.0f, dh.data(), r);
-          if (dA)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, n, 1.0f, dh.data(), r, xs,
-                        in, 1.0f, da, in);
-          if (!dx) continue;
-          if (jb.contiguous) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, r, 1.0f, dh.data(), r,
-                        ap + e * r * in, in, 1.0f, dx + rows[0] * in, in);
-            continue;
+          for (int64_t k = 0; k < P; ++k) {
+            const int64_t e = plan->active[k];
+            for (int t = 0; t < threads; ++t) {
+              const float* src = acc.data() + (static_cast<size_t>(t) * P + k) * per;
+              if (dA)
+                for (int64_t i = 0; i < da_n; ++i) dA[e * da_n + i] += src[i];
+              if (dB)
+                for (int64_t i = 0; i < db_n; ++i) dB[e * db_n + i] += src[da_n + i];
+            }
           }
-          dxg.resize(n * in);
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, r, 1.0f, dh.data(), r,
-                      ap + e * r * in, in, 0.0f, dxg.data(), in);
-          for (int64_t i = 0; i < n; ++i) {
-            float* dst = dx + rows[i] * in;
-            const float* src = dxg.data() + i * in;
-#pragma omp simd
-            for (int64_t c = 0; c < in; ++c) dst[c] += src[c];
-          }
-        }
-      }
-      for (int64_t k = 0; k < P; ++k) {
-        const int64_t e = plan->active[k];
-        for (int t = 0; t < threads; ++t) {
-          const float* src = acc.data() + (static_cast<size_t>(t) * P + k) * per;
-          if (dA)
-            for (int64_t i = 0; i < da_n; ++i) dA[e * da_n + i] += src[i];
-          if (dB)
-            for (int64_t i = 0; i < db_n; ++i) dB[e * db_n + i] += src[da_n + i];
-        }
-      }
-    });
+        });
   }
   return y;
 }
