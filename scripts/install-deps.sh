@@ -9,7 +9,7 @@ PKGS=(
   libopenmpi-dev openmpi-bin libgloo-dev
   libprotobuf-dev protobuf-compiler
   libgrpc++-dev protobuf-compiler-grpc
-  librocksdb-dev
+  librocksdb-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libspdlog-dev nlohmann-json3-dev zlib1g-dev
   dataset-fashion-mnist

@@ -1,0 +1,435 @@
+#include "store/library.h"
+
+#include <openssl/evp.h>
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/write_batch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <set>
+
+namespace tessera::store {
+
+namespace {
+
+enum Cf { kDefault = 0, kRecords, kTensors, kNames, kIndex };
+const char* const kCfNames[] = {"default", "records", "tensors", "names", "index"};
+
+Status from_rocks(const rocksdb::Status& s, const std::string& what) {
+  if (s.ok()) return Status::OK();
+  if (s.IsNotFound()) return Status::NotFound(what + ": " + s.ToString());
+  if (s.IsCorruption()) return Status::Corruption(what + ": " + s.ToString());
+  if (s.IsInvalidArgument()) return Status::InvalidArgument(what + ": " + s.ToString());
+  return Status::IOError(what + ": " + s.ToString());
+}
+
+std::string name_key(const std::string& name, int64_t version) {
+  std::string k = name;
+  k.push_back('\0');
+  for (int i = 7; i >= 0; --i)
+    k.push_back(static_cast<char>((static_cast<uint64_t>(version) >> (8 * i)) & 0xff));
+  return k;
+}
+
+int64_t version_of(const rocksdb::Slice& key, size_t name_len) {
+  uint64_t v = 0;
+  for (size_t i = name_len + 1; i < key.size(); ++i)
+    v = (v << 8) | static_cast<unsigned char>(key.data()[i]);
+  return static_cast<int64_t>(v);
+}
+
+std::string index_key(const std::string& field, const std::string& value, const std::string& id) {
+  std::string k = field;
+  k.push_back('\0');
+  k += value;
+  k.push_back('\0');
+  return k + id;
+}
+
+std::vector<std::string> index_keys(const AdapterRecord& r) {
+  std::vector<std::string> out;
+  for (const auto& t : r.tags()) out.push_back(index_key("tag", t, r.id()));
+  if (!r.base().fingerprint().empty())
+    out.push_back(index_key("base", r.base().fingerprint(), r.id()));
+  if (!r.task().empty()) out.push_back(index_key("task", r.task(), r.id()));
+  out.push_back(index_key("kind", r.kind(), r.id()));
+  return out;
+}
+
+size_t dtype_size(const std::string& d) {
+  if (d == "F32") return 4;
+  if (d == "F16" || d == "BF16") return 2;
+  return 0;
+}
+
+bool is_id(const std::string& s) {
+  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+// The content id: kind, config and every tensor's name, dtype, shape and checksum.
+std::string content_id(const AdapterRecord& r) {
+  std::vector<const TensorRef*> ts;
+  for (const auto& t : r.tensors()) ts.push_back(&t);
+  std::sort(ts.begin(), ts.end(), [](auto a, auto b) { return a->name() < b->name(); });
+  std::string h = r.kind();
+  h.push_back('\0');
+  h += r.config_json();
+  for (const TensorRef* t : ts) {
+    h.push_back('\0');
+    h += t->name() + '\0' + t->dtype() + '\0';
+    for (int64_t d : t->shape()) h += std::to_string(d) + ",";
+    h += '\0' + t->sha256();
+  }
+  return sha256_hex(h);
+}
+
+}  // namespace
+
+std::string sha256_hex(const std::string& data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < n; ++i) {
+    out.push_back(hex[md[i] >> 4]);
+    out.push_back(hex[md[i] & 15]);
+  }
+  return out;
+}
+
+std::string Status::ToString() const {
+  static const char* names[] = {"OK",      "NotFound",     "Corruption", "InvalidArgument",
+                                "IOError", "AlreadyExists"};
+  std::string s = names[static_cast<int>(code_)];
+  if (!msg_.empty()) s += ": " + msg_;
+  return s;
+}
+
+Status Library::Open(const Options& options, const std::string& path,
+                     std::unique_ptr<Library>* out) {
+  if (path.empty()) return Status::InvalidArgument("library path is empty");
+  rocksdb::DBOptions dbo;
+  dbo.create_if_missing = options.create_if_missing;
+  dbo.create_missing_column_families = options.create_if_missing;
+  rocksdb::ColumnFamilyOptions plain;
+  rocksdb::ColumnFamilyOptions blobs;
+  blobs.enable_blob_files = true;
+  blobs.min_blob_size = options.blob_min_size;
+  std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
+  for (int i = 0; i < 5; ++i) cfs.emplace_back(kCfNames[i], i == kTensors ? blobs : plain);
+  std::unique_ptr<Library> lib(new Library());
+  lib->options_ = options;
+  rocksdb::DB* db = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(dbo, path, cfs, &lib->cf_, &db);
+  if (!s.ok()) {
+    if (s.IsInvalidArgument() && !options.create_if_missing)
+      return Status::NotFound("no adapter library at '" + path + "': " + s.ToString());
+    return from_rocks(s, "opening the adapter library at '" + path + "'");
+  }
+  lib->db_.reset(db);
+  *out = std::move(lib);
+  return Status::OK();
+}
+
+Library::~Library() {
+  if (db_) {
+    for (auto* h : cf_) db_->DestroyColumnFamilyHandle(h);
+    db_->Close();
+  }
+}
+
+Status Library::ReadRecord(const std::string& id, AdapterRecord* r, const void* snapshot) {
+  rocksdb::ReadOptions ro;
+  ro.snapshot = static_cast<const rocksdb::Snapshot*>(snapshot);
+  std::string v;
+  rocksdb::Status s = db_->Get(ro, cf_[kRecords], id, &v);
+  if (s.IsNotFound()) return Status::NotFound("no adapter with id " + id);
+  if (!s.ok()) return from_rocks(s, "reading record " + id);
+  if (!r->ParseFromString(v)) return Status::Corruption("record " + id + " does not parse");
+  if (r->id() != id) return Status::Corruption("record stored under " + id + " says id " + r->id());
+  return Status::OK();
+}
+
+Status Library::Resolve(const std::string& key, std::string* id) {
+  if (key.empty())
+    return Status::InvalidArgument("empty adapter key (an id, name, name@N or name@latest)");
+  if (is_id(key)) {
+    *id = key;
+    return Status::OK();
+  }
+  const size_t at = key.rfind('@');
+  const std::string name = key.substr(0, at);
+  const std::string ver = at == std::string::npos ? "latest" : key.substr(at + 1);
+  if (name.empty()) return Status::InvalidArgument("adapter key '" + key + "' has no name");
+  if (ver != "latest") {
+    int64_t v = 0;
+    try {
+      size_t pos = 0;
+      v = std::stoll(ver, &pos);
+      if (pos != ver.size() || v < 1) throw std::invalid_argument(ver);
+    } catch (const std::logic_error&) {
+      return Status::InvalidArgument("adapter key '" + key + "': version '" + ver +
+                                     "' is not a positive integer or 'latest'");
+    }
+    std::string v_id;
+    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cf_[kNames], name_key(name, v), &v_id);
+    if (s.IsNotFound()) return Status::NotFound("no adapter named " + key);
+    if (!s.ok()) return from_rocks(s, "reading name " + key);
+    *id = v_id;
+    return Status::OK();
+  }
+  // The newest version that is not deleted.
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf_[kNames]));
+  const std::string prefix = name + std::string(1, '\0');
+  for (it->SeekForPrev(name_key(name, INT64_MAX)); it->Valid() && it->key().starts_with(prefix);
+       it->Prev()) {
+    AdapterRecord r;
+    Status s = ReadRecord(it->value().ToString(), &r);
+    if (s.IsNotFound()) continue;  // collected by Gc; its version number stays taken
+    if (!s.ok()) return s;
+    if (!r.deleted()) {
+      *id = r.id();
+      return Status::OK();
+    }
+  }
+  if (!it->status().ok()) return from_rocks(it->status(), "listing versions of " + name);
+  return Status::NotFound("no adapter named " + name);
+}
+
+Status Library::Put(const AdapterRecord& in, const std::vector<TensorData>& tensors,
+                    AdapterRecord* stored) {
+  const std::string& name = in.name();
+  if (name.empty() || name.find('@') != std::string::npos || name.find('\0') != std::string::npos)
+    return Status::InvalidArgument("adapter name '" + name +
+                                   "': expected a non-empty name without '@'");
+  if (in.kind().empty()) return Status::InvalidArgument("adapter " + name + ": kind is empty");
+  if (tensors.empty()) return Status::InvalidArgument("adapter " + name + ": no tensors");
+  AdapterRecord r = in;
+  r.clear_tensors();
+  r.clear_id();
+  r.set_deleted(false);
+  std::set<std::string> seen;
+  for (const TensorData& t : tensors) {
+    if (t.name.empty() || !seen.insert(t.name).second)
+      return Status::InvalidArgument("adapter " + name + ": tensor name '" + t.name +
+                                     "' is empty or repeated");
+    const size_t es = dtype_size(t.dtype);
+    if (es == 0)
+      return Status::InvalidArgument("tensor " + t.name + ": dtype '" + t.dtype +
+                                     "' (expected F32, F16 or BF16)");
+    uint64_t numel = 1;
+    for (int64_t d : t.shape) {
+      if (d < 0) return Status::InvalidArgument("tensor " + t.name + ": negative dimension");
+      numel *= static_cast<uint64_t>(d);
+    }
+    if (numel * es != t.bytes.size())
+      return Status::InvalidArgument("tensor " + t.name + ": " + std::to_string(t.bytes.size()) +
+                                     " bytes for " + std::to_string(numel) + " " + t.dtype +
+                                     " elements");
+    TensorRef* ref = r.add_tensors();
+    ref->set_name(t.name);
+    ref->set_dtype(t.dtype);
+    for (int64_t d : t.shape) ref->add_shape(d);
+    ref->set_bytes(t.bytes.size());
+    ref->set_sha256(sha256_hex(t.bytes));
+  }
+  r.set_id(content_id(r));
+
+  std::lock_guard<std::mutex> lock(write_mu_);
+  AdapterRecord existing;
+  Status es = ReadRecord(r.id(), &existing);
+  if (es.ok() && !existing.deleted()) {
+    if (stored) *stored = existing;
+    return Status::OK();
+  }
+  if (!es.ok() && !es.IsNotFound()) return es;
+  // The next version of this name.
+  int64_t version = 1;
+  {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf_[kNames]));
+    it->SeekForPrev(name_key(name, INT64_MAX));
+    if (it->Valid() && it->key().starts_with(name + std::string(1, '\0')))
+      version = version_of(it->key(), name.size()) + 1;
+    if (!it->status().ok()) return from_rocks(it->status(), "listing versions of " + name);
+  }
+  r.set_version(version);
+  r.set_created_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count());
+  rocksdb::WriteBatch batch;
+  std::string value;
+  if (!r.SerializeToString(&value)) return Status::InvalidArgument("record does not serialise");
+  batch.Put(cf_[kRecords], r.id(), value);
+  for (const TensorData& t : tensors) batch.Put(cf_[kTensors], r.id() + "/" + t.name, t.bytes);
+  batch.Put(cf_[kNames], name_key(name, version), r.id());
+  for (const std::string& k : index_keys(r)) batch.Put(cf_[kIndex], k, "");
+  rocksdb::WriteOptions wo;
+  wo.sync = options_.sync;
+  Status s = from_rocks(db_->Write(wo, &batch), "writing adapter " + name);
+  if (s.ok() && stored) *stored = r;
+  return s;
+}
+
+Status Library::CheckTensors(const AdapterRecord& r, std::vector<TensorData>* out) {
+  for (const TensorRef& t : r.tensors()) {
+    std::string v;
+    rocksdb::Status s =
+        db_->Get(rocksdb::ReadOptions(), cf_[kTensors], r.id() + "/" + t.name(), &v);
+    if (s.IsNotFound())
+      return Status::Corruption("adapter " + r.name() + "@" + std::to_string(r.version()) + " (" +
+                                r.id() + "): tensor " + t.name() + " is missing");
+    if (!s.ok()) return from_rocks(s, "reading tensor " + t.name() + " of " + r.id());
+    if (v.size() != t.bytes() || sha256_hex(v) != t.sha256())
+      return Status::Corruption("adapter " + r.name() + "@" + std::to_string(r.version()) + " (" +
+                                r.id() + "): tensor " + t.name() + " does not match its checksum");
+    if (out) {
+      TensorData d;
+      d.name = t.name();
+      d.dtype = t.dtype();
+      d.shape.assign(t.shape().begin(), t.shape().end());
+      d.bytes = std::move(v);
+      out->push_back(std::move(d));
+    }
+  }
+  return Status::OK();
+}
+
+Status Library::Get(const std::string& key, AdapterRecord* record,
+                    std::vector<TensorData>* tensors) {
+  std::string id;
+  Status s = Resolve(key, &id);
+  if (!s.ok()) return s;
+  AdapterRecord r;
+  s = ReadRecord(id, &r);
+  if (!s.ok()) return s;
+  if (r.deleted()) return Status::NotFound("adapter " + key + " was deleted");
+  if (tensors) tensors->clear();
+  s = CheckTensors(r, tensors);
+  if (!s.ok()) return s;
+  *record = std::move(r);
+  return Status::OK();
+}
+
+Status Library::List(const ListFilter& f, int limit, const std::string& token, ListPage* out) {
+  if (limit < 1 || limit > 1000)
+    return Status::InvalidArgument("list limit " + std::to_string(limit) + ": expected 1..1000");
+  if (!token.empty() && !is_id(token))
+    return Status::InvalidArgument("page token '" + token + "' is not one this library gave");
+  out->records.clear();
+  out->next_token.clear();
+  const rocksdb::Snapshot* snap = db_->GetSnapshot();
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snap;
+  auto keep = [&](const AdapterRecord& r) {
+    if (r.deleted() && !f.include_deleted) return false;
+    for (const std::string& t : f.tags)
+      if (std::find(r.tags().begin(), r.tags().end(), t) == r.tags().end()) return false;
+    if (!f.base_fingerprint.empty() && r.base().fingerprint() != f.base_fingerprint) return false;
+    if (!f.kind.empty() && r.kind() != f.kind) return false;
+    if (!f.task.empty() && r.task() != f.task) return false;
+    return r.name().compare(0, f.name_prefix.size(), f.name_prefix) == 0;
+  };
+  // The most selective index given, else every record, in id order either way.
+  std::string prefix;
+  if (!f.tags.empty())
+    prefix = index_key("tag", f.tags[0], "");
+  else if (!f.base_fingerprint.empty())
+    prefix = index_key("base", f.base_fingerprint, "");
+  else if (!f.task.empty())
+    prefix = index_key("task", f.task, "");
+  else if (!f.kind.empty())
+    prefix = index_key("kind", f.kind, "");
+  const bool indexed = !prefix.empty();
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, cf_[indexed ? kIndex : kRecords]));
+  Status st;
+  for (it->Seek(prefix + token); it->Valid(); it->Next()) {
+    if (indexed && !it->key().starts_with(prefix)) break;
+    const std::string id = it->key().ToString().substr(prefix.size());
+    if (id == token) continue;
+    AdapterRecord r;
+    if (indexed) {
+      st = ReadRecord(id, &r, snap);
+      if (st.IsNotFound()) continue;  // removed by Gc after the index was read
+    } else if (!r.ParseFromString(it->value().ToString())) {
+      st = Status::Corruption("record " + id + " does not parse");
+    }
+    if (!st.ok()) break;
+    if (!keep(r)) continue;
+    if (static_cast<int>(out->records.size()) == limit) {
+      out->next_token = out->records.back().id();
+      break;
+    }
+    out->records.push_back(std::move(r));
+  }
+  if (st.ok() && !it->status().ok()) st = from_rocks(it->status(), "listing adapters");
+  it.reset();
+  db_->ReleaseSnapshot(snap);
+  return st;
+}
+
+Status Library::Delete(const std::string& key) {
+  std::string id;
+  Status s = Resolve(key, &id);
+  if (!s.ok()) return s;
+  std::lock_guard<std::mutex> lock(write_mu_);
+  AdapterRecord r;
+  s = ReadRecord(id, &r);
+  if (!s.ok()) return s;
+  if (r.deleted()) return Status::NotFound("adapter " + key + " is already deleted");
+  r.set_deleted(true);
+  std::string v;
+  r.SerializeToString(&v);
+  rocksdb::WriteOptions wo;
+  wo.sync = options_.sync;
+  return from_rocks(db_->Put(wo, cf_[kRecords], id, v), "deleting " + key);
+}
+
+Status Library::Verify(int64_t* checked) {
+  int64_t n = 0;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf_[kRecords]));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    AdapterRecord r;
+    const std::string id = it->key().ToString();
+    if (!r.ParseFromString(it->value().ToString()))
+      return Status::Corruption("record " + id + " does not parse");
+    if (r.id() != id || content_id(r) != id)
+      return Status::Corruption("record " + id + " (" + r.name() +
+                                "): its content does not hash to its id");
+    Status s = CheckTensors(r, nullptr);
+    if (!s.ok()) return s;
+    ++n;
+  }
+  if (!it->status().ok()) return from_rocks(it->status(), "verifying");
+  if (checked) *checked = n;
+  return Status::OK();
+}
+
+Status Library::Gc(int64_t* removed) {
+  std::lock_guard<std::mutex> lock(write_mu_);
+  rocksdb::WriteBatch batch;
+  int64_t n = 0;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf_[kRecords]));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    AdapterRecord r;
+    if (!r.ParseFromString(it->value().ToString()))
+      return Status::Corruption("record " + it->key().ToString() + " does not parse");
+    if (!r.deleted()) continue;
+    batch.Delete(cf_[kRecords], r.id());
+    for (const TensorRef& t : r.tensors()) batch.Delete(cf_[kTensors], r.id() + "/" + t.name());
+    for (const std::string& k : index_keys(r)) batch.Delete(cf_[kIndex], k);
+    ++n;
+  }
+  if (!it->status().ok()) return from_rocks(it->status(), "collecting garbage");
+  rocksdb::WriteOptions wo;
+  wo.sync = options_.sync;
+  Status s = from_rocks(db_->Write(wo, &batch), "collecting garbage");
+  if (s.ok() && removed) *removed = n;
+  return s;
+}
+
+}  // namespace tessera::store

@@ -1,0 +1,129 @@
+// The adapter library: an embedded RocksDB store of adapter records
+// (proto/tessera/library.proto) and their tensor bytes, in the RocksDB style —
+// every recoverable failure is a Status, nothing throws across this API.
+//
+// Layout (column families):
+//   records   id → AdapterRecord
+//   tensors   id '/' tensor name → raw bytes (RocksDB blob files above
+//             Options::blob_min_size, so large values stay out of the LSM)
+//   names     name '\0' version (8 bytes, big-endian) → id
+//   index     field '\0' value '\0' id → "" for tag, base, task and kind
+// One WriteBatch per logical write: a record, its tensors, its name version
+// and its index entries are all there or none is. Writes are synced by
+// default. Ids are the SHA-256 of the kind, config and every tensor (name,
+// dtype, shape, bytes); tensor values carry their own SHA-256, checked on
+// every Get and by Verify (a mismatch is Corruption naming record and tensor).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "tessera/library.pb.h"
+
+namespace rocksdb {
+class DB;
+class ColumnFamilyHandle;
+}  // namespace rocksdb
+
+namespace tessera::store {
+
+class Status {
+ public:
+  enum class Code { kOk, kNotFound, kCorruption, kInvalidArgument, kIOError, kAlreadyExists };
+  Status() = default;
+  static Status OK() { return Status(); }
+  static Status NotFound(std::string m) { return Status(Code::kNotFound, std::move(m)); }
+  static Status Corruption(std::string m) { return Status(Code::kCorruption, std::move(m)); }
+  static Status InvalidArgument(std::string m) {
+    return Status(Code::kInvalidArgument, std::move(m));
+  }
+  static Status IOError(std::string m) { return Status(Code::kIOError, std::move(m)); }
+  static Status AlreadyExists(std::string m) { return Status(Code::kAlreadyExists, std::move(m)); }
+  bool ok() const { return code_ == Code::kOk; }
+  bool IsNotFound() const { return code_ == Code::kNotFound; }
+  bool IsCorruption() const { return code_ == Code::kCorruption; }
+  bool IsInvalidArgument() const { return code_ == Code::kInvalidArgument; }
+  Code code() const { return code_; }
+  const std::string& message() const { return msg_; }
+  std::string ToString() const;
+
+ private:
+  Status(Code c, std::string m) : code_(c), msg_(std::move(m)) {}
+  Code code_ = Code::kOk;
+  std::string msg_;
+};
+
+struct Options {
+  bool create_if_missing = true;
+  bool sync = true;               // fsync the WAL on every write (crash safety)
+  uint64_t blob_min_size = 4096;  // tensor values at least this large go to blob files
+};
+
+// A tensor to store: its bytes exactly as given (little-endian F32 for "F32").
+struct TensorData {
+  std::string name;
+  std::string dtype = "F32";
+  std::vector<int64_t> shape;
+  std::string bytes;
+};
+
+struct ListFilter {
+  std::vector<std::string> tags;  // every one must be present
+  std::string base_fingerprint, kind, task, name_prefix;
+  bool include_deleted = false;
+};
+
+struct ListPage {
+  std::vector<AdapterRecord> records;
+  std::string next_token;  // empty: no more
+};
+
+class Library {
+ public:
+  static Status Open(const Options& options, const std::string& path,
+                     std::unique_ptr<Library>* out);
+  ~Library();
+  Library(const Library&) = delete;
+  Library& operator=(const Library&) = delete;
+
+  // Stores `record` (its id, version, tensors and creation time are filled
+  // in here) with `tensors`. The same content stored again is not a new
+  // version: the existing record is returned. `stored` may be null.
+  Status Put(const AdapterRecord& record, const std::vector<TensorData>& tensors,
+             AdapterRecord* stored);
+  // `key`: an id, "name" (latest), "name@latest" or "name@N". Tensors are
+  // checked against their checksums; `tensors` may be null (record only).
+  Status Get(const std::string& key, AdapterRecord* record,
+             std::vector<TensorData>* tensors = nullptr);
+  // Records in id order matching `filter`, at most `limit` (1..1000), from
+  // a consistent snapshot; pass the returned token back for the next page.
+  Status List(const ListFilter& filter, int limit, const std::string& page_token, ListPage* out);
+  // Soft delete: Get no longer finds it, Gc removes it.
+  Status Delete(const std::string& key);
+  // Recomputes every checksum and id; Corruption names the first bad record
+  // and tensor, `checked` counts the records read.
+  Status Verify(int64_t* checked = nullptr);
+  // Removes soft-deleted records with their tensors and index entries (their
+  // name versions stay taken: a version number never names two adapters).
+  Status Gc(int64_t* removed = nullptr);
+
+ private:
+  Library() = default;
+  Status Resolve(const std::string& key, std::string* id);
+  Status ReadRecord(const std::string& id, AdapterRecord* r, const void* snapshot = nullptr);
+  Status CheckTensors(const AdapterRecord& r, std::vector<TensorData>* out);
+
+  std::unique_ptr<rocksdb::DB> db_;
+  std::vector<rocksdb::ColumnFamilyHandle*> cf_;  // default, records, tensors, names, index
+  Options options_;
+  std::mutex write_mu_;  // version assignment
+};
+
+// SHA-256 hex of `data` (OpenSSL).
+std::string sha256_hex(const std::string& data);
+
+}  // namespace tessera::store

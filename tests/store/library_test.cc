@@ -1,0 +1,223 @@
+// The adapter library on RocksDB: round trips, versions, filters and paging
+// against brute force, soft delete and Gc, reopening, and corruption found by
+// Get and Verify.
+#include "store/library.h"
+
+#include <gtest/gtest.h>
+#include <rocksdb/db.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "tests/testing.h"
+
+namespace tessera::store {
+namespace {
+
+TensorData f32(const std::string& name, std::vector<int64_t> shape, float seed) {
+  TensorData t;
+  t.name = name;
+  t.shape = shape;
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  std::vector<float> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[i] = seed + 0.001f * static_cast<float>(i);
+  t.bytes.assign(reinterpret_cast<const char*>(v.data()), v.size() * 4);
+  return t;
+}
+
+AdapterRecord rec(const std::string& name, const std::string& kind = "lora",
+                  std::vector<std::string> tags = {}, const std::string& task = "") {
+  AdapterRecord r;
+  r.set_name(name);
+  r.set_kind(kind);
+  r.set_config_json(R"({"kind":")" + kind + R"(","r":8})");
+  r.add_target_modules("layers.0");
+  r.mutable_base()->set_name("mlp");
+  r.mutable_base()->set_fingerprint(std::string(64, 'a'));
+  for (auto& t : tags) r.add_tags(t);
+  r.set_task(task);
+  return r;
+}
+
+std::unique_ptr<Library> open(const std::string& dir) {
+  std::unique_ptr<Library> lib;
+  Status s = Library::Open(Options(), dir, &lib);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return lib;
+}
+
+TEST(Library, PutGetRoundTripsBitExactlyAndSurvivesReopen) {
+  const std::string dir = testing::temp_dir("library_rt");
+  // 256 KB and tiny tensors: blob files and inline values.
+  std::vector<TensorData> ts = {f32("layers.0.lora_A.weight", {8, 8192}, 1.0f),
+                                f32("layers.0.lora_B.weight", {4, 2}, -3.0f)};
+  AdapterRecord stored;
+  {
+    auto lib = open(dir);
+    ASSERT_TRUE(lib->Put(rec("perm"), ts, &stored).ok());
+    EXPECT_EQ(stored.version(), 1);
+    EXPECT_EQ(stored.id().size(), 64u);
+    EXPECT_EQ(stored.tensors_size(), 2);
+    // The same content again is the same record, not a new version.
+    AdapterRecord again;
+    ASSERT_TRUE(lib->Put(rec("perm"), ts, &again).ok());
+    EXPECT_EQ(again.id(), stored.id());
+    EXPECT_EQ(again.version(), 1);
+  }
+  auto lib = open(dir);
+  for (const std::string& key :
+       {stored.id(), std::string("perm"), std::string("perm@1"), std::string("perm@latest")}) {
+    AdapterRecord got;
+    std::vector<TensorData> back;
+    Status s = lib->Get(key, &got, &back);
+    ASSERT_TRUE(s.ok()) << key << ": " << s.ToString();
+    EXPECT_EQ(got.id(), stored.id());
+    ASSERT_EQ(back.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) {
+      EXPECT_EQ(back[i].name, ts[i].name);
+      EXPECT_EQ(back[i].shape, ts[i].shape);
+      EXPECT_TRUE(back[i].bytes == ts[i].bytes) << "tensor bytes differ";
+    }
+  }
+  int64_t n = 0;
+  EXPECT_TRUE(lib->Verify(&n).ok());
+  EXPECT_EQ(n, 1);
+}
+
+TEST(Library, VersionsNamesAndBadInput) {
+  auto lib = open(testing::temp_dir("library_versions"));
+  AdapterRecord a, b, c;
+  ASSERT_TRUE(lib->Put(rec("task"), {f32("w", {2}, 1)}, &a).ok());
+  ASSERT_TRUE(lib->Put(rec("task"), {f32("w", {2}, 2)}, &b).ok());
+  ASSERT_TRUE(lib->Put(rec("other"), {f32("w", {2}, 3)}, &c).ok());
+  EXPECT_EQ(b.version(), 2);
+  EXPECT_EQ(c.version(), 1);
+  AdapterRecord got;
+  ASSERT_TRUE(lib->Get("task@latest", &got).ok());
+  EXPECT_EQ(got.id(), b.id());
+  ASSERT_TRUE(lib->Get("task@1", &got).ok());
+  EXPECT_EQ(got.id(), a.id());
+  // Deleting the latest makes the previous one latest; the number stays taken.
+  ASSERT_TRUE(lib->Delete("task@2").ok());
+  ASSERT_TRUE(lib->Get("task", &got).ok());
+  EXPECT_EQ(got.id(), a.id());
+  EXPECT_TRUE(lib->Get("task@2", &got).IsNotFound());
+  int64_t removed = 0;
+  ASSERT_TRUE(lib->Gc(&removed).ok());
+  EXPECT_EQ(removed, 1);
+  AdapterRecord d;
+  ASSERT_TRUE(lib->Put(rec("task"), {f32("w", {2}, 4)}, &d).ok());
+  EXPECT_EQ(d.version(), 3);
+  EXPECT_TRUE(lib->Get("nope", &got).IsNotFound());
+  EXPECT_TRUE(lib->Get("task@x", &got).IsInvalidArgument());
+  EXPECT_TRUE(lib->Get("task@0", &got).IsInvalidArgument());
+  EXPECT_TRUE(lib->Get("", &got).IsInvalidArgument());
+  EXPECT_TRUE(lib->Put(rec("a@b"), {f32("w", {2}, 1)}, nullptr).IsInvalidArgument());
+  EXPECT_TRUE(lib->Put(rec("x"), {}, nullptr).IsInvalidArgument());
+  TensorData bad = f32("w", {3}, 1);
+  bad.bytes.pop_back();
+  Status s = lib->Put(rec("x"), {bad}, nullptr);
+  EXPECT_TRUE(s.IsInvalidArgument());
+  EXPECT_NE(s.message().find("tensor w"), std::string::npos) << s.ToString();
+  EXPECT_TRUE(
+      lib->Put(rec("x"), {f32("w", {1}, 1), f32("w", {1}, 2)}, nullptr).IsInvalidArgument());
+  int64_t n = 0;
+  EXPECT_TRUE(lib->Verify(&n).ok());
+  EXPECT_EQ(n, 3);
+}
+
+TEST(Library, ListFiltersAndPagesLikeBruteForce) {
+  auto lib = open(testing::temp_dir("library_list"));
+  std::vector<AdapterRecord> all;
+  for (int i = 0; i < 37; ++i) {
+    std::vector<std::string> tags;
+    if (i % 2) tags.push_back("odd");
+    if (i % 3 == 0) tags.push_back("three");
+    AdapterRecord r;
+    ASSERT_TRUE(lib->Put(rec(i % 4 ? "perm" : "rot", i % 5 ? "lora" : "dora", tags,
+                             i % 2 ? "permute" : "rotate"),
+                         {f32("w", {3}, static_cast<float>(i))}, &r)
+                    .ok());
+    all.push_back(r);
+  }
+  ASSERT_TRUE(lib->Delete(all[3].id()).ok());
+  all[3].set_deleted(true);
+  std::vector<ListFilter> filters(6);
+  filters[1].tags = {"odd"};
+  filters[2].tags = {"odd", "three"};
+  filters[3].kind = "dora";
+  filters[4].task = "rotate";
+  filters[4].name_prefix = "ro";
+  filters[5].include_deleted = true;
+  for (const ListFilter& f : filters) {
+    std::vector<std::string> want;
+    for (const auto& r : all) {
+      bool ok = !r.deleted() || f.include_deleted;
+      for (const auto& t : f.tags)
+        ok = ok && std::find(r.tags().begin(), r.tags().end(), t) != r.tags().end();
+      ok = ok && (f.kind.empty() || r.kind() == f.kind) && (f.task.empty() || r.task() == f.task);
+      ok = ok && r.name().rfind(f.name_prefix, 0) == 0;
+      if (ok) want.push_back(r.id());
+    }
+    std::sort(want.begin(), want.end());
+    std::vector<std::string> got;
+    std::string token;
+    int pages = 0;
+    do {
+      ListPage page;
+      ASSERT_TRUE(lib->List(f, 5, token, &page).ok());
+      for (const auto& r : page.records) got.push_back(r.id());
+      token = page.next_token;
+      ASSERT_LT(++pages, 20);
+    } while (!token.empty());
+    EXPECT_EQ(got, want);
+  }
+  ListPage p;
+  EXPECT_TRUE(lib->List({}, 0, "", &p).IsInvalidArgument());
+  EXPECT_TRUE(lib->List({}, 5, "garbage", &p).IsInvalidArgument());
+}
+
+TEST(Library, AFlippedTensorByteIsCorruptionNamingRecordAndTensor) {
+  const std::string dir = testing::temp_dir("library_corrupt");
+  AdapterRecord stored;
+  {
+    auto lib = open(dir);
+    ASSERT_TRUE(
+        lib->Put(rec("victim"), {f32("big", {1024, 64}, 1), f32("small", {2}, 2)}, &stored).ok());
+  }
+  {
+    // Flip one byte of the stored value underneath the library.
+    rocksdb::DB* db = nullptr;
+    std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
+    for (const char* n : {"default", "records", "tensors", "names", "index"})
+      cfs.emplace_back(n, rocksdb::ColumnFamilyOptions());
+    cfs[2].options.enable_blob_files = true;
+    std::vector<rocksdb::ColumnFamilyHandle*> h;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), dir, cfs, &h, &db).ok());
+    std::string v;
+    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), h[2], stored.id() + "/big", &v).ok());
+    v[1000] ^= 0x01;
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), h[2], stored.id() + "/big", v).ok());
+    for (auto* x : h) db->DestroyColumnFamilyHandle(x);
+    delete db;
+  }
+  auto lib = open(dir);
+  AdapterRecord got;
+  std::vector<TensorData> ts;
+  Status s = lib->Get("victim", &got, &ts);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_NE(s.message().find(stored.id()), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("tensor big"), std::string::npos) << s.message();
+  s = lib->Verify();
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_NE(s.message().find("tensor big"), std::string::npos) << s.message();
+  // Opening without create on a missing folder says so.
+  std::unique_ptr<Library> none;
+  Options o;
+  o.create_if_missing = false;
+  EXPECT_FALSE(Library::Open(o, testing::temp_dir("library_none") + "/x", &none).ok());
+}
+
+}  // namespace
+}  // namespace tessera::store
