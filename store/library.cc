@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <set>
 
@@ -132,6 +133,8 @@ Status Library::Open(const Options& options, const std::string& path,
     return from_rocks(s, "opening the adapter library at '" + path + "'");
   }
   lib->db_.reset(db);
+  Status si = lib->RebuildSignatures();
+  if (!si.ok()) return si;
   *out = std::move(lib);
   return Status::OK();
 }
@@ -239,6 +242,21 @@ Status Library::Put(const AdapterRecord& in, const std::vector<TensorData>& tens
     ref->set_sha256(sha256_hex(t.bytes));
   }
   r.set_id(content_id(r));
+  {
+    std::shared_lock<std::shared_mutex> lock(sig_mu_);
+    std::set<std::string> names;
+    for (const Signature& sg : r.signatures()) {
+      if (sg.vector_size() == 0 || !names.insert(sg.name()).second)
+        return Status::InvalidArgument("adapter " + name + ": signature '" + sg.name() +
+                                       "' is empty or repeated");
+      auto ix = sigs_.find(sg.name());
+      if (ix != sigs_.end() && !ix->second.ids.empty() && ix->second.dim != sg.vector_size())
+        return Status::InvalidArgument("adapter " + name + ": signature '" + sg.name() + "' has " +
+                                       std::to_string(sg.vector_size()) +
+                                       " dimensions, the library's have " +
+                                       std::to_string(ix->second.dim));
+    }
+  }
 
   std::lock_guard<std::mutex> lock(write_mu_);
   AdapterRecord existing;
@@ -271,7 +289,12 @@ Status Library::Put(const AdapterRecord& in, const std::vector<TensorData>& tens
   rocksdb::WriteOptions wo;
   wo.sync = options_.sync;
   Status s = from_rocks(db_->Write(wo, &batch), "writing adapter " + name);
-  if (s.ok() && stored) *stored = r;
+  if (!s.ok()) return s;
+  {
+    std::unique_lock<std::shared_mutex> lock(sig_mu_);
+    IndexSignatures(r);
+  }
+  if (stored) *stored = r;
   return s;
 }
 
@@ -325,15 +348,6 @@ Status Library::List(const ListFilter& f, int limit, const std::string& token, L
   const rocksdb::Snapshot* snap = db_->GetSnapshot();
   rocksdb::ReadOptions ro;
   ro.snapshot = snap;
-  auto keep = [&](const AdapterRecord& r) {
-    if (r.deleted() && !f.include_deleted) return false;
-    for (const std::string& t : f.tags)
-      if (std::find(r.tags().begin(), r.tags().end(), t) == r.tags().end()) return false;
-    if (!f.base_fingerprint.empty() && r.base().fingerprint() != f.base_fingerprint) return false;
-    if (!f.kind.empty() && r.kind() != f.kind) return false;
-    if (!f.task.empty() && r.task() != f.task) return false;
-    return r.name().compare(0, f.name_prefix.size(), f.name_prefix) == 0;
-  };
   // The most selective index given, else every record, in id order either way.
   std::string prefix;
   if (!f.tags.empty())
@@ -359,7 +373,7 @@ Status Library::List(const ListFilter& f, int limit, const std::string& token, L
       st = Status::Corruption("record " + id + " does not parse");
     }
     if (!st.ok()) break;
-    if (!keep(r)) continue;
+    if (!Passes(r, f)) continue;
     if (static_cast<int>(out->records.size()) == limit) {
       out->next_token = out->records.back().id();
       break;
@@ -370,6 +384,105 @@ Status Library::List(const ListFilter& f, int limit, const std::string& token, L
   it.reset();
   db_->ReleaseSnapshot(snap);
   return st;
+}
+
+bool Library::Passes(const AdapterRecord& r, const ListFilter& f) const {
+  if (r.deleted() && !f.include_deleted) return false;
+  for (const std::string& t : f.tags)
+    if (std::find(r.tags().begin(), r.tags().end(), t) == r.tags().end()) return false;
+  if (!f.base_fingerprint.empty() && r.base().fingerprint() != f.base_fingerprint) return false;
+  if (!f.kind.empty() && r.kind() != f.kind) return false;
+  if (!f.task.empty() && r.task() != f.task) return false;
+  return r.name().compare(0, f.name_prefix.size(), f.name_prefix) == 0;
+}
+
+void Library::IndexSignatures(const AdapterRecord& r) {
+  if (r.deleted()) return;
+  for (int i = 0; i < r.signatures_size(); ++i) {
+    const Signature& sg = r.signatures(i);
+    // The first signature is also indexed under "" (the default).
+    for (const std::string& key :
+         i == 0 ? std::vector<std::string>{"", sg.name()} : std::vector<std::string>{sg.name()}) {
+      SigIndex& ix = sigs_[key];
+      if (ix.ids.empty()) ix.dim = sg.vector_size();
+      if (sg.vector_size() != ix.dim) continue;  // Put refuses this; an old record may differ
+      double n2 = 0;
+      for (float v : sg.vector()) n2 += static_cast<double>(v) * v;
+      const float inv = n2 > 0 ? static_cast<float>(1.0 / std::sqrt(n2)) : 0.0f;
+      ix.ids.push_back(r.id());
+      for (float v : sg.vector()) ix.rows.push_back(v * inv);
+    }
+  }
+}
+
+Status Library::RebuildSignatures() {
+  std::unique_lock<std::shared_mutex> lock(sig_mu_);
+  sigs_.clear();
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf_[kRecords]));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    AdapterRecord r;
+    if (!r.ParseFromString(it->value().ToString()))
+      return Status::Corruption("record " + it->key().ToString() + " does not parse");
+    IndexSignatures(r);
+  }
+  return from_rocks(it->status(), "reading signatures");
+}
+
+Status Library::Search(const std::string& signature, const std::vector<float>& query, int k,
+                       const ListFilter& filter, std::vector<SearchHit>* out) {
+  out->clear();
+  if (k < 1 || k > 1000)
+    return Status::InvalidArgument("search k " + std::to_string(k) + ": expected 1..1000");
+  std::shared_lock<std::shared_mutex> lock(sig_mu_);
+  auto found = sigs_.find(signature);
+  if (found == sigs_.end() || found->second.ids.empty())
+    return Status::NotFound("no stored signature named '" + signature + "'");
+  const SigIndex& ix = found->second;
+  if (static_cast<int64_t>(query.size()) != ix.dim)
+    return Status::InvalidArgument("query of dimension " + std::to_string(query.size()) +
+                                   " for signatures of dimension " + std::to_string(ix.dim));
+  double n2 = 0;
+  for (float v : query) n2 += static_cast<double>(v) * v;
+  const float inv = n2 > 0 ? static_cast<float>(1.0 / std::sqrt(n2)) : 0.0f;
+  std::vector<float> q(query.size());
+  for (size_t i = 0; i < q.size(); ++i) q[i] = query[i] * inv;
+  const int64_t N = static_cast<int64_t>(ix.ids.size()), D = ix.dim;
+  std::vector<float> score(static_cast<size_t>(N));
+  const float* rows = ix.rows.data();
+  const float* qp = q.data();
+#pragma omp parallel for schedule(static) if (N * D > (1 << 16))
+  for (int64_t i = 0; i < N; ++i) {
+    const float* row = rows + i * D;
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t d = 0; d < D; ++d) acc += row[d] * qp[d];
+    score[i] = acc;
+  }
+  std::vector<int64_t> order(static_cast<size_t>(N));
+  for (int64_t i = 0; i < N; ++i) order[i] = i;
+  auto better = [&](int64_t a, int64_t b) {
+    return score[a] != score[b] ? score[a] > score[b] : ix.ids[a] < ix.ids[b];
+  };
+  // Take the best in growing chunks until k pass the filter (usually one chunk).
+  size_t done = 0;
+  size_t chunk = static_cast<size_t>(k);
+  const bool filtered = !filter.tags.empty() || !filter.base_fingerprint.empty() ||
+                        !filter.kind.empty() || !filter.task.empty() || !filter.name_prefix.empty();
+  while (static_cast<int>(out->size()) < k && done < order.size()) {
+    const size_t upto = std::min(order.size(), done + chunk);
+    std::partial_sort(order.begin() + done, order.begin() + upto, order.end(), better);
+    for (size_t j = done; j < upto && static_cast<int>(out->size()) < k; ++j) {
+      AdapterRecord r;
+      Status s = ReadRecord(ix.ids[order[j]], &r);
+      if (s.IsNotFound()) continue;
+      if (!s.ok()) return s;
+      if (r.deleted() || (filtered && !Passes(r, filter))) continue;
+      out->push_back({r.id(), r.name(), r.version(), score[order[j]]});
+    }
+    done = upto;
+    chunk *= 4;
+  }
+  return Status::OK();
 }
 
 Status Library::Delete(const std::string& key) {
@@ -429,6 +542,7 @@ Status Library::Gc(int64_t* removed) {
   wo.sync = options_.sync;
   Status s = from_rocks(db_->Write(wo, &batch), "collecting garbage");
   if (s.ok() && removed) *removed = n;
+  if (s.ok() && n > 0) s = RebuildSignatures();
   return s;
 }
 

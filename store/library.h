@@ -19,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -77,6 +78,12 @@ struct ListFilter {
   bool include_deleted = false;
 };
 
+struct SearchHit {
+  std::string id, name;
+  int64_t version = 0;
+  float score = 0;  // cosine similarity
+};
+
 struct ListPage {
   std::vector<AdapterRecord> records;
   std::string next_token;  // empty: no more
@@ -107,6 +114,11 @@ class Library {
   // Recomputes every checksum and id; Corruption names the first bad record
   // and tensor, `checked` counts the records read.
   Status Verify(int64_t* checked = nullptr);
+  // The k records whose signature `signature` (the record's first when
+  // empty) is most cosine-similar to `query`, best first, among those passing
+  // `filter`. Exact: every stored signature is scored (SIMD, in memory).
+  Status Search(const std::string& signature, const std::vector<float>& query, int k,
+                const ListFilter& filter, std::vector<SearchHit>* out);
   // Removes soft-deleted records with their tensors and index entries (their
   // name versions stay taken: a version number never names two adapters).
   Status Gc(int64_t* removed = nullptr);
@@ -117,7 +129,19 @@ class Library {
   Status ReadRecord(const std::string& id, AdapterRecord* r, const void* snapshot = nullptr);
   Status CheckTensors(const AdapterRecord& r, std::vector<TensorData>* out);
 
+  // Unit-norm signatures per signature name, rows in insertion order.
+  struct SigIndex {
+    int64_t dim = 0;
+    std::vector<std::string> ids;
+    std::vector<float> rows;  // ids.size() × dim
+  };
+  void IndexSignatures(const AdapterRecord& r);  // caller holds sig_mu_ exclusively
+  Status RebuildSignatures();
+  bool Passes(const AdapterRecord& r, const ListFilter& f) const;
+
   std::unique_ptr<rocksdb::DB> db_;
+  std::map<std::string, SigIndex> sigs_;
+  std::shared_mutex sig_mu_;
   std::vector<rocksdb::ColumnFamilyHandle*> cf_;  // default, records, tensors, names, index
   Options options_;
   std::mutex write_mu_;  // version assignment

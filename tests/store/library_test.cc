@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "runtime/common/rng.h"
 #include "tests/testing.h"
 
 namespace tessera::store {
@@ -176,6 +177,67 @@ TEST(Library, ListFiltersAndPagesLikeBruteForce) {
   ListPage p;
   EXPECT_TRUE(lib->List({}, 0, "", &p).IsInvalidArgument());
   EXPECT_TRUE(lib->List({}, 5, "garbage", &p).IsInvalidArgument());
+}
+
+TEST(Library, SearchRanksLikeBruteForceCosine) {
+  const std::string dir = testing::temp_dir("library_search");
+  Rng rng(3);
+  const int D = 16;
+  std::vector<AdapterRecord> all;
+  std::vector<std::vector<float>> vecs;
+  {
+    auto lib = open(dir);
+    for (int i = 0; i < 300; ++i) {
+      AdapterRecord r = rec("e" + std::to_string(i % 7), "lora",
+                            i % 2 ? std::vector<std::string>{"odd"} : std::vector<std::string>{});
+      Signature* sg = r.add_signatures();
+      sg->set_name("mean");
+      std::vector<float> v(D);
+      for (float& x : v) x = rng.normal(0.0f, 1.0f);
+      for (float x : v) sg->add_vector(x);
+      AdapterRecord st;
+      ASSERT_TRUE(lib->Put(r, {f32("w", {1}, static_cast<float>(i))}, &st).ok());
+      all.push_back(st);
+      vecs.push_back(v);
+    }
+    ASSERT_TRUE(lib->Delete(all[0].id()).ok());
+  }
+  auto lib = open(dir);  // the in-memory index is rebuilt from the records
+  std::vector<float> q(D);
+  for (float& x : q) x = rng.normal(0.0f, 1.0f);
+  for (bool odd : {false, true}) {
+    std::vector<std::pair<double, std::string>> want;
+    for (size_t i = 1; i < all.size(); ++i) {  // record 0 is deleted
+      if (odd && i % 2 == 0) continue;
+      double dot = 0, nq = 0, nv = 0;
+      for (int d = 0; d < D; ++d) {
+        dot += static_cast<double>(q[d]) * vecs[i][d];
+        nq += static_cast<double>(q[d]) * q[d];
+        nv += static_cast<double>(vecs[i][d]) * vecs[i][d];
+      }
+      want.push_back({-dot / std::sqrt(nq * nv), all[i].id()});
+    }
+    std::sort(want.begin(), want.end());
+    ListFilter f;
+    if (odd) f.tags = {"odd"};
+    for (const std::string sig : {"", "mean"}) {
+      std::vector<SearchHit> hits;
+      ASSERT_TRUE(lib->Search(sig, q, 10, f, &hits).ok());
+      ASSERT_EQ(hits.size(), 10u);
+      for (size_t j = 0; j < hits.size(); ++j) {
+        EXPECT_EQ(hits[j].id, want[j].second) << "rank " << j;
+        EXPECT_NEAR(hits[j].score, -want[j].first, 1e-5);
+      }
+    }
+  }
+  std::vector<SearchHit> hits;
+  EXPECT_TRUE(lib->Search("", std::vector<float>(D + 1, 1.0f), 3, {}, &hits).IsInvalidArgument());
+  EXPECT_TRUE(lib->Search("layer9", q, 3, {}, &hits).IsNotFound());
+  EXPECT_TRUE(lib->Search("", q, 0, {}, &hits).IsInvalidArgument());
+  AdapterRecord wrong = rec("w");
+  wrong.add_signatures()->set_name("mean");
+  wrong.mutable_signatures(0)->add_vector(1.0f);  // 1 dimension, the library has 16
+  EXPECT_TRUE(lib->Put(wrong, {f32("w", {1}, 9)}, nullptr).IsInvalidArgument());
 }
 
 TEST(Library, AFlippedTensorByteIsCorruptionNamingRecordAndTensor) {
