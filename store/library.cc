@@ -262,6 +262,11 @@ Status Library::Put(const AdapterRecord& in, const std::vector<TensorData>& tens
   AdapterRecord existing;
   Status es = ReadRecord(r.id(), &existing);
   if (es.ok() && !existing.deleted()) {
+    // Ids are content hashes: one record per content.
+    if (existing.name() != name)
+      return Status::AlreadyExists("adapter " + name + ": the same content is stored as " +
+                                   existing.name() + "@" + std::to_string(existing.version()) +
+                                   " (" + existing.id() + ")");
     if (stored) *stored = existing;
     return Status::OK();
   }

@@ -98,8 +98,9 @@ class Library {
   Library& operator=(const Library&) = delete;
 
   // Stores `record` (its id, version, tensors and creation time are filled
-  // in here) with `tensors`. The same content stored again is not a new
-  // version: the existing record is returned. `stored` may be null.
+  // in here) with `tensors`. The same content stored again under the same
+  // name is not a new version: the existing record is returned; under another
+  // name it is AlreadyExists naming the record that holds it. `stored` may be null.
   Status Put(const AdapterRecord& record, const std::vector<TensorData>& tensors,
              AdapterRecord* stored);
   // `key`: an id, "name" (latest), "name@latest" or "name@N". Tensors are

@@ -65,6 +65,10 @@ TEST(Library, PutGetRoundTripsBitExactlyAndSurvivesReopen) {
     ASSERT_TRUE(lib->Put(rec("perm"), ts, &again).ok());
     EXPECT_EQ(again.id(), stored.id());
     EXPECT_EQ(again.version(), 1);
+    // Under another name it is refused, naming the record that holds it.
+    Status dup = lib->Put(rec("copy"), ts, nullptr);
+    EXPECT_EQ(dup.code(), Status::Code::kAlreadyExists);
+    EXPECT_NE(dup.message().find("perm@1"), std::string::npos) << dup.ToString();
   }
   auto lib = open(dir);
   for (const std::string& key :
