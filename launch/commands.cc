@@ -20,6 +20,7 @@
 #include "runtime/common/threads.h"
 #include "runtime/io/hf.h"
 #include "runtime/train/trainer.h"
+#include "tessera/library.pb.h"
 
 namespace tessera::launch {
 
@@ -271,10 +272,33 @@ int run_train_adapter(const TrainAdapterOptions& o) {
   apply_overrides(&cfg, o.overrides);
   validate_config(cfg);
 
-  if (o.tasks.size() > 1) return train_bank(cfg, o.base, a, o.tasks, !o.quiet);
+  if (o.tasks.size() > 1) {
+    if (!o.library.empty())
+      throw Error(
+          "--library with several --task is not wired yet: put each expert's "
+          "adapter.safetensors with tessera library put");
+    return train_bank(cfg, o.base, a, o.tasks, !o.quiet);
+  }
   AdapterRun r = train_adapter(cfg, o.base, a, !o.quiet);
   std::printf("\n%-10s  %s\n%-10s  %s\n", "base", eval_text(r.before).c_str(), "adapter",
               eval_text(r.after).c_str());
+  if (!o.library.empty()) {
+    AdapterRecord rec;
+    rec.set_name(o.name.empty() ? task : o.name);
+    rec.set_task(task);
+    rec.mutable_base()->set_name(o.base);
+    rec.mutable_base()->set_fingerprint(base_fingerprint(o.base));
+    Score* sc = rec.add_scores();
+    sc->set_task(task);
+    sc->set_split("test");
+    sc->set_metric(r.after.accuracy >= 0 ? "accuracy" : "loss");
+    sc->set_value(r.after.accuracy >= 0 ? r.after.accuracy : r.after.loss);
+    rec.mutable_provenance()->set_training_config(to_text(cfg));
+    rec.mutable_provenance()->set_seed(cfg.seed());
+    rec.mutable_provenance()->set_data(task);
+    std::printf("library %s: %s\n", o.library.c_str(),
+                put_adapter_file(o.library, r.adapter_file, rec).c_str());
+  }
   std::printf("adapter: %s%s%s\n", r.adapter_file.c_str(),
               r.peft_dir.empty() ? "" : "   PEFT folder: ", r.peft_dir.c_str());
   return 0;

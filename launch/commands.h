@@ -5,6 +5,10 @@
 #include <string>
 #include <vector>
 
+namespace tessera {
+class AdapterRecord;
+}
+
 namespace tessera::launch {
 
 struct DemoOptions {
@@ -33,6 +37,8 @@ struct TrainAdapterOptions {
   std::vector<std::string> tasks;
   std::string adapter = "lora:r=8,alpha=16,targets=all-linear";
   std::string out_dir;  // default runs/adapter
+  std::string library;  // also put the trained adapter(s) into this library
+  std::string name;     // their name there (default: the task)
   bool quiet = false;
   std::vector<std::string> overrides;
 };
@@ -56,7 +62,25 @@ struct ImportPeftOptions {
   std::string out;       // tessera adapter file
 };
 
+struct LibraryOptions {
+  std::string library;            // folder
+  std::string command;            // ls | show | put | get | rm | search | verify | gc
+  std::vector<std::string> args;  // keys or files
+  std::string name, task, kind, base, out, signature, vector;
+  std::vector<std::string> tags;
+  int limit = 100;
+  bool json = false;
+};
+
 int run_demo(const DemoOptions& o);
+// Puts a tessera adapter file into the library under `record`'s name, tags,
+// task, base, scores and provenance; returns "name@version id".
+std::string put_adapter_file(const std::string& library, const std::string& file,
+                             AdapterRecord record);
+// The adapter library (store/), local.
+int run_library(const LibraryOptions& o);
+// SHA-256 of a checkpoint's model tensors (names, shapes, bytes; optimizer state left out).
+std::string base_fingerprint(const std::string& checkpoint);
 int run_export_peft(const ExportPeftOptions& o);
 // Validates the PEFT folder against the base, then writes tessera's adapter file.
 int run_import_peft(const ImportPeftOptions& o);

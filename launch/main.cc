@@ -62,6 +62,9 @@ int main(int argc, char** argv) {
                    "d_init, feedforward, exact_grad")
       ->capture_default_str();
   c_ta->add_option("--out", ta.out_dir, "Run folder (default runs/adapter)");
+  c_ta->add_option("--library", ta.library,
+                   "Also put the trained adapter(s) into this adapter library folder");
+  c_ta->add_option("--name", ta.name, "Name in the library (default: the task)");
   c_ta->add_flag("--quiet", ta.quiet, "No progress line");
   c_ta->add_option("overrides", ta.overrides,
                    "key=value config overrides, e.g. epochs=1 optim.lr=3e-3");
@@ -101,6 +104,26 @@ int main(int argc, char** argv) {
   c_ip->add_option("--base", ip.base, "Base checkpoint the adapter belongs to")->required();
   c_ip->add_option("-o,--out", ip.out, "tessera adapter file to write")->required();
 
+  tessera::launch::LibraryOptions lo;
+  auto* c_lib = app.add_subcommand("library",
+                                   "The adapter library (a RocksDB folder): ls, show, "
+                                   "put, get, rm, search, verify, gc");
+  c_lib->add_option("--library", lo.library, "Library folder")->required();
+  c_lib->add_option("command", lo.command, "ls | show | put | get | rm | search | verify | gc")
+      ->required();
+  c_lib->add_option("args", lo.args, "An adapter key (id, name, name@N) or, for put, a file");
+  c_lib->add_option("--name", lo.name, "put: the adapter's name; ls: a name prefix");
+  c_lib->add_option("--tag", lo.tags, "put: tags; ls/search: required tags");
+  c_lib->add_option("--task", lo.task, "put: the task; ls/search: filter");
+  c_lib->add_option("--kind", lo.kind, "ls/search: filter by kind");
+  c_lib->add_option("--base", lo.base,
+                    "put: the base checkpoint (its fingerprint is stored); ls: filter by it");
+  c_lib->add_option("-o,--out", lo.out, "get: the adapter file to write");
+  c_lib->add_option("--vector", lo.vector, "search: the query, comma-separated");
+  c_lib->add_option("--signature", lo.signature, "search: which signature (default: the first)");
+  c_lib->add_option("--limit,-k", lo.limit, "ls: rows; search: k")->capture_default_str();
+  c_lib->add_flag("--json", lo.json, "JSON lines instead of a table");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -113,6 +136,7 @@ int main(int argc, char** argv) {
     if (*c_eval) return tessera::launch::run_eval(ev);
     if (*c_ta) return tessera::launch::run_train_adapter(ta);
     if (*c_ep) return tessera::launch::run_export_peft(ep);
+    if (*c_lib) return tessera::launch::run_library(lo);
     if (*c_ip) return tessera::launch::run_import_peft(ip);
     if (*c_merge) {
       mo.weights = tessera::launch::parse_weights(merge_weights);

@@ -150,6 +150,45 @@ TEST_F(Cli, TrainAdapterOnAFrozenMlpBase) {
   EXPECT_NE(text.out.find("decoder base"), std::string::npos) << text.out;
 }
 
+TEST_F(Cli, AdaptersGoIntoTheLibraryAndComeBack) {
+  CliRun p =
+      run("pretrain --quiet --model mlp data.limit_train=2048 data.limit_test=500 epochs=0 "
+          "steps=20 threads=1 out_dir=" +
+          dir_ + "/base");
+  ASSERT_EQ(p.code, 0) << p.out;
+  const std::string base = dir_ + "/base/checkpoint.safetensors", lib = dir_ + "/lib";
+  CliRun a = run("train-adapter --quiet --base " + base + " --task permute:seed=2 --out " + dir_ +
+                 "/ad --library " + lib + " --name perm2 epochs=0 steps=10 threads=1");
+  ASSERT_EQ(a.code, 0) << a.out;
+  EXPECT_NE(a.out.find("library " + lib + ": perm2@1"), std::string::npos) << a.out;
+  CliRun ls = run("library --library " + lib + " ls --json");
+  ASSERT_EQ(ls.code, 0) << ls.out;
+  EXPECT_NE(ls.out.find("\"name\":\"perm2\""), std::string::npos) << ls.out;
+  EXPECT_NE(ls.out.find("\"task\":\"permute:seed=2\""), std::string::npos) << ls.out;
+  // Out of the library, the adapter evaluates as the trained file does.
+  CliRun g = run("library --library " + lib + " get perm2@latest -o " + dir_ + "/back.safetensors");
+  ASSERT_EQ(g.code, 0) << g.out;
+  auto acc = [&](const std::string& file) {
+    CliRun e =
+        run("eval --checkpoint " + base + " --adapter " + file + " data.task=permute:seed=2");
+    EXPECT_EQ(e.code, 0) << e.out;
+    return e.out.substr(e.out.find("accuracy"));
+  };
+  EXPECT_EQ(acc(dir_ + "/back.safetensors"), acc(dir_ + "/ad/adapter.safetensors"));
+  EXPECT_EQ(run("library --library " + lib + " verify").code, 0);
+  CliRun dup =
+      run("library --library " + lib + " put " + dir_ + "/ad/adapter.safetensors --name x");
+  EXPECT_EQ(dup.code, 2);
+  EXPECT_NE(dup.out.find("perm2@1"), std::string::npos) << dup.out;
+  EXPECT_EQ(run("library --library " + lib + " rm perm2").code, 0);
+  CliRun gone = run("library --library " + lib + " show perm2");
+  EXPECT_EQ(gone.code, 2);
+  EXPECT_NE(gone.out.find("NotFound"), std::string::npos) << gone.out;
+  CliRun none = run("library --library " + dir_ + "/nowhere ls");
+  EXPECT_EQ(none.code, 2);
+  EXPECT_NE(none.out.find("no adapter library"), std::string::npos) << none.out;
+}
+
 TEST_F(Cli, MistakesGetOneClearMessage) {
   struct Case {
     std::string args, needle;

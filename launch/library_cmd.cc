@@ -1,0 +1,201 @@
+// `tessera library ...` (local) and putting trained adapters into a library:
+// tessera adapter files in and out, records printed as tables or JSON.
+#include <google/protobuf/util/json_util.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <sstream>
+
+#include "adapters/adapter_file.h"
+#include "launch/commands.h"
+#include "runtime/common/error.h"
+#include "runtime/io/safetensors.h"
+#include "store/library.h"
+
+namespace tessera::launch {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::unique_ptr<store::Library> open_library(const std::string& path, bool create) {
+  if (path.empty()) throw Error("--library: name the library folder");
+  store::Options o;
+  o.create_if_missing = create;
+  std::unique_ptr<store::Library> lib;
+  store::Status s = store::Library::Open(o, path, &lib);
+  if (!s.ok()) throw Error(str("library '", path, "': ", s.ToString()));
+  return lib;
+}
+
+void check(const store::Status& s, const std::string& what) {
+  if (!s.ok()) throw Error(str(what, ": ", s.ToString()));
+}
+
+std::string record_json(const AdapterRecord& r) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(r, &out, o);
+  return out;
+}
+
+}  // namespace
+
+std::string base_fingerprint(const std::string& checkpoint) {
+  auto f = io::SafetensorsFile::open(checkpoint);
+  std::vector<const io::TensorInfo*> ts;
+  for (const auto& t : f->tensors())
+    if (t.name.rfind("optimizer.", 0) != 0) ts.push_back(&t);
+  std::sort(ts.begin(), ts.end(), [](auto a, auto b) { return a->name < b->name; });
+  std::string h;
+  for (const io::TensorInfo* t : ts) {
+    h += t->name + '\0';
+    for (int64_t d : t->shape) h += std::to_string(d) + ",";
+    h += '\0' + store::sha256_hex(
+                    std::string(reinterpret_cast<const char*>(f->bytes(*t)), t->end - t->begin));
+  }
+  return store::sha256_hex(h);
+}
+
+std::string put_adapter_file(const std::string& library, const std::string& file,
+                             AdapterRecord record) {
+  adapters::AdapterFile info = adapters::read_adapter(file);  // validates the file
+  auto f = io::SafetensorsFile::open(file);
+  record.set_kind(adapters::kind_name(info.spec.kind));
+  record.set_config_json(f->metadata().at("tessera.adapter"));
+  record.clear_target_modules();
+  for (const auto& m : info.modules) record.add_target_modules(m);
+  if (record.base().name().empty()) record.mutable_base()->set_name(info.base_model);
+  std::vector<store::TensorData> ts;
+  for (const auto& t : f->tensors()) {
+    store::TensorData d;
+    d.name = t.name;
+    d.dtype = io::dtype_name(t.dtype);
+    d.shape = t.shape;
+    d.bytes.assign(reinterpret_cast<const char*>(f->bytes(t)), t.end - t.begin);
+    ts.push_back(std::move(d));
+  }
+  auto lib = open_library(library, true);
+  AdapterRecord stored;
+  check(lib->Put(record, ts, &stored), str("putting '", file, "' into '", library, "'"));
+  return stored.name() + "@" + std::to_string(stored.version()) + " " + stored.id();
+}
+
+int run_library(const LibraryOptions& o) {
+  const std::string& cmd = o.command;
+  if (cmd == "put") {
+    if (o.args.size() != 1) throw Error("library put: name one adapter file");
+    if (o.name.empty()) throw Error("library put: --name names the adapter");
+    AdapterRecord r;
+    r.set_name(o.name);
+    for (const auto& t : o.tags) r.add_tags(t);
+    r.set_task(o.task);
+    if (!o.base.empty()) {
+      r.mutable_base()->set_name(o.base);
+      r.mutable_base()->set_fingerprint(base_fingerprint(o.base));
+    }
+    std::printf("%s\n", put_adapter_file(o.library, o.args[0], r).c_str());
+    return 0;
+  }
+  auto lib = open_library(o.library, false);
+  if (cmd == "ls") {
+    store::ListFilter f;
+    f.tags = o.tags;
+    f.kind = o.kind;
+    f.task = o.task;
+    f.name_prefix = o.name;
+    if (!o.base.empty()) f.base_fingerprint = base_fingerprint(o.base);
+    std::string token;
+    int shown = 0;
+    if (!o.json)
+      std::printf("%-24s %4s %-10s %-16s %-10s %s\n", "name", "ver", "kind", "task", "tensors",
+                  "id");
+    do {
+      store::ListPage page;
+      check(lib->List(f, std::min(o.limit - shown, 1000), token, &page), "library ls");
+      for (const auto& r : page.records) {
+        uint64_t bytes = 0;
+        for (const auto& t : r.tensors()) bytes += t.bytes();
+        if (o.json)
+          std::printf("%s\n", record_json(r).c_str());
+        else
+          std::printf("%-24s %4ld %-10s %-16s %7.1f KB %.16s\n", r.name().c_str(),
+                      static_cast<long>(r.version()), r.kind().c_str(), r.task().c_str(),
+                      bytes / 1024.0, r.id().c_str());
+        ++shown;
+      }
+      token = page.next_token;
+    } while (!token.empty() && shown < o.limit);
+    return 0;
+  }
+  if (cmd == "show" || cmd == "get") {
+    if (o.args.size() != 1)
+      throw Error(str("library ", cmd, ": name one adapter (id, name, name@N)"));
+    AdapterRecord r;
+    std::vector<store::TensorData> ts;
+    check(lib->Get(o.args[0], &r, cmd == "get" ? &ts : nullptr), str("library ", cmd));
+    if (cmd == "show") {
+      std::printf("%s\n", record_json(r).c_str());
+      return 0;
+    }
+    if (o.out.empty()) throw Error("library get: -o names the adapter file to write");
+    std::vector<io::WriteEntry> e;
+    for (const auto& t : ts) {
+      io::DType d;
+      if (!io::parse_dtype(t.dtype, &d)) throw Error(str("tensor ", t.name, ": dtype ", t.dtype));
+      e.push_back({t.name, d, t.shape, t.bytes.data(), t.bytes.size()});
+    }
+    io::save_safetensors(o.out, e, {{"tessera.adapter", r.config_json()}, {"format", "pt"}});
+    std::printf("%s@%ld → %s\n", r.name().c_str(), static_cast<long>(r.version()), o.out.c_str());
+    return 0;
+  }
+  if (cmd == "rm") {
+    if (o.args.size() != 1) throw Error("library rm: name one adapter");
+    check(lib->Delete(o.args[0]), "library rm");
+    std::printf("deleted %s (tessera library gc reclaims the space)\n", o.args[0].c_str());
+    return 0;
+  }
+  if (cmd == "verify") {
+    int64_t n = 0;
+    check(lib->Verify(&n), "library verify");
+    std::printf("%ld records verified\n", static_cast<long>(n));
+    return 0;
+  }
+  if (cmd == "gc") {
+    int64_t n = 0;
+    check(lib->Gc(&n), "library gc");
+    std::printf("%ld deleted records removed\n", static_cast<long>(n));
+    return 0;
+  }
+  if (cmd == "search") {
+    std::vector<float> q;
+    std::stringstream ss(o.vector);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      try {
+        q.push_back(std::stof(item));
+      } catch (const std::logic_error&) {
+        throw Error(str("--vector '", o.vector, "': '", item, "' is not a number"));
+      }
+    }
+    if (q.empty()) throw Error("library search: --vector gives the query, e.g. 0.1,0.3,-2");
+    store::ListFilter f;
+    f.tags = o.tags;
+    f.kind = o.kind;
+    f.task = o.task;
+    std::vector<store::SearchHit> hits;
+    check(lib->Search(o.signature, q, std::min(o.limit, 1000), f, &hits), "library search");
+    for (const auto& h : hits)
+      std::printf(o.json ? "{\"id\":\"%s\",\"name\":\"%s\",\"version\":%ld,\"score\":%.6f}\n"
+                         : "%.16s  %s@%ld  %.4f\n",
+                  h.id.c_str(), h.name.c_str(), static_cast<long>(h.version), h.score);
+    return 0;
+  }
+  throw Error(
+      str("library command '", cmd, "': expected ls, show, put, get, rm, search, verify or gc"));
+}
+
+}  // namespace tessera::launch
