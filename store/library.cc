@@ -1,5 +1,7 @@
 #include "store/library.h"
 
+#include "store/crc32c.h"
+
 #include <openssl/evp.h>
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
@@ -158,7 +160,7 @@ Status Library::ReadRecord(const std::string& id, AdapterRecord* r, const void* 
   return Status::OK();
 }
 
-Status Library::Resolve(const std::string& key, std::string* id) {
+Status Library::Resolve(const std::string& key, std::string* id, AdapterRecord* read) {
   if (key.empty())
     return Status::InvalidArgument("empty adapter key (an id, name, name@N or name@latest)");
   if (is_id(key)) {
@@ -197,6 +199,7 @@ Status Library::Resolve(const std::string& key, std::string* id) {
     if (!s.ok()) return s;
     if (!r.deleted()) {
       *id = r.id();
+      if (read) *read = std::move(r);
       return Status::OK();
     }
   }
@@ -240,6 +243,7 @@ Status Library::Put(const AdapterRecord& in, const std::vector<TensorData>& tens
     for (int64_t d : t.shape) ref->add_shape(d);
     ref->set_bytes(t.bytes.size());
     ref->set_sha256(sha256_hex(t.bytes));
+    ref->set_crc32c(crc32c(t.bytes.data(), t.bytes.size()));
   }
   r.set_id(content_id(r));
   {
@@ -303,7 +307,7 @@ Status Library::Put(const AdapterRecord& in, const std::vector<TensorData>& tens
   return s;
 }
 
-Status Library::CheckTensors(const AdapterRecord& r, std::vector<TensorData>* out) {
+Status Library::CheckTensors(const AdapterRecord& r, std::vector<TensorData>* out, bool full) {
   for (const TensorRef& t : r.tensors()) {
     std::string v;
     rocksdb::Status s =
@@ -312,7 +316,8 @@ Status Library::CheckTensors(const AdapterRecord& r, std::vector<TensorData>* ou
       return Status::Corruption("adapter " + r.name() + "@" + std::to_string(r.version()) + " (" +
                                 r.id() + "): tensor " + t.name() + " is missing");
     if (!s.ok()) return from_rocks(s, "reading tensor " + t.name() + " of " + r.id());
-    if (v.size() != t.bytes() || sha256_hex(v) != t.sha256())
+    if (v.size() != t.bytes() || crc32c(v.data(), v.size()) != t.crc32c() ||
+        (full && sha256_hex(v) != t.sha256()))
       return Status::Corruption("adapter " + r.name() + "@" + std::to_string(r.version()) + " (" +
                                 r.id() + "): tensor " + t.name() + " does not match its checksum");
     if (out) {
@@ -330,14 +335,14 @@ Status Library::CheckTensors(const AdapterRecord& r, std::vector<TensorData>* ou
 Status Library::Get(const std::string& key, AdapterRecord* record,
                     std::vector<TensorData>* tensors) {
   std::string id;
-  Status s = Resolve(key, &id);
-  if (!s.ok()) return s;
   AdapterRecord r;
-  s = ReadRecord(id, &r);
+  Status s = Resolve(key, &id, &r);
+  if (!s.ok()) return s;
+  if (r.id().empty()) s = ReadRecord(id, &r);  // Resolve did not read it
   if (!s.ok()) return s;
   if (r.deleted()) return Status::NotFound("adapter " + key + " was deleted");
   if (tensors) tensors->clear();
-  s = CheckTensors(r, tensors);
+  s = CheckTensors(r, tensors, /*full=*/false);
   if (!s.ok()) return s;
   *record = std::move(r);
   return Status::OK();
@@ -518,7 +523,7 @@ Status Library::Verify(int64_t* checked) {
     if (r.id() != id || content_id(r) != id)
       return Status::Corruption("record " + id + " (" + r.name() +
                                 "): its content does not hash to its id");
-    Status s = CheckTensors(r, nullptr);
+    Status s = CheckTensors(r, nullptr, /*full=*/true);
     if (!s.ok()) return s;
     ++n;
   }

@@ -11,8 +11,9 @@
 // One WriteBatch per logical write: a record, its tensors, its name version
 // and its index entries are all there or none is. Writes are synced by
 // default. Ids are the SHA-256 of the kind, config and every tensor (name,
-// dtype, shape, bytes); tensor values carry their own SHA-256, checked on
-// every Get and by Verify (a mismatch is Corruption naming record and tensor).
+// dtype, shape, bytes); tensor values carry their own SHA-256 and CRC-32C:
+// Get checks size and CRC-32C, Verify also the SHA-256 and the id (a
+// mismatch is Corruption naming record and tensor).
 #pragma once
 
 #include <cstdint>
@@ -126,9 +127,11 @@ class Library {
 
  private:
   Library() = default;
-  Status Resolve(const std::string& key, std::string* id);
+  // The id a key names; `read` receives the record when finding it meant reading it.
+  Status Resolve(const std::string& key, std::string* id, AdapterRecord* read = nullptr);
   Status ReadRecord(const std::string& id, AdapterRecord* r, const void* snapshot = nullptr);
-  Status CheckTensors(const AdapterRecord& r, std::vector<TensorData>* out);
+  // Size and CRC-32C of every tensor; with `full` also its SHA-256.
+  Status CheckTensors(const AdapterRecord& r, std::vector<TensorData>* out, bool full);
 
   // Unit-norm signatures per signature name, rows in insertion order.
   struct SigIndex {

@@ -3,6 +3,8 @@
 // Get and Verify.
 #include "store/library.h"
 
+#include "store/crc32c.h"
+
 #include <gtest/gtest.h>
 #include <rocksdb/db.h>
 
@@ -46,6 +48,15 @@ std::unique_ptr<Library> open(const std::string& dir) {
   Status s = Library::Open(Options(), dir, &lib);
   EXPECT_TRUE(s.ok()) << s.ToString();
   return lib;
+}
+
+TEST(Checksums, KnownValues) {
+  // The CRC-32C check value (RFC 3720) and SHA-256("abc") (FIPS 180-2).
+  EXPECT_EQ(crc32c("123456789", 9), 0xE3069283u);
+  EXPECT_EQ(crc32c("", 0), 0u);
+  std::string odd(1003, 'x');  // a tail that is not a multiple of 8
+  EXPECT_EQ(crc32c(odd.data(), 1003), crc32c(odd.data() + 500, 503, crc32c(odd.data(), 500)));
+  EXPECT_EQ(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
 TEST(Library, PutGetRoundTripsBitExactlyAndSurvivesReopen) {
