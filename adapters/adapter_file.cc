@@ -71,6 +71,8 @@ Loaded open(const std::string& path) {
   a.modules = get<std::vector<std::string>>(j, "modules", path);
   a.conv1d = get<std::vector<bool>>(j, "conv1d", path);
   a.base_model = get<std::string>(j, "base_model", path);
+  if (j.contains("base_fingerprint"))
+    a.base_fingerprint = get<std::string>(j, "base_fingerprint", path);
   if (a.modules.empty() || a.conv1d.size() != a.modules.size())
     throw Error(str("adapter file '", path, "': ", a.modules.size(), " modules but ",
                     a.conv1d.size(), " conv1d flags"));
@@ -101,7 +103,7 @@ Act parse_act(const std::string& s) {
 namespace {
 json spec_json(const AdapterSpec& s, const std::vector<std::string>& targets,
                const std::vector<std::string>& modules, const std::vector<bool>& conv1d,
-               const std::string& base_model) {
+               const std::string& base_model, const std::string& fingerprint) {
   json rp = json::object(), ap = json::object();
   for (const auto& [k, v] : s.lora.rank_pattern) rp[k] = v;
   for (const auto& [k, v] : s.lora.alpha_pattern) ap[k] = v;
@@ -120,7 +122,8 @@ json spec_json(const AdapterSpec& s, const std::vector<std::string>& targets,
           {"targets", targets},
           {"modules", modules},
           {"conv1d", conv1d},
-          {"base_model", base_model}};
+          {"base_model", base_model},
+          {"base_fingerprint", fingerprint}};
 }
 
 void write(const std::string& path, const std::vector<io::WriteEntry>& e, const json& meta) {
@@ -131,17 +134,20 @@ void write(const std::string& path, const std::vector<io::WriteEntry>& e, const 
 
 }  // namespace
 
-void save_adapter(const AdapterSet& set, const std::string& path, const std::string& base_model) {
+void save_adapter(const AdapterSet& set, const std::string& path, const std::string& base_model,
+                  const std::string& base_fingerprint) {
   std::vector<bool> conv;
   for (const nn::Linear* l : set.linears()) conv.push_back(l->w_in_out());
   std::vector<io::WriteEntry> e;
   for (const auto& p : set.params().all()) e.push_back(io::WriteEntry::f32(p.name, p.tensor));
-  write(path, e, spec_json(set.spec(), set.targets(), set.modules(), conv, base_model));
+  write(path, e,
+        spec_json(set.spec(), set.targets(), set.modules(), conv, base_model, base_fingerprint));
 }
 
 void save_lora_factors(const std::string& path,
                        const std::vector<std::pair<std::string, LoraFactors>>& modules,
-                       const std::vector<bool>& conv1d, const std::string& base_model) {
+                       const std::vector<bool>& conv1d, const std::string& base_model,
+                       const std::string& base_fingerprint) {
   if (modules.empty() || conv1d.size() != modules.size())
     throw Error(
         str("save_lora_factors: ", modules.size(), " modules, ", conv1d.size(), " layout flags"));
@@ -157,7 +163,7 @@ void save_lora_factors(const std::string& path,
     e.push_back(io::WriteEntry::f32(m + ".lora_A.weight", f.A));
     e.push_back(io::WriteEntry::f32(m + ".lora_B.weight", f.B));
   }
-  write(path, e, spec_json(s, targets, names, conv1d, base_model));
+  write(path, e, spec_json(s, targets, names, conv1d, base_model, base_fingerprint));
 }
 
 AdapterFile read_adapter(const std::string& path) {

@@ -7,7 +7,10 @@
 //    "dropout": 0.0, "dora_exact_grad": false, "vera_d_init": 0.1,
 //    "feedforward": [...], "act": "relu", "rank_pattern": {...},
 //    "alpha_pattern": {...}, "targets": [...], "modules": [...],
-//    "conv1d": [...], "base_model": "..."}
+//    "conv1d": [...], "base_model": "...", "base_fingerprint": "..."}
+//
+// base_fingerprint (SHA-256 of the base's model tensors, when the trainer knew
+// it) lets a loader refuse an adapter meant for another base.
 //
 // It expresses every adapter kind (PEFT's folder expresses LoRA and DoRA).
 // Loading validates the metadata field by field and refuses a base whose
@@ -29,6 +32,7 @@ struct AdapterFile {
   std::vector<std::string> targets, modules;
   std::vector<bool> conv1d;  // per module: the base weight is [in, out]
   std::string base_model;
+  std::string base_fingerprint;  // "" when unknown
   std::string path;
   // LoRA kinds: per-module factors (for PEFT export and merging without a base).
   std::vector<std::pair<std::string, LoraFactors>> factors() const;
@@ -36,12 +40,14 @@ struct AdapterFile {
   Tensor tensor(const std::string& name) const;
 };
 
-void save_adapter(const AdapterSet& set, const std::string& path, const std::string& base_model);
+void save_adapter(const AdapterSet& set, const std::string& path, const std::string& base_model,
+                  const std::string& base_fingerprint = "");
 // A plain LoRA given as per-module factors (an expert of a bank, a merge
 // result), written in the same format; conv1d per module as in AdapterFile.
 void save_lora_factors(const std::string& path,
                        const std::vector<std::pair<std::string, LoraFactors>>& modules,
-                       const std::vector<bool>& conv1d, const std::string& base_model);
+                       const std::vector<bool>& conv1d, const std::string& base_model,
+                       const std::string& base_fingerprint = "");
 AdapterFile read_adapter(const std::string& path);
 // Rebuilds the set on `linears` (base frozen) and loads its tensors.
 std::unique_ptr<AdapterSet> load_adapter(const std::string& path, std::vector<nn::Linear*> linears,

@@ -121,7 +121,7 @@ AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt
   fs::create_directories(cfg.out_dir());
   t.save_checkpoint(cfg.out_dir() + "/checkpoint.safetensors");
   r.adapter_file = cfg.out_dir() + "/adapter.safetensors";
-  adapters::save_adapter(*set, r.adapter_file, base_ckpt);
+  adapters::save_adapter(*set, r.adapter_file, base_ckpt, base_fingerprint(base_ckpt));
   if (set->kind() == adapters::Kind::Lora || set->kind() == adapters::Kind::Dora) {
     r.peft_dir = cfg.out_dir() + "/adapter";
     adapters::export_peft(*set, r.peft_dir, base_ckpt);
@@ -157,12 +157,14 @@ int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const Ad
   spdlog::info("{}: {} LoRA experts r={} trained together on {} modules, {} trainable", t.kind(), T,
                a.spec.lora.base.r, bank->modules().size(), human_count(bank->params().count(true)));
   t.run(0, progress);
+  const std::string fingerprint = base_fingerprint(base_ckpt);
   std::printf("\n%-24s %14s %14s  %s\n", "task", "base accuracy", "with expert", "adapter");
   fs::create_directories(cfg.out_dir());
   for (int k = 0; k < T; ++k) {
     train::EvalResult after = t.evaluate(-1, k);
     std::string dir = cfg.out_dir() + "/" + std::to_string(k);
-    adapters::save_lora_factors(dir + "/adapter.safetensors", bank->expert(k), conv1d, base_ckpt);
+    adapters::save_lora_factors(dir + "/adapter.safetensors", bank->expert(k), conv1d, base_ckpt,
+                                fingerprint);
     const bool any_conv = std::find(conv1d.begin(), conv1d.end(), true) != conv1d.end();
     adapters::write_peft(dir + "/adapter", bank->expert(k), any_conv, base_ckpt);
     std::printf("%-24s %13.2f%% %13.2f%%  %s/adapter.safetensors\n", tasks[k].c_str(),
@@ -215,6 +217,17 @@ int run_eval(const EvalOptions& o) {
   train::Trainer t(cfg);
   if (!hf_folder) t.load_checkpoint(o.checkpoint, /*weights_only=*/true);
   std::unique_ptr<adapters::AdapterSet> set;
+  if (!o.adapter.empty() && !fs::is_directory(o.adapter) && !hf_folder) {
+    // An adapter trained on another base computes nonsense on this one.
+    const std::string want = adapters::read_adapter(o.adapter).base_fingerprint;
+    if (!want.empty()) {
+      const std::string have = base_fingerprint(o.checkpoint);
+      if (have != want && !o.force)
+        throw Error(str("adapter '", o.adapter, "' was trained on a base with fingerprint ",
+                        want.substr(0, 16), "…, but '", o.checkpoint, "' has ", have.substr(0, 16),
+                        "… (another base, or other weights); pass --force to load it anyway"));
+    }
+  }
   if (!o.adapter.empty()) {
     // A tessera adapter file, or a PEFT folder.
     t.attach([&](std::vector<nn::Linear*> linears, nn::ParameterSet& base) {

@@ -26,6 +26,7 @@ struct PretrainOptions {
 struct EvalOptions {
   std::string checkpoint;
   std::string adapter;  // tessera adapter file or PEFT folder, applied to the checkpoint
+  bool force = false;   // load an adapter whose base fingerprint differs
   int64_t max_batches = 0;
   std::vector<std::string> overrides;
 };

@@ -69,6 +69,8 @@ std::string put_adapter_file(const std::string& library, const std::string& file
   record.clear_target_modules();
   for (const auto& m : info.modules) record.add_target_modules(m);
   if (record.base().name().empty()) record.mutable_base()->set_name(info.base_model);
+  if (record.base().fingerprint().empty())
+    record.mutable_base()->set_fingerprint(info.base_fingerprint);
   std::vector<store::TensorData> ts;
   for (const auto& t : f->tensors()) {
     store::TensorData d;

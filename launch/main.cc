@@ -45,6 +45,8 @@ int main(int argc, char** argv) {
       ->required();
   c_eval->add_option("--adapter", ev.adapter,
                      "Evaluate with this adapter attached (tessera adapter file or PEFT folder)");
+  c_eval->add_flag("--force", ev.force,
+                   "Load the adapter even if it was trained on a base with another fingerprint");
   c_eval->add_option("--max-batches", ev.max_batches,
                      "Evaluate at most this many batches (0: all)");
   c_eval->add_option("overrides", ev.overrides, "key=value config overrides, e.g. data.dir=/path");

@@ -184,6 +184,21 @@ TEST_F(Cli, AdaptersGoIntoTheLibraryAndComeBack) {
   CliRun gone = run("library --library " + lib + " show perm2");
   EXPECT_EQ(gone.code, 2);
   EXPECT_NE(gone.out.find("NotFound"), std::string::npos) << gone.out;
+  // On another base (other weights) the adapter is refused, unless forced.
+  CliRun p2 =
+      run("pretrain --quiet --model mlp data.limit_train=2048 data.limit_test=500 "
+          "epochs=0 steps=5 threads=1 out_dir=" +
+          dir_ + "/base2");
+  ASSERT_EQ(p2.code, 0) << p2.out;
+  const std::string other = dir_ + "/base2/checkpoint.safetensors";
+  CliRun wrong =
+      run("eval --checkpoint " + other + " --adapter " + dir_ + "/ad/adapter.safetensors");
+  EXPECT_EQ(wrong.code, 2) << wrong.out;
+  EXPECT_NE(wrong.out.find("fingerprint"), std::string::npos) << wrong.out;
+  EXPECT_EQ(
+      run("eval --force --checkpoint " + other + " --adapter " + dir_ + "/ad/adapter.safetensors")
+          .code,
+      0);
   CliRun none = run("library --library " + dir_ + "/nowhere ls");
   EXPECT_EQ(none.code, 2);
   EXPECT_NE(none.out.find("no adapter library"), std::string::npos) << none.out;
