@@ -20,6 +20,7 @@
 #include "runtime/common/threads.h"
 #include "runtime/io/hf.h"
 #include "runtime/train/trainer.h"
+#include "store/library.h"
 #include "tessera/library.pb.h"
 
 namespace tessera::launch {
@@ -129,11 +130,34 @@ AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt
   return r;
 }
 
+// Puts a trained adapter file into `library` with its task, base, test score
+// and provenance; returns "name@version id".
+std::string put_trained(const std::string& library, const std::string& file,
+                        const std::string& name, const std::string& task,
+                        const std::string& base_ckpt, const train::EvalResult& after,
+                        const PretrainConfig& cfg) {
+  AdapterRecord rec;
+  rec.set_name(name);
+  rec.set_task(task);
+  rec.mutable_base()->set_name(base_ckpt);
+  rec.mutable_base()->set_fingerprint(base_fingerprint(base_ckpt));
+  Score* sc = rec.add_scores();
+  sc->set_task(task);
+  sc->set_split(cfg.data().eval_split().empty() ? "test" : cfg.data().eval_split());
+  sc->set_metric(after.accuracy >= 0 ? "accuracy" : "loss");
+  sc->set_value(after.accuracy >= 0 ? after.accuracy : after.loss);
+  rec.mutable_provenance()->set_training_config(to_text(cfg));
+  rec.mutable_provenance()->set_seed(cfg.seed());
+  rec.mutable_provenance()->set_data(task);
+  return put_adapter_file(library, file, rec);
+}
+
 // Several tasks at once on the MLP base: one LoRA expert per task in a bank,
 // every batch holding rows of each task routed to its expert, one pass over
 // the frozen base. Writes one adapter file (and PEFT folder) per task.
 int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const AdapterArgs& a,
-               const std::vector<std::string>& tasks, bool progress) {
+               const std::vector<std::string>& tasks, bool progress, const std::string& library,
+               const std::string& name) {
   if (a.spec.kind != adapters::Kind::Lora)
     throw Error(str("several tasks at once train a bank of LoRA experts; ",
                     adapters::kind_name(a.spec.kind), " is trained one task at a time"));
@@ -169,6 +193,16 @@ int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const Ad
     adapters::write_peft(dir + "/adapter", bank->expert(k), any_conv, base_ckpt);
     std::printf("%-24s %13.2f%% %13.2f%%  %s/adapter.safetensors\n", tasks[k].c_str(),
                 before[k].accuracy * 100, after.accuracy * 100, dir.c_str());
+    if (!library.empty()) {
+      // Each expert is evaluated on its own task: record that as its score.
+      PretrainConfig one = cfg;
+      one.mutable_data()->set_task(tasks[k]);
+      std::printf("%24s library %s: %s\n", "", library.c_str(),
+                  put_trained(library, dir + "/adapter.safetensors",
+                              name.empty() ? tasks[k] : name + "-" + std::to_string(k), tasks[k],
+                              base_ckpt, after, one)
+                      .c_str());
+    }
   }
   std::printf("%.0f samples/s over all tasks (%d experts in one pass over the frozen base)\n",
               t.mean_units_per_s(), T);
@@ -286,32 +320,16 @@ int run_train_adapter(const TrainAdapterOptions& o) {
   validate_config(cfg);
 
   if (o.tasks.size() > 1) {
-    if (!o.library.empty())
-      throw Error(
-          "--library with several --task is not wired yet: put each expert's "
-          "adapter.safetensors with tessera library put");
-    return train_bank(cfg, o.base, a, o.tasks, !o.quiet);
+    return train_bank(cfg, o.base, a, o.tasks, !o.quiet, o.library, o.name);
   }
   AdapterRun r = train_adapter(cfg, o.base, a, !o.quiet);
   std::printf("\n%-10s  %s\n%-10s  %s\n", "base", eval_text(r.before).c_str(), "adapter",
               eval_text(r.after).c_str());
-  if (!o.library.empty()) {
-    AdapterRecord rec;
-    rec.set_name(o.name.empty() ? task : o.name);
-    rec.set_task(task);
-    rec.mutable_base()->set_name(o.base);
-    rec.mutable_base()->set_fingerprint(base_fingerprint(o.base));
-    Score* sc = rec.add_scores();
-    sc->set_task(task);
-    sc->set_split("test");
-    sc->set_metric(r.after.accuracy >= 0 ? "accuracy" : "loss");
-    sc->set_value(r.after.accuracy >= 0 ? r.after.accuracy : r.after.loss);
-    rec.mutable_provenance()->set_training_config(to_text(cfg));
-    rec.mutable_provenance()->set_seed(cfg.seed());
-    rec.mutable_provenance()->set_data(task);
+  if (!o.library.empty())
     std::printf("library %s: %s\n", o.library.c_str(),
-                put_adapter_file(o.library, r.adapter_file, rec).c_str());
-  }
+                put_trained(o.library, r.adapter_file, o.name.empty() ? task : o.name, task, o.base,
+                            r.after, cfg)
+                    .c_str());
   std::printf("adapter: %s%s%s\n", r.adapter_file.c_str(),
               r.peft_dir.empty() ? "" : "   PEFT folder: ", r.peft_dir.c_str());
   return 0;
@@ -522,6 +540,8 @@ int run_demo(const DemoOptions& o) {
     ac.set_epochs(o.quick ? 0.05f : 1.0f);
     ac.mutable_optim()->set_lr(3e-3f);
     AdapterRun r = train_adapter(ac, rows.front().checkpoint, AdapterArgs{}, true);
+    put_trained(o.out_dir + "/library", r.adapter_file, task.substr(0, task.find(':')), task,
+                rows.front().checkpoint, r.after, ac);
     char b[32], a2[32];
     std::snprintf(b, sizeof b, "%.2f%%", r.before.accuracy * 100);
     std::snprintf(a2, sizeof a2, "%.2f%%", r.after.accuracy * 100);
@@ -543,6 +563,19 @@ int run_demo(const DemoOptions& o) {
               o.out_dir.c_str());
   std::printf("adapters: %s/adapters/*/adapter.safetensors (PEFT folders beside them: adapter/)\n",
               o.out_dir.c_str());
+  {
+    // The adapters went into the library; look one up again by name.
+    std::unique_ptr<store::Library> lib;
+    store::Status st = store::Library::Open(store::Options(), o.out_dir + "/library", &lib);
+    AdapterRecord rec;
+    if (st.ok()) st = lib->Get("rotate@latest", &rec);
+    if (!st.ok()) throw Error(str("demo library: ", st.ToString()));
+    std::printf(
+        "library: %s/library — rotate@latest is %.16s… (%s, %s %.2f%%); list it with\n"
+        "  tessera library --library %s/library ls\n",
+        o.out_dir.c_str(), rec.id().c_str(), rec.kind().c_str(), rec.scores(0).metric().c_str(),
+        rec.scores(0).value() * 100, o.out_dir.c_str());
+  }
   std::printf("evaluate again with: tessera eval --checkpoint %s\n",
               rows.back().checkpoint.c_str());
   return 0;

@@ -123,10 +123,14 @@ TEST_F(Cli, TrainAdapterOnAFrozenMlpBase) {
   // Two tasks at once: one expert each, in one pass over the base; each expert's
   // file evaluates to the accuracy printed for it.
   CliRun two = run("train-adapter --quiet --base " + base +
-                   " --task permute:seed=3 --task rotate:deg=90 --out " + dir_ +
-                   "/two epochs=0 steps=30 threads=1");
+                   " --task permute:seed=3 --task rotate:deg=90 --out " + dir_ + "/two --library " +
+                   dir_ + "/lib2 epochs=0 steps=30 threads=1");
   ASSERT_EQ(two.code, 0) << two.out;
   EXPECT_NE(two.out.find("2 experts in one pass"), std::string::npos) << two.out;
+  CliRun ls2 = run("library --library " + dir_ + "/lib2 ls --task rotate:deg=90 --json");
+  ASSERT_EQ(ls2.code, 0) << ls2.out;
+  EXPECT_NE(ls2.out.find("\"name\":\"rotate:deg=90\""), std::string::npos) << ls2.out;
+  EXPECT_EQ(ls2.out.find("permute"), std::string::npos) << ls2.out;
   for (int k = 0; k < 2; ++k) {
     const std::string file = dir_ + "/two/" + std::to_string(k) + "/adapter.safetensors";
     const std::string task = k == 0 ? "permute:seed=3" : "rotate:deg=90";
