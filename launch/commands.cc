@@ -609,7 +609,8 @@ int run_import_peft(const ImportPeftOptions& o) {
     return &imp.set->params();
   });
   for (const auto& n : imp.notes) spdlog::info("note: {}", n);
-  adapters::save_adapter(*imp.set, o.out, imp.base_model.empty() ? o.base : imp.base_model);
+  adapters::save_adapter(*imp.set, o.out, imp.base_model.empty() ? o.base : imp.base_model,
+                         base_fingerprint(o.base));
   std::printf("PEFT %s (%s, %zu modules, checked against %s) → %s\n", o.peft_dir.c_str(),
               adapters::kind_name(imp.set->kind()), imp.set->modules().size(), o.base.c_str(),
               o.out.c_str());

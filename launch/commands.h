@@ -64,8 +64,9 @@ struct ImportPeftOptions {
 };
 
 struct LibraryOptions {
-  std::string library;            // folder
-  std::string command;            // ls | show | put | get | rm | search | verify | gc
+  std::string library;  // folder
+  std::string
+      command;  // ls | show | put | get | rm | search | verify | gc | export-peft | import-peft
   std::vector<std::string> args;  // keys or files
   std::string name, task, kind, base, out, signature, vector;
   std::vector<std::string> tags;

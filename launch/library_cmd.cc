@@ -2,6 +2,8 @@
 // tessera adapter files in and out, records printed as tables or JSON.
 #include <google/protobuf/util/json_util.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -86,8 +88,50 @@ std::string put_adapter_file(const std::string& library, const std::string& file
   return stored.name() + "@" + std::to_string(stored.version()) + " " + stored.id();
 }
 
+namespace {
+// A scratch file for a command that goes through an adapter file.
+std::string scratch(const std::string& what) {
+  return (fs::temp_directory_path() /
+          ("tessera_" + what + "_" + std::to_string(::getpid()) + ".safetensors"))
+      .string();
+}
+
+void write_adapter_file(const AdapterRecord& r, const std::vector<store::TensorData>& ts,
+                        const std::string& path) {
+  std::vector<io::WriteEntry> e;
+  for (const auto& t : ts) {
+    io::DType d;
+    if (!io::parse_dtype(t.dtype, &d)) throw Error(str("tensor ", t.name, ": dtype ", t.dtype));
+    e.push_back({t.name, d, t.shape, t.bytes.data(), t.bytes.size()});
+  }
+  io::save_safetensors(path, e, {{"tessera.adapter", r.config_json()}, {"format", "pt"}});
+}
+}  // namespace
+
 int run_library(const LibraryOptions& o) {
   const std::string& cmd = o.command;
+  if (cmd == "import-peft") {
+    if (o.args.size() != 1) throw Error("library import-peft: name one PEFT folder");
+    if (o.name.empty()) throw Error("library import-peft: --name names the adapter");
+    if (o.base.empty()) throw Error("library import-peft: --base names the base checkpoint");
+    const std::string tmp = scratch("import");
+    run_import_peft({o.args[0], o.base, tmp});
+    AdapterRecord r;
+    r.set_name(o.name);
+    for (const auto& t : o.tags) r.add_tags(t);
+    r.set_task(o.task);
+    r.mutable_base()->set_name(o.base);
+    std::string put;
+    try {
+      put = put_adapter_file(o.library, tmp, r);
+    } catch (...) {
+      fs::remove(tmp);
+      throw;
+    }
+    fs::remove(tmp);
+    std::printf("%s\n", put.c_str());
+    return 0;
+  }
   if (cmd == "put") {
     if (o.args.size() != 1) throw Error("library put: name one adapter file");
     if (o.name.empty()) throw Error("library put: --name names the adapter");
@@ -144,14 +188,25 @@ int run_library(const LibraryOptions& o) {
       return 0;
     }
     if (o.out.empty()) throw Error("library get: -o names the adapter file to write");
-    std::vector<io::WriteEntry> e;
-    for (const auto& t : ts) {
-      io::DType d;
-      if (!io::parse_dtype(t.dtype, &d)) throw Error(str("tensor ", t.name, ": dtype ", t.dtype));
-      e.push_back({t.name, d, t.shape, t.bytes.data(), t.bytes.size()});
-    }
-    io::save_safetensors(o.out, e, {{"tessera.adapter", r.config_json()}, {"format", "pt"}});
+    write_adapter_file(r, ts, o.out);
     std::printf("%s@%ld → %s\n", r.name().c_str(), static_cast<long>(r.version()), o.out.c_str());
+    return 0;
+  }
+  if (cmd == "export-peft") {
+    if (o.args.size() != 1 || o.out.empty())
+      throw Error("library export-peft: name one adapter and the PEFT folder (-o)");
+    AdapterRecord r;
+    std::vector<store::TensorData> ts;
+    check(lib->Get(o.args[0], &r, &ts), "library export-peft");
+    const std::string tmp = scratch("export");
+    write_adapter_file(r, ts, tmp);
+    try {
+      run_export_peft({tmp, o.out});
+    } catch (...) {
+      fs::remove(tmp);
+      throw;
+    }
+    fs::remove(tmp);
     return 0;
   }
   if (cmd == "rm") {

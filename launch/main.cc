@@ -111,7 +111,9 @@ int main(int argc, char** argv) {
                                    "The adapter library (a RocksDB folder): ls, show, "
                                    "put, get, rm, search, verify, gc");
   c_lib->add_option("--library", lo.library, "Library folder")->required();
-  c_lib->add_option("command", lo.command, "ls | show | put | get | rm | search | verify | gc")
+  c_lib
+      ->add_option("command", lo.command,
+                   "ls | show | put | get | rm | search | verify | gc | export-peft | import-peft")
       ->required();
   c_lib->add_option("args", lo.args, "An adapter key (id, name, name@N) or, for put, a file");
   c_lib->add_option("--name", lo.name, "put: the adapter's name; ls: a name prefix");
@@ -120,7 +122,8 @@ int main(int argc, char** argv) {
   c_lib->add_option("--kind", lo.kind, "ls/search: filter by kind");
   c_lib->add_option("--base", lo.base,
                     "put: the base checkpoint (its fingerprint is stored); ls: filter by it");
-  c_lib->add_option("-o,--out", lo.out, "get: the adapter file to write");
+  c_lib->add_option("-o,--out", lo.out,
+                    "get: the adapter file to write; export-peft: the PEFT folder");
   c_lib->add_option("--vector", lo.vector, "search: the query, comma-separated");
   c_lib->add_option("--signature", lo.signature, "search: which signature (default: the first)");
   c_lib->add_option("--limit,-k", lo.limit, "ls: rows; search: k")->capture_default_str();

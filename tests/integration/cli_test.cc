@@ -180,6 +180,17 @@ TEST_F(Cli, AdaptersGoIntoTheLibraryAndComeBack) {
   };
   EXPECT_EQ(acc(dir_ + "/back.safetensors"), acc(dir_ + "/ad/adapter.safetensors"));
   EXPECT_EQ(run("library --library " + lib + " verify").code, 0);
+  // PEFT out of the library and back in under another name (the same content
+  // would be refused, so the import goes to a second library).
+  CliRun ex = run("library --library " + lib + " export-peft perm2 -o " + dir_ + "/peft2");
+  ASSERT_EQ(ex.code, 0) << ex.out;
+  CliRun im = run("library --library " + dir_ + "/lib3 import-peft " + dir_ +
+                  "/peft2 --name from-peft --base " + base);
+  ASSERT_EQ(im.code, 0) << im.out;
+  CliRun g3 =
+      run("library --library " + dir_ + "/lib3 get from-peft -o " + dir_ + "/p.safetensors");
+  ASSERT_EQ(g3.code, 0) << g3.out;
+  EXPECT_EQ(acc(dir_ + "/p.safetensors"), acc(dir_ + "/ad/adapter.safetensors"));
   CliRun dup =
       run("library --library " + lib + " put " + dir_ + "/ad/adapter.safetensors --name x");
   EXPECT_EQ(dup.code, 2);
