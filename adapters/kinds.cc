@@ -3,26 +3,12 @@
 #include <algorithm>
 #include <cmath>
 
+#include "adapters/base_weight.h"
 #include "adapters/merge.h"
 #include "runtime/autograd/ops.h"
 #include "runtime/common/error.h"
 
 namespace tessera::adapters {
-
-namespace {
-// W[o, i] *= f(o, i) (or /=) for a weight in either layout.
-template <typename F>
-void scale_weight(const nn::Linear& base, F f, bool divide) {
-  Tensor w = base.weight();
-  const int64_t in = base.in_features(), out = base.out_features();
-  float* p = w.data();
-  for (int64_t o = 0; o < out; ++o)
-    for (int64_t i = 0; i < in; ++i) {
-      float& v = p[base.w_in_out() ? i * out + o : o * in + i];
-      v = divide ? v / f(o, i) : v * f(o, i);
-    }
-}
-}  // namespace
 
 // ---- VeRA ----
 
@@ -71,10 +57,7 @@ Tensor Vera::delta_weight(const nn::Linear& base) const {
 
 void Vera::shift_base(nn::Linear& base, bool merge) {
   if (merged_ == merge) return;
-  Tensor d = delta_weight(base);
-  Tensor w = base.weight();
-  const float sign = merge ? 1.0f : -1.0f;
-  for (int64_t k = 0; k < w.numel(); ++k) w.data()[k] += sign * d.data()[k];
+  add_to_base_weight(base, delta_weight(base), merge ? 1.0f : -1.0f);
   merged_ = merge;
 }
 
@@ -100,10 +83,10 @@ void Ia3::shift_base(nn::Linear& base, bool merge) {
         throw Error(str("(IA)3 on ", base.name(), ": scaling ", k,
                         " is 0, the merged weight cannot be unmerged"));
   if (ff_) {
-    scale_weight(
+    scale_base_weight(
         base, [&](int64_t, int64_t i) { return l[i]; }, !merge);
   } else {
-    scale_weight(
+    scale_base_weight(
         base, [&](int64_t o, int64_t) { return l[o]; }, !merge);
     if (base.bias().defined()) {
       Tensor b = base.bias();

@@ -7,6 +7,7 @@
 #include <regex>
 
 #include "adapters/bank.h"
+#include "adapters/base_weight.h"
 #include "adapters/kinds.h"
 #include "adapters/merge.h"
 #include "runtime/autograd/tape.h"
@@ -89,20 +90,6 @@ uint64_t module_seed(const std::string& name) {
   return std::hash<std::string>{}(name) ^ 0x9e3779b97f4a7c15ULL;
 }
 
-// W[o, i] *= f(o, i) for a weight in either layout.
-template <typename F>
-void scale_weight(const nn::Linear& base, F f) {
-  Tensor w = base.weight();
-  const int64_t in = base.in_features(), out = base.out_features();
-  float* p = w.data();
-  for (int64_t o = 0; o < out; ++o)
-    for (int64_t i = 0; i < in; ++i) p[base.w_in_out() ? i * out + o : o * in + i] *= f(o, i);
-}
-
-void add_delta(const nn::Linear& base, const Tensor& d, float sign) {
-  Tensor w = base.weight();
-  for (int64_t k = 0; k < w.numel(); ++k) w.data()[k] += sign * d.data()[k];
-}
 }  // namespace
 
 Lora::Lora(const nn::Linear& base, const LoraConfig& cfg, nn::ParameterSet& ps, Rng& rng, bool dora,
@@ -166,15 +153,15 @@ Tensor Lora::delta_weight(const nn::Linear& base) const {
 void Lora::shift_base(nn::Linear& base, bool merge) {
   if (merged_ == merge) return;
   if (!dora_) {
-    add_delta(base, delta_weight(base), merge ? 1.0f : -1.0f);
+    add_to_base_weight(base, delta_weight(base), merge ? 1.0f : -1.0f);
   } else if (merge) {
     // W ← m/‖W + ΔW‖ ⊙ (W + ΔW), per output feature.
     autograd::NoGrad ng;
     merge_norm_ = weight_norm(base, true).clone();
-    add_delta(base, delta_weight(base), 1.0f);
+    add_to_base_weight(base, delta_weight(base), 1.0f);
     const float* m = m_.data();
     const float* n = merge_norm_.data();
-    scale_weight(base, [&](int64_t o, int64_t) { return m[o] / n[o]; });
+    scale_base_weight(base, [&](int64_t o, int64_t) { return m[o] / n[o]; });
   } else {
     const float* m = m_.data();
     const float* n = merge_norm_.data();
@@ -182,8 +169,8 @@ void Lora::shift_base(nn::Linear& base, bool merge) {
       if (m[o] == 0.0f)
         throw Error(str("DoRA on ", base.name(), ": magnitude of output ", o,
                         " is 0, the merged weight cannot be unmerged"));
-    scale_weight(base, [&](int64_t o, int64_t) { return n[o] / m[o]; });
-    add_delta(base, delta_weight(base), -1.0f);
+    scale_base_weight(base, [&](int64_t o, int64_t) { return n[o] / m[o]; });
+    add_to_base_weight(base, delta_weight(base), -1.0f);
   }
   merged_ = merge;
 }

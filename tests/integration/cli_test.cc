@@ -44,6 +44,13 @@ class Cli : public ::testing::Test {
                                              "out_dir: \"" +
                                              dir_ + "/run\"\n";
   }
+  // A small MLP base pretrained on a Fashion-MNIST subset into dir_/<name>.
+  CliRun pretrain_mlp(const std::string& name, int steps) {
+    return run(
+        "pretrain --quiet --model mlp data.limit_train=2048 data.limit_test=500 epochs=0 "
+        "steps=" +
+        std::to_string(steps) + " threads=1 out_dir=" + dir_ + "/" + name);
+  }
   std::string dir_;
 };
 
@@ -78,10 +85,7 @@ TEST_F(Cli, PretrainResumeAndEval) {
 }
 
 TEST_F(Cli, TrainAdapterOnAFrozenMlpBase) {
-  CliRun p =
-      run("pretrain --quiet --model mlp data.limit_train=2048 data.limit_test=500 epochs=0 "
-          "steps=40 threads=1 out_dir=" +
-          dir_ + "/base");
+  CliRun p = pretrain_mlp("base", 40);
   ASSERT_EQ(p.code, 0) << p.out;
   CliRun a = run("train-adapter --quiet --base " + dir_ +
                  "/base/checkpoint.safetensors --task permute:seed=3 --out " + dir_ +
@@ -155,10 +159,7 @@ TEST_F(Cli, TrainAdapterOnAFrozenMlpBase) {
 }
 
 TEST_F(Cli, AdaptersGoIntoTheLibraryAndComeBack) {
-  CliRun p =
-      run("pretrain --quiet --model mlp data.limit_train=2048 data.limit_test=500 epochs=0 "
-          "steps=20 threads=1 out_dir=" +
-          dir_ + "/base");
+  CliRun p = pretrain_mlp("base", 20);
   ASSERT_EQ(p.code, 0) << p.out;
   const std::string base = dir_ + "/base/checkpoint.safetensors", lib = dir_ + "/lib";
   CliRun a = run("train-adapter --quiet --base " + base + " --task permute:seed=2 --out " + dir_ +
@@ -200,10 +201,7 @@ TEST_F(Cli, AdaptersGoIntoTheLibraryAndComeBack) {
   EXPECT_EQ(gone.code, 2);
   EXPECT_NE(gone.out.find("NotFound"), std::string::npos) << gone.out;
   // On another base (other weights) the adapter is refused, unless forced.
-  CliRun p2 =
-      run("pretrain --quiet --model mlp data.limit_train=2048 data.limit_test=500 "
-          "epochs=0 steps=5 threads=1 out_dir=" +
-          dir_ + "/base2");
+  CliRun p2 = pretrain_mlp("base2", 5);
   ASSERT_EQ(p2.code, 0) << p2.out;
   const std::string other = dir_ + "/base2/checkpoint.safetensors";
   CliRun wrong =
