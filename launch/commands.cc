@@ -21,6 +21,7 @@
 #include "runtime/io/hf.h"
 #include "runtime/train/trainer.h"
 #include "store/library.h"
+#include "store/service.h"
 #include "tessera/library.pb.h"
 
 namespace tessera::launch {
@@ -132,7 +133,7 @@ AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt
 
 // Puts a trained adapter file into `library` with its task, base, test score
 // and provenance; returns "name@version id".
-std::string put_trained(const std::string& library, const std::string& file,
+std::string put_trained(store::LibraryApi& library, const std::string& file,
                         const std::string& name, const std::string& task,
                         const std::string& base_ckpt, const train::EvalResult& after,
                         const PretrainConfig& cfg) {
@@ -156,11 +157,14 @@ std::string put_trained(const std::string& library, const std::string& file,
 // every batch holding rows of each task routed to its expert, one pass over
 // the frozen base. Writes one adapter file (and PEFT folder) per task.
 int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const AdapterArgs& a,
-               const std::vector<std::string>& tasks, bool progress, const std::string& library,
+               const std::vector<std::string>& tasks, bool progress, const LibraryTarget& library,
                const std::string& name) {
   if (a.spec.kind != adapters::Kind::Lora)
     throw Error(str("several tasks at once train a bank of LoRA experts; ",
                     adapters::kind_name(a.spec.kind), " is trained one task at a time"));
+  // Open (or reach) the library first: a wrong path or token fails before training.
+  std::unique_ptr<store::LibraryApi> lib;
+  if (!library.empty()) lib = open_library(library, true);
   train::Trainer t(cfg);
   t.load_checkpoint(base_ckpt, /*weights_only=*/true);
   const int T = t.num_tasks();
@@ -193,12 +197,12 @@ int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const Ad
     adapters::write_peft(dir + "/adapter", bank->expert(k), any_conv, base_ckpt);
     std::printf("%-24s %13.2f%% %13.2f%%  %s/adapter.safetensors\n", tasks[k].c_str(),
                 before[k].accuracy * 100, after.accuracy * 100, dir.c_str());
-    if (!library.empty()) {
+    if (lib) {
       // Each expert is evaluated on its own task: record that as its score.
       PretrainConfig one = cfg;
       one.mutable_data()->set_task(tasks[k]);
-      std::printf("%24s library %s: %s\n", "", library.c_str(),
-                  put_trained(library, dir + "/adapter.safetensors",
+      std::printf("%24s library %s: %s\n", "", library.where.c_str(),
+                  put_trained(*lib, dir + "/adapter.safetensors",
                               name.empty() ? tasks[k] : name + "-" + std::to_string(k), tasks[k],
                               base_ckpt, after, one)
                       .c_str());
@@ -322,12 +326,14 @@ int run_train_adapter(const TrainAdapterOptions& o) {
   if (o.tasks.size() > 1) {
     return train_bank(cfg, o.base, a, o.tasks, !o.quiet, o.library, o.name);
   }
+  std::unique_ptr<store::LibraryApi> lib;
+  if (!o.library.empty()) lib = open_library(o.library, true);
   AdapterRun r = train_adapter(cfg, o.base, a, !o.quiet);
   std::printf("\n%-10s  %s\n%-10s  %s\n", "base", eval_text(r.before).c_str(), "adapter",
               eval_text(r.after).c_str());
-  if (!o.library.empty())
-    std::printf("library %s: %s\n", o.library.c_str(),
-                put_trained(o.library, r.adapter_file, o.name.empty() ? task : o.name, task, o.base,
+  if (lib)
+    std::printf("library %s: %s\n", o.library.where.c_str(),
+                put_trained(*lib, r.adapter_file, o.name.empty() ? task : o.name, task, o.base,
                             r.after, cfg)
                     .c_str());
   std::printf("adapter: %s%s%s\n", r.adapter_file.c_str(),
@@ -532,6 +538,10 @@ int run_demo(const DemoOptions& o) {
     std::string task, before, after;
   };
   std::vector<AdapterRow> adapter_rows;
+  const std::string library_dir = o.out_dir + "/library";
+  LibraryTarget library_target;
+  library_target.where = library_dir;
+  std::unique_ptr<store::LibraryApi> library = open_library(library_target, true);
   for (const std::string task : {"permute:seed=1", "rotate:deg=90", "classes:0,2,4,6"}) {
     PretrainConfig ac = train::read_checkpoint_config(rows.front().checkpoint);
     ac.mutable_data()->set_task(task);
@@ -540,7 +550,7 @@ int run_demo(const DemoOptions& o) {
     ac.set_epochs(o.quick ? 0.05f : 1.0f);
     ac.mutable_optim()->set_lr(3e-3f);
     AdapterRun r = train_adapter(ac, rows.front().checkpoint, AdapterArgs{}, true);
-    put_trained(o.out_dir + "/library", r.adapter_file, task.substr(0, task.find(':')), task,
+    put_trained(*library, r.adapter_file, task.substr(0, task.find(':')), task,
                 rows.front().checkpoint, r.after, ac);
     char b[32], a2[32];
     std::snprintf(b, sizeof b, "%.2f%%", r.before.accuracy * 100);
@@ -564,17 +574,41 @@ int run_demo(const DemoOptions& o) {
   std::printf("adapters: %s/adapters/*/adapter.safetensors (PEFT folders beside them: adapter/)\n",
               o.out_dir.c_str());
   {
-    // The adapters went into the library; look one up again by name.
-    std::unique_ptr<store::Library> lib;
-    store::Status st = store::Library::Open(store::Options(), o.out_dir + "/library", &lib);
-    AdapterRecord rec;
-    if (st.ok()) st = lib->Get("rotate@latest", &rec);
-    if (!st.ok()) throw Error(str("demo library: ", st.ToString()));
+    // The adapters went into the library; look one up again by name through
+    // the lookup API: a gRPC server in this process on a free loopback port,
+    // with a bearer token, exactly what `tessera serve` runs.
+    store::ServerOptions so;
+    so.token = random_token();
+    std::unique_ptr<store::Server> server;
+    check_store(store::Server::Start(library.get(), so, &server), "demo lookup service");
+    store::ClientOptions co;
+    co.target = "127.0.0.1:" + std::to_string(server->port());
+    co.token = so.token;
+    std::unique_ptr<store::RemoteLibrary> remote;
+    check_store(store::RemoteLibrary::Connect(co, &remote), "demo lookup service");
+    AdapterRecord rec, local;
+    std::vector<store::TensorData> ts, local_ts;
+    const auto t0 = std::chrono::steady_clock::now();
+    check_store(remote->Get("rotate@latest", &rec, &ts), "demo lookup through the API");
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    check_store(library->Get("rotate@latest", &local, &local_ts), "demo library");
+    bool same = rec.id() == local.id() && ts.size() == local_ts.size();
+    size_t bytes = 0;
+    for (size_t i = 0; same && i < ts.size(); ++i) {
+      same = ts[i].bytes == local_ts[i].bytes;
+      bytes += ts[i].bytes.size();
+    }
+    if (!same) throw Error("demo: the adapter fetched through the API differs from the store's");
+    server->Shutdown();
     std::printf(
-        "library: %s/library — rotate@latest is %.16s… (%s, %s %.2f%%); list it with\n"
-        "  tessera library --library %s/library ls\n",
-        o.out_dir.c_str(), rec.id().c_str(), rec.kind().c_str(), rec.scores(0).metric().c_str(),
-        rec.scores(0).value() * 100, o.out_dir.c_str());
+        "library: %s — rotate@latest is %.16s… (%s, %s %.2f%%),\n"
+        "  fetched through the gRPC lookup API (127.0.0.1:%d, bearer token) in %.1f ms: %zu "
+        "tensors, %.1f KB, bit-identical to the store\n"
+        "  list it with: tessera library --library %s ls\n"
+        "  serve it with: tessera serve --library %s --listen 127.0.0.1:7433 --token-file FILE\n",
+        library_dir.c_str(), rec.id().c_str(), rec.kind().c_str(), rec.scores(0).metric().c_str(),
+        rec.scores(0).value() * 100, server->port(), ms, ts.size(), bytes / 1024.0,
+        library_dir.c_str(), library_dir.c_str());
   }
   std::printf("evaluate again with: tessera eval --checkpoint %s\n",
               rows.back().checkpoint.c_str());

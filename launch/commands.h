@@ -2,14 +2,37 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace tessera {
 class AdapterRecord;
 }
+namespace tessera::store {
+class LibraryApi;
+class Status;
+}
 
 namespace tessera::launch {
+
+// Where an adapter library is: a folder (the embedded store), or
+// grpc://HOST:PORT for a `tessera serve` lookup service.
+struct LibraryTarget {
+  std::string where;
+  std::string token_file;       // the service's bearer token
+  std::string tls_ca;           // PEM roots: talk TLS, trusting these
+  std::string tls_server_name;  // the name to expect in the server's certificate
+  bool empty() const { return where.empty(); }
+  bool remote() const { return where.rfind("grpc://", 0) == 0; }
+};
+// Opens the folder (created when `create`) or connects to the service; a
+// failure is an Error naming the library.
+std::unique_ptr<store::LibraryApi> open_library(const LibraryTarget& t, bool create);
+// A failed store Status as an Error: "what: Code: message".
+void check_store(const store::Status& s, const std::string& what);
+// 32 random bytes as hex (OpenSSL's RAND_bytes): a bearer token.
+std::string random_token();
 
 struct DemoOptions {
   std::string out_dir = "runs/demo";
@@ -38,8 +61,8 @@ struct TrainAdapterOptions {
   std::vector<std::string> tasks;
   std::string adapter = "lora:r=8,alpha=16,targets=all-linear";
   std::string out_dir;  // default runs/adapter
-  std::string library;  // also put the trained adapter(s) into this library
-  std::string name;     // their name there (default: the task)
+  LibraryTarget library;  // also put the trained adapter(s) into this library
+  std::string name;       // their name there (default: the task)
   bool quiet = false;
   std::vector<std::string> overrides;
 };
@@ -64,7 +87,7 @@ struct ImportPeftOptions {
 };
 
 struct LibraryOptions {
-  std::string library;  // folder
+  LibraryTarget library;
   std::string
       command;  // ls | show | put | get | rm | search | verify | gc | export-peft | import-peft
   std::vector<std::string> args;  // keys or files
@@ -72,15 +95,25 @@ struct LibraryOptions {
   std::vector<std::string> tags;
   int limit = 100;
   bool json = false;
+  bool force = false;  // get/export-peft: ignore a base fingerprint mismatch
+};
+struct ServeOptions {
+  std::string library;  // folder
+  std::string listen = "127.0.0.1:7433";
+  std::string token_file, tls_cert, tls_key;
+  double max_adapter_mb = 4096, max_message_mb = 8, max_call_seconds = 120;
+  int threads = 64;
 };
 
 int run_demo(const DemoOptions& o);
 // Puts a tessera adapter file into the library under `record`'s name, tags,
 // task, base, scores and provenance; returns "name@version id".
-std::string put_adapter_file(const std::string& library, const std::string& file,
+std::string put_adapter_file(store::LibraryApi& library, const std::string& file,
                              AdapterRecord record);
-// The adapter library (store/), local.
+// The adapter library (store/), local or through the lookup API.
 int run_library(const LibraryOptions& o);
+// `tessera serve`: the lookup API over a library folder until SIGINT/SIGTERM.
+int run_serve(const ServeOptions& o);
 // SHA-256 of a checkpoint's model tensors (names, shapes, bytes; optimizer state left out).
 std::string base_fingerprint(const std::string& checkpoint);
 int run_export_peft(const ExportPeftOptions& o);

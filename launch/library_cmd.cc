@@ -2,6 +2,8 @@
 // tessera adapter files in and out, records printed as tables or JSON.
 #include <google/protobuf/util/json_util.h>
 
+#include <openssl/rand.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +17,7 @@
 #include "runtime/common/error.h"
 #include "runtime/io/safetensors.h"
 #include "store/library.h"
+#include "store/service.h"
 
 namespace tessera::launch {
 
@@ -22,19 +25,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::unique_ptr<store::Library> open_library(const std::string& path, bool create) {
-  if (path.empty()) throw Error("--library: name the library folder");
-  store::Options o;
-  o.create_if_missing = create;
-  std::unique_ptr<store::Library> lib;
-  store::Status s = store::Library::Open(o, path, &lib);
-  if (!s.ok()) throw Error(str("library '", path, "': ", s.ToString()));
-  return lib;
-}
-
-void check(const store::Status& s, const std::string& what) {
-  if (!s.ok()) throw Error(str(what, ": ", s.ToString()));
-}
+void check(const store::Status& s, const std::string& what) { check_store(s, what); }
 
 std::string record_json(const AdapterRecord& r) {
   std::string out;
@@ -45,6 +36,44 @@ std::string record_json(const AdapterRecord& r) {
 }
 
 }  // namespace
+
+void check_store(const store::Status& s, const std::string& what) {
+  if (!s.ok()) throw Error(str(what, ": ", s.ToString()));
+}
+
+std::string random_token() {
+  unsigned char b[32];
+  if (RAND_bytes(b, sizeof b) != 1) throw Error("no randomness for a token (OpenSSL RAND_bytes)");
+  static const char* hex = "0123456789abcdef";
+  std::string t;
+  for (unsigned char c : b) {
+    t.push_back(hex[c >> 4]);
+    t.push_back(hex[c & 15]);
+  }
+  return t;
+}
+
+std::unique_ptr<store::LibraryApi> open_library(const LibraryTarget& t, bool create) {
+  if (t.where.empty()) throw Error("--library: name the library folder (or grpc://HOST:PORT)");
+  if (t.remote()) {
+    store::ClientOptions co;
+    co.target = t.where.substr(7);
+    if (!t.token_file.empty()) check_store(store::ReadTokenFile(t.token_file, &co.token), "--token-file");
+    co.tls_ca_file = t.tls_ca;
+    co.tls_server_name = t.tls_server_name;
+    std::unique_ptr<store::RemoteLibrary> lib;
+    check_store(store::RemoteLibrary::Connect(co, &lib), str("library '", t.where, "'"));
+    return lib;
+  }
+  if (!t.token_file.empty() || !t.tls_ca.empty())
+    throw Error(str("--library '", t.where,
+                    "' is a folder; --token-file and --tls-ca are for grpc://HOST:PORT"));
+  store::Options o;
+  o.create_if_missing = create;
+  std::unique_ptr<store::Library> lib;
+  check_store(store::Library::Open(o, t.where, &lib), str("library '", t.where, "'"));
+  return lib;
+}
 
 std::string base_fingerprint(const std::string& checkpoint) {
   auto f = io::SafetensorsFile::open(checkpoint);
@@ -62,7 +91,7 @@ std::string base_fingerprint(const std::string& checkpoint) {
   return store::sha256_hex(h);
 }
 
-std::string put_adapter_file(const std::string& library, const std::string& file,
+std::string put_adapter_file(store::LibraryApi& lib, const std::string& file,
                              AdapterRecord record) {
   adapters::AdapterFile info = adapters::read_adapter(file);  // validates the file
   auto f = io::SafetensorsFile::open(file);
@@ -82,9 +111,8 @@ std::string put_adapter_file(const std::string& library, const std::string& file
     d.bytes.assign(reinterpret_cast<const char*>(f->bytes(t)), t.end - t.begin);
     ts.push_back(std::move(d));
   }
-  auto lib = open_library(library, true);
   AdapterRecord stored;
-  check(lib->Put(record, ts, &stored), str("putting '", file, "' into '", library, "'"));
+  check(lib.Put(record, ts, &stored), str("putting '", file, "' into the library"));
   return stored.name() + "@" + std::to_string(stored.version()) + " " + stored.id();
 }
 
@@ -123,7 +151,7 @@ int run_library(const LibraryOptions& o) {
     r.mutable_base()->set_name(o.base);
     std::string put;
     try {
-      put = put_adapter_file(o.library, tmp, r);
+      put = put_adapter_file(*open_library(o.library, true), tmp, r);
     } catch (...) {
       fs::remove(tmp);
       throw;
@@ -143,7 +171,7 @@ int run_library(const LibraryOptions& o) {
       r.mutable_base()->set_name(o.base);
       r.mutable_base()->set_fingerprint(base_fingerprint(o.base));
     }
-    std::printf("%s\n", put_adapter_file(o.library, o.args[0], r).c_str());
+    std::printf("%s\n", put_adapter_file(*open_library(o.library, true), o.args[0], r).c_str());
     return 0;
   }
   auto lib = open_library(o.library, false);
@@ -183,6 +211,8 @@ int run_library(const LibraryOptions& o) {
     AdapterRecord r;
     std::vector<store::TensorData> ts;
     check(lib->Get(o.args[0], &r, cmd == "get" ? &ts : nullptr), str("library ", cmd));
+    if (cmd == "get" && !o.base.empty() && !o.force)
+      check(store::CheckBase(r, base_fingerprint(o.base)), str("library get --base ", o.base));
     if (cmd == "show") {
       std::printf("%s\n", record_json(r).c_str());
       return 0;
@@ -198,6 +228,8 @@ int run_library(const LibraryOptions& o) {
     AdapterRecord r;
     std::vector<store::TensorData> ts;
     check(lib->Get(o.args[0], &r, &ts), "library export-peft");
+    if (!o.base.empty() && !o.force)
+      check(store::CheckBase(r, base_fingerprint(o.base)), str("library export-peft --base ", o.base));
     const std::string tmp = scratch("export");
     write_adapter_file(r, ts, tmp);
     try {
@@ -219,6 +251,23 @@ int run_library(const LibraryOptions& o) {
     int64_t n = 0;
     check(lib->Verify(&n), "library verify");
     std::printf("%ld records verified\n", static_cast<long>(n));
+    return 0;
+  }
+  if (cmd == "stat") {
+    store::LibraryStats st;
+    check(lib->Stat(&st), "library stat");
+    if (o.json)
+      std::printf("{\"records\":%ld,\"deleted\":%ld,\"signatures\":%ld,\"tensor_bytes\":%lu,"
+                  "\"disk_bytes\":%lu}\n",
+                  static_cast<long>(st.records), static_cast<long>(st.deleted),
+                  static_cast<long>(st.signatures), static_cast<unsigned long>(st.tensor_bytes),
+                  static_cast<unsigned long>(st.disk_bytes));
+    else
+      std::printf("%ld records (%ld deleted, awaiting gc), %ld signatures, %.1f KB of tensors, "
+                  "%.1f KB on disk\n",
+                  static_cast<long>(st.records), static_cast<long>(st.deleted),
+                  static_cast<long>(st.signatures), st.tensor_bytes / 1024.0,
+                  st.disk_bytes / 1024.0);
     return 0;
   }
   if (cmd == "gc") {
@@ -252,7 +301,55 @@ int run_library(const LibraryOptions& o) {
     return 0;
   }
   throw Error(
-      str("library command '", cmd, "': expected ls, show, put, get, rm, search, verify or gc"));
+      str("library command '", cmd,
+          "': expected ls, show, put, get, rm, search, stat, verify, gc, export-peft or "
+          "import-peft"));
+}
+
+int run_serve(const ServeOptions& o) {
+  if (o.library.empty()) throw Error("serve: --library names the library folder to serve");
+  if (o.library.rfind("grpc://", 0) == 0)
+    throw Error("serve: --library is a folder on this machine, not grpc://");
+  store::ServerOptions so;
+  so.listen = o.listen;
+  if (!o.token_file.empty()) check(store::ReadTokenFile(o.token_file, &so.token), "--token-file");
+  so.tls_cert_file = o.tls_cert;
+  so.tls_key_file = o.tls_key;
+  auto mb = [](double v, const char* flag) {
+    if (!(v > 0) || v > 1 << 20) throw Error(str(flag, " ", v, ": expected a size in MB > 0"));
+    return static_cast<uint64_t>(v * (1 << 20));
+  };
+  so.max_adapter_bytes = mb(o.max_adapter_mb, "--max-adapter-mb");
+  so.max_message_bytes = mb(o.max_message_mb, "--max-message-mb");
+  so.chunk_bytes = static_cast<uint32_t>(std::min<uint64_t>(4u << 20, so.max_message_bytes / 2));
+  if (!(o.max_call_seconds > 0))
+    throw Error(str("--max-call-seconds ", o.max_call_seconds, ": expected > 0"));
+  so.max_call_ms = static_cast<int64_t>(o.max_call_seconds * 1000);
+  if (o.threads < 2 || o.threads > 4096) throw Error("--threads: expected 2..4096");
+  so.max_threads = o.threads;
+  // Signals are taken by sigwait below: block them before gRPC starts its threads.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  store::Options lo;
+  lo.create_if_missing = true;
+  std::unique_ptr<store::Library> lib;
+  check(store::Library::Open(lo, o.library, &lib), str("library '", o.library, "'"));
+  std::unique_ptr<store::Server> server;
+  check(store::Server::Start(lib.get(), so, &server), "serve");
+  const std::string host = o.listen.substr(0, o.listen.rfind(':'));
+  std::printf("serving library %s on %s:%d (%s%s); Ctrl-C stops\n", o.library.c_str(),
+              host.c_str(), server->port(), so.token.empty() ? "no token" : "bearer token",
+              so.tls_cert_file.empty() ? ", plaintext" : ", TLS");
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  std::printf("signal %d: finishing running calls\n", sig);
+  std::fflush(stdout);
+  server->Shutdown(5000);
+  return 0;
 }
 
 }  // namespace tessera::launch

@@ -64,8 +64,13 @@ int main(int argc, char** argv) {
                    "d_init, feedforward, exact_grad")
       ->capture_default_str();
   c_ta->add_option("--out", ta.out_dir, "Run folder (default runs/adapter)");
-  c_ta->add_option("--library", ta.library,
-                   "Also put the trained adapter(s) into this adapter library folder");
+  c_ta->add_option("--library", ta.library.where,
+                   "Also put the trained adapter(s) into this adapter library (a folder, or "
+                   "grpc://HOST:PORT for a tessera serve)");
+  c_ta->add_option("--token-file", ta.library.token_file,
+                   "grpc:// library: file holding the service's bearer token");
+  c_ta->add_option("--tls-ca", ta.library.tls_ca,
+                   "grpc:// library: PEM roots to trust (turns TLS on)");
   c_ta->add_option("--name", ta.name, "Name in the library (default: the task)");
   c_ta->add_flag("--quiet", ta.quiet, "No progress line");
   c_ta->add_option("overrides", ta.overrides,
@@ -108,12 +113,22 @@ int main(int argc, char** argv) {
 
   tessera::launch::LibraryOptions lo;
   auto* c_lib = app.add_subcommand("library",
-                                   "The adapter library (a RocksDB folder): ls, show, "
-                                   "put, get, rm, search, verify, gc");
-  c_lib->add_option("--library", lo.library, "Library folder")->required();
+                                   "The adapter library, a folder or a tessera serve: ls, show, "
+                                   "put, get, rm, search, stat, verify, gc, export-peft, "
+                                   "import-peft");
+  c_lib->add_option("--library", lo.library.where,
+                    "Library folder (or grpc://HOST:PORT, the same as --remote)");
+  std::string remote;
+  c_lib->add_option("--remote", remote, "HOST:PORT of a tessera serve lookup service");
+  c_lib->add_option("--token-file", lo.library.token_file,
+                    "remote: file holding the service's bearer token");
+  c_lib->add_option("--tls-ca", lo.library.tls_ca, "remote: PEM roots to trust (turns TLS on)");
+  c_lib->add_option("--tls-server-name", lo.library.tls_server_name,
+                    "remote: the name the server's certificate carries (default: HOST)");
   c_lib
       ->add_option("command", lo.command,
-                   "ls | show | put | get | rm | search | verify | gc | export-peft | import-peft")
+                   "ls | show | put | get | rm | search | stat | verify | gc | export-peft | "
+                   "import-peft")
       ->required();
   c_lib->add_option("args", lo.args, "An adapter key (id, name, name@N) or, for put, a file");
   c_lib->add_option("--name", lo.name, "put: the adapter's name; ls: a name prefix");
@@ -121,13 +136,35 @@ int main(int argc, char** argv) {
   c_lib->add_option("--task", lo.task, "put: the task; ls/search: filter");
   c_lib->add_option("--kind", lo.kind, "ls/search: filter by kind");
   c_lib->add_option("--base", lo.base,
-                    "put: the base checkpoint (its fingerprint is stored); ls: filter by it");
+                    "put: the base checkpoint (its fingerprint is stored); ls: filter by it; "
+                    "get/export-peft: refuse an adapter of another base");
+  c_lib->add_flag("--force", lo.force, "get/export-peft: ignore a --base fingerprint mismatch");
   c_lib->add_option("-o,--out", lo.out,
                     "get: the adapter file to write; export-peft: the PEFT folder");
   c_lib->add_option("--vector", lo.vector, "search: the query, comma-separated");
   c_lib->add_option("--signature", lo.signature, "search: which signature (default: the first)");
   c_lib->add_option("--limit,-k", lo.limit, "ls: rows; search: k")->capture_default_str();
   c_lib->add_flag("--json", lo.json, "JSON lines instead of a table");
+
+  tessera::launch::ServeOptions so;
+  auto* c_serve = app.add_subcommand(
+      "serve", "Serve an adapter library folder through the gRPC lookup API until Ctrl-C");
+  c_serve->add_option("--library", so.library, "Library folder")->required();
+  c_serve->add_option("--listen", so.listen, "HOST:PORT (port 0: any free port)")
+      ->capture_default_str();
+  c_serve->add_option("--token-file", so.token_file,
+                      "File holding the bearer token every call must carry (required unless "
+                      "listening on loopback)");
+  c_serve->add_option("--tls-cert", so.tls_cert, "Server certificate chain (PEM): serve TLS");
+  c_serve->add_option("--tls-key", so.tls_key, "Server private key (PEM)");
+  c_serve->add_option("--max-adapter-mb", so.max_adapter_mb, "Largest adapter a Put may send")
+      ->capture_default_str();
+  c_serve->add_option("--max-message-mb", so.max_message_mb, "Largest single gRPC message")
+      ->capture_default_str();
+  c_serve->add_option("--max-call-seconds", so.max_call_seconds,
+                      "Calls running longer are cancelled")
+      ->capture_default_str();
+  c_serve->add_option("--threads", so.threads, "Most server threads")->capture_default_str();
 
   try {
     app.parse(argc, argv);
@@ -141,7 +178,15 @@ int main(int argc, char** argv) {
     if (*c_eval) return tessera::launch::run_eval(ev);
     if (*c_ta) return tessera::launch::run_train_adapter(ta);
     if (*c_ep) return tessera::launch::run_export_peft(ep);
-    if (*c_lib) return tessera::launch::run_library(lo);
+    if (*c_lib) {
+      if (!remote.empty()) {
+        if (!lo.library.where.empty())
+          throw tessera::Error("library: give --library or --remote, not both");
+        lo.library.where = "grpc://" + remote;
+      }
+      return tessera::launch::run_library(lo);
+    }
+    if (*c_serve) return tessera::launch::run_serve(so);
     if (*c_ip) return tessera::launch::run_import_peft(ip);
     if (*c_merge) {
       mo.weights = tessera::launch::parse_weights(merge_weights);

@@ -106,11 +106,31 @@ std::string sha256_hex(const std::string& data) {
 }
 
 std::string Status::ToString() const {
-  static const char* names[] = {"OK",      "NotFound",     "Corruption", "InvalidArgument",
-                                "IOError", "AlreadyExists"};
+  static const char* names[] = {"OK",
+                                "NotFound",
+                                "Corruption",
+                                "InvalidArgument",
+                                "IOError",
+                                "AlreadyExists",
+                                "Unauthenticated",
+                                "Unavailable",
+                                "ResourceExhausted",
+                                "DeadlineExceeded",
+                                "FailedPrecondition"};
   std::string s = names[static_cast<int>(code_)];
   if (!msg_.empty()) s += ": " + msg_;
   return s;
+}
+
+Status CheckBase(const AdapterRecord& r, const std::string& base_fingerprint) {
+  if (base_fingerprint.empty() || r.base().fingerprint().empty() ||
+      r.base().fingerprint() == base_fingerprint)
+    return Status::OK();
+  return Status::FailedPrecondition("adapter " + r.name() + "@" + std::to_string(r.version()) +
+                                    " was trained on base " + r.base().fingerprint().substr(0, 16) +
+                                    (r.base().name().empty() ? "" : " (" + r.base().name() + ")") +
+                                    ", not on base " + base_fingerprint.substr(0, 16) +
+                                    " (force to load it anyway)");
 }
 
 Status Library::Open(const Options& options, const std::string& path,
@@ -244,6 +264,12 @@ Status Library::Put(const AdapterRecord& in, const std::vector<TensorData>& tens
     ref->set_bytes(t.bytes.size());
     ref->set_sha256(sha256_hex(t.bytes));
     ref->set_crc32c(crc32c(t.bytes.data(), t.bytes.size()));
+    // A checksum the caller sent with the bytes (the lookup API's Put) must hold.
+    for (const TensorRef& sent : in.tensors())
+      if (sent.name() == t.name && !sent.sha256().empty() && sent.sha256() != ref->sha256())
+        return Status::Corruption("tensor " + t.name + " of adapter " + name +
+                                  ": its bytes hash to " + ref->sha256() + ", it was sent as " +
+                                  sent.sha256());
   }
   r.set_id(content_id(r));
   {
@@ -446,7 +472,9 @@ Status Library::Search(const std::string& signature, const std::vector<float>& q
   std::shared_lock<std::shared_mutex> lock(sig_mu_);
   auto found = sigs_.find(signature);
   if (found == sigs_.end() || found->second.ids.empty())
-    return Status::NotFound("no stored signature named '" + signature + "'");
+    return Status::NotFound(signature.empty()
+                                ? std::string("the library holds no signatures to search")
+                                : "no stored signature named '" + signature + "'");
   const SigIndex& ix = found->second;
   if (static_cast<int64_t>(query.size()) != ix.dim)
     return Status::InvalidArgument("query of dimension " + std::to_string(query.size()) +
@@ -554,6 +582,31 @@ Status Library::Gc(int64_t* removed) {
   if (s.ok() && removed) *removed = n;
   if (s.ok() && n > 0) s = RebuildSignatures();
   return s;
+}
+
+Status Library::Stat(LibraryStats* out) {
+  LibraryStats st;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf_[kRecords]));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    AdapterRecord r;
+    if (!r.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())))
+      return Status::Corruption("record " + it->key().ToString() + " does not parse");
+    if (r.deleted()) {
+      ++st.deleted;
+      continue;
+    }
+    ++st.records;
+    st.signatures += r.signatures_size();
+    for (const TensorRef& t : r.tensors()) st.tensor_bytes += t.bytes();
+  }
+  if (!it->status().ok()) return from_rocks(it->status(), "counting records");
+  for (const char* p : {"rocksdb.total-sst-files-size", "rocksdb.total-blob-file-size"})
+    for (size_t c = 0; c < cf_.size(); ++c) {
+      uint64_t v = 0;
+      if (db_->GetIntProperty(cf_[c], p, &v)) st.disk_bytes += v;
+    }
+  *out = st;
+  return Status::OK();
 }
 
 }  // namespace tessera::store

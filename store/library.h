@@ -35,7 +35,20 @@ namespace tessera::store {
 
 class Status {
  public:
-  enum class Code { kOk, kNotFound, kCorruption, kInvalidArgument, kIOError, kAlreadyExists };
+  enum class Code {
+    kOk,
+    kNotFound,
+    kCorruption,
+    kInvalidArgument,
+    kIOError,
+    kAlreadyExists,
+    // The lookup API's (store/service.h) failures a caller may meet remotely.
+    kUnauthenticated,
+    kUnavailable,
+    kResourceExhausted,
+    kDeadlineExceeded,
+    kFailedPrecondition,
+  };
   Status() = default;
   static Status OK() { return Status(); }
   static Status NotFound(std::string m) { return Status(Code::kNotFound, std::move(m)); }
@@ -45,6 +58,10 @@ class Status {
   }
   static Status IOError(std::string m) { return Status(Code::kIOError, std::move(m)); }
   static Status AlreadyExists(std::string m) { return Status(Code::kAlreadyExists, std::move(m)); }
+  static Status FailedPrecondition(std::string m) {
+    return Status(Code::kFailedPrecondition, std::move(m));
+  }
+  static Status Make(Code c, std::string m) { return Status(c, std::move(m)); }
   bool ok() const { return code_ == Code::kOk; }
   bool IsNotFound() const { return code_ == Code::kNotFound; }
   bool IsCorruption() const { return code_ == Code::kCorruption; }
@@ -90,7 +107,37 @@ struct ListPage {
   std::string next_token;  // empty: no more
 };
 
-class Library {
+struct LibraryStats {
+  int64_t records = 0, deleted = 0;
+  int64_t signatures = 0;     // signature vectors over live records
+  uint64_t tensor_bytes = 0;  // over live records
+  uint64_t disk_bytes = 0;    // SST + blob files
+};
+
+// What callers of a library use, embedded (Library) or through the lookup
+// API (RemoteLibrary, store/service.h): the same calls, the same Status codes.
+class LibraryApi {
+ public:
+  virtual ~LibraryApi() = default;
+  virtual Status Put(const AdapterRecord& record, const std::vector<TensorData>& tensors,
+                     AdapterRecord* stored) = 0;
+  virtual Status Get(const std::string& key, AdapterRecord* record,
+                     std::vector<TensorData>* tensors = nullptr) = 0;
+  virtual Status List(const ListFilter& filter, int limit, const std::string& page_token,
+                      ListPage* out) = 0;
+  virtual Status Delete(const std::string& key) = 0;
+  virtual Status Verify(int64_t* checked = nullptr) = 0;
+  virtual Status Search(const std::string& signature, const std::vector<float>& query, int k,
+                        const ListFilter& filter, std::vector<SearchHit>* out) = 0;
+  virtual Status Gc(int64_t* removed = nullptr) = 0;
+  virtual Status Stat(LibraryStats* out) = 0;
+};
+
+// Refuses `r` for a base whose fingerprint is `base_fingerprint` (empty: no
+// check) when the record names another one: FailedPrecondition naming both.
+Status CheckBase(const AdapterRecord& r, const std::string& base_fingerprint);
+
+class Library : public LibraryApi {
  public:
   static Status Open(const Options& options, const std::string& path,
                      std::unique_ptr<Library>* out);
@@ -99,31 +146,34 @@ class Library {
   Library& operator=(const Library&) = delete;
 
   // Stores `record` (its id, version, tensors and creation time are filled
-  // in here) with `tensors`. The same content stored again under the same
+  // in here) with `tensors`; a SHA-256 given in `record.tensors` for a tensor
+  // of that name must match its bytes (Corruption otherwise). The same content stored again under the same
   // name is not a new version: the existing record is returned; under another
   // name it is AlreadyExists naming the record that holds it. `stored` may be null.
   Status Put(const AdapterRecord& record, const std::vector<TensorData>& tensors,
-             AdapterRecord* stored);
+             AdapterRecord* stored) override;
   // `key`: an id, "name" (latest), "name@latest" or "name@N". Tensors are
   // checked against their checksums; `tensors` may be null (record only).
   Status Get(const std::string& key, AdapterRecord* record,
-             std::vector<TensorData>* tensors = nullptr);
+             std::vector<TensorData>* tensors = nullptr) override;
   // Records in id order matching `filter`, at most `limit` (1..1000), from
   // a consistent snapshot; pass the returned token back for the next page.
-  Status List(const ListFilter& filter, int limit, const std::string& page_token, ListPage* out);
+  Status List(const ListFilter& filter, int limit, const std::string& page_token, ListPage* out) override;
   // Soft delete: Get no longer finds it, Gc removes it.
-  Status Delete(const std::string& key);
+  Status Delete(const std::string& key) override;
   // Recomputes every checksum and id; Corruption names the first bad record
   // and tensor, `checked` counts the records read.
-  Status Verify(int64_t* checked = nullptr);
+  Status Verify(int64_t* checked = nullptr) override;
   // The k records whose signature `signature` (the record's first when
   // empty) is most cosine-similar to `query`, best first, among those passing
   // `filter`. Exact: every stored signature is scored (SIMD, in memory).
   Status Search(const std::string& signature, const std::vector<float>& query, int k,
-                const ListFilter& filter, std::vector<SearchHit>* out);
+                const ListFilter& filter, std::vector<SearchHit>* out) override;
   // Removes soft-deleted records with their tensors and index entries (their
   // name versions stay taken: a version number never names two adapters).
-  Status Gc(int64_t* removed = nullptr);
+  Status Gc(int64_t* removed = nullptr) override;
+  // Counts live and deleted records and their bytes (reads every record).
+  Status Stat(LibraryStats* out) override;
 
  private:
   Library() = default;

@@ -6,42 +6,16 @@
 #include "store/crc32c.h"
 
 #include <gtest/gtest.h>
-#include <rocksdb/db.h>
 
 #include <algorithm>
 #include <cstring>
 
 #include "runtime/common/rng.h"
+#include "tests/store/store_testing.h"
 #include "tests/testing.h"
 
 namespace tessera::store {
 namespace {
-
-TensorData f32(const std::string& name, std::vector<int64_t> shape, float seed) {
-  TensorData t;
-  t.name = name;
-  t.shape = shape;
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  std::vector<float> v(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) v[i] = seed + 0.001f * static_cast<float>(i);
-  t.bytes.assign(reinterpret_cast<const char*>(v.data()), v.size() * 4);
-  return t;
-}
-
-AdapterRecord rec(const std::string& name, const std::string& kind = "lora",
-                  std::vector<std::string> tags = {}, const std::string& task = "") {
-  AdapterRecord r;
-  r.set_name(name);
-  r.set_kind(kind);
-  r.set_config_json(R"({"kind":")" + kind + R"(","r":8})");
-  r.add_target_modules("layers.0");
-  r.mutable_base()->set_name("mlp");
-  r.mutable_base()->set_fingerprint(std::string(64, 'a'));
-  for (auto& t : tags) r.add_tags(t);
-  r.set_task(task);
-  return r;
-}
 
 std::unique_ptr<Library> open(const std::string& dir) {
   std::unique_ptr<Library> lib;
@@ -265,19 +239,7 @@ TEST(Library, AFlippedTensorByteIsCorruptionNamingRecordAndTensor) {
   }
   {
     // Flip one byte of the stored value underneath the library.
-    rocksdb::DB* db = nullptr;
-    std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
-    for (const char* n : {"default", "records", "tensors", "names", "index"})
-      cfs.emplace_back(n, rocksdb::ColumnFamilyOptions());
-    cfs[2].options.enable_blob_files = true;
-    std::vector<rocksdb::ColumnFamilyHandle*> h;
-    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), dir, cfs, &h, &db).ok());
-    std::string v;
-    ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), h[2], stored.id() + "/big", &v).ok());
-    v[1000] ^= 0x01;
-    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), h[2], stored.id() + "/big", v).ok());
-    for (auto* x : h) db->DestroyColumnFamilyHandle(x);
-    delete db;
+    flip_stored_byte(dir, stored.id() + "/big", 1000);
   }
   auto lib = open(dir);
   AdapterRecord got;
