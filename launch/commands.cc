@@ -590,7 +590,8 @@ int run_demo(const DemoOptions& o) {
     std::vector<store::TensorData> ts, local_ts;
     const auto t0 = std::chrono::steady_clock::now();
     check_store(remote->Get("rotate@latest", &rec, &ts), "demo lookup through the API");
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     check_store(library->Get("rotate@latest", &local, &local_ts), "demo library");
     bool same = rec.id() == local.id() && ts.size() == local_ts.size();
     size_t bytes = 0;

@@ -12,7 +12,7 @@ class AdapterRecord;
 namespace tessera::store {
 class LibraryApi;
 class Status;
-}
+}  // namespace tessera::store
 
 namespace tessera::launch {
 
@@ -60,7 +60,7 @@ struct TrainAdapterOptions {
   // (MLP base): one LoRA expert each, trained together in one pass.
   std::vector<std::string> tasks;
   std::string adapter = "lora:r=8,alpha=16,targets=all-linear";
-  std::string out_dir;  // default runs/adapter
+  std::string out_dir;    // default runs/adapter
   LibraryTarget library;  // also put the trained adapter(s) into this library
   std::string name;       // their name there (default: the task)
   bool quiet = false;

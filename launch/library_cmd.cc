@@ -25,7 +25,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-void check(const store::Status& s, const std::string& what) { check_store(s, what); }
+void check(const store::Status& s, const std::string& what) {
+  check_store(s, what);
+}
 
 std::string record_json(const AdapterRecord& r) {
   std::string out;
@@ -58,7 +60,8 @@ std::unique_ptr<store::LibraryApi> open_library(const LibraryTarget& t, bool cre
   if (t.remote()) {
     store::ClientOptions co;
     co.target = t.where.substr(7);
-    if (!t.token_file.empty()) check_store(store::ReadTokenFile(t.token_file, &co.token), "--token-file");
+    if (!t.token_file.empty())
+      check_store(store::ReadTokenFile(t.token_file, &co.token), "--token-file");
     co.tls_ca_file = t.tls_ca;
     co.tls_server_name = t.tls_server_name;
     std::unique_ptr<store::RemoteLibrary> lib;
@@ -229,7 +232,8 @@ int run_library(const LibraryOptions& o) {
     std::vector<store::TensorData> ts;
     check(lib->Get(o.args[0], &r, &ts), "library export-peft");
     if (!o.base.empty() && !o.force)
-      check(store::CheckBase(r, base_fingerprint(o.base)), str("library export-peft --base ", o.base));
+      check(store::CheckBase(r, base_fingerprint(o.base)),
+            str("library export-peft --base ", o.base));
     const std::string tmp = scratch("export");
     write_adapter_file(r, ts, tmp);
     try {
@@ -257,17 +261,18 @@ int run_library(const LibraryOptions& o) {
     store::LibraryStats st;
     check(lib->Stat(&st), "library stat");
     if (o.json)
-      std::printf("{\"records\":%ld,\"deleted\":%ld,\"signatures\":%ld,\"tensor_bytes\":%lu,"
-                  "\"disk_bytes\":%lu}\n",
-                  static_cast<long>(st.records), static_cast<long>(st.deleted),
-                  static_cast<long>(st.signatures), static_cast<unsigned long>(st.tensor_bytes),
-                  static_cast<unsigned long>(st.disk_bytes));
+      std::printf(
+          "{\"records\":%ld,\"deleted\":%ld,\"signatures\":%ld,\"tensor_bytes\":%lu,"
+          "\"disk_bytes\":%lu}\n",
+          static_cast<long>(st.records), static_cast<long>(st.deleted),
+          static_cast<long>(st.signatures), static_cast<unsigned long>(st.tensor_bytes),
+          static_cast<unsigned long>(st.disk_bytes));
     else
-      std::printf("%ld records (%ld deleted, awaiting gc), %ld signatures, %.1f KB of tensors, "
-                  "%.1f KB on disk\n",
-                  static_cast<long>(st.records), static_cast<long>(st.deleted),
-                  static_cast<long>(st.signatures), st.tensor_bytes / 1024.0,
-                  st.disk_bytes / 1024.0);
+      std::printf(
+          "%ld records (%ld deleted, awaiting gc), %ld signatures, %.1f KB of tensors, "
+          "%.1f KB on disk\n",
+          static_cast<long>(st.records), static_cast<long>(st.deleted),
+          static_cast<long>(st.signatures), st.tensor_bytes / 1024.0, st.disk_bytes / 1024.0);
     return 0;
   }
   if (cmd == "gc") {
@@ -300,10 +305,9 @@ int run_library(const LibraryOptions& o) {
                   h.id.c_str(), h.name.c_str(), static_cast<long>(h.version), h.score);
     return 0;
   }
-  throw Error(
-      str("library command '", cmd,
-          "': expected ls, show, put, get, rm, search, stat, verify, gc, export-peft or "
-          "import-peft"));
+  throw Error(str("library command '", cmd,
+                  "': expected ls, show, put, get, rm, search, stat, verify, gc, export-peft or "
+                  "import-peft"));
 }
 
 int run_serve(const ServeOptions& o) {
@@ -340,8 +344,8 @@ int run_serve(const ServeOptions& o) {
   std::unique_ptr<store::Server> server;
   check(store::Server::Start(lib.get(), so, &server), "serve");
   const std::string host = o.listen.substr(0, o.listen.rfind(':'));
-  std::printf("serving library %s on %s:%d (%s%s); Ctrl-C stops\n", o.library.c_str(),
-              host.c_str(), server->port(), so.token.empty() ? "no token" : "bearer token",
+  std::printf("serving library %s on %s:%d (%s%s); Ctrl-C stops\n", o.library.c_str(), host.c_str(),
+              server->port(), so.token.empty() ? "no token" : "bearer token",
               so.tls_cert_file.empty() ? ", plaintext" : ", TLS");
   std::fflush(stdout);
   int sig = 0;

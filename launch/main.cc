@@ -161,8 +161,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   c_serve->add_option("--max-message-mb", so.max_message_mb, "Largest single gRPC message")
       ->capture_default_str();
-  c_serve->add_option("--max-call-seconds", so.max_call_seconds,
-                      "Calls running longer are cancelled")
+  c_serve
+      ->add_option("--max-call-seconds", so.max_call_seconds, "Calls running longer are cancelled")
       ->capture_default_str();
   c_serve->add_option("--threads", so.threads, "Most server threads")->capture_default_str();
 

@@ -80,6 +80,7 @@ struct Options {
   bool create_if_missing = true;
   bool sync = true;               // fsync the WAL on every write (crash safety)
   uint64_t blob_min_size = 4096;  // tensor values at least this large go to blob files
+  uint64_t cache_bytes = 256u << 20;  // LRU cache of record blocks and tensor blobs (0: none)
 };
 
 // A tensor to store: its bytes exactly as given (little-endian F32 for "F32").
@@ -147,9 +148,9 @@ class Library : public LibraryApi {
 
   // Stores `record` (its id, version, tensors and creation time are filled
   // in here) with `tensors`; a SHA-256 given in `record.tensors` for a tensor
-  // of that name must match its bytes (Corruption otherwise). The same content stored again under the same
-  // name is not a new version: the existing record is returned; under another
-  // name it is AlreadyExists naming the record that holds it. `stored` may be null.
+  // of that name must match its bytes (Corruption otherwise). The same content stored again under
+  // the same name is not a new version: the existing record is returned; under another name it is
+  // AlreadyExists naming the record that holds it. `stored` may be null.
   Status Put(const AdapterRecord& record, const std::vector<TensorData>& tensors,
              AdapterRecord* stored) override;
   // `key`: an id, "name" (latest), "name@latest" or "name@N". Tensors are
@@ -158,7 +159,8 @@ class Library : public LibraryApi {
              std::vector<TensorData>* tensors = nullptr) override;
   // Records in id order matching `filter`, at most `limit` (1..1000), from
   // a consistent snapshot; pass the returned token back for the next page.
-  Status List(const ListFilter& filter, int limit, const std::string& page_token, ListPage* out) override;
+  Status List(const ListFilter& filter, int limit, const std::string& page_token,
+              ListPage* out) override;
   // Soft delete: Get no longer finds it, Gc removes it.
   Status Delete(const std::string& key) override;
   // Recomputes every checksum and id; Corruption names the first bad record

@@ -23,17 +23,28 @@ using Clock = std::chrono::steady_clock;
 grpc::StatusCode to_grpc(Status::Code c) {
   using C = Status::Code;
   switch (c) {
-    case C::kOk: return grpc::StatusCode::OK;
-    case C::kNotFound: return grpc::StatusCode::NOT_FOUND;
-    case C::kCorruption: return grpc::StatusCode::DATA_LOSS;
-    case C::kInvalidArgument: return grpc::StatusCode::INVALID_ARGUMENT;
-    case C::kIOError: return grpc::StatusCode::INTERNAL;
-    case C::kAlreadyExists: return grpc::StatusCode::ALREADY_EXISTS;
-    case C::kUnauthenticated: return grpc::StatusCode::UNAUTHENTICATED;
-    case C::kUnavailable: return grpc::StatusCode::UNAVAILABLE;
-    case C::kResourceExhausted: return grpc::StatusCode::RESOURCE_EXHAUSTED;
-    case C::kDeadlineExceeded: return grpc::StatusCode::DEADLINE_EXCEEDED;
-    case C::kFailedPrecondition: return grpc::StatusCode::FAILED_PRECONDITION;
+    case C::kOk:
+      return grpc::StatusCode::OK;
+    case C::kNotFound:
+      return grpc::StatusCode::NOT_FOUND;
+    case C::kCorruption:
+      return grpc::StatusCode::DATA_LOSS;
+    case C::kInvalidArgument:
+      return grpc::StatusCode::INVALID_ARGUMENT;
+    case C::kIOError:
+      return grpc::StatusCode::INTERNAL;
+    case C::kAlreadyExists:
+      return grpc::StatusCode::ALREADY_EXISTS;
+    case C::kUnauthenticated:
+      return grpc::StatusCode::UNAUTHENTICATED;
+    case C::kUnavailable:
+      return grpc::StatusCode::UNAVAILABLE;
+    case C::kResourceExhausted:
+      return grpc::StatusCode::RESOURCE_EXHAUSTED;
+    case C::kDeadlineExceeded:
+      return grpc::StatusCode::DEADLINE_EXCEEDED;
+    case C::kFailedPrecondition:
+      return grpc::StatusCode::FAILED_PRECONDITION;
   }
   return grpc::StatusCode::UNKNOWN;
 }
@@ -47,19 +58,39 @@ Status from_grpc(const grpc::Status& s, const std::string& what) {
   if (s.ok()) return Status::OK();
   C c = C::kIOError;
   switch (s.error_code()) {
-    case grpc::StatusCode::NOT_FOUND: c = C::kNotFound; break;
-    case grpc::StatusCode::DATA_LOSS: c = C::kCorruption; break;
-    case grpc::StatusCode::INVALID_ARGUMENT: c = C::kInvalidArgument; break;
-    case grpc::StatusCode::ALREADY_EXISTS: c = C::kAlreadyExists; break;
-    case grpc::StatusCode::UNAUTHENTICATED: c = C::kUnauthenticated; break;
-    case grpc::StatusCode::UNAVAILABLE: c = C::kUnavailable; break;
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: c = C::kResourceExhausted; break;
-    case grpc::StatusCode::DEADLINE_EXCEEDED: c = C::kDeadlineExceeded; break;
-    case grpc::StatusCode::FAILED_PRECONDITION: c = C::kFailedPrecondition; break;
-    default: break;
+    case grpc::StatusCode::NOT_FOUND:
+      c = C::kNotFound;
+      break;
+    case grpc::StatusCode::DATA_LOSS:
+      c = C::kCorruption;
+      break;
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      c = C::kInvalidArgument;
+      break;
+    case grpc::StatusCode::ALREADY_EXISTS:
+      c = C::kAlreadyExists;
+      break;
+    case grpc::StatusCode::UNAUTHENTICATED:
+      c = C::kUnauthenticated;
+      break;
+    case grpc::StatusCode::UNAVAILABLE:
+      c = C::kUnavailable;
+      break;
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      c = C::kResourceExhausted;
+      break;
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      c = C::kDeadlineExceeded;
+      break;
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      c = C::kFailedPrecondition;
+      break;
+    default:
+      break;
   }
   std::string m = what + ": " + s.error_message();
-  if (c == C::kIOError) m += " (gRPC code " + std::to_string(static_cast<int>(s.error_code())) + ")";
+  if (c == C::kIOError)
+    m += " (gRPC code " + std::to_string(static_cast<int>(s.error_code())) + ")";
   return Status::Make(c, m);
 }
 
@@ -102,21 +133,31 @@ std::string check_header(const TensorRef& t, uint64_t limit) {
   return "";
 }
 
-// Places `p` into `bufs` (filled so far: `have`); "" when it fits, else why not.
-std::string place(const TensorPiece& p, std::vector<std::string>* bufs, std::vector<uint64_t>* have) {
-  if (p.tensor() >= bufs->size())
-    return "tensor: " + std::to_string(p.tensor()) + " but the record has " +
+// Places `p` into tensor `p.tensor()` of `bufs`, whose sizes are `want` and
+// of which `have` bytes arrived so far; "" when it fits, else why not. A
+// whole tensor in one piece is moved, not copied.
+std::string place(TensorPiece* p, const std::vector<uint64_t>& want, std::vector<std::string>* bufs,
+                  std::vector<uint64_t>* have) {
+  if (p->tensor() >= bufs->size())
+    return "tensor: " + std::to_string(p->tensor()) + " but the record has " +
            std::to_string(bufs->size()) + " tensors";
-  uint64_t& h = (*have)[p.tensor()];
-  std::string& b = (*bufs)[p.tensor()];
-  if (p.offset() != h)
-    return "offset: " + std::to_string(p.offset()) + ", expected " + std::to_string(h) +
+  uint64_t& h = (*have)[p->tensor()];
+  std::string& b = (*bufs)[p->tensor()];
+  const uint64_t w = want[p->tensor()];
+  if (p->offset() != h)
+    return "offset: " + std::to_string(p->offset()) + ", expected " + std::to_string(h) +
            " (pieces of a tensor arrive in order)";
-  if (p.data().size() > b.size() - h)
-    return "data: " + std::to_string(p.data().size()) + " bytes at offset " +
-           std::to_string(h) + " run past the tensor's " + std::to_string(b.size()) + " bytes";
-  std::memcpy(b.data() + h, p.data().data(), p.data().size());
-  h += p.data().size();
+  if (p->data().size() > w - h)
+    return "data: " + std::to_string(p->data().size()) + " bytes at offset " + std::to_string(h) +
+           " run past the tensor's " + std::to_string(w) + " bytes";
+  const uint64_t n = p->data().size();
+  if (h == 0 && n == w) {
+    b = std::move(*p->mutable_data());
+  } else {
+    if (b.size() != w) b.resize(w);
+    std::memcpy(b.data() + h, p->data().data(), n);
+  }
+  h += n;
   return "";
 }
 
@@ -132,7 +173,8 @@ void fill_filter(const ListFilter& f, google::protobuf::RepeatedPtrField<std::st
 
 Status ReadTokenFile(const std::string& path, std::string* token) {
   std::string t;
-  if (!read_file(path, &t)) return Status::InvalidArgument("token file '" + path + "': cannot read it");
+  if (!read_file(path, &t))
+    return Status::InvalidArgument("token file '" + path + "': cannot read it");
   const auto b = t.find_first_not_of(" \t\r\n");
   const auto e = t.find_last_not_of(" \t\r\n");
   if (b == std::string::npos)
@@ -200,10 +242,48 @@ class CallWatch {
   std::thread thread_;
 };
 
+// At most N request bodies run at once; the rest wait their turn, blocked.
+// With more runnable threads than cores every request is time-sliced against
+// the others and the tail latency is the scheduler's; in turn, requests
+// finish in order.
+class Gate {
+ public:
+  explicit Gate(int n) : free_(n) {}
+  class Pass {
+   public:
+    explicit Pass(Gate* g) : g_(g) {
+      std::unique_lock<std::mutex> l(g_->mu_);
+      g_->cv_.wait(l, [this] { return g_->free_ > 0; });
+      --g_->free_;
+    }
+    ~Pass() {
+      {
+        std::lock_guard<std::mutex> l(g_->mu_);
+        ++g_->free_;
+      }
+      g_->cv_.notify_one();
+    }
+
+   private:
+    Gate* g_;
+  };
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int free_;
+};
+
 class Service final : public LibraryService::Service {
  public:
   Service(LibraryApi* lib, const ServerOptions& o)
-      : lib_(lib), o_(o), watch_(o.max_call_ms), started_(Clock::now()) {}
+      : lib_(lib),
+        o_(o),
+        watch_(o.max_call_ms),
+        gate_(o.max_active > 0
+                  ? o.max_active
+                  : std::max(2, static_cast<int>(std::thread::hardware_concurrency()))),
+        started_(Clock::now()) {}
 
   grpc::Status Get(grpc::ServerContext* ctx, const GetRequest* req,
                    grpc::ServerWriter<GetChunk>* w) override {
@@ -212,10 +292,12 @@ class Service final : public LibraryService::Service {
         return invalid("key", "expected an id, name, name@latest or name@N (1..1024 characters)");
       uint64_t chunk = req->chunk_bytes() ? req->chunk_bytes() : o_.chunk_bytes;
       if (chunk < 4096 || chunk + 65536 > o_.max_message_bytes)
-        return invalid("chunk_bytes", std::to_string(req->chunk_bytes()) + ", expected 0 or 4096.." +
+        return invalid("chunk_bytes", std::to_string(req->chunk_bytes()) +
+                                          ", expected 0 or 4096.." +
                                           std::to_string(o_.max_message_bytes - 65536));
       GetChunk msg;
       std::vector<TensorData> ts;
+      Gate::Pass pass(&gate_);
       Status s = lib_->Get(req->key(), msg.mutable_record(), req->record_only() ? nullptr : &ts);
       if (!s.ok()) return to_grpc(s);
       uint64_t room = chunk;
@@ -223,7 +305,8 @@ class Service final : public LibraryService::Service {
         std::string& b = ts[i].bytes;
         for (uint64_t off = 0; off < b.size() || (b.empty() && off == 0);) {
           if (room == 0) {
-            if (!w->Write(msg)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+            if (!w->Write(msg))
+              return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
             msg.Clear();
             room = chunk;
           }
@@ -262,23 +345,25 @@ class Service final : public LibraryService::Service {
       for (int i = 0; i < rec.tensors_size(); ++i) {
         const std::string why = check_header(rec.tensors(i), uint64_t(1) << 62);
         if (!why.empty())
-          return invalid("record.tensors[" + std::to_string(i) + "]." + why.substr(0, why.find(':')),
-                         why.substr(why.find(':') + 2));
+          return invalid(
+              "record.tensors[" + std::to_string(i) + "]." + why.substr(0, why.find(':')),
+              why.substr(why.find(':') + 2));
         total += rec.tensors(i).bytes();
         if (total > o_.max_adapter_bytes)
           return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                               "record.tensors: the adapter's tensors exceed the server's limit "
-                              "of " + std::to_string(o_.max_adapter_bytes) + " bytes");
+                              "of " +
+                                  std::to_string(o_.max_adapter_bytes) + " bytes");
       }
       std::vector<std::string> bufs(rec.tensors_size());
-      std::vector<uint64_t> have(rec.tensors_size(), 0);
-      for (int i = 0; i < rec.tensors_size(); ++i) bufs[i].resize(rec.tensors(i).bytes());
+      std::vector<uint64_t> have(rec.tensors_size(), 0), want(rec.tensors_size());
+      for (int i = 0; i < rec.tensors_size(); ++i) want[i] = rec.tensors(i).bytes();
       for (size_t m = 0;; ++m) {
         if (m > 0 && msg.has_record())
           return invalid("record", "only the first message of a Put carries it (message " +
                                        std::to_string(m) + " does too)");
         for (int j = 0; j < msg.pieces_size(); ++j) {
-          const std::string why = place(msg.pieces(j), &bufs, &have);
+          const std::string why = place(msg.mutable_pieces(j), want, &bufs, &have);
           if (!why.empty())
             return invalid("pieces[" + std::to_string(j) + "]." + why.substr(0, why.find(':')),
                            why.substr(why.find(':') + 2) + " (message " + std::to_string(m) + ")");
@@ -289,11 +374,10 @@ class Service final : public LibraryService::Service {
       if (ctx->IsCancelled())
         return grpc::Status(grpc::StatusCode::CANCELLED, "the Put was cancelled; nothing stored");
       for (int i = 0; i < rec.tensors_size(); ++i)
-        if (have[i] != bufs[i].size())
+        if (have[i] != want[i])
           return invalid("pieces", "the Put stream ended early: tensor " + rec.tensors(i).name() +
                                        " has " + std::to_string(have[i]) + " of its " +
-                                       std::to_string(bufs[i].size()) +
-                                       " bytes; nothing was stored");
+                                       std::to_string(want[i]) + " bytes; nothing was stored");
       std::vector<TensorData> ts(rec.tensors_size());
       for (int i = 0; i < rec.tensors_size(); ++i) {
         const TensorRef& t = rec.tensors(i);
@@ -306,8 +390,7 @@ class Service final : public LibraryService::Service {
     });
   }
 
-  grpc::Status List(grpc::ServerContext* ctx, const ListRequest* req,
-                    ListResponse* resp) override {
+  grpc::Status List(grpc::ServerContext* ctx, const ListRequest* req, ListResponse* resp) override {
     return Call(ctx, [&]() -> grpc::Status {
       const int limit = req->limit() == 0 ? 100 : req->limit();
       if (limit < 1 || limit > 1000)
@@ -444,6 +527,7 @@ class Service final : public LibraryService::Service {
   LibraryApi* lib_;
   ServerOptions o_;
   CallWatch watch_;
+  Gate gate_;
   Clock::time_point started_;
 };
 
@@ -462,8 +546,12 @@ struct Server::Impl {
 };
 
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Server::~Server() { Shutdown(0); }
-int Server::port() const { return impl_->port; }
+Server::~Server() {
+  Shutdown(0);
+}
+int Server::port() const {
+  return impl_->port;
+}
 
 void Server::Shutdown(int64_t grace_ms) {
   if (impl_->down) return;
@@ -512,6 +600,10 @@ Status Server::Start(LibraryApi* library, const ServerOptions& o, std::unique_pt
   grpc::ResourceQuota quota("tessera-serve");
   quota.SetMaxThreads(o.max_threads);
   b.SetResourceQuota(quota);
+  // Adapters are large messages: big HTTP/2 frames and a window that holds
+  // a whole answer, instead of 16 KiB frames and slow-start window probing.
+  b.AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 1 << 20);
+  b.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 << 20);
   // Notice clients that vanished without closing their connection.
   b.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60000);
   b.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20000);
@@ -550,6 +642,10 @@ Status RemoteLibrary::Connect(const ClientOptions& o, std::unique_ptr<RemoteLibr
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(o.max_message_bytes));
   args.SetMaxSendMessageSize(-1);
+  // A connection of its own: two clients in one process are two clients.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 1 << 20);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 << 20);
   if (!o.tls_ca_file.empty()) {
     grpc::SslCredentialsOptions ssl;
     if (!read_file(o.tls_ca_file, &ssl.pem_root_certs) ||
@@ -557,8 +653,7 @@ Status RemoteLibrary::Connect(const ClientOptions& o, std::unique_ptr<RemoteLibr
       return Status::InvalidArgument("TLS roots '" + o.tls_ca_file +
                                      "': cannot read PEM certificates from it");
     creds = grpc::SslCredentials(ssl);
-    if (!o.tls_server_name.empty())
-      args.SetSslTargetNameOverride(o.tls_server_name);
+    if (!o.tls_server_name.empty()) args.SetSslTargetNameOverride(o.tls_server_name);
   }
   auto impl = std::make_unique<Impl>();
   impl->o = o;
@@ -642,7 +737,7 @@ Status RemoteLibrary::Get(const std::string& key, AdapterRecord* record,
   GetChunk msg;
   AdapterRecord rec;
   std::vector<std::string> bufs;
-  std::vector<uint64_t> have;
+  std::vector<uint64_t> have, want;
   const std::string what = impl_->Where() + ": Get " + key;
   std::string bad;
   for (size_t m = 0; r->Read(&msg); ++m) {
@@ -660,7 +755,7 @@ Status RemoteLibrary::Get(const std::string& key, AdapterRecord* record,
             bad = "tensor " + rec.tensors(i).name() + " claims an implausible size";
             break;
           }
-          bufs[i].resize(rec.tensors(i).bytes());
+          want.push_back(rec.tensors(i).bytes());
         }
         if (!bad.empty()) break;
       }
@@ -669,8 +764,8 @@ Status RemoteLibrary::Get(const std::string& key, AdapterRecord* record,
       bad = "tensor bytes came for a record-only Get";
       break;
     }
-    for (const TensorPiece& p : msg.pieces()) {
-      bad = place(p, &bufs, &have);
+    for (TensorPiece& p : *msg.mutable_pieces()) {
+      bad = place(&p, want, &bufs, &have);
       if (!bad.empty()) break;
     }
     if (!bad.empty()) break;
@@ -687,10 +782,11 @@ Status RemoteLibrary::Get(const std::string& key, AdapterRecord* record,
     tensors->clear();
     for (int i = 0; i < rec.tensors_size(); ++i) {
       const TensorRef& t = rec.tensors(i);
-      if (have[i] != bufs[i].size())
+      if (have[i] != want[i])
         return Status::Corruption(what + ": tensor " + t.name() + " arrived with " +
-                                  std::to_string(have[i]) + " of " +
-                                  std::to_string(bufs[i].size()) + " bytes");
+                                  std::to_string(have[i]) + " of " + std::to_string(want[i]) +
+                                  " bytes");
+      bufs[i].resize(want[i]);  // a tensor of 0 bytes got no allocation
       if (crc32c(bufs[i].data(), bufs[i].size()) != t.crc32c())
         return Status::Corruption(what + ": tensor " + t.name() +
                                   " arrived with bytes that fail its CRC-32C");
@@ -757,7 +853,8 @@ Status RemoteLibrary::Verify(int64_t* checked) {
   grpc::ClientContext ctx;
   impl_->Prepare(&ctx);
   VerifyResponse resp;
-  Status s = from_grpc(impl_->stub->Verify(&ctx, VerifyRequest(), &resp), impl_->Where() + ": Verify");
+  Status s =
+      from_grpc(impl_->stub->Verify(&ctx, VerifyRequest(), &resp), impl_->Where() + ": Verify");
   if (checked) *checked = resp.checked();
   return s;
 }

@@ -28,14 +28,15 @@
 namespace tessera::store {
 
 struct ServerOptions {
-  std::string listen = "127.0.0.1:0";   // host:port; port 0 picks a free one
-  std::string token;                     // empty: no authentication (loopback only)
+  std::string listen = "127.0.0.1:0";       // host:port; port 0 picks a free one
+  std::string token;                        // empty: no authentication (loopback only)
   std::string tls_cert_file, tls_key_file;  // both or neither: PEM
   uint64_t max_message_bytes = 8u << 20;    // one gRPC message, either direction
   uint64_t max_adapter_bytes = 4ull << 30;  // the tensor bytes of one Put
   int64_t max_call_ms = 120000;             // a call running longer is cancelled
   uint32_t chunk_bytes = 4u << 20;          // tensor bytes per Get message by default
   int max_threads = 64;                     // gRPC's sync server threads
+  int max_active = 0;  // Get bodies running at once (0: the cores); others queue
 };
 
 class Server {
@@ -55,12 +56,12 @@ class Server {
 };
 
 struct ClientOptions {
-  std::string target;      // host:port
-  std::string token;       // sent as a bearer token when not empty
-  std::string tls_ca_file; // PEM roots: use TLS and trust these
-  std::string tls_server_name;  // override the name checked in the certificate
-  int64_t deadline_ms = 60000;  // per call
-  uint32_t chunk_bytes = 1u << 20;  // tensor bytes per Put message
+  std::string target;                      // host:port
+  std::string token;                       // sent as a bearer token when not empty
+  std::string tls_ca_file;                 // PEM roots: use TLS and trust these
+  std::string tls_server_name;             // override the name checked in the certificate
+  int64_t deadline_ms = 60000;             // per call
+  uint32_t chunk_bytes = 1u << 20;         // tensor bytes per Put message
   uint64_t max_message_bytes = 64u << 20;  // largest answer message accepted
 };
 

@@ -48,8 +48,7 @@ struct Served {
   }
   // A raw stub for requests the client class would never send.
   std::unique_ptr<LibraryService::Stub> stub() {
-    return LibraryService::NewStub(
-        grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+    return LibraryService::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
   }
 };
 
@@ -239,8 +238,7 @@ TEST(LookupApi, MalformedRequestsNameTheFieldAndStoreNothing) {
   expect_code(raw_put(s, {no_record}), C::INVALID_ARGUMENT, "record");
   PutChunk no_name = header("", 16);
   expect_code(raw_put(s, {no_name}), C::INVALID_ARGUMENT, "record.name");
-  expect_code(raw_put(s, {header("x", 16, "F64")}), C::INVALID_ARGUMENT,
-              "record.tensors[0].dtype");
+  expect_code(raw_put(s, {header("x", 16, "F64")}), C::INVALID_ARGUMENT, "record.tensors[0].dtype");
   PutChunk wrong_bytes = header("x", 16);
   wrong_bytes.mutable_record()->mutable_tensors(0)->set_bytes(17);
   expect_code(raw_put(s, {wrong_bytes}), C::INVALID_ARGUMENT, "record.tensors[0].bytes");
@@ -384,8 +382,7 @@ TEST(LookupApi, SizeAndTimeLimitsHold) {
     const auto t0 = std::chrono::steady_clock::now();
     ASSERT_TRUE(w->Write(header("slow", 1024)));
     grpc::Status fin = w->Finish();  // without WritesDone: the server must end it
-    const double sec =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     EXPECT_EQ(fin.error_code(), grpc::StatusCode::CANCELLED) << fin.error_message();
     EXPECT_LT(sec, 5.0);
   }
@@ -482,7 +479,8 @@ TEST(LookupApi, EightConcurrentClientsSeeConsistentResults) {
       if (!c) return fail("connect");
       for (int i = 0; i < kRounds; ++i) {
         const std::string name = "c" + std::to_string(t);
-        std::vector<TensorData> ts = {f32("a", {64, 256}, 100.0f * t + i), f32("b", {8}, -1.0f * i)};
+        std::vector<TensorData> ts = {f32("a", {64, 256}, 100.0f * t + i),
+                                      f32("b", {8}, -1.0f * i)};
         AdapterRecord r = rec(name, "lora", {"thread" + std::to_string(t)});
         Signature* sg = r.add_signatures();
         sg->set_name("proto");

@@ -25,7 +25,7 @@ inline TensorData f32(const std::string& name, std::vector<int64_t> shape, float
 }
 
 inline AdapterRecord rec(const std::string& name, const std::string& kind = "lora",
-                  std::vector<std::string> tags = {}, const std::string& task = "") {
+                         std::vector<std::string> tags = {}, const std::string& task = "") {
   AdapterRecord r;
   r.set_name(name);
   r.set_kind(kind);
