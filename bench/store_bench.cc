@@ -1,13 +1,16 @@
 // The adapter library against raw RocksDB (issue 4): Put and Get of 256 KB
 // adapters and of 4 KB records — ops/s and MB/s of store::Library next to a
 // plain RocksDB database with the same options (synced writes, blob files for
-// values >= 4 KB) doing the same puts and gets, in this program; exact Search
+// values >= 4 KB, the same LRU cache of blocks and blobs) doing the same puts
+// and gets, in this program; exact Search
 // over N signatures of dimension D (p50/p99 latency); library size on disk vs
 // the sum of tensor bytes. JSON lines.
 //
 //   build/bench/store_bench [--count 400] [--signatures 100000] [--dim 256]
+#include <rocksdb/cache.h>
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
+#include <rocksdb/table.h>
 
 #include <algorithm>
 #include <chrono>
@@ -79,6 +82,12 @@ int main(int argc, char** argv) {
         o.create_if_missing = true;
         o.enable_blob_files = true;
         o.min_blob_size = 4096;
+        // The library's cache: one LRU for blocks and blobs, the same size.
+        auto cache = rocksdb::NewLRUCache(store::Options().cache_bytes);
+        rocksdb::BlockBasedTableOptions t;
+        t.block_cache = cache;
+        o.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
+        o.blob_cache = cache;
         rocksdb::DB* db = nullptr;
         if (!rocksdb::DB::Open(o, p.string(), &db).ok()) throw std::runtime_error("raw open");
         rocksdb::WriteOptions wo;

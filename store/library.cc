@@ -5,8 +5,8 @@
 #include <openssl/evp.h>
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
-#include <rocksdb/table.h>
 #include <rocksdb/options.h>
+#include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 
 #include <algorithm>
@@ -51,6 +51,11 @@ std::string index_key(const std::string& field, const std::string& value, const 
   k += value;
   k.push_back('\0');
   return k + id;
+}
+
+// The newest version of a name (whether deleted or not): "latest" '\0' name → id.
+std::string latest_key(const std::string& name) {
+  return "latest" + std::string(1, '\0') + name;
 }
 
 std::vector<std::string> index_keys(const AdapterRecord& r) {
@@ -219,7 +224,22 @@ Status Library::Resolve(const std::string& key, std::string* id, AdapterRecord* 
     *id = v_id;
     return Status::OK();
   }
-  // The newest version that is not deleted.
+  // The newest version that is not deleted: Put keeps a pointer to the
+  // newest version (one point lookup); when that one is deleted or
+  // collected, walk the versions down.
+  {
+    std::string latest;
+    if (db_->Get(rocksdb::ReadOptions(), cf_[kIndex], latest_key(name), &latest).ok()) {
+      AdapterRecord r;
+      Status s = ReadRecord(latest, &r);
+      if (s.ok() && !r.deleted()) {
+        *id = r.id();
+        if (read) *read = std::move(r);
+        return Status::OK();
+      }
+      if (!s.ok() && !s.IsNotFound()) return s;
+    }
+  }
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf_[kNames]));
   const std::string prefix = name + std::string(1, '\0');
   for (it->SeekForPrev(name_key(name, INT64_MAX)); it->Valid() && it->key().starts_with(prefix);
@@ -331,6 +351,7 @@ Status Library::Put(const AdapterRecord& in, const std::vector<TensorData>& tens
   batch.Put(cf_[kRecords], r.id(), value);
   for (const TensorData& t : tensors) batch.Put(cf_[kTensors], r.id() + "/" + t.name, t.bytes);
   batch.Put(cf_[kNames], name_key(name, version), r.id());
+  batch.Put(cf_[kIndex], latest_key(name), r.id());
   for (const std::string& k : index_keys(r)) batch.Put(cf_[kIndex], k, "");
   rocksdb::WriteOptions wo;
   wo.sync = options_.sync;

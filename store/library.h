@@ -7,7 +7,8 @@
 //   tensors   id '/' tensor name → raw bytes (RocksDB blob files above
 //             Options::blob_min_size, so large values stay out of the LSM)
 //   names     name '\0' version (8 bytes, big-endian) → id
-//   index     field '\0' value '\0' id → "" for tag, base, task and kind
+//   index     field '\0' value '\0' id → "" for tag, base, task and kind;
+//             "latest" '\0' name → the id of the name's newest version
 // One WriteBatch per logical write: a record, its tensors, its name version
 // and its index entries are all there or none is. Writes are synced by
 // default. Ids are the SHA-256 of the kind, config and every tensor (name,
@@ -78,8 +79,8 @@ class Status {
 
 struct Options {
   bool create_if_missing = true;
-  bool sync = true;               // fsync the WAL on every write (crash safety)
-  uint64_t blob_min_size = 4096;  // tensor values at least this large go to blob files
+  bool sync = true;                   // fsync the WAL on every write (crash safety)
+  uint64_t blob_min_size = 4096;      // tensor values at least this large go to blob files
   uint64_t cache_bytes = 256u << 20;  // LRU cache of record blocks and tensor blobs (0: none)
 };
 

@@ -30,6 +30,19 @@ TEST(Checksums, KnownValues) {
   EXPECT_EQ(crc32c("", 0), 0u);
   std::string odd(1003, 'x');  // a tail that is not a multiple of 8
   EXPECT_EQ(crc32c(odd.data(), 1003), crc32c(odd.data() + 500, 503, crc32c(odd.data(), 500)));
+  // Long inputs (the three-stream path and its joins) against the bit-wise definition.
+  std::string big(3 * 8192 * 2 + 3 * 256 + 77, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 2654435761u) >> 13);
+  for (size_t len : {size_t(3 * 256), size_t(3 * 8192), size_t(3 * 8192 + 5), big.size()}) {
+    uint32_t ref = ~0u;
+    for (size_t i = 0; i < len; ++i) {
+      ref ^= static_cast<unsigned char>(big[i]);
+      for (int k = 0; k < 8; ++k) ref = (ref >> 1) ^ (0x82F63B78u & (0u - (ref & 1u)));
+    }
+    EXPECT_EQ(crc32c(big.data(), len), ~ref) << len;
+    EXPECT_EQ(crc32c(big.data(), len), crc32c(big.data() + 100, len - 100, crc32c(big.data(), 100)))
+        << len;
+  }
   EXPECT_EQ(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
