@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "adapters/adapter_file.h"
+#include "adapters/merge.h"
 #include "launch/commands.h"
 #include "runtime/common/error.h"
 #include "runtime/io/safetensors.h"
@@ -105,6 +106,16 @@ std::string put_adapter_file(store::LibraryApi& lib, const std::string& file,
   if (record.base().name().empty()) record.mutable_base()->set_name(info.base_model);
   if (record.base().fingerprint().empty())
     record.mutable_base()->set_fingerprint(info.base_fingerprint);
+  // Routing signatures: each LoRA module's Arrow prototype (the top right
+  // singular vector of its ΔW), computed from the weights, so imported and
+  // merged adapters get them too.
+  if (record.signatures_size() == 0 &&
+      (info.spec.kind == adapters::Kind::Lora || info.spec.kind == adapters::Kind::Dora))
+    for (const auto& [module, f] : info.factors()) {
+      Signature* sg = record.add_signatures();
+      sg->set_name("arrow/" + module);
+      for (float x : adapters::arrow_prototype(f)) sg->add_vector(x);
+    }
   std::vector<store::TensorData> ts;
   for (const auto& t : f->tensors()) {
     store::TensorData d;

@@ -1,6 +1,7 @@
 // The tessera binary as a user runs it: pretrain from a config file with
 // overrides, resume, eval, and one clear message (exit 2) for each mistake.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/wait.h>
 
 #include <array>
@@ -238,6 +239,87 @@ TEST_F(Cli, MistakesGetOneClearMessage) {
     EXPECT_NE(r.out.find("tessera: error:"), std::string::npos) << c.args << "\n" << r.out;
     EXPECT_NE(r.out.find(c.needle), std::string::npos) << c.args << "\n" << r.out;
   }
+}
+
+// `tessera serve` as a user starts it, and the library commands through it.
+TEST_F(Cli, ServeAndRemoteLibraryCommands) {
+  CliRun p = pretrain_mlp("base", 20);
+  ASSERT_EQ(p.code, 0) << p.out;
+  const std::string base = dir_ + "/base/checkpoint.safetensors", lib = dir_ + "/served";
+  CliRun a = run("train-adapter --quiet --base " + base + " --task permute:seed=2 --out " + dir_ +
+                 "/ad --library " + lib + " --name perm2 epochs=0 steps=10 threads=1");
+  ASSERT_EQ(a.code, 0) << a.out;
+  std::ofstream(dir_ + "/token") << "cli-test-token\n";
+  std::ofstream(dir_ + "/wrong") << "not-the-token\n";
+  // Started in the background on a free port; its first line names the port.
+  const std::string cmd = "sh -c 'echo $$; exec " + std::string(TESSERA_BINARY) +
+                          " serve --library " + lib + " --listen 127.0.0.1:0 --token-file " + dir_ +
+                          "/token' 2>&1";
+  FILE* srv = popen(cmd.c_str(), "r");
+  ASSERT_NE(srv, nullptr);
+  std::array<char, 512> line{};
+  ASSERT_NE(fgets(line.data(), line.size(), srv), nullptr);
+  const int pid = std::atoi(line.data());
+  ASSERT_NE(fgets(line.data(), line.size(), srv), nullptr);
+  const std::string banner = line.data();
+  const size_t at = banner.find("127.0.0.1:");
+  ASSERT_NE(at, std::string::npos) << banner;
+  const std::string hostport = "127.0.0.1:" + std::to_string(std::atoi(banner.c_str() + at + 10));
+  const std::string remote = "library --remote " + hostport + " --token-file " + dir_ + "/token ";
+  CliRun ls = run(remote + "ls --json");
+  EXPECT_EQ(ls.code, 0) << ls.out;
+  EXPECT_NE(ls.out.find("\"name\":\"perm2\""), std::string::npos) << ls.out;
+  // Routing signatures were computed when the adapter went in: one Arrow
+  // prototype per LoRA module.
+  EXPECT_NE(ls.out.find("\"name\":\"arrow/"), std::string::npos) << ls.out;
+  // Fetched through the API, the adapter evaluates as the trained file does.
+  ASSERT_EQ(run(remote + "get perm2 -o " + dir_ + "/back.safetensors").code, 0);
+  auto acc = [&](const std::string& file) {
+    CliRun e =
+        run("eval --checkpoint " + base + " --adapter " + file + " data.task=permute:seed=2");
+    EXPECT_EQ(e.code, 0) << e.out;
+    return e.out.substr(e.out.find("accuracy"));
+  };
+  EXPECT_EQ(acc(dir_ + "/back.safetensors"), acc(dir_ + "/ad/adapter.safetensors"));
+  // Training straight into the served library.
+  CliRun b = run("train-adapter --quiet --base " + base + " --task permute:seed=5 --out " + dir_ +
+                 "/ad5 --library grpc://" + hostport + " --token-file " + dir_ +
+                 "/token --name perm5 epochs=0 steps=5 threads=1");
+  EXPECT_EQ(b.code, 0) << b.out;
+  CliRun st = run(remote + "stat --json");
+  EXPECT_NE(st.out.find("\"records\":2"), std::string::npos) << st.out;
+  EXPECT_EQ(run(remote + "verify").code, 0);
+  // A wrong token, a missing token: refused, the server unharmed.
+  CliRun bad = run("library --remote " + hostport + " --token-file " + dir_ + "/wrong ls");
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.out.find("Unauthenticated"), std::string::npos) << bad.out;
+  CliRun none = run("library --remote " + hostport + " ls");
+  EXPECT_EQ(none.code, 2);
+  EXPECT_NE(none.out.find("bearer token"), std::string::npos) << none.out;
+  // Another base: get --base refuses, --force takes it.
+  CliRun p2 = pretrain_mlp("base2", 5);
+  ASSERT_EQ(p2.code, 0) << p2.out;
+  const std::string other = dir_ + "/base2/checkpoint.safetensors";
+  CliRun wrong = run(remote + "get perm2 --base " + other + " -o " + dir_ + "/w.safetensors");
+  EXPECT_EQ(wrong.code, 2);
+  EXPECT_NE(wrong.out.find("FailedPrecondition"), std::string::npos) << wrong.out;
+  EXPECT_EQ(
+      run(remote + "get perm2 --force --base " + other + " -o " + dir_ + "/w.safetensors").code, 0);
+  EXPECT_EQ(run(remote + "get perm2 --base " + base + " -o " + dir_ + "/w.safetensors").code, 0);
+  EXPECT_EQ(run(remote + "ls").code, 0);  // still serving
+  // SIGTERM: the server finishes and exits 0.
+  kill(pid, SIGTERM);
+  std::string rest;
+  while (fgets(line.data(), line.size(), srv)) rest += line.data();
+  const int status = pclose(srv);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << rest;
+  // Mistakes in the serve command itself.
+  CliRun open = run("serve --library " + lib + " --listen 0.0.0.0:0");
+  EXPECT_EQ(open.code, 2);
+  EXPECT_NE(open.out.find("token"), std::string::npos) << open.out;
+  CliRun notok = run("serve --library " + lib + " --token-file " + dir_ + "/missing");
+  EXPECT_EQ(notok.code, 2);
+  EXPECT_NE(notok.out.find("missing"), std::string::npos) << notok.out;
 }
 
 }  // namespace
