@@ -129,6 +129,8 @@ PeftFolder read_peft(const std::string& dir) {
   out.fan_in_fan_out = c.contains("fan_in_fan_out") && c["fan_in_fan_out"].is_boolean() &&
                        c["fan_in_fan_out"].get<bool>();
   out.tensors = io::SafetensorsFile::open(dir + "/adapter_model.safetensors");
+  auto fp = out.tensors->metadata().find("tessera.base_fingerprint");
+  if (fp != out.tensors->metadata().end()) out.base_fingerprint = fp->second;
   return out;
 }
 
@@ -162,6 +164,7 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
   PeftFolder folder = read_peft(dir);
   PeftImport out;
   out.base_model = folder.base_model;
+  out.base_fingerprint = folder.base_fingerprint;
   out.notes = folder.notes;
   const LoraSpec& spec = folder.spec;
   const std::vector<std::string>& targets = folder.targets;
@@ -214,7 +217,7 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
 void write_peft(const std::string& dir,
                 const std::vector<std::pair<std::string, LoraFactors>>& modules,
                 bool fan_in_fan_out, const std::string& base_model,
-                const std::vector<Tensor>& magnitudes) {
+                const std::vector<Tensor>& magnitudes, const std::string& base_fingerprint) {
   if (!magnitudes.empty() && magnitudes.size() != modules.size())
     throw Error("write_peft: one DoRA magnitude per module expected");
   if (modules.empty()) throw Error("write_peft: no modules");
@@ -253,10 +256,13 @@ void write_peft(const std::string& dir,
             {"base_model_name_or_path", base_model}};
   std::string text = c.dump(2) + "\n";
   io::write_file_atomic(dir + "/adapter_config.json", text.data(), text.size());
-  io::save_safetensors(dir + "/adapter_model.safetensors", e, {{"format", "pt"}});
+  std::map<std::string, std::string> meta = {{"format", "pt"}};
+  if (!base_fingerprint.empty()) meta["tessera.base_fingerprint"] = base_fingerprint;
+  io::save_safetensors(dir + "/adapter_model.safetensors", e, meta);
 }
 
-void export_peft(const AdapterSet& set, const std::string& dir, const std::string& base_model) {
+void export_peft(const AdapterSet& set, const std::string& dir, const std::string& base_model,
+                 const std::string& base_fingerprint) {
   if (set.kind() != Kind::Lora && set.kind() != Kind::Dora)
     throw Error(str("PEFT export: a ", kind_name(set.kind()),
                     " adapter has no PEFT LoRA form; save it in tessera's adapter format"));
@@ -269,7 +275,7 @@ void export_peft(const AdapterSet& set, const std::string& dir, const std::strin
     if (set.kind() == Kind::Dora) magnitudes.push_back(l.magnitude());
     conv1d = conv1d || set.linears()[i]->w_in_out();
   }
-  write_peft(dir, modules, conv1d, base_model, magnitudes);
+  write_peft(dir, modules, conv1d, base_model, magnitudes, base_fingerprint);
 }
 
 }  // namespace tessera::adapters

@@ -25,6 +25,7 @@ namespace tessera::adapters {
 struct PeftImport {
   std::unique_ptr<AdapterSet> set;
   std::string base_model;          // base_model_name_or_path, as recorded
+  std::string base_fingerprint;    // tessera's, when tessera wrote the folder
   std::vector<std::string> notes;  // unknown or ignored fields
 };
 
@@ -35,6 +36,9 @@ struct PeftFolder {
   bool fan_in_fan_out = false;
   bool dora = false;  // use_dora: each module also has lora_magnitude_vector
   std::string base_model;
+  // The base's fingerprint, when tessera wrote the folder: kept in the
+  // safetensors header's metadata (free-form; PEFT ignores it).
+  std::string base_fingerprint;
   std::vector<std::string> notes;
   std::shared_ptr<io::SafetensorsFile> tensors;
   // Module name → its LoRA factors and scale, checked against the config's ranks.
@@ -46,10 +50,12 @@ PeftFolder read_peft(const std::string& dir);
 void write_peft(const std::string& dir,
                 const std::vector<std::pair<std::string, LoraFactors>>& modules,
                 bool fan_in_fan_out, const std::string& base_model,
-                const std::vector<Tensor>& magnitudes = {});
+                const std::vector<Tensor>& magnitudes = {},
+                const std::string& base_fingerprint = "");
 
 PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
                        nn::ParameterSet& base);
-void export_peft(const AdapterSet& set, const std::string& dir, const std::string& base_model);
+void export_peft(const AdapterSet& set, const std::string& dir, const std::string& base_model,
+                 const std::string& base_fingerprint = "");
 
 }  // namespace tessera::adapters

@@ -126,7 +126,7 @@ AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt
   adapters::save_adapter(*set, r.adapter_file, base_ckpt, base_fingerprint(base_ckpt));
   if (set->kind() == adapters::Kind::Lora || set->kind() == adapters::Kind::Dora) {
     r.peft_dir = cfg.out_dir() + "/adapter";
-    adapters::export_peft(*set, r.peft_dir, base_ckpt);
+    adapters::export_peft(*set, r.peft_dir, base_ckpt, base_fingerprint(base_ckpt));
   }
   return r;
 }
@@ -194,7 +194,7 @@ int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const Ad
     adapters::save_lora_factors(dir + "/adapter.safetensors", bank->expert(k), conv1d, base_ckpt,
                                 fingerprint);
     const bool any_conv = std::find(conv1d.begin(), conv1d.end(), true) != conv1d.end();
-    adapters::write_peft(dir + "/adapter", bank->expert(k), any_conv, base_ckpt);
+    adapters::write_peft(dir + "/adapter", bank->expert(k), any_conv, base_ckpt, {}, fingerprint);
     std::printf("%-24s %13.2f%% %13.2f%%  %s/adapter.safetensors\n", tasks[k].c_str(),
                 before[k].accuracy * 100, after.accuracy * 100, dir.c_str());
     if (lib) {
@@ -255,16 +255,14 @@ int run_eval(const EvalOptions& o) {
   train::Trainer t(cfg);
   if (!hf_folder) t.load_checkpoint(o.checkpoint, /*weights_only=*/true);
   std::unique_ptr<adapters::AdapterSet> set;
-  if (!o.adapter.empty() && !fs::is_directory(o.adapter) && !hf_folder) {
-    // An adapter trained on another base computes nonsense on this one.
-    const std::string want = adapters::read_adapter(o.adapter).base_fingerprint;
-    if (!want.empty()) {
-      const std::string have = base_fingerprint(o.checkpoint);
-      if (have != want && !o.force)
-        throw Error(str("adapter '", o.adapter, "' was trained on a base with fingerprint ",
-                        want.substr(0, 16), "…, but '", o.checkpoint, "' has ", have.substr(0, 16),
-                        "… (another base, or other weights); pass --force to load it anyway"));
-    }
+  if (!o.adapter.empty()) {
+    // An adapter trained on another base computes nonsense on this one. Its
+    // base fingerprint: in a tessera adapter file's metadata, or in a PEFT
+    // folder tessera wrote (absent from other PEFT folders: nothing to check).
+    const std::string want = fs::is_directory(o.adapter)
+                                 ? adapters::read_peft(o.adapter).base_fingerprint
+                                 : adapters::read_adapter(o.adapter).base_fingerprint;
+    if (!want.empty()) check_base(o.adapter, want, o.checkpoint, o.force);
   }
   if (!o.adapter.empty()) {
     // A tessera adapter file, or a PEFT folder.
@@ -410,7 +408,7 @@ int run_merge(const MergeOptions& o) {
   // Each input: a PEFT folder or a tessera adapter file (lora).
   struct Input {
     bool fan_in_fan_out = false;
-    std::string base_model;
+    std::string base_model, base_fingerprint;
   };
   std::vector<Input> folders;
   std::vector<std::vector<std::pair<std::string, adapters::LoraFactors>>> per;
@@ -418,7 +416,7 @@ int run_merge(const MergeOptions& o) {
     if (fs::is_directory(in)) {
       adapters::PeftFolder f = adapters::read_peft(in);
       per.push_back(f.factors());
-      folders.push_back({f.fan_in_fan_out, f.base_model});
+      folders.push_back({f.fan_in_fan_out, f.base_model, f.base_fingerprint});
       for (const auto& n : f.notes) spdlog::warn("{}: {}", in, n);
     } else {
       adapters::AdapterFile f = adapters::read_adapter(in);
@@ -427,8 +425,19 @@ int run_merge(const MergeOptions& o) {
                         " adapter; these methods combine LoRAs"));
       per.push_back(f.factors());
       const bool conv = std::find(f.conv1d.begin(), f.conv1d.end(), true) != f.conv1d.end();
-      folders.push_back({conv, f.base_model});
+      folders.push_back({conv, f.base_model, f.base_fingerprint});
     }
+  }
+  // Adapters of different bases do not combine; the result keeps the base.
+  std::string fingerprint;
+  for (size_t i = 0; i < per.size(); ++i) {
+    const std::string& fp = folders[i].base_fingerprint;
+    if (fp.empty()) continue;
+    if (!fingerprint.empty() && fp != fingerprint && !o.force)
+      throw Error(str("merge: '", o.inputs[i], "' was trained on base ", fp.substr(0, 16),
+                      "…, an earlier input on base ", fingerprint.substr(0, 16),
+                      "… (adapters of different bases do not combine; --force merges anyway)"));
+    if (fingerprint.empty()) fingerprint = fp;
   }
   for (size_t i = 1; i < per.size(); ++i) {
     if (folders[i].fan_in_fan_out != folders[0].fan_in_fan_out)
@@ -487,9 +496,10 @@ int run_merge(const MergeOptions& o) {
   if (file_out)
     adapters::save_lora_factors(o.out, merged,
                                 std::vector<bool>(merged.size(), folders[0].fan_in_fan_out),
-                                folders[0].base_model);
+                                folders[0].base_model, fingerprint);
   else
-    adapters::write_peft(o.out, merged, folders[0].fan_in_fan_out, folders[0].base_model);
+    adapters::write_peft(o.out, merged, folders[0].fan_in_fan_out, folders[0].base_model, {},
+                         fingerprint);
   std::printf("merged %zu adapters with %s into %s (%zu modules)\n", o.inputs.size(),
               o.method.c_str(), o.out.c_str(), merged.size());
   return 0;
@@ -629,7 +639,8 @@ int run_export_peft(const ExportPeftOptions& o) {
     throw Error(str("'", o.adapter,
                     "' mixes Conv1D and Linear modules; PEFT's fan_in_fan_out "
                     "is one flag for the whole adapter"));
-  adapters::write_peft(o.out, f.factors(), conv1d, f.base_model, f.magnitudes());
+  adapters::write_peft(o.out, f.factors(), conv1d, f.base_model, f.magnitudes(),
+                       f.base_fingerprint);
   std::printf("%s (%s, %zu modules) → PEFT folder %s\n", o.adapter.c_str(),
               adapters::kind_name(f.spec.kind), f.modules.size(), o.out.c_str());
   return 0;
@@ -637,6 +648,9 @@ int run_export_peft(const ExportPeftOptions& o) {
 
 int run_import_peft(const ImportPeftOptions& o) {
   if (o.base.empty()) throw Error("--base: name the base checkpoint the PEFT adapter belongs to");
+  const std::string fingerprint = base_fingerprint(o.base);
+  const std::string want = adapters::read_peft(o.peft_dir).base_fingerprint;
+  if (!want.empty()) check_base(o.peft_dir, want, o.base, o.force, fingerprint);
   auto t = base_trainer(o.base, {});
   adapters::PeftImport imp;
   t->attach([&](std::vector<nn::Linear*> linears, nn::ParameterSet& base) {
@@ -645,7 +659,7 @@ int run_import_peft(const ImportPeftOptions& o) {
   });
   for (const auto& n : imp.notes) spdlog::info("note: {}", n);
   adapters::save_adapter(*imp.set, o.out, imp.base_model.empty() ? o.base : imp.base_model,
-                         base_fingerprint(o.base));
+                         fingerprint);
   std::printf("PEFT %s (%s, %zu modules, checked against %s) → %s\n", o.peft_dir.c_str(),
               adapters::kind_name(imp.set->kind()), imp.set->modules().size(), o.base.c_str(),
               o.out.c_str());

@@ -74,6 +74,7 @@ struct MergeOptions {
   std::vector<float> weights;  // default: 1 each
   int64_t rank = 0;            // 0: the largest input rank
   uint64_t seed = 0;           // DARE's drops
+  bool force = false;          // merge adapters recorded for different bases
 };
 
 struct ExportPeftOptions {
@@ -84,6 +85,7 @@ struct ImportPeftOptions {
   std::string peft_dir;  // PEFT folder
   std::string base;      // base checkpoint, to check modules and shapes
   std::string out;       // tessera adapter file
+  bool force = false;    // import a folder whose recorded base fingerprint differs
 };
 
 struct LibraryOptions {
@@ -114,8 +116,13 @@ std::string put_adapter_file(store::LibraryApi& library, const std::string& file
 int run_library(const LibraryOptions& o);
 // `tessera serve`: the lookup API over a library folder until SIGINT/SIGTERM.
 int run_serve(const ServeOptions& o);
-// SHA-256 of a checkpoint's model tensors (names, shapes, bytes; optimizer state left out).
+// SHA-256 of a base's parameters (names, shapes, F32 bytes; optimizer state
+// left out): a tessera checkpoint file, or a Hugging Face folder as loaded.
 std::string base_fingerprint(const std::string& checkpoint);
+// Refuses (Error naming both) an adapter recorded for base fingerprint `want`
+// on `base` unless `force`; `have` is base's fingerprint when already known.
+void check_base(const std::string& adapter, const std::string& want, const std::string& base,
+                bool force, std::string have = "");
 int run_export_peft(const ExportPeftOptions& o);
 // Validates the PEFT folder against the base, then writes tessera's adapter file.
 int run_import_peft(const ImportPeftOptions& o);

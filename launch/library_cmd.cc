@@ -11,11 +11,13 @@
 #include <cstring>
 #include <filesystem>
 #include <sstream>
+#include <tuple>
 
 #include "adapters/adapter_file.h"
 #include "adapters/merge.h"
 #include "launch/commands.h"
 #include "runtime/common/error.h"
+#include "runtime/io/hf.h"
 #include "runtime/io/safetensors.h"
 #include "store/library.h"
 #include "store/service.h"
@@ -79,20 +81,54 @@ std::unique_ptr<store::LibraryApi> open_library(const LibraryTarget& t, bool cre
   return lib;
 }
 
-std::string base_fingerprint(const std::string& checkpoint) {
-  auto f = io::SafetensorsFile::open(checkpoint);
-  std::vector<const io::TensorInfo*> ts;
-  for (const auto& t : f->tensors())
-    if (t.name.rfind("optimizer.", 0) != 0) ts.push_back(&t);
-  std::sort(ts.begin(), ts.end(), [](auto a, auto b) { return a->name < b->name; });
-  std::string h;
-  for (const io::TensorInfo* t : ts) {
-    h += t->name + '\0';
-    for (int64_t d : t->shape) h += std::to_string(d) + ",";
-    h += '\0' + store::sha256_hex(
-                    std::string(reinterpret_cast<const char*>(f->bytes(*t)), t->end - t->begin));
+namespace {
+// SHA-256 over (name, shape, F32 bytes) of every tensor, in name order.
+struct Fingerprint {
+  std::vector<std::tuple<std::string, std::vector<int64_t>, std::string>> items;
+  std::string hex() {
+    std::sort(items.begin(), items.end(),
+              [](const auto& a, const auto& b) { return std::get<0>(a) < std::get<0>(b); });
+    std::string h;
+    for (const auto& [name, shape, bytes] : items) {
+      h += name + '\0';
+      for (int64_t d : shape) h += std::to_string(d) + ",";
+      h += '\0' + store::sha256_hex(bytes);
+    }
+    return store::sha256_hex(h);
   }
-  return store::sha256_hex(h);
+};
+}  // namespace
+
+std::string base_fingerprint(const std::string& checkpoint) {
+  Fingerprint fp;
+  if (fs::is_directory(checkpoint)) {
+    // A Hugging Face folder: the parameters as loaded (F16/BF16 widened to
+    // F32, names as tessera's), so the folder tessera exports from a
+    // checkpoint has that checkpoint's fingerprint.
+    auto m = io::load_hf_decoder(checkpoint);
+    for (const nn::Parameter& p : m->params().all())
+      fp.items.emplace_back(
+          p.name, p.tensor.shape(),
+          std::string(reinterpret_cast<const char*>(p.tensor.data()), p.tensor.numel() * 4));
+    return fp.hex();
+  }
+  // A tessera checkpoint: its model tensors as stored (F32), optimizer state left out.
+  auto f = io::SafetensorsFile::open(checkpoint);
+  for (const auto& t : f->tensors())
+    if (t.name.rfind("optimizer.", 0) != 0)
+      fp.items.emplace_back(
+          t.name, t.shape,
+          std::string(reinterpret_cast<const char*>(f->bytes(t)), t.end - t.begin));
+  return fp.hex();
+}
+
+void check_base(const std::string& adapter, const std::string& want, const std::string& base,
+                bool force, std::string have) {
+  if (have.empty()) have = base_fingerprint(base);
+  if (have == want || force) return;
+  throw Error(str("adapter '", adapter, "' was trained on a base with fingerprint ",
+                  want.substr(0, 16), "…, but '", base, "' has ", have.substr(0, 16),
+                  "… (another base, or other weights); pass --force to load it anyway"));
 }
 
 std::string put_adapter_file(store::LibraryApi& lib, const std::string& file,
@@ -182,8 +218,11 @@ int run_library(const LibraryOptions& o) {
     for (const auto& t : o.tags) r.add_tags(t);
     r.set_task(o.task);
     if (!o.base.empty()) {
+      const std::string fp = base_fingerprint(o.base);
+      const std::string recorded = adapters::read_adapter(o.args[0]).base_fingerprint;
+      if (!recorded.empty()) check_base(o.args[0], recorded, o.base, o.force, fp);
       r.mutable_base()->set_name(o.base);
-      r.mutable_base()->set_fingerprint(base_fingerprint(o.base));
+      r.mutable_base()->set_fingerprint(fp);
     }
     std::printf("%s\n", put_adapter_file(*open_library(o.library, true), o.args[0], r).c_str());
     return 0;

@@ -44,7 +44,8 @@ int main(int argc, char** argv) {
                    "tessera checkpoint (.safetensors) or Hugging Face folder")
       ->required();
   c_eval->add_option("--adapter", ev.adapter,
-                     "Evaluate with this adapter attached (tessera adapter file or PEFT folder)");
+                     "Evaluate with this adapter attached (tessera adapter file or PEFT folder; "
+                     "one recorded for another base is refused)");
   c_eval->add_flag("--force", ev.force,
                    "Load the adapter even if it was trained on a base with another fingerprint");
   c_eval->add_option("--max-batches", ev.max_batches,
@@ -96,6 +97,7 @@ int main(int argc, char** argv) {
   c_merge->add_option("--rank", mo.rank, "Rank of the result (default: the largest input rank)");
   c_merge->add_option("--seed", mo.seed, "Seed for DARE's drops and LEGO's k-means")
       ->capture_default_str();
+  c_merge->add_flag("--force", mo.force, "Merge adapters recorded for different bases");
 
   tessera::launch::ExportPeftOptions ep;
   auto* c_ep =
@@ -110,6 +112,8 @@ int main(int argc, char** argv) {
   c_ip->add_option("peft_dir", ip.peft_dir, "PEFT adapter folder")->required();
   c_ip->add_option("--base", ip.base, "Base checkpoint the adapter belongs to")->required();
   c_ip->add_option("-o,--out", ip.out, "tessera adapter file to write")->required();
+  c_ip->add_flag("--force", ip.force,
+                 "Import even if the folder records another base's fingerprint");
 
   tessera::launch::LibraryOptions lo;
   auto* c_lib = app.add_subcommand("library",

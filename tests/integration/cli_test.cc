@@ -83,6 +83,15 @@ TEST_F(Cli, PretrainResumeAndEval) {
   ASSERT_EQ(h.code, 0) << h.out;
   auto loss_of = [](const std::string& s) { return s.substr(s.find("loss ")); };
   EXPECT_EQ(loss_of(e.out), loss_of(h.out));
+  // The folder is the same base as the checkpoint: one fingerprint, so an
+  // adapter trained on the checkpoint loads onto the folder unforced.
+  CliRun lm = run("train-adapter --quiet --base " + dir_ +
+                  "/run/checkpoint.safetensors --task text:" + dir_ + "/corpus.txt --out " + dir_ +
+                  "/lm_ad steps=3 threads=1");
+  ASSERT_EQ(lm.code, 0) << lm.out;
+  CliRun ha = run("eval --checkpoint " + dir_ + "/run/model --adapter " + dir_ +
+                  "/lm_ad/adapter.safetensors data.files=" + dir_ + "/corpus.txt data.holdout=0.2");
+  EXPECT_EQ(ha.code, 0) << ha.out;
 }
 
 TEST_F(Cli, TrainAdapterOnAFrozenMlpBase) {
@@ -213,6 +222,25 @@ TEST_F(Cli, AdaptersGoIntoTheLibraryAndComeBack) {
       run("eval --force --checkpoint " + other + " --adapter " + dir_ + "/ad/adapter.safetensors")
           .code,
       0);
+  // The PEFT folder tessera wrote records the base too (in its safetensors
+  // metadata): eval, import-peft and merge refuse it on or with another base.
+  CliRun wrong_peft = run("eval --checkpoint " + other + " --adapter " + dir_ + "/ad/adapter");
+  EXPECT_EQ(wrong_peft.code, 2) << wrong_peft.out;
+  EXPECT_NE(wrong_peft.out.find("fingerprint"), std::string::npos) << wrong_peft.out;
+  CliRun wrong_import =
+      run("import-peft " + dir_ + "/ad/adapter --base " + other + " -o " + dir_ + "/x.safetensors");
+  EXPECT_EQ(wrong_import.code, 2) << wrong_import.out;
+  EXPECT_NE(wrong_import.out.find("fingerprint"), std::string::npos) << wrong_import.out;
+  CliRun a2 = run("train-adapter --quiet --base " + other + " --task permute:seed=2 --out " + dir_ +
+                  "/ad2 epochs=0 steps=3 threads=1");
+  ASSERT_EQ(a2.code, 0) << a2.out;
+  CliRun mixed = run("merge " + dir_ + "/ad/adapter " + dir_ + "/ad2/adapter.safetensors -o " +
+                     dir_ + "/m.safetensors");
+  EXPECT_EQ(mixed.code, 2) << mixed.out;
+  EXPECT_NE(mixed.out.find("different bases"), std::string::npos) << mixed.out;
+  CliRun wrong_put = run("library --library " + dir_ + "/lib4 put " + dir_ +
+                         "/ad/adapter.safetensors --name y --base " + other);
+  EXPECT_EQ(wrong_put.code, 2) << wrong_put.out;
   CliRun none = run("library --library " + dir_ + "/nowhere ls");
   EXPECT_EQ(none.code, 2);
   EXPECT_NE(none.out.find("no adapter library"), std::string::npos) << none.out;
