@@ -5,7 +5,8 @@
 // Layout (column families):
 //   records   id → AdapterRecord
 //   tensors   id '/' tensor name → raw bytes (RocksDB blob files above
-//             Options::blob_min_size, so large values stay out of the LSM)
+//             Options::blob_min_size, so large values stay out of the LSM);
+//             tensors up to Options::inline_max live inside their record
 //   names     name '\0' version (8 bytes, big-endian) → id
 //   index     field '\0' value '\0' id → "" for tag, base, task and kind;
 //             "latest" '\0' name → the id of the name's newest version
@@ -13,8 +14,9 @@
 // and its index entries are all there or none is. Writes are synced by
 // default. Ids are the SHA-256 of the kind, config and every tensor (name,
 // dtype, shape, bytes); tensor values carry their own SHA-256 and CRC-32C:
-// Get checks size and CRC-32C, Verify also the SHA-256 and the id (a
-// mismatch is Corruption naming record and tensor).
+// Get checks sizes and RocksDB's checksums of what it reads from disk (and
+// the CRC-32C with Options::paranoid_get), Verify the CRC-32C, the SHA-256
+// and the id (a mismatch is Corruption naming record and tensor).
 #pragma once
 
 #include <cstdint>
@@ -23,6 +25,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "tessera/library.pb.h"
@@ -82,6 +85,12 @@ struct Options {
   bool sync = true;                   // fsync the WAL on every write (crash safety)
   uint64_t blob_min_size = 4096;      // tensor values at least this large go to blob files
   uint64_t cache_bytes = 256u << 20;  // LRU cache of record blocks and tensor blobs (0: none)
+  // Recheck each tensor's CRC-32C on every Get, on top of RocksDB's checksums
+  // of what it reads from disk (which catch damage to the files).
+  bool paranoid_get = false;
+  // Tensors up to this size (and up to 4× it per record) are stored inside
+  // their record rather than under their own key: one read for small adapters.
+  uint64_t inline_max = 16u << 10;
 };
 
 // A tensor to store: its bytes exactly as given (little-endian F32 for "F32").
@@ -182,7 +191,9 @@ class Library : public LibraryApi {
   Library() = default;
   // The id a key names; `read` receives the record when finding it meant reading it.
   Status Resolve(const std::string& key, std::string* id, AdapterRecord* read = nullptr);
-  Status ReadRecord(const std::string& id, AdapterRecord* r, const void* snapshot = nullptr);
+  // With `keep_inline`, tensor values stored inside the record stay in it.
+  Status ReadRecord(const std::string& id, AdapterRecord* r, const void* snapshot = nullptr,
+                    bool keep_inline = false);
   // Size and CRC-32C of every tensor; with `full` also its SHA-256.
   Status CheckTensors(const AdapterRecord& r, std::vector<TensorData>* out, bool full);
 
@@ -202,6 +213,9 @@ class Library : public LibraryApi {
   std::vector<rocksdb::ColumnFamilyHandle*> cf_;  // default, records, tensors, names, index
   Options options_;
   std::mutex write_mu_;  // version assignment
+  // name → id of its newest version (a cache of the `latest` pointers).
+  std::unordered_map<std::string, std::string> latest_;
+  std::shared_mutex latest_mu_;
 };
 
 // SHA-256 hex of `data` (OpenSSL).

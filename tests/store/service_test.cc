@@ -396,34 +396,44 @@ TEST(LookupApi, SizeAndTimeLimitsHold) {
   EXPECT_TRUE(c->Health().ok());
 }
 
-TEST(LookupApi, CorruptionTravelsAsDataLoss) {
-  const std::string dir = testing::temp_dir("svc_corrupt");
-  AdapterRecord stored;
-  {
+TEST(LookupApi, CorruptionIsReportedThroughTheApi) {
+  // Damage on disk is found by the server's Get (DATA_LOSS → Corruption); a
+  // wrong value that RocksDB's checksums cannot see is found by the client's
+  // CRC-32C check on arrival. Verify finds both.
+  for (bool on_disk : {true, false}) {
+    const std::string dir = testing::temp_dir(on_disk ? "svc_disk" : "svc_logical");
+    AdapterRecord stored;
+    {
+      std::unique_ptr<Library> lib;
+      ASSERT_TRUE(Library::Open(Options(), dir, &lib).ok());
+      ASSERT_TRUE(lib->Put(rec("victim"), {f32("big", {1024, 64}, 1)}, &stored).ok());
+    }
+    if (on_disk)
+      flip_byte_on_disk(dir);
+    else
+      flip_stored_byte(dir, stored.id() + "/big", 4000);
     std::unique_ptr<Library> lib;
     ASSERT_TRUE(Library::Open(Options(), dir, &lib).ok());
-    ASSERT_TRUE(lib->Put(rec("victim"), {f32("big", {1024, 64}, 1)}, &stored).ok());
+    ServerOptions so;
+    so.token = kToken;
+    std::unique_ptr<Server> server;
+    ASSERT_TRUE(Server::Start(lib.get(), so, &server).ok());
+    ClientOptions co;
+    co.target = "127.0.0.1:" + std::to_string(server->port());
+    co.token = kToken;
+    std::unique_ptr<RemoteLibrary> c;
+    ASSERT_TRUE(RemoteLibrary::Connect(co, &c).ok());
+    AdapterRecord got;
+    std::vector<TensorData> ts;
+    Status st = c->Get("victim", &got, &ts);
+    EXPECT_TRUE(st.IsCorruption()) << st.ToString();
+    EXPECT_NE(st.message().find("tensor big"), std::string::npos) << st.message();
+    EXPECT_NE(st.message().find(on_disk ? "damaged on disk" : "CRC-32C"), std::string::npos)
+        << st.message();
+    st = c->Verify();
+    EXPECT_TRUE(st.IsCorruption()) << st.ToString();
+    EXPECT_TRUE(c->Health().ok());
   }
-  flip_stored_byte(dir, stored.id() + "/big", 4000);
-  std::unique_ptr<Library> lib;
-  ASSERT_TRUE(Library::Open(Options(), dir, &lib).ok());
-  ServerOptions so;
-  so.token = kToken;
-  std::unique_ptr<Server> server;
-  ASSERT_TRUE(Server::Start(lib.get(), so, &server).ok());
-  ClientOptions co;
-  co.target = "127.0.0.1:" + std::to_string(server->port());
-  co.token = kToken;
-  std::unique_ptr<RemoteLibrary> c;
-  ASSERT_TRUE(RemoteLibrary::Connect(co, &c).ok());
-  AdapterRecord got;
-  std::vector<TensorData> ts;
-  Status st = c->Get("victim", &got, &ts);
-  EXPECT_TRUE(st.IsCorruption()) << st.ToString();
-  EXPECT_NE(st.message().find("tensor big"), std::string::npos) << st.message();
-  st = c->Verify();
-  EXPECT_TRUE(st.IsCorruption()) << st.ToString();
-  EXPECT_TRUE(c->Health().ok());
 }
 
 TEST(LookupApi, TlsWithTheRightRootsOnly) {

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <rocksdb/db.h>
 
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -55,6 +57,39 @@ inline void flip_stored_byte(const std::string& dir, const std::string& key, siz
   ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), h[2], key, v).ok());
   for (auto* x : h) db->DestroyColumnFamilyHandle(x);
   delete db;
+}
+
+// Flushes every column family of the closed library at `dir` (tensor values
+// move from the write-ahead log into blob files), then flips the byte in the
+// middle of the largest blob file: damage on disk, underneath RocksDB.
+inline void flip_byte_on_disk(const std::string& dir) {
+  {
+    rocksdb::DB* db = nullptr;
+    std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
+    for (const char* n : {"default", "records", "tensors", "names", "index"})
+      cfs.emplace_back(n, rocksdb::ColumnFamilyOptions());
+    cfs[2].options.enable_blob_files = true;
+    std::vector<rocksdb::ColumnFamilyHandle*> h;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), dir, cfs, &h, &db).ok());
+    ASSERT_TRUE(db->Flush(rocksdb::FlushOptions(), h).ok());
+    for (auto* x : h) db->DestroyColumnFamilyHandle(x);
+    delete db;
+  }
+  std::string blob;
+  uintmax_t size = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.path().extension() == ".blob" && e.file_size() > size) {
+      blob = e.path().string();
+      size = e.file_size();
+    }
+  ASSERT_FALSE(blob.empty()) << "no blob file in " << dir;
+  std::fstream f(blob, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(size / 2));
+  char c = 0;
+  f.read(&c, 1);
+  c ^= 0x01;
+  f.seekp(static_cast<std::streamoff>(size / 2));
+  f.write(&c, 1);
 }
 
 }  // namespace tessera::store
