@@ -1,5 +1,7 @@
 #include "adapters/adapter_file.h"
 
+#include "adapters/peft.h"
+
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -228,6 +230,30 @@ std::unique_ptr<AdapterSet> load_adapter(const std::string& path, std::vector<nn
                     " tensors, but the adapter has ", used, " — extra tensors would be lost"));
   if (base_model) *base_model = a.base_model;
   return set;
+}
+
+void adapter_file_to_peft(const std::string& file, const std::string& dir) {
+  AdapterFile f = read_adapter(file);
+  if (f.spec.kind != Kind::Lora && f.spec.kind != Kind::Dora)
+    throw Error(str("'", file, "' is a ", kind_name(f.spec.kind),
+                    " adapter; PEFT's LoRA format holds only lora and dora"));
+  const bool conv1d = std::find(f.conv1d.begin(), f.conv1d.end(), true) != f.conv1d.end();
+  if (conv1d && std::find(f.conv1d.begin(), f.conv1d.end(), false) != f.conv1d.end())
+    throw Error(str("'", file,
+                    "' mixes Conv1D and Linear modules; PEFT's fan_in_fan_out "
+                    "is one flag for the whole adapter"));
+  write_peft(dir, f.factors(), conv1d, f.base_model, f.magnitudes(), f.base_fingerprint);
+}
+
+void peft_to_adapter_file(const std::string& dir, const std::string& file) {
+  PeftFolder p = read_peft(dir);
+  if (p.dora)
+    throw Error(str("'", dir,
+                    "' is a DoRA adapter: its magnitudes are checked against a base; import it "
+                    "with the base (tessera library import-peft --base CKPT)"));
+  auto factors = p.factors();
+  save_lora_factors(file, factors, std::vector<bool>(factors.size(), p.fan_in_fan_out),
+                    p.base_model, p.base_fingerprint);
 }
 
 }  // namespace tessera::adapters

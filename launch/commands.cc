@@ -628,19 +628,10 @@ int run_demo(const DemoOptions& o) {
 
 int run_export_peft(const ExportPeftOptions& o) {
   adapters::AdapterFile f = adapters::read_adapter(o.adapter);
-  if (f.spec.kind != adapters::Kind::Lora && f.spec.kind != adapters::Kind::Dora)
-    throw Error(str("'", o.adapter, "' is a ", adapters::kind_name(f.spec.kind),
-                    " adapter; PEFT's LoRA format holds only lora and dora"));
   if (f.spec.dropout > 0)
     spdlog::info("note: dropout {} is a training setting; written as lora_dropout 0",
                  f.spec.dropout);
-  const bool conv1d = std::find(f.conv1d.begin(), f.conv1d.end(), true) != f.conv1d.end();
-  if (conv1d && std::find(f.conv1d.begin(), f.conv1d.end(), false) != f.conv1d.end())
-    throw Error(str("'", o.adapter,
-                    "' mixes Conv1D and Linear modules; PEFT's fan_in_fan_out "
-                    "is one flag for the whole adapter"));
-  adapters::write_peft(o.out, f.factors(), conv1d, f.base_model, f.magnitudes(),
-                       f.base_fingerprint);
+  adapters::adapter_file_to_peft(o.adapter, o.out);
   std::printf("%s (%s, %zu modules) → PEFT folder %s\n", o.adapter.c_str(),
               adapters::kind_name(f.spec.kind), f.modules.size(), o.out.c_str());
   return 0;

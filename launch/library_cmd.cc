@@ -14,11 +14,11 @@
 #include <tuple>
 
 #include "adapters/adapter_file.h"
-#include "adapters/merge.h"
 #include "launch/commands.h"
 #include "runtime/common/error.h"
 #include "runtime/io/hf.h"
 #include "runtime/io/safetensors.h"
+#include "store/adapter_io.h"
 #include "store/library.h"
 #include "store/service.h"
 
@@ -133,81 +133,42 @@ void check_base(const std::string& adapter, const std::string& want, const std::
 
 std::string put_adapter_file(store::LibraryApi& lib, const std::string& file,
                              AdapterRecord record) {
-  adapters::AdapterFile info = adapters::read_adapter(file);  // validates the file
-  auto f = io::SafetensorsFile::open(file);
-  record.set_kind(adapters::kind_name(info.spec.kind));
-  record.set_config_json(f->metadata().at("tessera.adapter"));
-  record.clear_target_modules();
-  for (const auto& m : info.modules) record.add_target_modules(m);
-  if (record.base().name().empty()) record.mutable_base()->set_name(info.base_model);
-  if (record.base().fingerprint().empty())
-    record.mutable_base()->set_fingerprint(info.base_fingerprint);
-  // Routing signatures: each LoRA module's Arrow prototype (the top right
-  // singular vector of its ΔW), computed from the weights, so imported and
-  // merged adapters get them too.
-  if (record.signatures_size() == 0 &&
-      (info.spec.kind == adapters::Kind::Lora || info.spec.kind == adapters::Kind::Dora))
-    for (const auto& [module, f] : info.factors()) {
-      Signature* sg = record.add_signatures();
-      sg->set_name("arrow/" + module);
-      for (float x : adapters::arrow_prototype(f)) sg->add_vector(x);
-    }
-  std::vector<store::TensorData> ts;
-  for (const auto& t : f->tensors()) {
-    store::TensorData d;
-    d.name = t.name;
-    d.dtype = io::dtype_name(t.dtype);
-    d.shape = t.shape;
-    d.bytes.assign(reinterpret_cast<const char*>(f->bytes(t)), t.end - t.begin);
-    ts.push_back(std::move(d));
-  }
   AdapterRecord stored;
-  check(lib.Put(record, ts, &stored), str("putting '", file, "' into the library"));
+  check(store::PutAdapterFile(lib, file, std::move(record), &stored),
+        str("putting '", file, "' into the library"));
   return stored.name() + "@" + std::to_string(stored.version()) + " " + stored.id();
 }
-
-namespace {
-// A scratch file for a command that goes through an adapter file.
-std::string scratch(const std::string& what) {
-  return (fs::temp_directory_path() /
-          ("tessera_" + what + "_" + std::to_string(::getpid()) + ".safetensors"))
-      .string();
-}
-
-void write_adapter_file(const AdapterRecord& r, const std::vector<store::TensorData>& ts,
-                        const std::string& path) {
-  std::vector<io::WriteEntry> e;
-  for (const auto& t : ts) {
-    io::DType d;
-    if (!io::parse_dtype(t.dtype, &d)) throw Error(str("tensor ", t.name, ": dtype ", t.dtype));
-    e.push_back({t.name, d, t.shape, t.bytes.data(), t.bytes.size()});
-  }
-  io::save_safetensors(path, e, {{"tessera.adapter", r.config_json()}, {"format", "pt"}});
-}
-}  // namespace
 
 int run_library(const LibraryOptions& o) {
   const std::string& cmd = o.command;
   if (cmd == "import-peft") {
     if (o.args.size() != 1) throw Error("library import-peft: name one PEFT folder");
     if (o.name.empty()) throw Error("library import-peft: --name names the adapter");
-    if (o.base.empty()) throw Error("library import-peft: --base names the base checkpoint");
-    const std::string tmp = scratch("import");
-    run_import_peft({o.args[0], o.base, tmp});
     AdapterRecord r;
     r.set_name(o.name);
     for (const auto& t : o.tags) r.add_tags(t);
     r.set_task(o.task);
-    r.mutable_base()->set_name(o.base);
-    std::string put;
-    try {
-      put = put_adapter_file(*open_library(o.library, true), tmp, r);
-    } catch (...) {
+    AdapterRecord stored;
+    auto lib = open_library(o.library, true);
+    if (o.base.empty()) {
+      // No base to check against: the folder's config and tensors are checked
+      // against each other (LoRA only; DoRA's magnitudes need the base).
+      check(store::ImportPeft(*lib, o.args[0], r, &stored), "library import-peft");
+    } else {
+      // Checked against the base's modules and shapes, through an adapter file.
+      const std::string tmp = (fs::temp_directory_path() /
+                               ("tessera_import_" + std::to_string(::getpid()) + ".safetensors"))
+                                  .string();
+      ImportPeftOptions io{o.args[0], o.base, tmp};
+      io.force = o.force;
+      run_import_peft(io);
+      r.mutable_base()->set_name(o.base);
+      store::Status s = store::PutAdapterFile(*lib, tmp, r, &stored);
       fs::remove(tmp);
-      throw;
+      check(s, "library import-peft");
     }
-    fs::remove(tmp);
-    std::printf("%s\n", put.c_str());
+    std::printf("%s@%ld %s\n", stored.name().c_str(), static_cast<long>(stored.version()),
+                stored.id().c_str());
     return 0;
   }
   if (cmd == "put") {
@@ -271,7 +232,7 @@ int run_library(const LibraryOptions& o) {
       return 0;
     }
     if (o.out.empty()) throw Error("library get: -o names the adapter file to write");
-    write_adapter_file(r, ts, o.out);
+    check(store::WriteAdapterFile(r, ts, o.out), "library get");
     std::printf("%s@%ld → %s\n", r.name().c_str(), static_cast<long>(r.version()), o.out.c_str());
     return 0;
   }
@@ -279,20 +240,13 @@ int run_library(const LibraryOptions& o) {
     if (o.args.size() != 1 || o.out.empty())
       throw Error("library export-peft: name one adapter and the PEFT folder (-o)");
     AdapterRecord r;
-    std::vector<store::TensorData> ts;
-    check(lib->Get(o.args[0], &r, &ts), "library export-peft");
+    check(lib->Get(o.args[0], &r), "library export-peft");
     if (!o.base.empty() && !o.force)
       check(store::CheckBase(r, base_fingerprint(o.base)),
             str("library export-peft --base ", o.base));
-    const std::string tmp = scratch("export");
-    write_adapter_file(r, ts, tmp);
-    try {
-      run_export_peft({tmp, o.out});
-    } catch (...) {
-      fs::remove(tmp);
-      throw;
-    }
-    fs::remove(tmp);
+    check(store::ExportPeft(*lib, r.id(), o.out), "library export-peft");
+    std::printf("%s@%ld → PEFT folder %s\n", r.name().c_str(), static_cast<long>(r.version()),
+                o.out.c_str());
     return 0;
   }
   if (cmd == "rm") {

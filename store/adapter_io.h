@@ -1,0 +1,35 @@
+// Adapter files and PEFT folders in and out of any library (embedded or
+// remote, through LibraryApi): the store's side of interchange.
+//
+// An adapter going in takes its kind, spec, target modules and base (name and
+// fingerprint, unless the record names them) from the file, the rest (name,
+// tags, task, scores, provenance) from the caller's record; a LoRA or DoRA
+// adapter also gets routing signatures: each module's Arrow prototype
+// (`arrow/<module>`, the top right singular vector of its ΔW).
+// A malformed file or folder is InvalidArgument naming it.
+#pragma once
+
+#include <string>
+
+#include "store/library.h"
+
+namespace tessera::store {
+
+Status PutAdapterFile(LibraryApi& lib, const std::string& file, AdapterRecord record,
+                      AdapterRecord* stored);
+// Writes a record and its tensors (as Get returns them) as tessera's adapter file.
+Status WriteAdapterFile(const AdapterRecord& r, const std::vector<TensorData>& tensors,
+                        const std::string& file);
+// Writes adapter `key` as tessera's adapter file; `record` may be null.
+Status GetAdapterFile(LibraryApi& lib, const std::string& key, const std::string& file,
+                      AdapterRecord* record = nullptr);
+// Writes LoRA/DoRA adapter `key` as a PEFT folder (base fingerprint kept in
+// its safetensors metadata).
+Status ExportPeft(LibraryApi& lib, const std::string& key, const std::string& dir);
+// Puts a PEFT LoRA folder (config and tensors checked against each other;
+// checking it against a base model is the caller's: tessera library
+// import-peft --base does).
+Status ImportPeft(LibraryApi& lib, const std::string& dir, AdapterRecord record,
+                  AdapterRecord* stored);
+
+}  // namespace tessera::store
