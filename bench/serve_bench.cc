@@ -162,9 +162,6 @@ int main(int argc, char** argv) {
   int clients = 8, adapters = 64;
   double seconds = 3;
   bool skip_baseline = false;
-  int active = 0;
-  app.add_option("--server-active", active, "Get bodies the server runs at once (0: cores)")
-      ->capture_default_str();
   app.add_flag("--skip-baseline", skip_baseline, "Only the gRPC runs (for profiling)");
   app.add_option("--clients", clients)->capture_default_str();
   app.add_option("--seconds", seconds, "Measured time per configuration")->capture_default_str();
@@ -218,7 +215,6 @@ int main(int argc, char** argv) {
       }
     store::ServerOptions so;
     so.token = kToken;
-    so.max_active = active;
     std::unique_ptr<store::Server> server, mem_server;
     store::Status s = store::Server::Start(lib.get(), so, &server);
     if (s.ok()) s = store::Server::Start(&mem, so, &mem_server);

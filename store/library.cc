@@ -150,6 +150,11 @@ Status Library::Open(const Options& options, const std::string& path,
   rocksdb::DBOptions dbo;
   dbo.create_if_missing = options.create_if_missing;
   dbo.create_missing_column_families = options.create_if_missing;
+  // The small column families (records, names, index) rarely fill a
+  // memtable; without a cap the write-ahead log would be kept (holding every
+  // tensor byte a second time) until they do. Past this size RocksDB flushes
+  // them so the log can go.
+  dbo.max_total_wal_size = 64u << 20;
   rocksdb::ColumnFamilyOptions plain;
   // One LRU cache for record blocks and tensor blobs: a served adapter is read
   // from memory, not from a blob file by a syscall per tensor.

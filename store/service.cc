@@ -207,7 +207,7 @@ class CallWatch {
   }
   class Guard {
    public:
-    Guard(CallWatch* w, grpc::ServerContext* c) : w_(w), c_(c) {
+    Guard(CallWatch* w, grpc::ServerContextBase* c) : w_(w), c_(c) {
       std::lock_guard<std::mutex> l(w_->mu_);
       w_->calls_[c_] = Clock::now() + std::chrono::milliseconds(w_->limit_);
     }
@@ -218,7 +218,7 @@ class CallWatch {
 
    private:
     CallWatch* w_;
-    grpc::ServerContext* c_;
+    grpc::ServerContextBase* c_;
   };
 
  private:
@@ -237,57 +237,97 @@ class CallWatch {
   const int64_t limit_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::map<grpc::ServerContext*, Clock::time_point> calls_;
+  std::map<grpc::ServerContextBase*, Clock::time_point> calls_;
   bool stop_ = false;
   std::thread thread_;
 };
 
-// At most N request bodies run at once; the rest wait their turn, blocked.
-// With more runnable threads than cores every request is time-sliced against
-// the others and the tail latency is the scheduler's; in turn, requests
-// finish in order.
-class Gate {
+// A Get's answer, one message at a time: the record first, then the tensor
+// bytes in pieces, at most `chunk` bytes per message (a whole tensor that
+// fits is moved into its message, not copied).
+class GetStream {
  public:
-  explicit Gate(int n) : free_(n) {}
-  class Pass {
-   public:
-    explicit Pass(Gate* g) : g_(g) {
-      std::unique_lock<std::mutex> l(g_->mu_);
-      g_->cv_.wait(l, [this] { return g_->free_ > 0; });
-      --g_->free_;
+  GetStream(AdapterRecord record, std::vector<TensorData> ts, uint64_t chunk)
+      : record_(std::move(record)), ts_(std::move(ts)), chunk_(chunk) {}
+  bool Next(GetChunk* msg) {
+    msg->Clear();
+    if (first_) {
+      *msg->mutable_record() = std::move(record_);
+      first_ = false;
+    } else if (i_ >= ts_.size()) {
+      return false;
     }
-    ~Pass() {
-      {
-        std::lock_guard<std::mutex> l(g_->mu_);
-        ++g_->free_;
-      }
-      g_->cv_.notify_one();
+    uint64_t room = chunk_;
+    while (i_ < ts_.size()) {
+      std::string& b = ts_[i_].bytes;
+      const uint64_t size = b.size(), n = std::min<uint64_t>(room, size - off_);
+      if (n == 0 && size > 0) break;  // this message is full
+      TensorPiece* p = msg->add_pieces();
+      p->set_tensor(static_cast<uint32_t>(i_));
+      p->set_offset(off_);
+      if (off_ == 0 && n == size)
+        p->set_data(std::move(b));
+      else
+        p->set_data(b.data() + off_, n);
+      room -= n;
+      off_ += n;
+      if (off_ < size) break;  // the rest of this tensor goes in the next message
+      ++i_;
+      off_ = 0;
     }
-
-   private:
-    Gate* g_;
-  };
+    return true;
+  }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int free_;
+  AdapterRecord record_;
+  std::vector<TensorData> ts_;
+  uint64_t chunk_;
+  bool first_ = true;
+  size_t i_ = 0;
+  uint64_t off_ = 0;
 };
 
-class Service final : public LibraryService::Service {
+class Service;
+
+// Get on gRPC's callback API: the answer is written from gRPC's own threads,
+// without a thread of ours blocking per call.
+class GetReactor : public grpc::ServerWriteReactor<GetChunk> {
+ public:
+  GetReactor(Service* svc, grpc::CallbackServerContext* ctx, const GetRequest* req);
+  void OnWriteDone(bool ok) override {
+    if (!ok) return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+    Next();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void Next() {
+    if (!stream_ || !stream_->Next(&msg_)) return Finish(grpc::Status::OK);
+    StartWrite(&msg_);
+  }
+  std::unique_ptr<GetStream> stream_;
+  std::unique_ptr<CallWatch::Guard> guard_;
+  GetChunk msg_;
+};
+
+class Service final : public LibraryService::WithCallbackMethod_Get<LibraryService::Service> {
  public:
   Service(LibraryApi* lib, const ServerOptions& o)
-      : lib_(lib),
-        o_(o),
-        watch_(o.max_call_ms),
-        gate_(o.max_active > 0
-                  ? o.max_active
-                  : std::max(2, static_cast<int>(std::thread::hardware_concurrency()))),
-        started_(Clock::now()) {}
+      : lib_(lib), o_(o), watch_(o.max_call_ms), started_(Clock::now()) {}
 
-  grpc::Status Get(grpc::ServerContext* ctx, const GetRequest* req,
-                   grpc::ServerWriter<GetChunk>* w) override {
-    return Call(ctx, [&]() -> grpc::Status {
+  grpc::ServerWriteReactor<GetChunk>* Get(grpc::CallbackServerContext* ctx,
+                                          const GetRequest* req) override {
+    return new GetReactor(this, ctx, req);
+  }
+
+  // Authenticates and validates a Get and reads the adapter: its answer stream.
+  grpc::Status PrepareGet(grpc::CallbackServerContext* ctx, const GetRequest* req,
+                          std::unique_ptr<GetStream>* out,
+                          std::unique_ptr<CallWatch::Guard>* guard) {
+    grpc::Status auth = Authorize(ctx);
+    if (!auth.ok()) return auth;
+    *guard = std::make_unique<CallWatch::Guard>(&watch_, ctx);
+    try {
       if (req->key().empty() || req->key().size() > 1024)
         return invalid("key", "expected an id, name, name@latest or name@N (1..1024 characters)");
       uint64_t chunk = req->chunk_bytes() ? req->chunk_bytes() : o_.chunk_bytes;
@@ -295,37 +335,15 @@ class Service final : public LibraryService::Service {
         return invalid("chunk_bytes", std::to_string(req->chunk_bytes()) +
                                           ", expected 0 or 4096.." +
                                           std::to_string(o_.max_message_bytes - 65536));
-      GetChunk msg;
+      AdapterRecord r;
       std::vector<TensorData> ts;
-      Gate::Pass pass(&gate_);
-      Status s = lib_->Get(req->key(), msg.mutable_record(), req->record_only() ? nullptr : &ts);
+      Status s = lib_->Get(req->key(), &r, req->record_only() ? nullptr : &ts);
       if (!s.ok()) return to_grpc(s);
-      uint64_t room = chunk;
-      for (size_t i = 0; i < ts.size(); ++i) {
-        std::string& b = ts[i].bytes;
-        for (uint64_t off = 0; off < b.size() || (b.empty() && off == 0);) {
-          if (room == 0) {
-            if (!w->Write(msg))
-              return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
-            msg.Clear();
-            room = chunk;
-          }
-          TensorPiece* p = msg.add_pieces();
-          p->set_tensor(static_cast<uint32_t>(i));
-          p->set_offset(off);
-          const uint64_t n = std::min<uint64_t>(room, b.size() - off);
-          if (off == 0 && n == b.size())
-            p->set_data(std::move(b));  // the whole tensor: no copy
-          else
-            p->set_data(b.data() + off, n);
-          room -= n;
-          off += n;
-          if (n == 0) break;
-        }
-      }
-      if (!w->Write(msg)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+      *out = std::make_unique<GetStream>(std::move(r), std::move(ts), chunk);
       return grpc::Status::OK;
-    });
+    } catch (const std::exception& e) {
+      return grpc::Status(grpc::StatusCode::INTERNAL, std::string("server error: ") + e.what());
+    }
   }
 
   grpc::Status Put(grpc::ServerContext* ctx, grpc::ServerReader<PutChunk>* r,
@@ -505,6 +523,17 @@ class Service final : public LibraryService::Service {
   // INTERNAL so that no request can take the server down.
   template <typename F>
   grpc::Status Call(grpc::ServerContext* ctx, F&& body) {
+    grpc::Status auth = Authorize(ctx);
+    if (!auth.ok()) return auth;
+    CallWatch::Guard g(&watch_, ctx);
+    try {
+      return body();
+    } catch (const std::exception& e) {
+      return grpc::Status(grpc::StatusCode::INTERNAL, std::string("server error: ") + e.what());
+    }
+  }
+
+  grpc::Status Authorize(grpc::ServerContextBase* ctx) {
     if (!o_.token.empty()) {
       const auto& md = ctx->client_metadata();
       auto it = md.find("authorization");
@@ -516,20 +545,23 @@ class Service final : public LibraryService::Service {
       if (got.size() != want.size() || CRYPTO_memcmp(got.data(), want.data(), got.size()) != 0)
         return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "wrong bearer token");
     }
-    CallWatch::Guard g(&watch_, ctx);
-    try {
-      return body();
-    } catch (const std::exception& e) {
-      return grpc::Status(grpc::StatusCode::INTERNAL, std::string("server error: ") + e.what());
-    }
+    return grpc::Status::OK;
   }
 
   LibraryApi* lib_;
   ServerOptions o_;
   CallWatch watch_;
-  Gate gate_;
   Clock::time_point started_;
 };
+
+GetReactor::GetReactor(Service* svc, grpc::CallbackServerContext* ctx, const GetRequest* req) {
+  grpc::Status st = svc->PrepareGet(ctx, req, &stream_, &guard_);
+  if (!st.ok()) {
+    Finish(st);
+    return;
+  }
+  Next();
+}
 
 bool is_loopback(const std::string& listen) {
   return listen.rfind("127.", 0) == 0 || listen.rfind("localhost:", 0) == 0 ||

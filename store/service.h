@@ -36,7 +36,6 @@ struct ServerOptions {
   int64_t max_call_ms = 120000;             // a call running longer is cancelled
   uint32_t chunk_bytes = 4u << 20;          // tensor bytes per Get message by default
   int max_threads = 64;                     // gRPC's sync server threads
-  int max_active = 0;  // Get bodies running at once (0: the cores); others queue
 };
 
 class Server {
