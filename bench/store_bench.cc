@@ -67,6 +67,27 @@ void emit_rate(const std::string& impl, const std::string& op, size_t bytes, int
                {"mb_per_s", static_cast<double>(bytes) * count / secs / 1e6}});
 }
 
+// prefix + i (built by appending: GCC 12's -Wrestrict misfires on "a" + to_string(i)
+// once inlined into a lambda).
+std::string key(const char* prefix, int i) {
+  std::string k = prefix;
+  k += std::to_string(i);
+  return k;
+}
+
+// After the puts settle: every value read once ("get_cold"), then 3 more passes ("get").
+template <typename Get>
+void time_gets(const std::string& impl, size_t bytes, int count, Get get) {
+  settle();
+  for (const char* op : {"get_cold", "get"}) {
+    const double t0 = now_s();
+    const int passes = op[3] == '_' ? 1 : 3;
+    for (int p = 0; p < passes; ++p)
+      for (int i = 0; i < count; ++i) get(i);
+    emit_rate(impl, op, bytes, count * passes, now_s() - t0);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -103,17 +124,10 @@ int main(int argc, char** argv) {
         double t0 = now_s();
         for (int i = 0; i < count; ++i) db->Put(wo, "k" + std::to_string(i), values[i]);
         emit_rate("raw_rocksdb", "put", bytes, count, now_s() - t0);
-        settle();
-        for (const char* op : {"get_cold", "get"}) {
-          t0 = now_s();
-          const int passes = op[3] == '_' ? 1 : 3;
-          for (int p = 0; p < passes; ++p)
-            for (int i = 0; i < count; ++i) {
-              std::string v;  // a value the caller keeps, as the library's Get gives
-              db->Get(rocksdb::ReadOptions(), "k" + std::to_string(i), &v);
-            }
-          emit_rate("raw_rocksdb", op, bytes, count * passes, now_s() - t0);
-        }
+        time_gets("raw_rocksdb", bytes, count, [&](int i) {
+          std::string v;  // a value the caller keeps, as the library's Get gives
+          db->Get(rocksdb::ReadOptions(), key("k", i), &v);
+        });
         delete db;
       }
       // The library: a record + one tensor of the same bytes per adapter.
@@ -132,19 +146,12 @@ int main(int argc, char** argv) {
           if (!s.ok()) throw std::runtime_error(s.ToString());
         }
         emit_rate("tessera_library", "put", bytes, count, now_s() - t0);
-        settle();
-        for (const char* op : {"get_cold", "get"}) {
-          t0 = now_s();
-          const int passes = op[3] == '_' ? 1 : 3;
-          for (int p = 0; p < passes; ++p)
-            for (int i = 0; i < count; ++i) {
-              AdapterRecord r;
-              std::vector<store::TensorData> ts;
-              s = lib->Get("a" + std::to_string(i), &r, &ts);
-              if (!s.ok()) throw std::runtime_error(s.ToString());
-            }
-          emit_rate("tessera_library", op, bytes, count * passes, now_s() - t0);
-        }
+        time_gets("tessera_library", bytes, count, [&](int i) {
+          AdapterRecord r;
+          std::vector<store::TensorData> ts;
+          s = lib->Get(key("a", i), &r, &ts);
+          if (!s.ok()) throw std::runtime_error(s.ToString());
+        });
         lib.reset();
         bench::emit(
             {{"bench", "store"},

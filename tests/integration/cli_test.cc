@@ -52,6 +52,23 @@ class Cli : public ::testing::Test {
         "steps=" +
         std::to_string(steps) + " threads=1 out_dir=" + dir_ + "/" + name);
   }
+  // dir_/base pretrained, then a LoRA on permute:seed=2 trained into `library` as perm2
+  // (its files under dir_/ad).
+  CliRun base_and_adapter_in(const std::string& library) {
+    CliRun p = pretrain_mlp("base", 20);
+    if (p.code != 0) return p;
+    return run("train-adapter --quiet --base " + dir_ +
+               "/base/checkpoint.safetensors --task permute:seed=2 --out " + dir_ +
+               "/ad --library " + library + " --name perm2 epochs=0 steps=10 threads=1");
+  }
+  // The "accuracy ..." tail of eval with `adapter` on `base` for `task`.
+  std::string accuracy(const std::string& base, const std::string& adapter,
+                       const std::string& task) {
+    CliRun e = run("eval --checkpoint " + base + " --adapter " + adapter + " data.task=" + task);
+    EXPECT_EQ(e.code, 0) << e.out;
+    const size_t at = e.out.find("accuracy");
+    return at == std::string::npos ? e.out : e.out.substr(at);
+  }
   std::string dir_;
 };
 
@@ -169,11 +186,8 @@ TEST_F(Cli, TrainAdapterOnAFrozenMlpBase) {
 }
 
 TEST_F(Cli, AdaptersGoIntoTheLibraryAndComeBack) {
-  CliRun p = pretrain_mlp("base", 20);
-  ASSERT_EQ(p.code, 0) << p.out;
   const std::string base = dir_ + "/base/checkpoint.safetensors", lib = dir_ + "/lib";
-  CliRun a = run("train-adapter --quiet --base " + base + " --task permute:seed=2 --out " + dir_ +
-                 "/ad --library " + lib + " --name perm2 epochs=0 steps=10 threads=1");
+  CliRun a = base_and_adapter_in(lib);
   ASSERT_EQ(a.code, 0) << a.out;
   EXPECT_NE(a.out.find("library " + lib + ": perm2@1"), std::string::npos) << a.out;
   CliRun ls = run("library --library " + lib + " ls --json");
@@ -183,12 +197,7 @@ TEST_F(Cli, AdaptersGoIntoTheLibraryAndComeBack) {
   // Out of the library, the adapter evaluates as the trained file does.
   CliRun g = run("library --library " + lib + " get perm2@latest -o " + dir_ + "/back.safetensors");
   ASSERT_EQ(g.code, 0) << g.out;
-  auto acc = [&](const std::string& file) {
-    CliRun e =
-        run("eval --checkpoint " + base + " --adapter " + file + " data.task=permute:seed=2");
-    EXPECT_EQ(e.code, 0) << e.out;
-    return e.out.substr(e.out.find("accuracy"));
-  };
+  auto acc = [&](const std::string& file) { return accuracy(base, file, "permute:seed=2"); };
   EXPECT_EQ(acc(dir_ + "/back.safetensors"), acc(dir_ + "/ad/adapter.safetensors"));
   EXPECT_EQ(run("library --library " + lib + " verify").code, 0);
   // PEFT out of the library and back in under another name (the same content
@@ -271,11 +280,8 @@ TEST_F(Cli, MistakesGetOneClearMessage) {
 
 // `tessera serve` as a user starts it, and the library commands through it.
 TEST_F(Cli, ServeAndRemoteLibraryCommands) {
-  CliRun p = pretrain_mlp("base", 20);
-  ASSERT_EQ(p.code, 0) << p.out;
   const std::string base = dir_ + "/base/checkpoint.safetensors", lib = dir_ + "/served";
-  CliRun a = run("train-adapter --quiet --base " + base + " --task permute:seed=2 --out " + dir_ +
-                 "/ad --library " + lib + " --name perm2 epochs=0 steps=10 threads=1");
+  CliRun a = base_and_adapter_in(lib);
   ASSERT_EQ(a.code, 0) << a.out;
   std::ofstream(dir_ + "/token") << "cli-test-token\n";
   std::ofstream(dir_ + "/wrong") << "not-the-token\n";
@@ -302,12 +308,7 @@ TEST_F(Cli, ServeAndRemoteLibraryCommands) {
   EXPECT_NE(ls.out.find("\"name\":\"arrow/"), std::string::npos) << ls.out;
   // Fetched through the API, the adapter evaluates as the trained file does.
   ASSERT_EQ(run(remote + "get perm2 -o " + dir_ + "/back.safetensors").code, 0);
-  auto acc = [&](const std::string& file) {
-    CliRun e =
-        run("eval --checkpoint " + base + " --adapter " + file + " data.task=permute:seed=2");
-    EXPECT_EQ(e.code, 0) << e.out;
-    return e.out.substr(e.out.find("accuracy"));
-  };
+  auto acc = [&](const std::string& file) { return accuracy(base, file, "permute:seed=2"); };
   EXPECT_EQ(acc(dir_ + "/back.safetensors"), acc(dir_ + "/ad/adapter.safetensors"));
   // Training straight into the served library.
   CliRun b = run("train-adapter --quiet --base " + base + " --task permute:seed=5 --out " + dir_ +

@@ -40,23 +40,33 @@ inline AdapterRecord rec(const std::string& name, const std::string& kind = "lor
   return r;
 }
 
+// The closed library at `dir` opened as plain RocksDB (its column families).
+struct RawLibrary {
+  rocksdb::DB* db = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> cf;  // default, records, tensors, names, index
+  explicit RawLibrary(const std::string& dir) {
+    std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
+    for (const char* n : {"default", "records", "tensors", "names", "index"})
+      cfs.emplace_back(n, rocksdb::ColumnFamilyOptions());
+    cfs[2].options.enable_blob_files = true;
+    EXPECT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), dir, cfs, &cf, &db).ok()) << dir;
+  }
+  ~RawLibrary() {
+    for (auto* x : cf) db->DestroyColumnFamilyHandle(x);
+    delete db;
+  }
+};
+
 // Flips one byte of a stored tensor value (key "id/tensor") in the closed
 // library at `dir`, going around the library to RocksDB itself.
 inline void flip_stored_byte(const std::string& dir, const std::string& key, size_t at) {
-  rocksdb::DB* db = nullptr;
-  std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
-  for (const char* n : {"default", "records", "tensors", "names", "index"})
-    cfs.emplace_back(n, rocksdb::ColumnFamilyOptions());
-  cfs[2].options.enable_blob_files = true;
-  std::vector<rocksdb::ColumnFamilyHandle*> h;
-  ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), dir, cfs, &h, &db).ok());
+  RawLibrary raw(dir);
+  ASSERT_NE(raw.db, nullptr);
   std::string v;
-  ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), h[2], key, &v).ok());
+  ASSERT_TRUE(raw.db->Get(rocksdb::ReadOptions(), raw.cf[2], key, &v).ok());
   ASSERT_LT(at, v.size());
   v[at] ^= 0x01;
-  ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), h[2], key, v).ok());
-  for (auto* x : h) db->DestroyColumnFamilyHandle(x);
-  delete db;
+  ASSERT_TRUE(raw.db->Put(rocksdb::WriteOptions(), raw.cf[2], key, v).ok());
 }
 
 // Flushes every column family of the closed library at `dir` (tensor values
@@ -64,16 +74,9 @@ inline void flip_stored_byte(const std::string& dir, const std::string& key, siz
 // middle of the largest blob file: damage on disk, underneath RocksDB.
 inline void flip_byte_on_disk(const std::string& dir) {
   {
-    rocksdb::DB* db = nullptr;
-    std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
-    for (const char* n : {"default", "records", "tensors", "names", "index"})
-      cfs.emplace_back(n, rocksdb::ColumnFamilyOptions());
-    cfs[2].options.enable_blob_files = true;
-    std::vector<rocksdb::ColumnFamilyHandle*> h;
-    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), dir, cfs, &h, &db).ok());
-    ASSERT_TRUE(db->Flush(rocksdb::FlushOptions(), h).ok());
-    for (auto* x : h) db->DestroyColumnFamilyHandle(x);
-    delete db;
+    RawLibrary raw(dir);
+    ASSERT_NE(raw.db, nullptr);
+    ASSERT_TRUE(raw.db->Flush(rocksdb::FlushOptions(), raw.cf).ok());
   }
   std::string blob;
   uintmax_t size = 0;
