@@ -1,0 +1,121 @@
+#include "runtime/dist/process_group.h"
+
+#include <cstring>
+
+namespace tessera::dist {
+
+size_t dtype_size(DType d) {
+  switch (d) {
+    case DType::kF32:
+      return 4;
+    case DType::kF64:
+      return 8;
+    case DType::kI32:
+      return 4;
+    case DType::kI64:
+      return 8;
+    case DType::kU8:
+      return 1;
+  }
+  return 0;
+}
+
+const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::kF32:
+      return "f32";
+    case DType::kF64:
+      return "f64";
+    case DType::kI32:
+      return "i32";
+    case DType::kI64:
+      return "i64";
+    case DType::kU8:
+      return "u8";
+  }
+  return "?";
+}
+
+const char* op_name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+      return "sum";
+    case ReduceOp::kMean:
+      return "mean";
+    case ReduceOp::kMax:
+      return "max";
+    case ReduceOp::kMin:
+      return "min";
+  }
+  return "?";
+}
+
+void ProcessGroup::check_rank(int r, const char* what, const char* arg) const {
+  if (r < 0 || r >= size())
+    throw Error(
+        str(backend(), " ", what, ": ", arg, " ", r, " is not a rank of a world of ", size()));
+}
+
+std::string ProcessGroup::where(const char* op, const CallOptions& o) const {
+  return str(backend(), " ", op, " (tag ", o.tag, ", rank ", rank(), " of ", size(), ")");
+}
+
+namespace {
+
+class LocalGroup final : public ProcessGroup {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::string backend() const override { return "local"; }
+  void allreduce(void*, size_t, DType dtype, ReduceOp op, const CallOptions& o) override {
+    if (op == ReduceOp::kMean && (dtype != DType::kF32 && dtype != DType::kF64))
+      throw Error(where("allreduce", o) + ": mean needs a floating type, not " + dtype_name(dtype));
+  }
+  void broadcast(void*, size_t, int root, const CallOptions&) override {
+    check_rank(root, "broadcast", "root");
+  }
+  void allgatherv(const void* in, void* out, const std::vector<size_t>& counts, DType dtype,
+                  const CallOptions& o) override {
+    if (counts.size() != 1)
+      throw Error(where("allgatherv", o) + ": " + std::to_string(counts.size()) +
+                  " counts for a world of 1");
+    copy(in, out, counts[0] * dtype_size(dtype));
+  }
+  void gather(const void* in, void* out, size_t count, DType dtype, int root,
+              const CallOptions&) override {
+    check_rank(root, "gather", "root");
+    copy(in, out, count * dtype_size(dtype));
+  }
+  void scatter(const void* in, void* out, size_t count, DType dtype, int root,
+               const CallOptions&) override {
+    check_rank(root, "scatter", "root");
+    copy(in, out, count * dtype_size(dtype));
+  }
+  void reduce_scatter(const void* in, void* out, size_t count, DType dtype, ReduceOp op,
+                      const CallOptions& o) override {
+    allreduce(nullptr, 0, dtype, op, o);  // argument checks
+    copy(in, out, count * dtype_size(dtype));
+  }
+  void barrier(const CallOptions&) override {}
+  void send(const void*, size_t, int dst, const CallOptions& o) override {
+    check_rank(dst, "send", "destination");
+    throw Error(where("send", o) + ": a world of one has no peer to send to");
+  }
+  void recv(void*, size_t, int src, const CallOptions& o) override {
+    check_rank(src, "recv", "source");
+    throw Error(where("recv", o) + ": a world of one has no peer to receive from");
+  }
+
+ private:
+  static void copy(const void* in, void* out, size_t bytes) {
+    if (bytes > 0 && in != out) std::memmove(out, in, bytes);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<ProcessGroup> make_local() {
+  return std::make_unique<LocalGroup>();
+}
+
+}  // namespace tessera::dist

@@ -1,0 +1,96 @@
+// Process groups: every number that crosses a process goes through one
+// `ProcessGroup`, so MPI and Gloo are interchangeable and the `local`
+// backend makes single-process runs and tests exact.
+//
+// Collectives are called by every rank of the group with matching arguments
+// (same op order, same counts, same tag); buffers are plain host memory.
+// Every call takes CallOptions: a tag (calls with different tags do not
+// match) and a timeout. A failed or timed-out call throws dist::Error naming
+// the operation, this rank and, where the backend can tell, the peer.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/common/error.h"
+
+namespace tessera::dist {
+
+class Error : public tessera::Error {
+ public:
+  using tessera::Error::Error;
+};
+
+enum class DType { kF32, kF64, kI32, kI64, kU8 };
+enum class ReduceOp { kSum, kMean, kMax, kMin };
+
+size_t dtype_size(DType d);
+const char* dtype_name(DType d);
+const char* op_name(ReduceOp op);
+
+struct CallOptions {
+  uint32_t tag = 0;
+  std::chrono::milliseconds timeout{std::chrono::minutes(5)};
+};
+
+class ProcessGroup {
+ public:
+  virtual ~ProcessGroup() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string backend() const = 0;  // "local", "gloo", "mpi"
+
+  // In place: `data` (count elements) becomes the reduction over all ranks.
+  // kMean divides the sum by the world size (floating types only).
+  virtual void allreduce(void* data, size_t count, DType dtype, ReduceOp op,
+                         const CallOptions& o = {}) = 0;
+  // `bytes` of `data` on `root` copied to every rank's `data`.
+  virtual void broadcast(void* data, size_t bytes, int root, const CallOptions& o = {}) = 0;
+  // Rank r contributes counts[r] elements; `out` receives all of them in rank
+  // order (sum of counts elements) on every rank.
+  virtual void allgatherv(const void* in, void* out, const std::vector<size_t>& counts, DType dtype,
+                          const CallOptions& o = {}) = 0;
+  // `count` elements from every rank into root's `out` (size × count), rank order.
+  virtual void gather(const void* in, void* out, size_t count, DType dtype, int root,
+                      const CallOptions& o = {}) = 0;
+  // Root's `in` (size × count elements): block r goes to rank r's `out`.
+  virtual void scatter(const void* in, void* out, size_t count, DType dtype, int root,
+                       const CallOptions& o = {}) = 0;
+  // `in` (size × count elements) reduced over ranks; rank r keeps block r in `out`.
+  virtual void reduce_scatter(const void* in, void* out, size_t count, DType dtype, ReduceOp op,
+                              const CallOptions& o = {}) = 0;
+  virtual void barrier(const CallOptions& o = {}) = 0;
+  virtual void send(const void* data, size_t bytes, int dst, const CallOptions& o = {}) = 0;
+  virtual void recv(void* data, size_t bytes, int src, const CallOptions& o = {}) = 0;
+
+  // Equal contributions: every rank `count` elements.
+  void allgather(const void* in, void* out, size_t count, DType dtype, const CallOptions& o = {}) {
+    allgatherv(in, out, std::vector<size_t>(static_cast<size_t>(size()), count), dtype, o);
+  }
+
+ protected:
+  // Shared argument checks: Error naming the call when a rank or size is off.
+  void check_rank(int r, const char* what, const char* arg) const;
+  std::string where(const char* op, const CallOptions& o) const;
+};
+
+// One process: every collective is a copy (or nothing).
+std::unique_ptr<ProcessGroup> make_local();
+
+// Gloo over TCP. `rendezvous`: "file:///shared/dir" (Gloo's FileStore; every
+// rank must see the folder) or "redis://host:port". `prefix` separates jobs
+// (and groups) sharing one store; `interface_host` is the address peers
+// reach this rank at ("" : this host's name). Connecting waits up to `timeout`.
+struct GlooOptions {
+  std::string rendezvous;
+  std::string prefix = "tessera";
+  std::string interface_host;
+  std::chrono::milliseconds timeout{std::chrono::seconds(60)};
+};
+std::unique_ptr<ProcessGroup> make_gloo(int rank, int size, const GlooOptions& o);
+
+}  // namespace tessera::dist
