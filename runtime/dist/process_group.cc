@@ -1,5 +1,6 @@
 #include "runtime/dist/process_group.h"
 
+#include <cstdlib>
 #include <cstring>
 
 namespace tessera::dist {
@@ -116,6 +117,46 @@ class LocalGroup final : public ProcessGroup {
 
 std::unique_ptr<ProcessGroup> make_local() {
   return std::make_unique<LocalGroup>();
+}
+
+namespace {
+std::string env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::string(v) : std::string();
+}
+
+int env_int(const char* name) {
+  const std::string v = env(name);
+  try {
+    size_t pos = 0;
+    const int x = std::stoi(v, &pos);
+    if (pos == v.size()) return x;
+  } catch (const std::exception&) {
+  }
+  throw Error(str(name, "='", v, "': expected an integer"));
+}
+}  // namespace
+
+std::unique_ptr<ProcessGroup> make_process_group(std::string backend) {
+  if (backend.empty()) backend = env("TESSERA_BACKEND");
+  if (backend.empty())
+    backend = !env("OMPI_COMM_WORLD_SIZE").empty() ? "mpi"
+              : !env("TESSERA_WORLD_SIZE").empty() ? "gloo"
+                                                   : "local";
+  if (backend == "local") return make_local();
+  if (backend == "mpi") return make_mpi();
+  if (backend == "gloo") {
+    GlooOptions o;
+    o.rendezvous = env("TESSERA_RENDEZVOUS");
+    if (o.rendezvous.empty())
+      throw Error(
+          "gloo: TESSERA_RENDEZVOUS names where ranks meet (file:///shared/dir or "
+          "redis://host:port)");
+    o.interface_host = env("TESSERA_HOST");
+    const int size = env_int("TESSERA_WORLD_SIZE"), rank = env_int("TESSERA_RANK");
+    return make_gloo(rank, size, o);
+  }
+  throw Error(str("process group backend '", backend, "': expected local, gloo or mpi"));
 }
 
 }  // namespace tessera::dist

@@ -93,4 +93,16 @@ struct GlooOptions {
 };
 std::unique_ptr<ProcessGroup> make_gloo(int rank, int size, const GlooOptions& o);
 
+// MPI_COMM_WORLD of the MPI library (Open MPI under `mpirun`); MPI is
+// initialised on first use with MPI_THREAD_MULTIPLE requested and at least
+// MPI_THREAD_SERIALIZED required, and finalised at exit.
+std::unique_ptr<ProcessGroup> make_mpi();
+
+// The group this process belongs to, from its environment: `backend` (or
+// TESSERA_BACKEND) "mpi", "gloo" or "local"; when neither names one, mpi
+// under mpirun (OMPI_COMM_WORLD_SIZE set), gloo when TESSERA_WORLD_SIZE is
+// set (TESSERA_RANK, TESSERA_RENDEZVOUS = file:///dir | redis://host:port,
+// TESSERA_HOST = this rank's address for its peers), local otherwise.
+std::unique_ptr<ProcessGroup> make_process_group(std::string backend = "");
+
 }  // namespace tessera::dist

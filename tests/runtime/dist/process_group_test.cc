@@ -14,6 +14,7 @@
 #include <functional>
 #include <thread>
 
+#include "tests/runtime/dist/collectives_check.h"
 #include "tests/testing.h"
 
 namespace tessera::dist {
@@ -41,110 +42,6 @@ void on_gloo(int world, const std::string& name, const std::function<void(Proces
     });
   for (auto& t : ranks) t.join();
   for (int r = 0; r < world; ++r) EXPECT_EQ(errors[r], "") << "rank " << r << " of " << world;
-}
-
-float value(int rank, size_t i) {
-  return static_cast<float>((rank + 1) * (i % 7 + 1));
-}
-
-// Every collective, checked on this rank.
-void check_collectives(ProcessGroup& g) {
-  const int W = g.size(), R = g.rank();
-  const float tri = static_cast<float>(W * (W + 1) / 2);
-  for (size_t n : {size_t(0), size_t(1), size_t(1000), size_t(1000000)}) {
-    for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMean, ReduceOp::kMax, ReduceOp::kMin}) {
-      std::vector<float> x(n);
-      for (size_t i = 0; i < n; ++i) x[i] = value(R, i);
-      g.allreduce(x.data(), n, DType::kF32, op);
-      for (size_t i = 0; i < n; ++i) {
-        const float base = static_cast<float>(i % 7 + 1);
-        const float want = op == ReduceOp::kSum    ? tri * base
-                           : op == ReduceOp::kMean ? tri * base / static_cast<float>(W)
-                           : op == ReduceOp::kMax  ? static_cast<float>(W) * base
-                                                   : base;
-        if (x[i] != want) {
-          ADD_FAILURE() << op_name(op) << " n=" << n << " [" << i << "] " << x[i] << " != " << want;
-          break;
-        }
-      }
-    }
-    // Doubles and 64-bit integers too.
-    std::vector<int64_t> k(n, static_cast<int64_t>(R) << 33);
-    g.allreduce(k.data(), n, DType::kI64, ReduceOp::kSum);
-    for (size_t i = 0; i < n; ++i)
-      if (k[i] != (static_cast<int64_t>(W) * (W - 1) / 2) << 33) {
-        ADD_FAILURE() << "i64 sum n=" << n;
-        break;
-      }
-    std::vector<double> d(n, 0.5 * R);
-    g.allreduce(d.data(), n, DType::kF64, ReduceOp::kMax);
-    for (size_t i = 0; i < n; ++i)
-      if (d[i] != 0.5 * (W - 1)) {
-        ADD_FAILURE() << "f64 max n=" << n;
-        break;
-      }
-    // Broadcast from the last rank.
-    std::vector<float> b(n, R == W - 1 ? 3.5f : -1.0f);
-    g.broadcast(b.data(), n * 4, W - 1);
-    for (size_t i = 0; i < n; ++i)
-      if (b[i] != 3.5f) {
-        ADD_FAILURE() << "broadcast n=" << n;
-        break;
-      }
-    // Gather to rank 0, scatter from rank 0, reduce-scatter, equal blocks of n / W.
-    const size_t blk = n / static_cast<size_t>(W);
-    std::vector<float> mine(blk), all(blk * W, -1.0f);
-    for (size_t i = 0; i < blk; ++i) mine[i] = value(R, i);
-    g.gather(mine.data(), all.data(), blk, DType::kF32, 0);
-    if (R == 0) {
-      for (int r = 0; r < W; ++r)
-        for (size_t i = 0; i < blk; ++i) EXPECT_EQ(all[r * blk + i], value(r, i)) << "gather";
-    }
-    std::vector<float> src(blk * W), got(blk, -1.0f);
-    for (size_t j = 0; j < src.size(); ++j) src[j] = static_cast<float>(j);
-    g.scatter(src.data(), got.data(), blk, DType::kF32, 0);
-    for (size_t i = 0; i < blk; ++i) EXPECT_EQ(got[i], static_cast<float>(R * blk + i));
-    std::vector<float> rs_in(blk * W), rs_out(blk, -1.0f);
-    for (size_t j = 0; j < rs_in.size(); ++j) rs_in[j] = value(R, j);
-    g.reduce_scatter(rs_in.data(), rs_out.data(), blk, DType::kF32, ReduceOp::kSum);
-    for (size_t i = 0; i < blk; ++i)
-      EXPECT_EQ(rs_out[i], tri * static_cast<float>((R * blk + i) % 7 + 1)) << "reduce_scatter";
-  }
-  // Uneven allgather: rank r gives r * 3 elements (rank 0 gives none).
-  std::vector<size_t> counts;
-  size_t total = 0;
-  for (int r = 0; r < W; ++r) {
-    counts.push_back(static_cast<size_t>(r) * 3);
-    total += counts.back();
-  }
-  std::vector<int32_t> in(counts[R]), out(total, -1);
-  for (size_t i = 0; i < in.size(); ++i) in[i] = R * 100 + static_cast<int32_t>(i);
-  g.allgatherv(in.data(), out.data(), counts, DType::kI32);
-  size_t at = 0;
-  for (int r = 0; r < W; ++r)
-    for (size_t i = 0; i < counts[r]; ++i) EXPECT_EQ(out[at++], r * 100 + static_cast<int>(i));
-  std::vector<int32_t> eq(W * 2, -1), one = {R, -R};
-  g.allgather(one.data(), eq.data(), 2, DType::kI32);
-  for (int r = 0; r < W; ++r) {
-    EXPECT_EQ(eq[2 * r], r);
-    EXPECT_EQ(eq[2 * r + 1], -r);
-  }
-  g.barrier();
-  // Point to point around the ring (even ranks send first, odd ranks receive first).
-  if (W > 1) {
-    const int next = (R + 1) % W, prev = (R + W - 1) % W;
-    std::vector<float> out_msg(1000, static_cast<float>(R)), in_msg(1000, -1.0f);
-    CallOptions o;
-    o.tag = 7;
-    if (R % 2 == 0) {
-      g.send(out_msg.data(), 4000, next, o);
-      g.recv(in_msg.data(), 4000, prev, o);
-    } else {
-      g.recv(in_msg.data(), 4000, prev, o);
-      g.send(out_msg.data(), 4000, next, o);
-    }
-    for (float v : in_msg) ASSERT_EQ(v, static_cast<float>(prev));
-  }
 }
 
 TEST(ProcessGroup, LocalIsExact) {

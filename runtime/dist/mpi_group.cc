@@ -1,0 +1,276 @@
+// The MPI backend: Open MPI (or any MPI-3 library), rank and size from
+// MPI_COMM_WORLD. Collectives are MPI's non-blocking ones, polled against a
+// deadline so that a hung peer becomes an Error naming the call instead of a
+// hang; each tag gets its own duplicate of the world communicator, so calls
+// with different tags never match each other.
+#include <mpi.h>
+
+#include <climits>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "runtime/dist/process_group.h"
+
+namespace tessera::dist {
+
+namespace {
+
+MPI_Datatype mpi_type(DType d) {
+  switch (d) {
+    case DType::kF32:
+      return MPI_FLOAT;
+    case DType::kF64:
+      return MPI_DOUBLE;
+    case DType::kI32:
+      return MPI_INT32_T;
+    case DType::kI64:
+      return MPI_INT64_T;
+    case DType::kU8:
+      return MPI_UINT8_T;
+  }
+  return MPI_BYTE;
+}
+
+MPI_Op mpi_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+    case ReduceOp::kMean:
+      return MPI_SUM;
+    case ReduceOp::kMax:
+      return MPI_MAX;
+    case ReduceOp::kMin:
+      return MPI_MIN;
+  }
+  return MPI_SUM;
+}
+
+// MPI is initialised once per process (with the thread level tessera needs:
+// gradient buckets are reduced from a communication thread) and finalised
+// at exit unless someone else initialised it.
+struct MpiRuntime {
+  bool owned = false;
+  int level = 0;
+  MpiRuntime() {
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (inited) {
+      MPI_Query_thread(&level);
+    } else {
+      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &level);
+      owned = true;
+    }
+    if (level < MPI_THREAD_SERIALIZED)
+      throw Error(str("mpi: the MPI library grants thread level ", level,
+                      "; tessera needs MPI_THREAD_SERIALIZED (", MPI_THREAD_SERIALIZED,
+                      ") or better"));
+  }
+  ~MpiRuntime() {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (owned && !finalized) MPI_Finalize();
+  }
+};
+
+MpiRuntime& runtime() {
+  static MpiRuntime rt;
+  return rt;
+}
+
+class MpiGroup final : public ProcessGroup {
+ public:
+  MpiGroup() {
+    runtime();
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    // Errors come back as codes, not as an abort of the whole job.
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  }
+  ~MpiGroup() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized)
+      for (auto& [tag, c] : comms_) MPI_Comm_free(&c);
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "mpi"; }
+
+  void allreduce(void* data, size_t count, DType dtype, ReduceOp op,
+                 const CallOptions& o) override {
+    const bool floating = dtype == DType::kF32 || dtype == DType::kF64;
+    if (op == ReduceOp::kMean && !floating)
+      throw Error(where("allreduce", o) + ": mean needs a floating type, not " + dtype_name(dtype));
+    if (count == 0) return;
+    const int n = count_of(count, "allreduce", o);
+    run("allreduce", o, [&](MPI_Comm c, MPI_Request* r) {
+      return MPI_Iallreduce(MPI_IN_PLACE, data, n, mpi_type(dtype), mpi_op(op), c, r);
+    });
+    if (op == ReduceOp::kMean) {
+      if (dtype == DType::kF32) {
+        float* p = static_cast<float*>(data);
+        for (size_t i = 0; i < count; ++i) p[i] /= static_cast<float>(size_);
+      } else {
+        double* p = static_cast<double*>(data);
+        for (size_t i = 0; i < count; ++i) p[i] /= static_cast<double>(size_);
+      }
+    }
+  }
+
+  void broadcast(void* data, size_t bytes, int root, const CallOptions& o) override {
+    check_rank(root, "broadcast", "root");
+    if (bytes == 0) return;
+    const int n = count_of(bytes, "broadcast", o);
+    run("broadcast", o,
+        [&](MPI_Comm c, MPI_Request* r) { return MPI_Ibcast(data, n, MPI_BYTE, root, c, r); });
+  }
+
+  void allgatherv(const void* in, void* out, const std::vector<size_t>& counts, DType dtype,
+                  const CallOptions& o) override {
+    if (counts.size() != static_cast<size_t>(size_))
+      throw Error(where("allgatherv", o) + ": " + std::to_string(counts.size()) +
+                  " counts for a world of " + std::to_string(size_));
+    std::vector<int> cnt(counts.size()), disp(counts.size());
+    size_t at = 0;
+    for (size_t r = 0; r < counts.size(); ++r) {
+      cnt[r] = count_of(counts[r], "allgatherv", o);
+      disp[r] = count_of(at, "allgatherv", o);
+      at += counts[r];
+    }
+    if (at == 0) return;
+    run("allgatherv", o, [&](MPI_Comm c, MPI_Request* r) {
+      return MPI_Iallgatherv(in, cnt[rank_], mpi_type(dtype), out, cnt.data(), disp.data(),
+                             mpi_type(dtype), c, r);
+    });
+  }
+
+  void gather(const void* in, void* out, size_t count, DType dtype, int root,
+              const CallOptions& o) override {
+    check_rank(root, "gather", "root");
+    if (count == 0) return;
+    const int n = count_of(count * static_cast<size_t>(size_), "gather", o) / size_;
+    run("gather", o, [&](MPI_Comm c, MPI_Request* r) {
+      return MPI_Igather(in, n, mpi_type(dtype), out, n, mpi_type(dtype), root, c, r);
+    });
+  }
+
+  void scatter(const void* in, void* out, size_t count, DType dtype, int root,
+               const CallOptions& o) override {
+    check_rank(root, "scatter", "root");
+    if (count == 0) return;
+    const int n = count_of(count * static_cast<size_t>(size_), "scatter", o) / size_;
+    run("scatter", o, [&](MPI_Comm c, MPI_Request* r) {
+      return MPI_Iscatter(in, n, mpi_type(dtype), out, n, mpi_type(dtype), root, c, r);
+    });
+  }
+
+  void reduce_scatter(const void* in, void* out, size_t count, DType dtype, ReduceOp op,
+                      const CallOptions& o) override {
+    const bool floating = dtype == DType::kF32 || dtype == DType::kF64;
+    if (op == ReduceOp::kMean && !floating)
+      throw Error(where("reduce_scatter", o) + ": mean needs a floating type, not " +
+                  dtype_name(dtype));
+    if (count == 0) return;
+    const int n = count_of(count * static_cast<size_t>(size_), "reduce_scatter", o) / size_;
+    run("reduce_scatter", o, [&](MPI_Comm c, MPI_Request* r) {
+      return MPI_Ireduce_scatter_block(in, out, n, mpi_type(dtype), mpi_op(op), c, r);
+    });
+    if (op == ReduceOp::kMean) {
+      if (dtype == DType::kF32)
+        for (size_t i = 0; i < count; ++i) static_cast<float*>(out)[i] /= size_;
+      else
+        for (size_t i = 0; i < count; ++i) static_cast<double*>(out)[i] /= size_;
+    }
+  }
+
+  void barrier(const CallOptions& o) override {
+    run("barrier", o, [&](MPI_Comm c, MPI_Request* r) { return MPI_Ibarrier(c, r); });
+  }
+
+  void send(const void* data, size_t bytes, int dst, const CallOptions& o) override {
+    check_rank(dst, "send", "destination");
+    if (dst == rank_) throw Error(where("send", o) + ": to itself");
+    const int n = count_of(bytes, "send", o);
+    run("send", o,
+        [&](MPI_Comm c, MPI_Request* r) { return MPI_Isend(data, n, MPI_BYTE, dst, 0, c, r); });
+  }
+
+  void recv(void* data, size_t bytes, int src, const CallOptions& o) override {
+    check_rank(src, "recv", "source");
+    if (src == rank_) throw Error(where("recv", o) + ": from itself");
+    const int n = count_of(bytes, "recv", o);
+    run("recv", o,
+        [&](MPI_Comm c, MPI_Request* r) { return MPI_Irecv(data, n, MPI_BYTE, src, 0, c, r); });
+  }
+
+ private:
+  int count_of(size_t n, const char* op, const CallOptions& o) const {
+    if (n > static_cast<size_t>(INT_MAX))
+      throw Error(where(op, o) + ": " + std::to_string(n) +
+                  " elements exceed MPI's int count; split the buffer");
+    return static_cast<int>(n);
+  }
+
+  // The communicator of a tag (created on first use; every rank creates
+  // them in the same order since they make the same calls).
+  MPI_Comm comm(uint32_t tag) {
+    auto it = comms_.find(tag);
+    if (it != comms_.end()) return it->second;
+    MPI_Comm c;
+    if (MPI_Comm_dup(MPI_COMM_WORLD, &c) != MPI_SUCCESS)
+      throw Error(str("mpi: could not create the communicator of tag ", tag));
+    MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN);
+    comms_[tag] = c;
+    return c;
+  }
+
+  // Starts a non-blocking call and polls it to completion or the deadline.
+  template <typename Start>
+  void run(const char* op, const CallOptions& o, Start&& start) {
+    // One MPI call at a time (what MPI_THREAD_SERIALIZED allows; with
+    // MPI_THREAD_MULTIPLE it costs nothing that matters): the lock is held
+    // for each call, not across the wait, so other threads' calls proceed.
+    MPI_Request req;
+    int rc;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      rc = start(comm(o.tag), &req);
+    }
+    if (rc != MPI_SUCCESS) throw Error(where(op, o) + " failed: " + error_string(rc));
+    const auto deadline = std::chrono::steady_clock::now() + o.timeout;
+    for (int spins = 0;; ++spins) {
+      int done = 0;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        rc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+      }
+      if (rc != MPI_SUCCESS) throw Error(where(op, o) + " failed: " + error_string(rc));
+      if (done) return;
+      if (std::chrono::steady_clock::now() > deadline)
+        throw Error(where(op, o) + ": no answer from every peer within " +
+                    std::to_string(o.timeout.count()) + " ms (a peer died or hangs)");
+      if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+
+  static std::string error_string(int rc) {
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    return std::string(msg, static_cast<size_t>(len));
+  }
+
+  int rank_ = 0, size_ = 1;
+  std::map<uint32_t, MPI_Comm> comms_;
+  std::mutex mu_;
+};
+
+}  // namespace
+
+std::unique_ptr<ProcessGroup> make_mpi() {
+  return std::make_unique<MpiGroup>();
+}
+
+}  // namespace tessera::dist
