@@ -148,11 +148,16 @@ std::unique_ptr<ProcessGroup> make_process_group(std::string backend) {
   if (backend == "gloo") {
     GlooOptions o;
     o.rendezvous = env("TESSERA_RENDEZVOUS");
+    o.interface_host = env("TESSERA_HOST");
+    if (o.rendezvous.empty() && !env("OMPI_COMM_WORLD_SIZE").empty()) {
+      // Launched by mpirun: rank and size from Open MPI, rendezvous over MPI.
+      o.rendezvous = "mpi://";
+      return make_gloo(env_int("OMPI_COMM_WORLD_RANK"), env_int("OMPI_COMM_WORLD_SIZE"), o);
+    }
     if (o.rendezvous.empty())
       throw Error(
           "gloo: TESSERA_RENDEZVOUS names where ranks meet (file:///shared/dir or "
           "redis://host:port)");
-    o.interface_host = env("TESSERA_HOST");
     const int size = env_int("TESSERA_WORLD_SIZE"), rank = env_int("TESSERA_RANK");
     return make_gloo(rank, size, o);
   }

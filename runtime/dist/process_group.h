@@ -82,7 +82,8 @@ class ProcessGroup {
 std::unique_ptr<ProcessGroup> make_local();
 
 // Gloo over TCP. `rendezvous`: "file:///shared/dir" (Gloo's FileStore; every
-// rank must see the folder) or "redis://host:port". `prefix` separates jobs
+// rank must see the folder), "redis://host:port", or "mpi://" under mpirun
+// (Gloo's Store interface implemented over MPI). `prefix` separates jobs
 // (and groups) sharing one store; `interface_host` is the address peers
 // reach this rank at ("" : this host's name). Connecting waits up to `timeout`.
 struct GlooOptions {
@@ -103,6 +104,8 @@ std::unique_ptr<ProcessGroup> make_mpi();
 // under mpirun (OMPI_COMM_WORLD_SIZE set), gloo when TESSERA_WORLD_SIZE is
 // set (TESSERA_RANK, TESSERA_RENDEZVOUS = file:///dir | redis://host:port,
 // TESSERA_HOST = this rank's address for its peers), local otherwise.
+// TESSERA_BACKEND=gloo under mpirun meets over MPI unless TESSERA_RENDEZVOUS
+// names a store.
 std::unique_ptr<ProcessGroup> make_process_group(std::string backend = "");
 
 }  // namespace tessera::dist

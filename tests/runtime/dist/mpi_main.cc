@@ -28,5 +28,13 @@ TEST(Mpi, EveryCollectiveOnEveryRank) {
   g->barrier();
 }
 
+// Gloo launched by mpirun: ranks meet through Gloo's Store implemented over MPI.
+TEST(Mpi, GlooRendezvousOverMpi) {
+  auto g = make_process_group("gloo");
+  ASSERT_EQ(g->backend(), "gloo");
+  ASSERT_GE(g->size(), 2);
+  check_collectives(*g);
+}
+
 }  // namespace
 }  // namespace tessera::dist
