@@ -13,8 +13,13 @@
 #include <gloo/scatter.h>
 #include <gloo/transport/tcp/device.h>
 #include <mpi.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -207,6 +212,86 @@ class MpiStore final : public gloo::rendezvous::Store {
   std::thread service_;
 };
 
+// A tiny TCP listener per rank whose only job is to be there: when a
+// collective fails, a rank connects to each peer's listener to tell the
+// ranks that are gone (connection refused or no answer) from those alive.
+class Liveness {
+ public:
+  explicit Liveness(const std::string& host) {
+    addrinfo hints{}, *res = nullptr;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    if (getaddrinfo(host.c_str(), "0", &hints, &res) != 0 || !res) return;
+    fd_ = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd_ >= 0 && (bind(fd_, res->ai_addr, res->ai_addrlen) != 0 || listen(fd_, 64) != 0)) {
+      close(fd_);
+      fd_ = -1;
+    }
+    freeaddrinfo(res);
+    if (fd_ < 0) return;
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&ss), &len);
+    const int port =
+        ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
+                                       : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+    address_ = host + " " + std::to_string(port);
+    thread_ = std::thread([this] {
+      while (!stop_) {
+        pollfd p{fd_, POLLIN, 0};
+        if (poll(&p, 1, 100) > 0) {
+          const int c = accept(fd_, nullptr, nullptr);
+          if (c >= 0) close(c);
+        }
+      }
+    });
+  }
+  ~Liveness() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+    if (fd_ >= 0) close(fd_);
+  }
+  const std::string& address() const { return address_; }  // "host port"; "" if none
+
+  // Whether something listens at `address` ("host port"), within `ms`.
+  static bool Alive(const std::string& address, int ms) {
+    const auto sp = address.rfind(' ');
+    if (sp == std::string::npos) return true;  // unknown: do not accuse it
+    addrinfo hints{}, *res = nullptr;
+    hints.ai_socktype = SOCK_STREAM;
+    if (getaddrinfo(address.substr(0, sp).c_str(), address.substr(sp + 1).c_str(), &hints, &res) !=
+            0 ||
+        !res)
+      return true;
+    const int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    bool alive = false;
+    if (fd >= 0) {
+      const int rc = connect(fd, res->ai_addr, res->ai_addrlen);
+      if (rc == 0) {
+        alive = true;
+      } else if (errno == EINPROGRESS) {
+        pollfd p{fd, POLLOUT, 0};
+        if (poll(&p, 1, ms) > 0) {
+          int err = 0;
+          socklen_t l = sizeof err;
+          getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
+          alive = err == 0;
+        }
+      }
+      close(fd);
+    }
+    freeaddrinfo(res);
+    return alive;
+  }
+
+ private:
+  int fd_ = -1;
+  std::string address_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
 class GlooGroup final : public ProcessGroup {
  public:
   GlooGroup(int rank, int size, const GlooOptions& o) : rank_(rank), size_(size) {
@@ -253,10 +338,17 @@ class GlooGroup final : public ProcessGroup {
     }
     try {
       device_ = gloo::transport::tcp::CreateDevice(attr);
+      liveness_ = std::make_unique<Liveness>(attr.hostname);
+      const std::string me = liveness_->address();
+      store_->set("alive/" + std::to_string(rank), std::vector<char>(me.begin(), me.end()));
       auto ctx = std::make_shared<gloo::rendezvous::Context>(rank, size);
       ctx->setTimeout(o.timeout);
       ctx->connectFullMesh(*store_, device_);
       ctx_ = ctx;
+      for (int r = 0; r < size; ++r) {
+        const std::vector<char> a = store_->get("alive/" + std::to_string(r));
+        alive_address_.emplace_back(a.begin(), a.end());
+      }
       // The store is only for meeting; an MPI store ends its service here.
       store_.reset();
       base_store_.reset();
@@ -432,14 +524,35 @@ class GlooGroup final : public ProcessGroup {
     } catch (const Error& e) {
       throw Error(where(op, o) + ": " + e.what());
     } catch (const std::exception& e) {
-      throw Error(where(op, o) + " failed: " + e.what());
+      throw Error(where(op, o) + " failed" + Culprit() + ": " + e.what());
     }
+  }
+
+  // " (rank 1 is gone)" / " (ranks 0, 1 are gone)": the peers whose
+  // liveness listener no longer answers when a call fails.
+  std::string Culprit() const {
+    std::vector<int> gone;
+    // A killed process's sockets close as it is torn down, maybe a moment
+    // after the connection that failed: look a few times.
+    for (int attempt = 0; attempt < 5 && gone.empty(); ++attempt) {
+      if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      for (int r = 0; r < size_; ++r)
+        if (r != rank_ && r < static_cast<int>(alive_address_.size()) &&
+            !Liveness::Alive(alive_address_[r], 300))
+          gone.push_back(r);
+    }
+    if (gone.empty()) return "";
+    std::string s = gone.size() == 1 ? " (rank " : " (ranks ";
+    for (size_t i = 0; i < gone.size(); ++i) s += (i ? ", " : "") + std::to_string(gone[i]);
+    return s + (gone.size() == 1 ? " is gone)" : " are gone)");
   }
 
   int rank_, size_;
   std::unique_ptr<gloo::rendezvous::Store> base_store_, store_;
   std::shared_ptr<gloo::transport::Device> device_;
   std::shared_ptr<gloo::Context> ctx_;
+  std::unique_ptr<Liveness> liveness_;
+  std::vector<std::string> alive_address_;  // rank → its liveness listener ("host port")
 };
 
 }  // namespace

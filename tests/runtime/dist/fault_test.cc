@@ -1,0 +1,117 @@
+// A rank SIGKILLed during an allreduce loop never hangs the job: the other
+// ranks exit non-zero within their timeout with a message naming the dead
+// rank — Gloo (ranks as processes meeting through a FileStore folder) and
+// MPI (under mpirun, which names the rank that died).
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/testing.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Starts `argv` with `env` added, stdout and stderr to `log`.
+pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+            const std::string& log) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    for (const auto& e : env) putenv(const_cast<char*>(e.c_str()));
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+// Waits for `pid` until `deadline`; its exit code, 128+signal, or -1 if it
+// is still running then (it is killed).
+int wait_until(pid_t pid, Clock::time_point deadline) {
+  for (;;) {
+    int st = 0;
+    if (waitpid(pid, &st, WNOHANG) == pid)
+      return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    if (Clock::now() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &st, 0);
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+TEST(DistFault, GlooSurvivorsFailNamingTheDeadRank) {
+  const std::string dir = tessera::testing::temp_dir("fault_gloo");
+  const int world = 3;
+  std::vector<pid_t> pids;
+  for (int r = 0; r < world; ++r)
+    pids.push_back(
+        spawn({TESSERA_DIST_WORKER},
+              {"TESSERA_WORLD_SIZE=3", "TESSERA_RANK=" + std::to_string(r),
+               "TESSERA_RENDEZVOUS=file://" + dir + "/rdv", "TESSERA_HOST=127.0.0.1",
+               "TESSERA_TEST_DIE_RANK=1", "TESSERA_TEST_DIE_AT=20", "TESSERA_TEST_TIMEOUT_MS=3000"},
+              dir + "/" + std::to_string(r) + ".log"));
+  // Within the 3 s timeout (plus start-up), every survivor has exited non-zero
+  // naming the dead rank (and, when it looked late, the survivor that had
+  // already quit because of it).
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  int named_dead = 0;
+  for (int r = 0; r < world; ++r) {
+    const int code = wait_until(pids[r], deadline);
+    const std::string log = slurp(dir + "/" + std::to_string(r) + ".log");
+    if (r == 1) {
+      EXPECT_EQ(code, 128 + SIGKILL) << log;
+      continue;
+    }
+    EXPECT_EQ(code, 1) << "rank " << r << ":\n" << log;
+    EXPECT_NE(log.find("step 19"), std::string::npos) << log;  // it was running
+    EXPECT_NE(log.find("allreduce"), std::string::npos) << log;
+    // "(rank 1 is gone)", or "(ranks 0, 1 are gone)" when the other survivor
+    // had already quit by the time this one looked.
+    const bool names = log.find("(rank 1 is gone)") != std::string::npos ||
+                       log.find(", 1 are gone)") != std::string::npos ||
+                       log.find("ranks 1, ") != std::string::npos;
+    EXPECT_TRUE(names) << "rank " << r << ":\n" << log;
+    named_dead += names;
+  }
+  EXPECT_GE(named_dead, 1);
+}
+
+TEST(DistFault, MpiJobEndsNamingTheDeadRank) {
+  const std::string dir = tessera::testing::temp_dir("fault_mpi");
+  const auto t0 = Clock::now();
+  const pid_t pid = spawn({TESSERA_MPIEXEC, "--allow-run-as-root", "--oversubscribe", "-np", "3",
+                           "-x", "TESSERA_TEST_DIE_RANK=1", "-x", "TESSERA_TEST_DIE_AT=20", "-x",
+                           "TESSERA_TEST_TIMEOUT_MS=3000", TESSERA_DIST_WORKER},
+                          {}, dir + "/mpirun.log");
+  const int code = wait_until(pid, t0 + std::chrono::seconds(30));
+  const std::string log = slurp(dir + "/mpirun.log");
+  EXPECT_NE(code, 0) << log;
+  EXPECT_NE(code, -1) << "mpirun still running after 30 s:\n" << log;
+  EXPECT_NE(log.find("rank 1"), std::string::npos) << log;
+  EXPECT_NE(log.find("step 19"), std::string::npos) << log;
+}
+
+}  // namespace
