@@ -18,6 +18,7 @@
 #include "runtime/common/error.h"
 #include "runtime/common/rng.h"
 #include "runtime/common/threads.h"
+#include "runtime/dist/process_group.h"
 #include "runtime/io/hf.h"
 #include "runtime/train/trainer.h"
 #include "store/library.h"
@@ -61,19 +62,34 @@ struct RunSummary {
 RunSummary train_and_save(const PretrainConfig& cfg, const std::string& resume, int64_t max_steps,
                           bool progress) {
   auto t0 = std::chrono::steady_clock::now();
-  train::Trainer t(cfg);
+  // The world this process belongs to (mpirun, tessera launch, TESSERA_* by
+  // hand; one process otherwise): data parallel over it, rank 0 writes.
+  std::unique_ptr<dist::ProcessGroup> world = dist::make_process_group();
+  const bool lead = world->rank() == 0;
+  if (cfg.batch_size() % world->size() != 0)
+    throw Error(str("batch_size ", cfg.batch_size(), " does not split over ", world->size(),
+                    " ranks: make it a multiple of the world size"));
+  train::Trainer t(cfg, world->rank(), world->size());
+  t.set_process_group(world.get());
   if (!resume.empty()) {
     t.load_checkpoint(resume);
-    spdlog::info("resumed from {} at step {}", resume, t.step());
+    if (lead) spdlog::info("resumed from {} at step {}", resume, t.step());
   }
-  spdlog::info("{}: {} parameters, {} steps of batch {}, {} threads, out {}", t.kind(),
-               human_count(t.params().count()), t.total_steps(), cfg.batch_size(), num_threads(),
-               cfg.out_dir());
-  t.run(max_steps, progress);
-  fs::create_directories(cfg.out_dir());
+  if (lead)
+    spdlog::info("{}: {} parameters, {} steps of batch {}, {} threads{}, out {}", t.kind(),
+                 human_count(t.params().count()), t.total_steps(), cfg.batch_size(), num_threads(),
+                 world->size() > 1 ? str(" × ", world->size(), " ranks (", world->backend(), ")")
+                                   : std::string(),
+                 cfg.out_dir());
+  t.run(max_steps, progress && lead);
   const std::string ckpt = cfg.out_dir() + "/checkpoint.safetensors";
-  t.save_checkpoint(ckpt);
-  t.export_model(cfg.out_dir() + "/model");
+  if (lead) {
+    fs::create_directories(cfg.out_dir());
+    t.save_checkpoint(ckpt);
+    t.export_model(cfg.out_dir() + "/model");
+  }
+  world->barrier();  // every rank returns once the checkpoint is written
+  if (!lead) return RunSummary{};
   train::EvalResult e = t.evaluate(cfg.eval_batches());
   spdlog::info("{} at step {}: {}", t.kind(), t.step(), eval_text(e));
   RunSummary s;
@@ -231,8 +247,9 @@ std::unique_ptr<train::Trainer> base_trainer(const std::string& ckpt,
 int run_pretrain(const PretrainOptions& o) {
   PretrainConfig cfg = resolve_config(o.config, o.overrides, o.model);
   RunSummary s = train_and_save(cfg, o.resume, o.max_steps, !o.quiet);
-  std::printf("%s: %ld steps, %s, checkpoint %s\n", s.model.c_str(), static_cast<long>(s.steps),
-              s.eval.c_str(), s.checkpoint.c_str());
+  if (!s.checkpoint.empty())  // rank 0 (the others return an empty summary)
+    std::printf("%s: %ld steps, %s, checkpoint %s\n", s.model.c_str(), static_cast<long>(s.steps),
+                s.eval.c_str(), s.checkpoint.c_str());
   return 0;
 }
 

@@ -107,6 +107,17 @@ struct ServeOptions {
   int threads = 64;
 };
 
+struct LaunchOptions {
+  int nproc = 2;
+  std::string backend = "gloo";
+  int grace_seconds = 30;            // after a rank fails, how long the others may take to stop
+  bool all_output = false;           // every rank's stdout, not only rank 0's
+  std::vector<std::string> command;  // the tessera command and its arguments
+};
+// Starts the command on `nproc` local ranks and waits; the first non-zero
+// exit code (after naming the rank) is the result.
+int run_launch(const LaunchOptions& o);
+
 int run_demo(const DemoOptions& o);
 // Puts a tessera adapter file into the library under `record`'s name, tags,
 // task, base, scores and provenance; returns "name@version id".

@@ -170,6 +170,22 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   c_serve->add_option("--threads", so.threads, "Most server threads")->capture_default_str();
 
+  tessera::launch::LaunchOptions lc;
+  auto* c_launch =
+      app.add_subcommand("launch",
+                         "Run a tessera command on N local ranks (Gloo over loopback), e.g. "
+                         "tessera launch --nproc 2 pretrain --model mlp");
+  c_launch->add_option("--nproc", lc.nproc, "Ranks")->capture_default_str();
+  c_launch->add_option("--backend", lc.backend, "gloo (for MPI use mpirun)")->capture_default_str();
+  c_launch
+      ->add_option("--grace", lc.grace_seconds,
+                   "Seconds the other ranks may take to stop after one fails")
+      ->capture_default_str();
+  c_launch->add_flag("--all-output", lc.all_output, "Show every rank's output, not only rank 0's");
+  // Everything from the first word that is not a launch option on is the
+  // command, in order: tessera launch --nproc 2 pretrain --model mlp steps=5
+  c_launch->prefix_command();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -191,6 +207,10 @@ int main(int argc, char** argv) {
       return tessera::launch::run_library(lo);
     }
     if (*c_serve) return tessera::launch::run_serve(so);
+    if (*c_launch) {
+      lc.command = c_launch->remaining();
+      return tessera::launch::run_launch(lc);
+    }
     if (*c_ip) return tessera::launch::run_import_peft(ip);
     if (*c_merge) {
       mo.weights = tessera::launch::parse_weights(merge_weights);

@@ -1,9 +1,13 @@
 #include "runtime/train/trainer.h"
 
+#include "runtime/dist/process_group.h"
+
 #include <google/protobuf/text_format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -419,6 +423,7 @@ StepStats Trainer::train_step() {
     s.loss = loss.item();
     tape.backward(loss);
   }
+  if (group_) sync_gradients(&s.loss);
   if (!std::isfinite(s.loss))
     throw Error(
         str("loss is ", s.loss, " at step ", step_, ": training diverged (lower optim.lr?)"));
@@ -493,6 +498,49 @@ EvalResult Trainer::evaluate(int64_t max_batches, int task) {
 
 int Trainer::num_tasks() const {
   return task_->num_tasks();
+}
+
+void Trainer::set_process_group(dist::ProcessGroup* group, size_t bucket_bytes) {
+  if (group && (group->rank() != rank_ || group->size() != world_))
+    throw Error(str("process group rank ", group->rank(), " of ", group->size(),
+                    " does not match the trainer's rank ", rank_, " of ", world_));
+  if (bucket_bytes < 4) throw Error("gradient bucket: at least one float");
+  group_ = group && group->size() > 1 ? group : nullptr;
+  bucket_bytes_ = bucket_bytes;
+}
+
+void Trainer::sync_gradients(float* loss) {
+  // Buckets in reverse registration order (the order backward finishes
+  // them); each flattened, averaged in one call, and copied back.
+  std::vector<nn::Parameter*> ps = trained_->trainable();
+  std::reverse(ps.begin(), ps.end());
+  std::vector<float> flat;
+  std::vector<nn::Parameter*> in_bucket;
+  auto flush = [&] {
+    if (flat.empty()) return;
+    dist::CallOptions o;  // buckets go one after another: one tag serves
+    group_->allreduce(flat.data(), flat.size(), dist::DType::kF32, dist::ReduceOp::kMean, o);
+    size_t at = 0;
+    for (nn::Parameter* p : in_bucket) {
+      float* g = static_cast<float*>(p->tensor.ensure_grad().data());
+      const size_t n = static_cast<size_t>(p->tensor.numel());
+      std::memcpy(g, flat.data() + at, n * 4);
+      at += n;
+    }
+    flat.clear();
+    in_bucket.clear();
+  };
+  for (nn::Parameter* p : ps) {
+    const size_t n = static_cast<size_t>(p->tensor.numel());
+    if (!flat.empty() && (flat.size() + n) * 4 > bucket_bytes_) flush();
+    Tensor g = p->tensor.grad();
+    const size_t at = flat.size();
+    flat.resize(at + n, 0.0f);  // a parameter the batch did not reach: zero gradient
+    if (g.defined()) std::memcpy(flat.data() + at, g.data(), n * 4);
+    in_bucket.push_back(p);
+  }
+  flush();
+  group_->allreduce(loss, 1, dist::DType::kF32, dist::ReduceOp::kMean);
 }
 
 void Trainer::set_router(RouteFn fn) {

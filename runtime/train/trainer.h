@@ -33,6 +33,12 @@ struct StepStats {
 
 class Task;
 
+}  // namespace tessera::train
+namespace tessera::dist {
+class ProcessGroup;
+}
+namespace tessera::train {
+
 class Trainer {
  public:
   explicit Trainer(const PretrainConfig& cfg, int rank = 0, int world = 1);
@@ -68,6 +74,13 @@ class Trainer {
   // evaluation) — how a LoRA bank learns which expert serves which row.
   using RouteFn = std::function<void(const std::vector<int32_t>& row_task)>;
   void set_router(RouteFn fn);
+  // Data parallel: `group` (not owned) is the world this trainer is rank
+  // rank() of. After each backward the trainable gradients are averaged
+  // over it in buckets of at most `bucket_bytes` (flattened, in reverse
+  // registration order, one allreduce-mean each), and the logged loss is
+  // the mean over ranks, so N ranks with global batch B follow one rank with
+  // batch B up to float summation order.
+  void set_process_group(dist::ProcessGroup* group, size_t bucket_bytes = 25u << 20);
 
   void save_checkpoint(const std::string& path) const;
   // Restores a checkpoint; with weights_only the optimizer, step and data
@@ -85,6 +98,9 @@ class Trainer {
  private:
   PretrainConfig cfg_;
   int rank_, world_;
+  dist::ProcessGroup* group_ = nullptr;
+  size_t bucket_bytes_ = 25u << 20;
+  void sync_gradients(float* loss);
   std::unique_ptr<Task> task_;
   nn::ParameterSet* trained_ = nullptr;
   void build_optimizer();

@@ -353,3 +353,59 @@ TEST_F(Cli, ServeAndRemoteLibraryCommands) {
 
 }  // namespace
 }  // namespace tessera
+
+namespace tessera {
+namespace {
+
+std::vector<double> losses_of(const std::string& metrics) {
+  std::vector<double> out;
+  std::ifstream f(metrics);
+  for (std::string line; std::getline(f, line);) {
+    const size_t at = line.find("\"loss\":");
+    if (at != std::string::npos) out.push_back(std::stod(line.substr(at + 7)));
+  }
+  return out;
+}
+
+// Data parallel: the same global batch over 1, 2 and 4 ranks (tessera launch,
+// Gloo) and over 2 MPI ranks (mpirun) follows the same losses.
+TEST_F(Cli, DataParallelPretrainFollowsOneRank) {
+  const std::string args =
+      "pretrain --quiet --model mlp data.limit_train=2048 data.limit_test=500 epochs=0 steps=50 "
+      "threads=1 log_every=1 batch_size=64 out_dir=" +
+      dir_;
+  CliRun one = run(args + "/w1");
+  ASSERT_EQ(one.code, 0) << one.out;
+  const std::vector<double> want = losses_of(dir_ + "/w1/metrics.jsonl");
+  ASSERT_EQ(want.size(), 50u);
+  auto expect_same = [&](const std::string& name) {
+    const std::vector<double> got = losses_of(dir_ + "/" + name + "/metrics.jsonl");
+    ASSERT_EQ(got.size(), want.size()) << name;
+    for (size_t i = 0; i < want.size(); ++i)
+      EXPECT_NEAR(got[i], want[i], 1e-5 * std::abs(want[i])) << name << " step " << i + 1;
+  };
+  for (int n : {2, 4}) {
+    std::string name = "w";  // appended, not "w" + ...: GCC 12's -Wrestrict misfires on that
+    name += std::to_string(n);
+    CliRun r = run("launch --nproc " + std::to_string(n) + " " + args + "/" + name);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("checkpoint"), std::string::npos) << r.out;  // rank 0 speaks
+    expect_same(name);
+  }
+  const std::string mpi = "mpirun --allow-run-as-root --oversubscribe -np 2 " +
+                          std::string(TESSERA_BINARY) + " " + args + "/mpi2 2>&1";
+  FILE* p = popen(mpi.c_str(), "r");
+  std::array<char, 4096> buf{};
+  std::string out;
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
+  ASSERT_EQ(pclose(p), 0) << out;
+  expect_same("mpi2");
+  // A batch that does not split over the ranks is refused by name.
+  CliRun odd = run("launch --nproc 3 " + args + "/w3");
+  EXPECT_NE(odd.code, 0);
+  EXPECT_NE(odd.out.find("batch_size 64 does not split over 3 ranks"), std::string::npos)
+      << odd.out;
+}
+
+}  // namespace
+}  // namespace tessera
