@@ -114,4 +114,24 @@ TEST(DistFault, MpiJobEndsNamingTheDeadRank) {
   EXPECT_NE(log.find("step 19"), std::string::npos) << log;
 }
 
+// A peer that hangs (alive, never answering): MPI cannot cancel the call, so
+// the survivors' watchdog ends the job at the timeout, naming the call.
+TEST(DistFault, MpiHungPeerAbortsAtTheTimeout) {
+  const std::string dir = tessera::testing::temp_dir("fault_mpi_hang");
+  const auto t0 = Clock::now();
+  const pid_t pid =
+      spawn({TESSERA_MPIEXEC, "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x",
+             "TESSERA_TEST_DIE_RANK=1", "-x", "TESSERA_TEST_DIE_AT=10", "-x", "TESSERA_TEST_HANG=1",
+             "-x", "TESSERA_TEST_TIMEOUT_MS=1500", TESSERA_DIST_WORKER},
+            {}, dir + "/mpirun.log");
+  const int code = wait_until(pid, t0 + std::chrono::seconds(30));
+  const std::string log = slurp(dir + "/mpirun.log");
+  EXPECT_NE(code, 0) << log;
+  EXPECT_NE(code, -1) << "still running after 30 s:\n" << log;
+  EXPECT_NE(
+      log.find("mpi allreduce (tag 0, rank 0 of 2): no answer from every peer within 1500 ms"),
+      std::string::npos)
+      << log;
+}
+
 }  // namespace

@@ -2,7 +2,8 @@
 // (make_process_group), then runs allreduce steps, printing "step S" after
 // each. TESSERA_TEST_STEPS bounds the loop (default: forever), a rank equal
 // to TESSERA_TEST_DIE_RANK kills itself with SIGKILL at step
-// TESSERA_TEST_DIE_AT, TESSERA_TEST_TIMEOUT_MS is every call's timeout.
+// TESSERA_TEST_DIE_AT (or, with TESSERA_TEST_HANG=1, stops calling and
+// sleeps), TESSERA_TEST_TIMEOUT_MS is every call's timeout.
 // A failure prints the error and exits 1, as tessera's commands do.
 #include <signal.h>
 #include <unistd.h>
@@ -27,7 +28,10 @@ int main() {
                die_at = num("TESSERA_TEST_DIE_AT", -1);
     std::vector<float> x(4096);
     for (long s = 0; steps < 0 || s < steps; ++s) {
-      if (g->rank() == die_rank && s == die_at) raise(SIGKILL);
+      if (g->rank() == die_rank && s == die_at) {
+        if (num("TESSERA_TEST_HANG", 0) == 0) raise(SIGKILL);
+        for (;;) sleep(1);  // hung: alive, never answering
+      }
       for (float& v : x) v = 1.0f;
       g->allreduce(x.data(), x.size(), tessera::dist::DType::kF32, tessera::dist::ReduceOp::kSum,
                    o);
