@@ -117,9 +117,15 @@ struct AdapterRun {
 // to the targets (base frozen), trains, evaluates, and writes under cfg.out_dir
 // the trainer checkpoint, tessera's adapter file (adapter.safetensors) and, for
 // LoRA and DoRA, the PEFT folder (adapter/).
+// With `world` (several ranks) data parallel, rank 0 writing the files;
+// the other ranks return a run without files.
 AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt,
-                         const AdapterArgs& a, bool progress) {
-  train::Trainer t(cfg);
+                         const AdapterArgs& a, bool progress, dist::ProcessGroup* world = nullptr) {
+  const int rank = world ? world->rank() : 0, size = world ? world->size() : 1;
+  if (cfg.batch_size() % size != 0)
+    throw Error(str("batch_size ", cfg.batch_size(), " does not split over ", size,
+                    " ranks: make it a multiple of the world size"));
+  train::Trainer t(cfg, rank, size);
   t.load_checkpoint(base_ckpt, /*weights_only=*/true);
   AdapterRun r;
   r.before = t.evaluate();
@@ -130,12 +136,17 @@ AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt
   });
   r.modules = set->modules().size();
   r.trainable = set->params().count(/*trainable_only=*/true);
-  spdlog::info("{}: {} r={} on {} modules, {} trainable of {} parameters", t.kind(),
-               adapters::kind_name(a.spec.kind), a.spec.lora.base.r, r.modules,
-               human_count(r.trainable), human_count(t.params().count()));
-  t.run(0, progress);
+  t.set_process_group(world);
+  if (rank == 0)
+    spdlog::info("{}: {} r={} on {} modules, {} trainable of {} parameters{}", t.kind(),
+                 adapters::kind_name(a.spec.kind), a.spec.lora.base.r, r.modules,
+                 human_count(r.trainable), human_count(t.params().count()),
+                 size > 1 ? str(", ", size, " ranks") : std::string());
+  t.run(0, progress && rank == 0);
   r.units_per_s = t.mean_units_per_s();
   r.after = t.evaluate();
+  if (world) world->barrier();
+  if (rank != 0) return r;
   fs::create_directories(cfg.out_dir());
   t.save_checkpoint(cfg.out_dir() + "/checkpoint.safetensors");
   r.adapter_file = cfg.out_dir() + "/adapter.safetensors";
@@ -341,9 +352,11 @@ int run_train_adapter(const TrainAdapterOptions& o) {
   if (o.tasks.size() > 1) {
     return train_bank(cfg, o.base, a, o.tasks, !o.quiet, o.library, o.name);
   }
+  std::unique_ptr<dist::ProcessGroup> world = dist::make_process_group();
   std::unique_ptr<store::LibraryApi> lib;
-  if (!o.library.empty()) lib = open_library(o.library, true);
-  AdapterRun r = train_adapter(cfg, o.base, a, !o.quiet);
+  if (!o.library.empty() && world->rank() == 0) lib = open_library(o.library, true);
+  AdapterRun r = train_adapter(cfg, o.base, a, !o.quiet, world.get());
+  if (world->rank() != 0) return 0;  // rank 0 reports and writes
   std::printf("\n%-10s  %s\n%-10s  %s\n", "base", eval_text(r.before).c_str(), "adapter",
               eval_text(r.after).c_str());
   if (lib)

@@ -368,7 +368,8 @@ std::vector<double> losses_of(const std::string& metrics) {
 }
 
 // Data parallel: the same global batch over 1, 2 and 4 ranks (tessera launch,
-// Gloo) and over 2 MPI ranks (mpirun) follows the same losses.
+// Gloo) and over 2 MPI ranks (mpirun) follows the same losses; train-adapter
+// over 2 ranks follows one.
 TEST_F(Cli, DataParallelPretrainFollowsOneRank) {
   const std::string args =
       "pretrain --quiet --model mlp data.limit_train=2048 data.limit_test=500 epochs=0 steps=50 "
@@ -400,6 +401,20 @@ TEST_F(Cli, DataParallelPretrainFollowsOneRank) {
   while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
   ASSERT_EQ(pclose(p), 0) << out;
   expect_same("mpi2");
+  // Adapter training too: two ranks follow one.
+  const std::string ta = "train-adapter --quiet --base " + dir_ +
+                         "/w1/checkpoint.safetensors --task permute:seed=1 epochs=0 steps=20 "
+                         "threads=1 log_every=1 batch_size=64 --out " +
+                         dir_;
+  ASSERT_EQ(run(ta + "/a1").code, 0);
+  CliRun a2 = run("launch --nproc 2 " + ta + "/a2");
+  ASSERT_EQ(a2.code, 0) << a2.out;
+  const std::vector<double> a1l = losses_of(dir_ + "/a1/metrics.jsonl"),
+                            a2l = losses_of(dir_ + "/a2/metrics.jsonl");
+  ASSERT_EQ(a1l.size(), 20u);
+  ASSERT_EQ(a2l.size(), a1l.size());
+  for (size_t i = 0; i < a1l.size(); ++i)
+    EXPECT_NEAR(a2l[i], a1l[i], 1e-5 * std::abs(a1l[i])) << "train-adapter step " << i + 1;
   // A batch that does not split over the ranks is refused by name.
   CliRun odd = run("launch --nproc 3 " + args + "/w3");
   EXPECT_NE(odd.code, 0);
