@@ -58,7 +58,9 @@ int main(int argc, char** argv) {
       ->required();
   c_ta->add_option("--task", ta.tasks,
                    "permute:seed=N | rotate:deg=D | classes:A,B,... (MLP base) or text:GLOB[|GLOB] "
-                   "(decoder base); repeat --task to train one LoRA expert per task together");
+                   "(decoder base); repeat --task to train one LoRA expert per task together")
+      // One value per --task, so key=value overrides after it stay overrides.
+      ->allow_extra_args(false);
   c_ta->add_option("--adapter", ta.adapter,
                    "KIND[:key=value,...], KIND lora|dora|vera|ia3|bottleneck; keys r, alpha, "
                    "rslora, dropout, targets=a|b|re:..., placement=houlsby|pfeiffer, act, "
