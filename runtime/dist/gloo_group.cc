@@ -364,10 +364,8 @@ class GlooGroup final : public ProcessGroup {
 
   void allreduce(void* data, size_t count, DType dtype, ReduceOp op,
                  const CallOptions& o) override {
-    const bool floating = dtype == DType::kF32 || dtype == DType::kF64;
-    if (op == ReduceOp::kMean && !floating)
-      throw Error(where("allreduce", o) + ": mean needs a floating type, not " + dtype_name(dtype));
-    if (count == 0 || size_ == 1) return;
+    check_reduce(dtype, op, "allreduce", o);
+    if (count == 0 || size_ == 1) return;  // (a mean over one rank is the value)
     guarded("allreduce", o, [&] {
       with_type(dtype, [&](auto t) {
         using T = decltype(t);
@@ -377,15 +375,9 @@ class GlooGroup final : public ProcessGroup {
         opts.setTag(o.tag);
         opts.setTimeout(o.timeout);
         gloo::allreduce(opts);
-        if (op == ReduceOp::kMean) {
-          if constexpr (std::is_floating_point_v<T>) {
-            T* p = static_cast<T*>(data);
-            const T inv = T(1) / static_cast<T>(size_);
-            for (size_t i = 0; i < count; ++i) p[i] *= inv;
-          }
-        }
       });
     });
+    finish_mean(data, count, dtype, op);
   }
 
   void broadcast(void* data, size_t bytes, int root, const CallOptions& o) override {

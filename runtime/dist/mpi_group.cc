@@ -107,23 +107,13 @@ class MpiGroup final : public ProcessGroup {
 
   void allreduce(void* data, size_t count, DType dtype, ReduceOp op,
                  const CallOptions& o) override {
-    const bool floating = dtype == DType::kF32 || dtype == DType::kF64;
-    if (op == ReduceOp::kMean && !floating)
-      throw Error(where("allreduce", o) + ": mean needs a floating type, not " + dtype_name(dtype));
+    check_reduce(dtype, op, "allreduce", o);
     if (count == 0) return;
     const int n = count_of(count, "allreduce", o);
     run("allreduce", o, [&](MPI_Comm c) {
       return MPI_Allreduce(MPI_IN_PLACE, data, n, mpi_type(dtype), mpi_op(op), c);
     });
-    if (op == ReduceOp::kMean) {
-      if (dtype == DType::kF32) {
-        float* p = static_cast<float*>(data);
-        for (size_t i = 0; i < count; ++i) p[i] /= static_cast<float>(size_);
-      } else {
-        double* p = static_cast<double*>(data);
-        for (size_t i = 0; i < count; ++i) p[i] /= static_cast<double>(size_);
-      }
-    }
+    finish_mean(data, count, dtype, op);
   }
 
   void broadcast(void* data, size_t bytes, int root, const CallOptions& o) override {
@@ -174,21 +164,13 @@ class MpiGroup final : public ProcessGroup {
 
   void reduce_scatter(const void* in, void* out, size_t count, DType dtype, ReduceOp op,
                       const CallOptions& o) override {
-    const bool floating = dtype == DType::kF32 || dtype == DType::kF64;
-    if (op == ReduceOp::kMean && !floating)
-      throw Error(where("reduce_scatter", o) + ": mean needs a floating type, not " +
-                  dtype_name(dtype));
+    check_reduce(dtype, op, "reduce_scatter", o);
     if (count == 0) return;
     const int n = count_of(count * static_cast<size_t>(size_), "reduce_scatter", o) / size_;
     run("reduce_scatter", o, [&](MPI_Comm c) {
       return MPI_Reduce_scatter_block(in, out, n, mpi_type(dtype), mpi_op(op), c);
     });
-    if (op == ReduceOp::kMean) {
-      if (dtype == DType::kF32)
-        for (size_t i = 0; i < count; ++i) static_cast<float*>(out)[i] /= size_;
-      else
-        for (size_t i = 0; i < count; ++i) static_cast<double*>(out)[i] /= size_;
-    }
+    finish_mean(out, count, dtype, op);
   }
 
   void barrier(const CallOptions& o) override {

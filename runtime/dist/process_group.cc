@@ -57,6 +57,23 @@ void ProcessGroup::check_rank(int r, const char* what, const char* arg) const {
         str(backend(), " ", what, ": ", arg, " ", r, " is not a rank of a world of ", size()));
 }
 
+void ProcessGroup::check_reduce(DType dtype, ReduceOp op, const char* what,
+                                const CallOptions& o) const {
+  if (op == ReduceOp::kMean && dtype != DType::kF32 && dtype != DType::kF64)
+    throw Error(where(what, o) + ": mean needs a floating type, not " + dtype_name(dtype));
+}
+
+void ProcessGroup::finish_mean(void* data, size_t count, DType dtype, ReduceOp op) const {
+  if (op != ReduceOp::kMean) return;
+  if (dtype == DType::kF32) {
+    float* p = static_cast<float*>(data);
+    for (size_t i = 0; i < count; ++i) p[i] /= static_cast<float>(size());
+  } else if (dtype == DType::kF64) {
+    double* p = static_cast<double*>(data);
+    for (size_t i = 0; i < count; ++i) p[i] /= static_cast<double>(size());
+  }
+}
+
 std::string ProcessGroup::where(const char* op, const CallOptions& o) const {
   return str(backend(), " ", op, " (tag ", o.tag, ", rank ", rank(), " of ", size(), ")");
 }
@@ -69,8 +86,7 @@ class LocalGroup final : public ProcessGroup {
   int size() const override { return 1; }
   std::string backend() const override { return "local"; }
   void allreduce(void*, size_t, DType dtype, ReduceOp op, const CallOptions& o) override {
-    if (op == ReduceOp::kMean && (dtype != DType::kF32 && dtype != DType::kF64))
-      throw Error(where("allreduce", o) + ": mean needs a floating type, not " + dtype_name(dtype));
+    check_reduce(dtype, op, "allreduce", o);
   }
   void broadcast(void*, size_t, int root, const CallOptions&) override {
     check_rank(root, "broadcast", "root");

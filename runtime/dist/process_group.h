@@ -75,6 +75,11 @@ class ProcessGroup {
  protected:
   // Shared argument checks: Error naming the call when a rank or size is off.
   void check_rank(int r, const char* what, const char* arg) const;
+  // kMean only on floating types (Error naming the call otherwise).
+  void check_reduce(DType dtype, ReduceOp op, const char* what, const CallOptions& o) const;
+  // After a sum for kMean: every element divided by the world size (one
+  // rounding, the same in every backend).
+  void finish_mean(void* data, size_t count, DType dtype, ReduceOp op) const;
   std::string where(const char* op, const CallOptions& o) const;
 };
 
