@@ -368,8 +368,8 @@ std::vector<double> losses_of(const std::string& metrics) {
 }
 
 // Data parallel: the same global batch over 1, 2 and 4 ranks (tessera launch,
-// Gloo) and over 2 MPI ranks (mpirun) follows the same losses; train-adapter
-// over 2 ranks follows one.
+// Gloo) and over 2 MPI ranks (mpirun) follows the same losses, also when a
+// one-rank checkpoint resumes on two; train-adapter over 2 ranks follows one.
 TEST_F(Cli, DataParallelPretrainFollowsOneRank) {
   const std::string args =
       "pretrain --quiet --model mlp data.limit_train=2048 data.limit_test=500 epochs=0 steps=50 "
@@ -401,6 +401,12 @@ TEST_F(Cli, DataParallelPretrainFollowsOneRank) {
   while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
   ASSERT_EQ(pclose(p), 0) << out;
   expect_same("mpi2");
+  // A checkpoint of one rank resumes on two: the 50 losses still follow.
+  ASSERT_EQ(run(args + "/rs --max-steps 25").code, 0);
+  CliRun rs =
+      run("launch --nproc 2 " + args + "/rs --resume " + dir_ + "/rs/checkpoint.safetensors");
+  ASSERT_EQ(rs.code, 0) << rs.out;
+  expect_same("rs");
   // Adapter training too: two ranks follow one.
   const std::string ta = "train-adapter --quiet --base " + dir_ +
                          "/w1/checkpoint.safetensors --task permute:seed=1 epochs=0 steps=20 "
