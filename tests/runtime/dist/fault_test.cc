@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -132,6 +133,62 @@ TEST(DistFault, MpiHungPeerAbortsAtTheTimeout) {
       log.find("mpi allreduce (tag 0, rank 0 of 2): no answer from every peer within 1500 ms"),
       std::string::npos)
       << log;
+}
+
+// Two "hosts": network namespaces joined by a veth pair, one Gloo rank in
+// each, reaching each other only over that link (10.77.x.1 / .2). Needs root
+// (CAP_NET_ADMIN) and iproute2; skipped without them.
+class Namespaces {
+ public:
+  Namespaces() : a_("tsa" + std::to_string(getpid())), b_("tsb" + std::to_string(getpid())) {}
+  ~Namespaces() {
+    sh("ip netns del " + a_);
+    sh("ip netns del " + b_);
+  }
+  bool Make(const std::string& net) {
+    const std::string va = "tva" + std::to_string(getpid() % 100000),
+                      vb = "tvb" + std::to_string(getpid() % 100000);
+    return sh("ip netns add " + a_) && sh("ip netns add " + b_) &&
+           sh("ip link add " + va + " type veth peer name " + vb) &&
+           sh("ip link set " + va + " netns " + a_) && sh("ip link set " + vb + " netns " + b_) &&
+           sh("ip -n " + a_ + " addr add " + net + ".1/24 dev " + va) &&
+           sh("ip -n " + b_ + " addr add " + net + ".2/24 dev " + vb) &&
+           sh("ip -n " + a_ + " link set " + va + " up") &&
+           sh("ip -n " + b_ + " link set " + vb + " up") && sh("ip -n " + a_ + " link set lo up") &&
+           sh("ip -n " + b_ + " link set lo up");
+  }
+  const std::string& a() const { return a_; }
+  const std::string& b() const { return b_; }
+
+ private:
+  static bool sh(const std::string& cmd) {
+    return std::system((cmd + " 2>/dev/null").c_str()) == 0;
+  }
+  std::string a_, b_;
+};
+
+TEST(DistMultiHost, GlooAcrossTwoNetworkNamespaces) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to make network namespaces";
+  Namespaces ns;
+  const std::string net = "10.77." + std::to_string(getpid() % 200 + 1);
+  if (!ns.Make(net)) GTEST_SKIP() << "cannot make network namespaces here (ip netns / veth)";
+  const std::string dir = tessera::testing::temp_dir("netns");
+  std::vector<pid_t> pids;
+  for (int r = 0; r < 2; ++r)
+    pids.push_back(spawn(
+        {"/usr/bin/env", "ip", "netns", "exec", r == 0 ? ns.a() : ns.b(), TESSERA_DIST_WORKER},
+        {"TESSERA_WORLD_SIZE=2", "TESSERA_RANK=" + std::to_string(r),
+         "TESSERA_RENDEZVOUS=file://" + dir + "/rdv",
+         "TESSERA_HOST=" + net + "." + std::to_string(r + 1), "TESSERA_TEST_STEPS=20",
+         "TESSERA_TEST_TIMEOUT_MS=10000"},
+        dir + "/" + std::to_string(r) + ".log"));
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  for (int r = 0; r < 2; ++r) {
+    const int code = wait_until(pids[r], deadline);
+    const std::string log = slurp(dir + "/" + std::to_string(r) + ".log");
+    EXPECT_EQ(code, 0) << "rank " << r << ":\n" << log;
+    EXPECT_NE(log.find("rank " + std::to_string(r) + " step 19"), std::string::npos) << log;
+  }
 }
 
 }  // namespace
