@@ -349,10 +349,13 @@ int run_train_adapter(const TrainAdapterOptions& o) {
   apply_overrides(&cfg, o.overrides);
   validate_config(cfg);
 
+  std::unique_ptr<dist::ProcessGroup> world = dist::make_process_group();
   if (o.tasks.size() > 1) {
+    if (world->size() > 1)
+      throw Error(str("several --task at once train on one rank for now (this job has ",
+                      world->size(), "); run it without launch/mpirun"));
     return train_bank(cfg, o.base, a, o.tasks, !o.quiet, o.library, o.name);
   }
-  std::unique_ptr<dist::ProcessGroup> world = dist::make_process_group();
   std::unique_ptr<store::LibraryApi> lib;
   if (!o.library.empty() && world->rank() == 0) lib = open_library(o.library, true);
   AdapterRun r = train_adapter(cfg, o.base, a, !o.quiet, world.get());

@@ -15,6 +15,7 @@
 #include <mpi.h>
 #include <netdb.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -550,6 +551,9 @@ class GlooGroup final : public ProcessGroup {
 }  // namespace
 
 std::unique_ptr<ProcessGroup> make_gloo(int rank, int size, const GlooOptions& o) {
+  // A write to a peer that died must be an error (EPIPE, then a named
+  // dist::Error), not SIGPIPE ending this rank silently.
+  signal(SIGPIPE, SIG_IGN);
   return std::make_unique<GlooGroup>(rank, size, o);
 }
 
