@@ -68,12 +68,6 @@ std::vector<std::string> index_keys(const AdapterRecord& r) {
   return out;
 }
 
-size_t dtype_size(const std::string& d) {
-  if (d == "F32") return 4;
-  if (d == "F16" || d == "BF16") return 2;
-  return 0;
-}
-
 bool is_id(const std::string& s) {
   return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
            return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
@@ -102,6 +96,12 @@ void strip_inline(AdapterRecord* r) {
 }
 
 }  // namespace
+
+size_t DtypeSize(const std::string& d) {
+  if (d == "F32") return 4;
+  if (d == "F16" || d == "BF16") return 2;
+  return 0;
+}
 
 std::string sha256_hex(const std::string& data) {
   unsigned char md[EVP_MAX_MD_SIZE];
@@ -296,7 +296,7 @@ Status Library::Put(const AdapterRecord& in, const std::vector<TensorData>& tens
     if (t.name.empty() || !seen.insert(t.name).second)
       return Status::InvalidArgument("adapter " + name + ": tensor name '" + t.name +
                                      "' is empty or repeated");
-    const size_t es = dtype_size(t.dtype);
+    const size_t es = DtypeSize(t.dtype);
     if (es == 0)
       return Status::InvalidArgument("tensor " + t.name + ": dtype '" + t.dtype +
                                      "' (expected F32, F16 or BF16)");

@@ -218,6 +218,9 @@ class Library : public LibraryApi {
   std::shared_mutex latest_mu_;
 };
 
+// Bytes per element of a stored dtype ("F32" 4, "F16"/"BF16" 2), 0 if unknown.
+size_t DtypeSize(const std::string& dtype);
+
 // SHA-256 hex of `data` (OpenSSL).
 std::string sha256_hex(const std::string& data);
 

@@ -10,6 +10,7 @@
 #include <map>
 #include <sstream>
 #include <thread>
+#include <type_traits>
 
 #include "store/crc32c.h"
 #include "tessera/library_service.grpc.pb.h"
@@ -107,17 +108,11 @@ bool read_file(const std::string& path, std::string* out) {
   return true;
 }
 
-size_t dtype_bytes(const std::string& d) {
-  if (d == "F32") return 4;
-  if (d == "F16" || d == "BF16") return 2;
-  return 0;
-}
-
 // The bytes a tensor header declares, checked against its dtype and shape;
 // "" when valid, else what is wrong.
 std::string check_header(const TensorRef& t, uint64_t limit) {
   if (t.name().empty() || t.name().size() > 1024) return "name: expected 1..1024 characters";
-  const size_t es = dtype_bytes(t.dtype());
+  const size_t es = DtypeSize(t.dtype());
   if (es == 0) return "dtype: '" + t.dtype() + "', expected F32, F16 or BF16";
   if (t.shape_size() > 8) return "shape: more than 8 dimensions";
   uint64_t n = es;
@@ -159,6 +154,22 @@ std::string place(TensorPiece* p, const std::vector<uint64_t>& want, std::vector
   }
   h += n;
   return "";
+}
+
+// The filter a List or Search request carries (Search has no name prefix
+// and never includes deleted records).
+template <typename Req>
+ListFilter filter_of(const Req& req) {
+  ListFilter f;
+  f.tags.assign(req.tags().begin(), req.tags().end());
+  f.base_fingerprint = req.base_fingerprint();
+  f.kind = req.kind();
+  f.task = req.task();
+  if constexpr (std::is_same_v<Req, ListRequest>) {
+    f.name_prefix = req.name_prefix();
+    f.include_deleted = req.include_deleted();
+  }
+  return f;
 }
 
 void fill_filter(const ListFilter& f, google::protobuf::RepeatedPtrField<std::string>* tags,
@@ -413,13 +424,7 @@ class Service final : public LibraryService::WithCallbackMethod_Get<LibraryServi
       const int limit = req->limit() == 0 ? 100 : req->limit();
       if (limit < 1 || limit > 1000)
         return invalid("limit", std::to_string(req->limit()) + ", expected 0 (100) or 1..1000");
-      ListFilter f;
-      f.tags.assign(req->tags().begin(), req->tags().end());
-      f.base_fingerprint = req->base_fingerprint();
-      f.kind = req->kind();
-      f.task = req->task();
-      f.name_prefix = req->name_prefix();
-      f.include_deleted = req->include_deleted();
+      const ListFilter f = filter_of(*req);
       ListPage page;
       Status s = lib_->List(f, limit, req->page_token(), &page);
       if (s.IsInvalidArgument()) return invalid("page_token", s.message());
@@ -440,11 +445,7 @@ class Service final : public LibraryService::WithCallbackMethod_Get<LibraryServi
           return invalid("vector[" + std::to_string(i) + "]", "not a finite number");
       if (req->k() < 1 || req->k() > 1000)
         return invalid("k", std::to_string(req->k()) + ", expected 1..1000");
-      ListFilter f;
-      f.tags.assign(req->tags().begin(), req->tags().end());
-      f.base_fingerprint = req->base_fingerprint();
-      f.kind = req->kind();
-      f.task = req->task();
+      const ListFilter f = filter_of(*req);
       std::vector<SearchHit> hits;
       const std::vector<float> q(req->vector().begin(), req->vector().end());
       Status s = lib_->Search(req->signature(), q, req->k(), f, &hits);
