@@ -5,8 +5,10 @@
 // still running at its deadline prints an error naming the operation and
 // rank and aborts the job (MPI_Abort), so a hung peer never hangs it. (A
 // peer that dies is noticed sooner: mpirun ends the job naming its rank.)
-// Each tag gets its own duplicate of the world communicator, so calls with
-// different tags never match each other.
+// Each tag gets its own duplicate of the world communicator for collectives,
+// so calls with different tags never match each other; send/recv use one
+// point-to-point communicator (made with the group) with the tag as MPI's
+// message tag, since two ranks alone cannot create a communicator.
 #include <mpi.h>
 
 #include <climits>
@@ -93,17 +95,23 @@ class MpiGroup final : public ProcessGroup {
     // Errors come back as codes, not as an abort of the whole job.
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     multiple_ = runtime().level >= MPI_THREAD_MULTIPLE;
+    MPI_Comm_dup(MPI_COMM_WORLD, &p2p_);
+    MPI_Comm_set_errhandler(p2p_, MPI_ERRORS_RETURN);
+    MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &tag_ub_, &has_tag_ub_);
   }
   ~MpiGroup() override {
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (!finalized)
+    if (!finalized) {
       for (auto& [tag, c] : comms_) MPI_Comm_free(&c);
+      MPI_Comm_free(&p2p_);
+    }
   }
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string backend() const override { return "mpi"; }
+  bool concurrent_p2p() const override { return multiple_; }
 
   void allreduce(void* data, size_t count, DType dtype, ReduceOp op,
                  const CallOptions& o) override {
@@ -181,15 +189,25 @@ class MpiGroup final : public ProcessGroup {
     check_rank(dst, "send", "destination");
     if (dst == rank_) throw Error(where("send", o) + ": to itself");
     const int n = count_of(bytes, "send", o);
-    run("send", o, [&](MPI_Comm c) { return MPI_Send(data, n, MPI_BYTE, dst, 0, c); });
+    const int t = p2p_tag(o, "send");
+    run("send", o, [&](MPI_Comm) { return MPI_Send(data, n, MPI_BYTE, dst, t, p2p_); });
   }
 
   void recv(void* data, size_t bytes, int src, const CallOptions& o) override {
     check_rank(src, "recv", "source");
     if (src == rank_) throw Error(where("recv", o) + ": from itself");
     const int n = count_of(bytes, "recv", o);
-    run("recv", o,
-        [&](MPI_Comm c) { return MPI_Recv(data, n, MPI_BYTE, src, 0, c, MPI_STATUS_IGNORE); });
+    const int t = p2p_tag(o, "recv");
+    int got = n;
+    run("recv", o, [&](MPI_Comm) {
+      MPI_Status st;
+      const int rc = MPI_Recv(data, n, MPI_BYTE, src, t, p2p_, &st);
+      if (rc == MPI_SUCCESS) MPI_Get_count(&st, MPI_BYTE, &got);
+      return rc;
+    });
+    if (got != n)
+      throw Error(where("recv", o) + ": rank " + std::to_string(src) + " sent " +
+                  std::to_string(got) + " bytes, " + std::to_string(n) + " expected");
   }
 
  private:
@@ -198,6 +216,15 @@ class MpiGroup final : public ProcessGroup {
       throw Error(where(op, o) + ": " + std::to_string(n) +
                   " elements exceed MPI's int count; split the buffer");
     return static_cast<int>(n);
+  }
+
+  // A tag as MPI's message tag (MPI guarantees at least 32767).
+  int p2p_tag(const CallOptions& o, const char* op) const {
+    const int ub = has_tag_ub_ ? *tag_ub_ : 32767;
+    if (o.tag > static_cast<uint32_t>(ub))
+      throw Error(where(op, o) + ": tag " + std::to_string(o.tag) + " is above MPI's limit " +
+                  std::to_string(ub));
+    return static_cast<int>(o.tag);
   }
 
   // The communicator of a tag (created on first use; every rank creates
@@ -301,6 +328,9 @@ class MpiGroup final : public ProcessGroup {
 
   int rank_ = 0, size_ = 1;
   std::map<uint32_t, MPI_Comm> comms_;
+  MPI_Comm p2p_ = MPI_COMM_NULL;
+  int* tag_ub_ = nullptr;
+  int has_tag_ub_ = 0;
   std::mutex mu_;
   bool multiple_ = false;
   Watchdog watch_;

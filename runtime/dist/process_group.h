@@ -43,6 +43,9 @@ class ProcessGroup {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual std::string backend() const = 0;  // "local", "gloo", "mpi"
+  // Whether send/recv with different peers may run from several threads at
+  // once (MPI only at MPI_THREAD_MULTIPLE).
+  virtual bool concurrent_p2p() const { return true; }
 
   // In place: `data` (count elements) becomes the reduction over all ranks.
   // kMean divides the sum by the world size (floating types only).

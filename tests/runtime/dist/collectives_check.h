@@ -5,10 +5,14 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdint>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "runtime/dist/process_group.h"
+#include "runtime/dist/work_queue.h"
 
 namespace tessera::dist {
 
@@ -113,6 +117,62 @@ inline void check_collectives(ProcessGroup& g) {
       g.send(out_msg.data(), 4000, next, o);
     }
     for (float v : in_msg) ASSERT_EQ(v, static_cast<float>(prev));
+  }
+}
+
+// The work queue: 23 items of uneven cost and size over every rank; every
+// item finishes exactly once, its bytes reach rank 0 intact and name the
+// rank that made them; a work that throws (item 7) and a done that throws
+// (item 11) fail just their items, with their messages.
+inline void check_work_queue(ProcessGroup& g) {
+  const size_t n = 23;
+  auto payload = [](size_t i, int rank) {
+    std::string s;
+    for (size_t k = 0; k < i * 100; ++k) s += static_cast<char>('a' + (k + i) % 26);
+    return s + "@" + std::to_string(rank);
+  };
+  std::vector<int> calls(n, 0);
+  std::vector<std::string> got(n);
+  WorkOptions o;
+  o.tag = 40;
+  WorkSummary s = distribute(
+      g, n,
+      [&](size_t i) -> std::string {
+        std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int>(i % 4) * 3));
+        if (i == 7) throw Error("item 7 is bad");
+        return i == 0 ? std::string() : payload(i, g.rank());
+      },
+      [&](size_t i, int rank, const std::string& bytes) {
+        ++calls[i];
+        got[i] = bytes;
+        if (i == 11) throw Error("cannot store item 11");
+        if (i > 0) {
+          EXPECT_EQ(bytes, payload(i, rank)) << "item " << i;
+        }
+      },
+      o);
+  if (g.rank() != 0) {
+    for (const WorkReport& r : s.items) EXPECT_EQ(r.rank, g.rank());
+    return;
+  }
+  ASSERT_EQ(s.items.size(), n);
+  EXPECT_TRUE(s.ranks_lost.empty());
+  EXPECT_FALSE(s.all_ok());
+  for (size_t i = 0; i < n; ++i) {
+    const WorkReport& r = s.items[i];
+    EXPECT_EQ(r.item, i);
+    EXPECT_GE(r.rank, 0);
+    EXPECT_LT(r.rank, g.size());
+    EXPECT_EQ(calls[i], i == 7 ? 0 : 1) << "item " << i;
+    if (i == 7) {
+      EXPECT_FALSE(r.ok);
+      EXPECT_EQ(r.error, "item 7 is bad");
+    } else if (i == 11) {
+      EXPECT_FALSE(r.ok);
+      EXPECT_EQ(r.error, "cannot store item 11");
+    } else {
+      EXPECT_TRUE(r.ok) << "item " << i << ": " << r.error;
+    }
   }
 }
 

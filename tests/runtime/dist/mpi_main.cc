@@ -14,6 +14,7 @@ TEST(Mpi, EveryCollectiveOnEveryRank) {
   ASSERT_EQ(g->backend(), "mpi");
   ASSERT_GE(g->size(), 2);
   check_collectives(*g);
+  check_work_queue(*g);
   // Calls with different tags run on different communicators.
   float a = 1, b = 2;
   CallOptions t1, t2;
@@ -34,6 +35,7 @@ TEST(Mpi, GlooRendezvousOverMpi) {
   ASSERT_EQ(g->backend(), "gloo");
   ASSERT_GE(g->size(), 2);
   check_collectives(*g);
+  check_work_queue(*g);
 }
 
 }  // namespace

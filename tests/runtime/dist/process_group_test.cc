@@ -49,6 +49,7 @@ TEST(ProcessGroup, LocalIsExact) {
   EXPECT_EQ(g->rank(), 0);
   EXPECT_EQ(g->size(), 1);
   check_collectives(*g);
+  check_work_queue(*g);
   EXPECT_NE(testing::error_of([&] { g->broadcast(nullptr, 0, 1); }).find("root 1"),
             std::string::npos);
   int32_t x = 3;
@@ -61,6 +62,54 @@ TEST(ProcessGroup, LocalIsExact) {
 
 TEST(ProcessGroup, GlooEveryCollectiveAtWorldSizesOneToEight) {
   for (int world : {1, 2, 3, 4, 5, 8}) on_gloo(world, "all", check_collectives);
+}
+
+TEST(WorkQueue, GlooEveryItemOnceAtWorldSizesOneToFive) {
+  for (int world : {1, 2, 3, 5}) on_gloo(world, "queue", check_work_queue);
+}
+
+// A rank that stops answering (here: busy past the item timeout) loses its
+// item back to the queue; the others finish every item, and rank 0 reports
+// the rank it lost. (Gloo fails every pending call of the group on a timeout,
+// so rank 0 ends up doing the rest itself: nothing is lost or done twice.)
+TEST(WorkQueue, AHungRankLosesItsItemToTheOthers) {
+  const size_t n = 8;
+  std::vector<int> calls(n, 0);
+  WorkSummary s0;
+  std::string err2;
+  on_gloo(3, "hung", [&](ProcessGroup& g) {
+    WorkOptions o;
+    o.item_timeout = std::chrono::milliseconds(400);
+    bool slept = false;
+    try {
+      WorkSummary s = distribute(
+          g, n,
+          [&](size_t i) {
+            if (g.rank() == 2 && !slept) {
+              slept = true;
+              std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            return std::to_string(i);
+          },
+          [&](size_t i, int, const std::string& bytes) {
+            ++calls[i];
+            EXPECT_EQ(bytes, std::to_string(i));
+          },
+          o);
+      if (g.rank() == 0) s0 = s;
+    } catch (const Error& e) {
+      if (g.rank() == 0) throw;
+      if (g.rank() == 2) err2 = e.what();
+    }
+  });
+  ASSERT_EQ(s0.items.size(), n);
+  EXPECT_TRUE(s0.all_ok());
+  for (size_t i = 0; i < n; ++i) EXPECT_EQ(calls[i], 1) << "item " << i;
+  bool lost2 = false;
+  for (const std::string& l : s0.ranks_lost) lost2 |= l.rfind("rank 2:", 0) == 0;
+  EXPECT_TRUE(lost2) << ::testing::PrintToString(s0.ranks_lost);
+  EXPECT_NE(err2, "");  // the hung rank learns it was dropped when it reports
 }
 
 TEST(ProcessGroup, GlooMistakesAndTimeoutsNameTheCall) {
