@@ -67,6 +67,20 @@ struct TrainAdapterOptions {
   std::vector<std::string> overrides;
 };
 
+// One expert per task, the tasks spread over the ranks of the world by a
+// work queue on rank 0, each expert committed to the library once.
+struct BuildLibraryOptions {
+  std::string base;                // base checkpoint
+  std::vector<std::string> tasks;  // TASK[;TASK...] | @FILE; {A..B} integer ranges expand
+  std::string adapter = "lora:r=8,alpha=16,targets=all-linear";
+  LibraryTarget library;              // folder (rank 0 commits) or grpc:// (each rank puts)
+  std::string out_dir;                // default runs/library: OUT/K per task, OUT/build.json
+  std::string name_prefix;            // expert names: prefix + task
+  bool retrain = false;               // train tasks the library already holds for this base
+  double task_timeout_minutes = 360;  // a rank silent this long on one task is dropped
+  std::vector<std::string> overrides;
+};
+
 struct MergeOptions {
   std::string method = "linear";    // name[:key=value,...], see run_merge
   std::vector<std::string> inputs;  // PEFT LoRA folders
@@ -145,6 +159,7 @@ int run_merge(const MergeOptions& o);
 // "0.5,1,2" → {0.5, 1, 2}; "" → {}. A malformed number is an Error naming it.
 std::vector<float> parse_weights(const std::string& csv);
 int run_train_adapter(const TrainAdapterOptions& o);
+int run_build_library(const BuildLibraryOptions& o);
 int run_pretrain(const PretrainOptions& o);
 int run_eval(const EvalOptions& o);
 

@@ -79,6 +79,38 @@ int main(int argc, char** argv) {
   c_ta->add_option("overrides", ta.overrides,
                    "key=value config overrides, e.g. epochs=1 optim.lr=3e-3");
 
+  tessera::launch::BuildLibraryOptions bl;
+  auto* c_bl = app.add_subcommand(
+      "build-library",
+      "Train one expert per task and commit each to the library once; under mpirun or "
+      "tessera launch the tasks are spread over the ranks by a work queue on rank 0");
+  c_bl->add_option("--base", bl.base, "Base model checkpoint")->required();
+  c_bl->add_option("--tasks", bl.tasks,
+                   "TASK[;TASK...] or @FILE (a task a line); {A..B} ranges expand, e.g. "
+                   "'permute:seed={1..6}'; repeatable")
+      ->required()
+      ->allow_extra_args(false);
+  c_bl->add_option("--adapter", bl.adapter, "KIND[:key=value,...] as for train-adapter")
+      ->capture_default_str();
+  c_bl->add_option("--library", bl.library.where,
+                   "The library: a folder (rank 0 commits) or grpc://HOST:PORT (every rank "
+                   "puts its experts through the lookup service)")
+      ->required();
+  c_bl->add_option("--token-file", bl.library.token_file,
+                   "grpc:// library: file holding the service's bearer token");
+  c_bl->add_option("--tls-ca", bl.library.tls_ca,
+                   "grpc:// library: PEM roots to trust (turns TLS on)");
+  c_bl->add_option("--out", bl.out_dir,
+                   "Run folder: OUT/K per task, OUT/build.json (default "
+                   "runs/library)");
+  c_bl->add_option("--name-prefix", bl.name_prefix, "Expert names: PREFIX + task");
+  c_bl->add_flag("--retrain", bl.retrain,
+                 "Train tasks whose expert the library already holds for this base");
+  c_bl->add_option("--task-timeout", bl.task_timeout_minutes,
+                   "Minutes: a rank silent this long on one task is dropped, its task requeued")
+      ->capture_default_str();
+  c_bl->add_option("overrides", bl.overrides, "key=value config overrides for every task");
+
   tessera::launch::MergeOptions mo;
   auto* c_merge =
       app.add_subcommand("merge",
@@ -200,6 +232,7 @@ int main(int argc, char** argv) {
     if (*c_eval) return tessera::launch::run_eval(ev);
     if (*c_ta) return tessera::launch::run_train_adapter(ta);
     if (*c_ep) return tessera::launch::run_export_peft(ep);
+    if (*c_bl) return tessera::launch::run_build_library(bl);
     if (*c_lib) {
       if (!remote.empty()) {
         if (!lo.library.where.empty())

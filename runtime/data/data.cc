@@ -134,6 +134,13 @@ int64_t parse_int(const std::string& v, const std::string& task) {
 }
 }  // namespace
 
+void check_image_task(const std::string& task, int64_t side) {
+  ImageSet probe;  // one example of each class, blank
+  probe.images = Tensor::zeros({10, side * side});
+  for (int32_t c = 0; c < 10; ++c) probe.labels.push_back(c);
+  parse_image_task(probe, task, side);
+}
+
 ImageTask parse_image_task(const ImageSet& s, const std::string& task, int64_t side) {
   ImageTask t;
   if (task.empty()) return t;

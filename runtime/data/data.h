@@ -61,6 +61,8 @@ struct ImageTask {
   void row(const ImageSet& s, int64_t k, float* dst) const;  // dst: features() floats
 };
 ImageTask parse_image_task(const ImageSet& s, const std::string& task, int64_t side = 28);
+// Checks an image task's spelling without the data (Error naming it).
+void check_image_task(const std::string& task, int64_t side = 28);
 
 // A token stream (bytes are tokens 0..255 for byte-level text).
 struct TokenCorpus {

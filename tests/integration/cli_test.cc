@@ -4,15 +4,22 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <nlohmann/json.hpp>
+
 #include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
 
 #include "tests/testing.h"
 
 namespace tessera {
 namespace {
+
+namespace fs = std::filesystem;
 
 struct CliRun {
   int code;
@@ -27,6 +34,29 @@ CliRun run(const std::string& args) {
   while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
   int st = pclose(p);
   return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+// `tessera serve` started in the background on a free port of loopback.
+struct Served {
+  FILE* out = nullptr;  // its output (the first line after the pid: the banner)
+  int pid = 0;
+  std::string banner, hostport;  // hostport empty: it did not start
+};
+Served serve(const std::string& library, const std::string& token_file) {
+  Served s;
+  const std::string cmd = "sh -c 'echo $$; exec " + std::string(TESSERA_BINARY) +
+                          " serve --library " + library + " --listen 127.0.0.1:0 --token-file " +
+                          token_file + "' 2>&1";
+  s.out = popen(cmd.c_str(), "r");
+  std::array<char, 512> line{};
+  if (!s.out || !fgets(line.data(), line.size(), s.out)) return s;
+  s.pid = std::atoi(line.data());
+  if (!fgets(line.data(), line.size(), s.out)) return s;
+  s.banner = line.data();
+  const size_t at = s.banner.find("127.0.0.1:");
+  if (at != std::string::npos)
+    s.hostport = "127.0.0.1:" + std::to_string(std::atoi(s.banner.c_str() + at + 10));
+  return s;
 }
 
 class Cli : public ::testing::Test {
@@ -285,20 +315,12 @@ TEST_F(Cli, ServeAndRemoteLibraryCommands) {
   ASSERT_EQ(a.code, 0) << a.out;
   std::ofstream(dir_ + "/token") << "cli-test-token\n";
   std::ofstream(dir_ + "/wrong") << "not-the-token\n";
-  // Started in the background on a free port; its first line names the port.
-  const std::string cmd = "sh -c 'echo $$; exec " + std::string(TESSERA_BINARY) +
-                          " serve --library " + lib + " --listen 127.0.0.1:0 --token-file " + dir_ +
-                          "/token' 2>&1";
-  FILE* srv = popen(cmd.c_str(), "r");
-  ASSERT_NE(srv, nullptr);
+  Served sv = serve(lib, dir_ + "/token");
+  ASSERT_FALSE(sv.hostport.empty()) << sv.banner;
+  FILE* srv = sv.out;
+  const int pid = sv.pid;
+  const std::string hostport = sv.hostport;
   std::array<char, 512> line{};
-  ASSERT_NE(fgets(line.data(), line.size(), srv), nullptr);
-  const int pid = std::atoi(line.data());
-  ASSERT_NE(fgets(line.data(), line.size(), srv), nullptr);
-  const std::string banner = line.data();
-  const size_t at = banner.find("127.0.0.1:");
-  ASSERT_NE(at, std::string::npos) << banner;
-  const std::string hostport = "127.0.0.1:" + std::to_string(std::atoi(banner.c_str() + at + 10));
   const std::string remote = "library --remote " + hostport + " --token-file " + dir_ + "/token ";
   CliRun ls = run(remote + "ls --json");
   EXPECT_EQ(ls.code, 0) << ls.out;
@@ -426,6 +448,106 @@ TEST_F(Cli, DataParallelPretrainFollowsOneRank) {
   EXPECT_NE(odd.code, 0);
   EXPECT_NE(odd.out.find("batch_size 64 does not split over 3 ranks"), std::string::npos)
       << odd.out;
+}
+
+// name -> content id of every adapter in a library (folder or grpc://).
+std::map<std::string, std::string> ids_in(const std::string& library_args) {
+  CliRun ls = run("library " + library_args + " ls --json");
+  EXPECT_EQ(ls.code, 0) << ls.out;
+  std::map<std::string, std::string> ids;
+  std::stringstream ss(ls.out);
+  std::string line;
+  while (std::getline(ss, line)) {
+    if (line.empty()) continue;
+    nlohmann::json j = nlohmann::json::parse(line);
+    EXPECT_TRUE(ids.emplace(j["name"].get<std::string>(), j["id"].get<std::string>()).second)
+        << "listed twice: " << line;
+  }
+  return ids;
+}
+
+CliRun run_mpirun(int np, const std::string& args) {
+  const std::string cmd = "mpirun --allow-run-as-root --oversubscribe -np " + std::to_string(np) +
+                          " " + std::string(TESSERA_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf{};
+  std::string out;
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
+  const int st = pclose(p);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+// build-library: 6 tasks over 3 ranks (tessera launch, Gloo; mpirun, MPI)
+// store exactly 6 experts, each once, bit-identical to a one-rank build; a
+// second build resumes (only the new task is trained); with the lookup
+// service every rank puts its own experts; mistakes fail every rank at once.
+TEST_F(Cli, BuildLibraryAcrossRanksStoresEachExpertOnce) {
+  ASSERT_EQ(pretrain_mlp("base", 20).code, 0);
+  const std::string build = "build-library --base " + dir_ +
+                            "/base/checkpoint.safetensors --tasks 'permute:seed={1..6}' "
+                            "epochs=0 steps=10 threads=1 ";
+  CliRun one = run(build + "--library " + dir_ + "/lib1 --out " + dir_ + "/b1");
+  ASSERT_EQ(one.code, 0) << one.out;
+  const std::map<std::string, std::string> want = ids_in("--library " + dir_ + "/lib1");
+  ASSERT_EQ(want.size(), 6u);
+  for (int k = 1; k <= 6; ++k) {
+    std::string name = "permute:seed=";
+    name += std::to_string(k);
+    EXPECT_EQ(want.count(name), 1u) << name;
+  }
+  // Three Gloo ranks.
+  CliRun three =
+      run("launch --nproc 3 " + build + "--library " + dir_ + "/lib3 --out " + dir_ + "/b3");
+  ASSERT_EQ(three.code, 0) << three.out;
+  EXPECT_NE(three.out.find("6 of 6 experts trained and stored"), std::string::npos) << three.out;
+  EXPECT_EQ(ids_in("--library " + dir_ + "/lib3"), want);
+  std::ifstream bj(dir_ + "/b3/build.json");
+  nlohmann::json report = nlohmann::json::parse(bj);
+  EXPECT_EQ(report["ranks"], 3);
+  ASSERT_EQ(report["experts"].size(), 6u);
+  std::set<int> ranks;
+  for (const auto& e : report["experts"]) {
+    EXPECT_TRUE(e["ok"].get<bool>()) << e.dump();
+    ranks.insert(e["rank"].get<int>());
+  }
+  EXPECT_GE(ranks.size(), 2u) << report.dump();  // the queue spread the work
+  // Every expert's file is on rank 0's disk too.
+  for (int k = 0; k < 6; ++k)
+    EXPECT_TRUE(fs::exists(dir_ + "/b3/" + std::to_string(k) + "/adapter.safetensors")) << k;
+  // Three MPI ranks.
+  CliRun mpi = run_mpirun(3, build + "--library " + dir_ + "/libm --out " + dir_ + "/bm");
+  ASSERT_EQ(mpi.code, 0) << mpi.out;
+  EXPECT_EQ(ids_in("--library " + dir_ + "/libm"), want);
+  // Resume: the six are there, only the seventh is trained.
+  CliRun more = run("launch --nproc 3 " + build + "--tasks 'permute:seed=7' --library " + dir_ +
+                    "/lib3 --out " + dir_ + "/b3");
+  ASSERT_EQ(more.code, 0) << more.out;
+  EXPECT_NE(more.out.find("7 tasks, 6 already in"), std::string::npos) << more.out;
+  EXPECT_EQ(ids_in("--library " + dir_ + "/lib3").size(), 7u);
+  // Through the lookup service: each of 2 ranks puts what it trained.
+  std::ofstream(dir_ + "/token") << "build-token\n";
+  Served sv = serve(dir_ + "/served", dir_ + "/token");
+  ASSERT_FALSE(sv.hostport.empty()) << sv.banner;
+  const std::string remote = "--library grpc://" + sv.hostport + " --token-file " + dir_ + "/token";
+  CliRun viasvc = run("launch --nproc 2 " + build + remote + " --out " + dir_ + "/bs");
+  EXPECT_EQ(viasvc.code, 0) << viasvc.out;
+  EXPECT_EQ(ids_in(remote), want);
+  kill(sv.pid, SIGTERM);
+  pclose(sv.out);
+  // Mistakes: every rank refuses the same way before training.
+  const std::string bad = "launch --nproc 2 build-library --base " + dir_ +
+                          "/base/checkpoint.safetensors --library " + dir_ + "/libx --tasks ";
+  for (const auto& [tasks, says] : std::vector<std::pair<std::string, std::string>>{
+           {"'permute:sed=1'", "task 'permute:sed=1'"},
+           {"'rotate:deg=90;rotate:deg=90'", "task 'rotate:deg=90' is given twice"},
+           {"'permute:seed={3..1}'", "expected a range {FIRST..LAST}"},
+           {"@" + dir_ + "/missing.txt", "cannot read the file"},
+           {"'text:" + dir_ + "/*.txt'", "needs a decoder base"}}) {
+    CliRun r = run(bad + tasks);
+    EXPECT_EQ(r.code, 2) << tasks << "\n" << r.out;
+    EXPECT_NE(r.out.find(says), std::string::npos) << tasks << "\n" << r.out;
+  }
+  EXPECT_FALSE(fs::exists(dir_ + "/libx/CURRENT"));  // nothing was stored
 }
 
 }  // namespace
