@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <thread>
 
 #include "adapters/adapter_file.h"
 #include "adapters/bank.h"
@@ -69,6 +70,18 @@ std::string short_eval(const train::EvalResult& e) {
   return buf;
 }
 
+// Explicit threads × ranks on this machine beyond its cores: OpenMP and BLAS
+// threads of the ranks spin against each other (measured 5x slower), so say so.
+void warn_if_oversubscribed(const PretrainConfig& cfg) {
+  const int machine = static_cast<int>(std::thread::hardware_concurrency());
+  if (cfg.threads() > 0 && machine > 0 && local_ranks() > 1 &&
+      cfg.threads() * local_ranks() > machine)
+    spdlog::warn(
+        "threads={} on each of {} ranks here is {} threads on {} cores: expect a large "
+        "slowdown (leave threads unset for cores / ranks)",
+        cfg.threads(), local_ranks(), cfg.threads() * local_ranks(), machine);
+}
+
 struct RunSummary {
   std::string model, params, eval, throughput, checkpoint;
   int64_t steps = 0;
@@ -82,6 +95,7 @@ RunSummary train_and_save(const PretrainConfig& cfg, const std::string& resume, 
   // hand; one process otherwise): data parallel over it, rank 0 writes.
   std::unique_ptr<dist::ProcessGroup> world = dist::make_process_group();
   const bool lead = world->rank() == 0;
+  if (lead) warn_if_oversubscribed(cfg);
   if (cfg.batch_size() % world->size() != 0)
     throw Error(str("batch_size ", cfg.batch_size(), " does not split over ", world->size(),
                     " ranks: make it a multiple of the world size"));
@@ -138,6 +152,7 @@ struct AdapterRun {
 AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt,
                          const AdapterArgs& a, bool progress, dist::ProcessGroup* world = nullptr) {
   const int rank = world ? world->rank() : 0, size = world ? world->size() : 1;
+  if (rank == 0 && world) warn_if_oversubscribed(cfg);
   if (cfg.batch_size() % size != 0)
     throw Error(str("batch_size ", cfg.batch_size(), " does not split over ", size,
                     " ranks: make it a multiple of the world size"));
@@ -211,18 +226,26 @@ std::string put_trained(store::LibraryApi& library, const std::string& file,
 // the frozen base. Writes one adapter file (and PEFT folder) per task.
 int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const AdapterArgs& a,
                const std::vector<std::string>& tasks, bool progress, const LibraryTarget& library,
-               const std::string& name) {
+               const std::string& name, dist::ProcessGroup& world) {
   if (a.spec.kind != adapters::Kind::Lora)
     throw Error(str("several tasks at once train a bank of LoRA experts; ",
                     adapters::kind_name(a.spec.kind), " is trained one task at a time"));
+  const int rank = world.rank(), size = world.size();
+  if (rank == 0) warn_if_oversubscribed(cfg);
+  if (cfg.batch_size() % size != 0)
+    throw Error(str("batch_size ", cfg.batch_size(), " does not split over ", size,
+                    " ranks: make it a multiple of the world size"));
   // Open (or reach) the library first: a wrong path or token fails before training.
   std::unique_ptr<store::LibraryApi> lib;
-  if (!library.empty()) lib = open_library(library, true);
-  train::Trainer t(cfg);
+  if (!library.empty() && rank == 0) lib = open_library(library, true);
+  // Data parallel like one task: every rank routes its share of each batch
+  // to the experts, the bank's gradients are averaged; rank 0 writes.
+  train::Trainer t(cfg, rank, size);
   t.load_checkpoint(base_ckpt, /*weights_only=*/true);
   const int T = t.num_tasks();
   std::vector<train::EvalResult> before;
-  for (int k = 0; k < T; ++k) before.push_back(t.evaluate(-1, k));
+  if (rank == 0)  // (only rank 0 reports)
+    for (int k = 0; k < T; ++k) before.push_back(t.evaluate(-1, k));
   std::unique_ptr<adapters::BankSet> bank;
   std::vector<bool> conv1d;
   t.attach([&](std::vector<nn::Linear*> linears, nn::ParameterSet& base) {
@@ -235,9 +258,15 @@ int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const Ad
   });
   adapters::BankSet* b = bank.get();
   t.set_router([b](const std::vector<int32_t>& rows) { b->route(rows); });
-  spdlog::info("{}: {} LoRA experts r={} trained together on {} modules, {} trainable", t.kind(), T,
-               a.spec.lora.base.r, bank->modules().size(), human_count(bank->params().count(true)));
-  t.run(0, progress);
+  t.set_process_group(&world);
+  if (rank == 0)
+    spdlog::info("{}: {} LoRA experts r={} trained together on {} modules, {} trainable{}",
+                 t.kind(), T, a.spec.lora.base.r, bank->modules().size(),
+                 human_count(bank->params().count(true)),
+                 size > 1 ? str(", ", size, " ranks") : std::string());
+  t.run(0, progress && rank == 0);
+  world.barrier();
+  if (rank != 0) return 0;  // rank 0 evaluates, writes and reports
   const std::string fingerprint = base_fingerprint(base_ckpt);
   std::printf("\n%-24s %14s %14s  %s\n", "task", "base accuracy", "with expert", "adapter");
   fs::create_directories(cfg.out_dir());
@@ -290,6 +319,9 @@ PretrainConfig adapter_config(const std::string& base, const std::vector<std::st
   if (!fs::exists(base)) throw Error(str("base checkpoint '", base, "' does not exist"));
   PretrainConfig cfg = train::read_checkpoint_config(base);
   cfg.set_out_dir(out_dir);
+  // The thread count the base was trained with belongs to that run, not to
+  // the model: here it is this machine's cores over its ranks unless set.
+  cfg.set_threads(0);
   cfg.set_eval_every(0);
   cfg.set_checkpoint_every(0);
   if (tasks.empty()) throw Error("--task: name the task to train the adapter on");
@@ -389,12 +421,8 @@ int run_train_adapter(const TrainAdapterOptions& o) {
       adapter_config(o.base, o.tasks, o.out_dir.empty() ? "runs/adapter" : o.out_dir, o.overrides);
   const std::string& task = o.tasks.front();
   std::unique_ptr<dist::ProcessGroup> world = dist::make_process_group();
-  if (o.tasks.size() > 1) {
-    if (world->size() > 1)
-      throw Error(str("several --task at once train on one rank for now (this job has ",
-                      world->size(), "); run it without launch/mpirun"));
-    return train_bank(cfg, o.base, a, o.tasks, !o.quiet, o.library, o.name);
-  }
+  if (o.tasks.size() > 1)
+    return train_bank(cfg, o.base, a, o.tasks, !o.quiet, o.library, o.name, *world);
   std::unique_ptr<store::LibraryApi> lib;
   if (!o.library.empty() && world->rank() == 0) lib = open_library(o.library, true);
   AdapterRun r = train_adapter(cfg, o.base, a, !o.quiet, world.get());
@@ -529,6 +557,7 @@ int run_build_library(const BuildLibraryOptions& o) {
   auto name_of = [&](size_t k) { return o.name_prefix + tasks[k]; };
   std::unique_ptr<dist::ProcessGroup> world = dist::make_process_group();
   const int rank = world->rank(), size = world->size();
+  if (rank == 0) warn_if_oversubscribed(cfgs.front());
   const bool remote = o.library.remote();
   const std::string fingerprint = base_fingerprint(o.base);
 

@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(
   cmake g++ make pkg-config
   libopenblas-dev libopenblas-openmp-dev
-  libopenmpi-dev openmpi-bin libgloo-dev libhiredis-dev
+  libopenmpi-dev openmpi-bin libgloo-dev libhiredis-dev redis-server
   libprotobuf-dev protobuf-compiler
   libgrpc++-dev protobuf-compiler-grpc
   librocksdb-dev libssl-dev

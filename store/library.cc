@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <set>
 
 namespace tessera::store {
@@ -147,6 +148,15 @@ Status CheckBase(const AdapterRecord& r, const std::string& base_fingerprint) {
 Status Library::Open(const Options& options, const std::string& path,
                      std::unique_ptr<Library>* out) {
   if (path.empty()) return Status::InvalidArgument("library path is empty");
+  if (options.create_if_missing) {
+    // RocksDB makes only the last folder of the path; a new library under a
+    // new run folder (runs/x/lib) needs its parents too.
+    std::error_code ec;
+    std::filesystem::create_directories(path, ec);
+    if (ec)
+      return Status::IOError("cannot create the adapter library folder '" + path +
+                             "': " + ec.message());
+  }
   rocksdb::DBOptions dbo;
   dbo.create_if_missing = options.create_if_missing;
   dbo.create_missing_column_families = options.create_if_missing;

@@ -2,6 +2,8 @@
 
 #include "runtime/common/error.h"
 
+#include <algorithm>
+
 namespace tessera::autograd {
 
 namespace {
@@ -40,16 +42,57 @@ void Tape::backward(const Tensor& out, const Tensor& grad_out) {
   if (!out.requires_grad())
     throw Error("backward(): the output does not depend on any tensor that requires a gradient");
   out.ensure_grad().copy_from(grad_out);
+  if (ready_) {
+    // Latest first use first: that is the order they become final.
+    order_.clear();
+    for (size_t k = 0; k < first_use_.size(); ++k) order_.push_back(k);
+    std::stable_sort(order_.begin(), order_.end(),
+                     [&](size_t a, size_t b) { return first_use_[a] > first_use_[b]; });
+    fired_ = 0;
+  }
   // Run in reverse; pop as we go so activations are released early.
   while (!nodes_.empty()) {
     auto fn = std::move(nodes_.back());
     nodes_.pop_back();
     fn();
+    if (ready_) fire_ready(nodes_.size());
+  }
+  if (ready_) fire_ready(0);
+  // (unused watched tensors: first use -1, fired last)
+  if (ready_)
+    while (fired_ < order_.size()) ready_(order_[fired_++]);
+}
+
+void Tape::fire_ready(size_t remaining) {
+  // Every node at index >= remaining has run.
+  while (fired_ < order_.size() && first_use_[order_[fired_]] >= 0 &&
+         static_cast<size_t>(first_use_[order_[fired_]]) >= remaining)
+    ready_(order_[fired_++]);
+}
+
+void Tape::watch(const std::vector<const Tensor*>& watched, std::function<void(size_t)> ready) {
+  if (!nodes_.empty()) throw Error("Tape::watch: call it before the forward records anything");
+  watched_.clear();
+  for (size_t k = 0; k < watched.size(); ++k) watched_.emplace_back(watched[k]->impl(), k);
+  std::sort(watched_.begin(), watched_.end());
+  first_use_.assign(watched.size(), -1);
+  ready_ = std::move(ready);
+}
+
+void Tape::note_uses(std::initializer_list<const Tensor*> inputs) {
+  for (const Tensor* t : inputs) {
+    if (!t || !t->defined()) continue;
+    auto it =
+        std::lower_bound(watched_.begin(), watched_.end(),
+                         std::make_pair(static_cast<const TensorImpl*>(t->impl()), size_t{0}));
+    if (it != watched_.end() && it->first == t->impl() && first_use_[it->second] < 0)
+      first_use_[it->second] = static_cast<int64_t>(nodes_.size());
   }
 }
 
 bool should_record(std::initializer_list<const Tensor*> inputs) {
   if (!t_current) return false;
+  if (!t_current->watched_empty()) t_current->note_uses(inputs);
   for (const Tensor* t : inputs)
     if (t && t->defined() && t->requires_grad()) return true;
   return false;

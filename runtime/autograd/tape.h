@@ -36,9 +36,28 @@ class Tape {
   void backward(const Tensor& out, const Tensor& grad_out);
   void clear() { nodes_.clear(); }
 
+  // Gradient readiness, for reducing gradients while backward still runs:
+  // during backward, ready(k) is called (on this thread) as soon as no node
+  // left to run can add to the gradient of `watched[k]`, i.e. that gradient
+  // is final; tensors no recorded op used are ready at the end. Call before
+  // the forward: a tensor's uses are noted as ops record (every op asks
+  // should_record() with its inputs first), the earliest use bounding it.
+  void watch(const std::vector<const Tensor*>& watched, std::function<void(size_t)> ready);
+  // (should_record's side: note uses of watched tensors by the next node)
+  void note_uses(std::initializer_list<const Tensor*> inputs);
+  bool watched_empty() const { return watched_.empty(); }
+
  private:
+  void fire_ready(size_t remaining);
   std::vector<std::function<void()>> nodes_;
   Tape* prev_;
+  // watch(): tensor → index; earliest node index that uses it (-1: none yet);
+  // indices by first use, latest first, and how many have fired.
+  std::vector<std::pair<const TensorImpl*, size_t>> watched_;
+  std::vector<int64_t> first_use_;
+  std::vector<size_t> order_;
+  size_t fired_ = 0;
+  std::function<void(size_t)> ready_;
 };
 
 // Suspends recording on this thread for its lifetime (a detached computation

@@ -12,6 +12,7 @@ namespace tessera {
 
 namespace {
 int g_threads = 0;
+}  // namespace
 
 int local_ranks() {
   for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "TESSERA_LOCAL_RANKS"}) {
@@ -22,7 +23,6 @@ int local_ranks() {
   }
   return 1;
 }
-}  // namespace
 
 int available_cores() {
   cpu_set_t set;

@@ -9,5 +9,7 @@ int available_cores();
 // Sets OpenMP and OpenBLAS thread counts; n <= 0 means available_cores() / local ranks.
 void set_num_threads(int n);
 int num_threads();
+// Ranks of this job on this machine (mpirun's or tessera launch's count; 1 alone).
+int local_ranks();
 
 }  // namespace tessera

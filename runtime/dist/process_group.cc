@@ -174,7 +174,10 @@ std::unique_ptr<ProcessGroup> make_process_group(std::string backend) {
       throw Error(
           "gloo: TESSERA_RENDEZVOUS names where ranks meet (file:///shared/dir or "
           "redis://host:port)");
-    const int size = env_int("TESSERA_WORLD_SIZE"), rank = env_int("TESSERA_RANK");
+    // By hand: TESSERA_WORLD_SIZE/RANK; under mpirun: Open MPI's.
+    const bool by_hand = !env("TESSERA_WORLD_SIZE").empty();
+    const int size = env_int(by_hand ? "TESSERA_WORLD_SIZE" : "OMPI_COMM_WORLD_SIZE"),
+              rank = env_int(by_hand ? "TESSERA_RANK" : "OMPI_COMM_WORLD_RANK");
     return make_gloo(rank, size, o);
   }
   throw Error(str("process group backend '", backend, "': expected local, gloo or mpi"));

@@ -1,6 +1,7 @@
 #include "runtime/train/trainer.h"
 
 #include "runtime/dist/process_group.h"
+#include "runtime/train/grad_reducer.h"
 
 #include <google/protobuf/text_format.h>
 
@@ -397,6 +398,7 @@ void Trainer::attach(const AttachFn& fn) {
   if (!ps || ps->trainable().empty())
     throw Error("the attached adapters have no trainable parameters");
   trained_ = ps;
+  reducer_.reset();  // the trainable parameters changed
   build_optimizer();
 }
 
@@ -417,13 +419,27 @@ StepStats Trainer::train_step() {
   nn::ParameterSet& ps = *trained_;
   ps.zero_grad();
   StepStats s;
+  if (group_ && !reducer_) {
+    const DistConfig& d = cfg_.dist();
+    const double mb = d.has_bucket_mb() ? d.bucket_mb() : 25.0;
+    reducer_ = std::make_unique<GradReducer>(group_, trained_->trainable(),
+                                             static_cast<size_t>(std::max(4.0, mb * (1 << 20))),
+                                             d.has_overlap() ? d.overlap() : true);
+  }
   {
     autograd::Tape tape;
+    if (reducer_) reducer_->begin(tape);
     Tensor loss = task_->loss(idx, epoch);
     s.loss = loss.item();
     tape.backward(loss);
   }
-  if (group_) sync_gradients(&s.loss);
+  if (reducer_) {
+    s.comm_wait_s = reducer_->finish();
+    s.comm_s = reducer_->comm_seconds();
+    const auto tl = std::chrono::steady_clock::now();
+    group_->allreduce(&s.loss, 1, dist::DType::kF32, dist::ReduceOp::kMean);
+    s.comm_wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - tl).count();
+  }
   if (!std::isfinite(s.loss))
     throw Error(
         str("loss is ", s.loss, " at step ", step_, ": training diverged (lower optim.lr?)"));
@@ -433,6 +449,10 @@ StepStats Trainer::train_step() {
   ++step_;
   s.step = step_;
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  s.seconds = secs;
+  step_s_ += secs;
+  comm_wait_s_ += s.comm_wait_s;
+  comm_s_ += s.comm_s;
   double units = task_->units_per_example() * static_cast<double>(idx.size());
   s.units_per_s = secs > 0 ? units / secs : 0.0;
   if (peak_gflops_ > 0)
@@ -474,6 +494,11 @@ std::vector<float> Trainer::run(int64_t max_steps, bool progress) {
                             {"epoch", st_->sampler->epoch()},
                             {std::string(unit()) + "_per_s", s.units_per_s},
                             {"mfu", s.mfu}};
+      row["step_s"] = s.seconds;
+      if (group_) {
+        row["comm_wait_s"] = s.comm_wait_s;
+        row["comm_s"] = s.comm_s;
+      }
       st_->log->write(row);
     }
     if (logging && cfg_.eval_every() > 0 && step_ % cfg_.eval_every() == 0 && step_ != end) {
@@ -500,47 +525,12 @@ int Trainer::num_tasks() const {
   return task_->num_tasks();
 }
 
-void Trainer::set_process_group(dist::ProcessGroup* group, size_t bucket_bytes) {
+void Trainer::set_process_group(dist::ProcessGroup* group) {
   if (group && (group->rank() != rank_ || group->size() != world_))
     throw Error(str("process group rank ", group->rank(), " of ", group->size(),
                     " does not match the trainer's rank ", rank_, " of ", world_));
-  if (bucket_bytes < 4) throw Error("gradient bucket: at least one float");
   group_ = group && group->size() > 1 ? group : nullptr;
-  bucket_bytes_ = bucket_bytes;
-}
-
-void Trainer::sync_gradients(float* loss) {
-  // Buckets in reverse registration order (the order backward finishes
-  // them); each flattened, averaged in one call, and copied back.
-  std::vector<nn::Parameter*> ps = trained_->trainable();
-  std::reverse(ps.begin(), ps.end());
-  std::vector<float> flat;
-  std::vector<nn::Parameter*> in_bucket;
-  auto flush = [&] {
-    if (flat.empty()) return;
-    dist::CallOptions o;  // buckets go one after another: one tag serves
-    group_->allreduce(flat.data(), flat.size(), dist::DType::kF32, dist::ReduceOp::kMean, o);
-    size_t at = 0;
-    for (nn::Parameter* p : in_bucket) {
-      float* g = static_cast<float*>(p->tensor.ensure_grad().data());
-      const size_t n = static_cast<size_t>(p->tensor.numel());
-      std::memcpy(g, flat.data() + at, n * 4);
-      at += n;
-    }
-    flat.clear();
-    in_bucket.clear();
-  };
-  for (nn::Parameter* p : ps) {
-    const size_t n = static_cast<size_t>(p->tensor.numel());
-    if (!flat.empty() && (flat.size() + n) * 4 > bucket_bytes_) flush();
-    Tensor g = p->tensor.grad();
-    const size_t at = flat.size();
-    flat.resize(at + n, 0.0f);  // a parameter the batch did not reach: zero gradient
-    if (g.defined()) std::memcpy(flat.data() + at, g.data(), n * 4);
-    in_bucket.push_back(p);
-  }
-  flush();
-  group_->allreduce(loss, 1, dist::DType::kF32, dist::ReduceOp::kMean);
+  reducer_.reset();
 }
 
 void Trainer::set_router(RouteFn fn) {

@@ -5,6 +5,7 @@
 // step, data position, RNG).
 #pragma once
 
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <string>
@@ -29,9 +30,13 @@ struct StepStats {
   float loss = 0.0f, lr = 0.0f, grad_norm = 0.0f;
   double units_per_s = 0.0;  // samples/s (classifier) or tokens/s (LM)
   double mfu = 0.0;          // achieved FLOP/s over the measured sgemm peak
+  double seconds = 0.0;      // the whole step
+  double comm_wait_s = 0.0;  // data parallel: waited for gradient averaging after backward
+  double comm_s = 0.0;       // data parallel: time the reductions took (hidden or not)
 };
 
 class Task;
+class GradReducer;
 
 }  // namespace tessera::train
 namespace tessera::dist {
@@ -75,12 +80,17 @@ class Trainer {
   using RouteFn = std::function<void(const std::vector<int32_t>& row_task)>;
   void set_router(RouteFn fn);
   // Data parallel: `group` (not owned) is the world this trainer is rank
-  // rank() of. After each backward the trainable gradients are averaged
-  // over it in buckets of at most `bucket_bytes` (flattened, in reverse
-  // registration order, one allreduce-mean each), and the logged loss is
-  // the mean over ranks, so N ranks with global batch B follow one rank with
-  // batch B up to float summation order.
-  void set_process_group(dist::ProcessGroup* group, size_t bucket_bytes = 25u << 20);
+  // rank() of. Trainable gradients are averaged over it in buckets of
+  // dist.bucket_mb (GradReducer: during backward unless dist.overlap is
+  // false), and the logged loss is the mean over ranks, so N ranks with
+  // global batch B follow one rank with batch B up to float summation order.
+  void set_process_group(dist::ProcessGroup* group);
+  // Data parallel: the share of step time spent waiting on gradient
+  // averaging, and of the reductions' time hidden behind backward, over run().
+  double comm_wait_share() const { return step_s_ > 0 ? comm_wait_s_ / step_s_ : 0.0; }
+  double comm_hidden_share() const {
+    return comm_s_ > 0 ? std::max(0.0, 1.0 - comm_wait_s_ / comm_s_) : 0.0;
+  }
 
   void save_checkpoint(const std::string& path) const;
   // Restores a checkpoint; with weights_only the optimizer, step and data
@@ -99,8 +109,8 @@ class Trainer {
   PretrainConfig cfg_;
   int rank_, world_;
   dist::ProcessGroup* group_ = nullptr;
-  size_t bucket_bytes_ = 25u << 20;
-  void sync_gradients(float* loss);
+  std::unique_ptr<GradReducer> reducer_;  // built at the first step after attach()
+  double step_s_ = 0, comm_wait_s_ = 0, comm_s_ = 0;
   std::unique_ptr<Task> task_;
   nn::ParameterSet* trained_ = nullptr;
   void build_optimizer();

@@ -391,7 +391,8 @@ std::vector<double> losses_of(const std::string& metrics) {
 
 // Data parallel: the same global batch over 1, 2 and 4 ranks (tessera launch,
 // Gloo) and over 2 MPI ranks (mpirun) follows the same losses, also when a
-// one-rank checkpoint resumes on two; train-adapter over 2 ranks follows one.
+// one-rank checkpoint resumes on two; train-adapter over 2 ranks follows one,
+// for one task and for a bank of experts (several --task).
 TEST_F(Cli, DataParallelPretrainFollowsOneRank) {
   const std::string args =
       "pretrain --quiet --model mlp data.limit_train=2048 data.limit_test=500 epochs=0 steps=50 "
@@ -443,6 +444,24 @@ TEST_F(Cli, DataParallelPretrainFollowsOneRank) {
   ASSERT_EQ(a2l.size(), a1l.size());
   for (size_t i = 0; i < a1l.size(); ++i)
     EXPECT_NEAR(a2l[i], a1l[i], 1e-5 * std::abs(a1l[i])) << "train-adapter step " << i + 1;
+  // A bank of two LoRA experts (several --task) too.
+  const std::string bank = "train-adapter --quiet --base " + dir_ +
+                           "/w1/checkpoint.safetensors --task permute:seed=1 --task "
+                           "permute:seed=2 epochs=0 steps=12 threads=1 log_every=1 batch_size=64 "
+                           "--out " +
+                           dir_;
+  CliRun b1 = run(bank + "/k1");
+  ASSERT_EQ(b1.code, 0) << b1.out;
+  CliRun b2 = run("launch --nproc 2 " + bank + "/k2");
+  ASSERT_EQ(b2.code, 0) << b2.out;
+  EXPECT_NE(b2.out.find("permute:seed=2"), std::string::npos) << b2.out;  // rank 0's table
+  const std::vector<double> k1 = losses_of(dir_ + "/k1/metrics.jsonl"),
+                            k2 = losses_of(dir_ + "/k2/metrics.jsonl");
+  ASSERT_EQ(k1.size(), 12u);
+  ASSERT_EQ(k2.size(), k1.size());
+  for (size_t i = 0; i < k1.size(); ++i)
+    EXPECT_NEAR(k2[i], k1[i], 1e-5 * std::abs(k1[i])) << "bank step " << i + 1;
+  EXPECT_TRUE(fs::exists(dir_ + "/k2/1/adapter.safetensors"));
   // A batch that does not split over the ranks is refused by name.
   CliRun odd = run("launch --nproc 3 " + args + "/w3");
   EXPECT_NE(odd.code, 0);

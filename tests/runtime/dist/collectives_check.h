@@ -1,20 +1,53 @@
 // Every collective of a ProcessGroup, checked on the calling rank against
 // values computed by hand (integer-valued floats: every sum is exact).
-// Shared by the local/Gloo tests and the MPI test run under mpirun.
+// Shared by the local/Gloo tests and the MPI test run under mpirun; on_gloo
+// runs a body on a world of Gloo ranks as threads.
 #pragma once
 
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "runtime/dist/process_group.h"
 #include "runtime/dist/work_queue.h"
+#include "tests/testing.h"
 
 namespace tessera::dist {
+
+// Runs `body(group)` on `world` ranks, each a thread with its own Gloo group;
+// failures inside a rank are collected and reported by rank.
+// `rendezvous` empty: a fresh folder (Gloo's FileStore); else e.g. redis://h:p
+// (the job prefix is `name` and the world size, so runs do not mix).
+inline void on_gloo(int world, const std::string& name,
+                    const std::function<void(ProcessGroup&)>& body,
+                    std::chrono::milliseconds timeout = std::chrono::seconds(30),
+                    const std::string& rendezvous = "") {
+  const std::string dir =
+      rendezvous.empty() ? testing::temp_dir("gloo_" + name + "_" + std::to_string(world)) : "";
+  std::vector<std::string> errors(static_cast<size_t>(world));
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < world; ++r)
+    ranks.emplace_back([&, r] {
+      try {
+        GlooOptions o;
+        o.rendezvous = rendezvous.empty() ? "file://" + dir : rendezvous;
+        o.prefix = name + "-" + std::to_string(world);
+        o.interface_host = "127.0.0.1";
+        o.timeout = timeout;
+        auto g = make_gloo(r, world, o);
+        body(*g);
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  for (auto& t : ranks) t.join();
+  for (int r = 0; r < world; ++r) EXPECT_EQ(errors[r], "") << "rank " << r << " of " << world;
+}
 
 inline float value(int rank, size_t i) {
   return static_cast<float>((rank + 1) * (i % 7 + 1));

@@ -14,35 +14,18 @@
 #include <functional>
 #include <thread>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "tests/runtime/dist/collectives_check.h"
 #include "tests/testing.h"
 
 namespace tessera::dist {
 namespace {
-
-// Runs `body(group)` on `world` ranks, each a thread with its own Gloo group;
-// failures inside a rank are collected and reported by rank.
-void on_gloo(int world, const std::string& name, const std::function<void(ProcessGroup&)>& body,
-             std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
-  const std::string dir = testing::temp_dir("gloo_" + name + "_" + std::to_string(world));
-  std::vector<std::string> errors(static_cast<size_t>(world));
-  std::vector<std::thread> ranks;
-  for (int r = 0; r < world; ++r)
-    ranks.emplace_back([&, r] {
-      try {
-        GlooOptions o;
-        o.rendezvous = "file://" + dir;
-        o.interface_host = "127.0.0.1";
-        o.timeout = timeout;
-        auto g = make_gloo(r, world, o);
-        body(*g);
-      } catch (const std::exception& e) {
-        errors[r] = e.what();
-      }
-    });
-  for (auto& t : ranks) t.join();
-  for (int r = 0; r < world; ++r) EXPECT_EQ(errors[r], "") << "rank " << r << " of " << world;
-}
 
 TEST(ProcessGroup, LocalIsExact) {
   auto g = make_local();
@@ -110,6 +93,58 @@ TEST(WorkQueue, AHungRankLosesItsItemToTheOthers) {
   for (const std::string& l : s0.ranks_lost) lost2 |= l.rfind("rank 2:", 0) == 0;
   EXPECT_TRUE(lost2) << ::testing::PrintToString(s0.ranks_lost);
   EXPECT_NE(err2, "");  // the hung rank learns it was dropped when it reports
+}
+
+// Rendezvous through Redis (Debian's redis-server, started here on a free
+// loopback port; skipped where it is not installed): worlds of 2 and 3 meet
+// on one server, each under its own prefix, and every collective works.
+TEST(ProcessGroup, GlooMeetsThroughRedis) {
+  const char* candidates[] = {"/usr/bin/redis-server", "/usr/sbin/redis-server"};
+  std::string server;
+  for (const char* c : candidates)
+    if (access(c, X_OK) == 0) server = c;
+  if (server.empty()) GTEST_SKIP() << "redis-server is not installed (scripts/install-deps.sh)";
+  // A free port: bind to 0, read it, close (redis-server binds it next).
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  const int port = ntohs(a.sin_port);
+  close(fd);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::string p = std::to_string(port);
+    execl(server.c_str(), server.c_str(), "--port", p.c_str(), "--bind", "127.0.0.1", "--save", "",
+          "--appendonly", "no", "--logfile", "/dev/null", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Wait until it accepts connections.
+  bool up = false;
+  for (int i = 0; i < 100 && !up; ++i) {
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    up = connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    close(c);
+    if (!up) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (up) {
+    const std::string url = "redis://127.0.0.1:" + std::to_string(port);
+    for (int world : {2, 3})
+      on_gloo(world, "redis", check_collectives, std::chrono::seconds(30), url);
+    // Nothing listens on the next port: connecting fails, naming the store.
+    GlooOptions bad;
+    bad.rendezvous = "redis://127.0.0.1:1";
+    bad.timeout = std::chrono::milliseconds(500);
+    EXPECT_NE(testing::error_of([&] { make_gloo(0, 2, bad); }).find("redis://127.0.0.1:1"),
+              std::string::npos);
+  }
+  kill(pid, SIGTERM);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  ASSERT_TRUE(up) << "redis-server did not start on port " << port;
 }
 
 TEST(ProcessGroup, GlooMistakesAndTimeoutsNameTheCall) {
