@@ -7,12 +7,14 @@
 #include <nlohmann/json.hpp>
 
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "tests/testing.h"
 
@@ -553,6 +555,43 @@ TEST_F(Cli, BuildLibraryAcrossRanksStoresEachExpertOnce) {
   EXPECT_EQ(ids_in(remote), want);
   kill(sv.pid, SIGTERM);
   pclose(sv.out);
+  // A rank killed in the middle of a task: its task goes back to the queue,
+  // the others finish, every expert is stored once (the same ones).
+  {
+    const std::string cmd = "sh -c 'echo $$; exec " + std::string(TESSERA_BINARY) +
+                            " launch --nproc 3 --grace 120 " + build + "--library " + dir_ +
+                            "/libk --out " + dir_ + "/bk steps=150' 2>&1";
+    FILE* job = popen(cmd.c_str(), "r");
+    ASSERT_NE(job, nullptr);
+    std::array<char, 4096> buf{};
+    ASSERT_NE(fgets(buf.data(), buf.size(), job), nullptr);
+    const int launcher = std::atoi(buf.data());
+    // Rank 2: the launcher's child whose environment says TESSERA_RANK=2.
+    int victim = 0;
+    for (int i = 0; i < 100 && victim == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      for (const auto& e : fs::directory_iterator("/proc")) {
+        std::ifstream stat(e.path() / "stat");
+        std::string pid, comm, state;
+        int ppid = 0;
+        if (!(stat >> pid >> comm >> state >> ppid) || ppid != launcher) continue;
+        std::ifstream env(e.path() / "environ");
+        std::string all((std::istreambuf_iterator<char>(env)), {});
+        if (all.find(std::string("TESSERA_RANK=2") + '\0') != std::string::npos)
+          victim = std::atoi(pid.c_str());
+      }
+    }
+    ASSERT_GT(victim, 0) << "rank 2 of the job not found";
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // inside its first task
+    kill(victim, SIGKILL);
+    std::string out;
+    while (size_t n = fread(buf.data(), 1, buf.size(), job)) out.append(buf.data(), n);
+    pclose(job);
+    EXPECT_NE(out.find("lost rank 2"), std::string::npos) << out;
+    EXPECT_NE(out.find("6 of 6 experts trained and stored"), std::string::npos) << out;
+    const std::map<std::string, std::string> got = ids_in("--library " + dir_ + "/libk");
+    ASSERT_EQ(got.size(), 6u) << out;
+  }
   // Mistakes: every rank refuses the same way before training.
   const std::string bad = "launch --nproc 2 build-library --base " + dir_ +
                           "/base/checkpoint.safetensors --library " + dir_ + "/libx --tasks ";
