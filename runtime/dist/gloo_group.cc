@@ -213,6 +213,33 @@ class MpiStore final : public gloo::rendezvous::Store {
   std::thread service_;
 };
 
+// A TCP connection to host:port within `ms`: 1 made, 0 refused or timed out,
+// -1 the name does not resolve.
+int try_connect(const std::string& host, const std::string& port, int ms) {
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_socktype = SOCK_STREAM;
+  if (getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0 || !res) return -1;
+  const int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  bool made = false;
+  if (fd >= 0) {
+    const int rc = connect(fd, res->ai_addr, res->ai_addrlen);
+    if (rc == 0) {
+      made = true;
+    } else if (errno == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      if (poll(&p, 1, ms) > 0) {
+        int err = 0;
+        socklen_t l = sizeof err;
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
+        made = err == 0;
+      }
+    }
+    close(fd);
+  }
+  freeaddrinfo(res);
+  return made ? 1 : 0;
+}
+
 // A tiny TCP listener per rank whose only job is to be there: when a
 // collective fails, a rank connects to each peer's listener to tell the
 // ranks that are gone (connection refused or no answer) from those alive.
@@ -259,31 +286,8 @@ class Liveness {
   static bool Alive(const std::string& address, int ms) {
     const auto sp = address.rfind(' ');
     if (sp == std::string::npos) return true;  // unknown: do not accuse it
-    addrinfo hints{}, *res = nullptr;
-    hints.ai_socktype = SOCK_STREAM;
-    if (getaddrinfo(address.substr(0, sp).c_str(), address.substr(sp + 1).c_str(), &hints, &res) !=
-            0 ||
-        !res)
-      return true;
-    const int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    bool alive = false;
-    if (fd >= 0) {
-      const int rc = connect(fd, res->ai_addr, res->ai_addrlen);
-      if (rc == 0) {
-        alive = true;
-      } else if (errno == EINPROGRESS) {
-        pollfd p{fd, POLLOUT, 0};
-        if (poll(&p, 1, ms) > 0) {
-          int err = 0;
-          socklen_t l = sizeof err;
-          getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
-          alive = err == 0;
-        }
-      }
-      close(fd);
-    }
-    freeaddrinfo(res);
-    return alive;
+    // Unresolvable: unknown too.
+    return try_connect(address.substr(0, sp), address.substr(sp + 1), ms) != 0;
   }
 
  private:
@@ -317,6 +321,14 @@ class GlooGroup final : public ProcessGroup {
           throw Error(str("gloo rendezvous '", r, "': expected redis://HOST:PORT"));
         }
       }
+      // Checked first: Gloo's RedisStore throws without freeing its hiredis
+      // context when the server is not there, and says less.
+      const int reach = try_connect(hp.substr(0, colon), std::to_string(port),
+                                    static_cast<int>(std::min<int64_t>(o.timeout.count(), 10000)));
+      if (reach != 1)
+        throw Error(str("gloo rendezvous '", r, "': ",
+                        reach < 0 ? "the host name does not resolve"
+                                  : "no Redis server answers there (redis-server running?)"));
       try {
         base_store_ = std::make_unique<gloo::rendezvous::RedisStore>(hp.substr(0, colon), port);
       } catch (const std::exception& e) {
