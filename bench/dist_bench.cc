@@ -155,7 +155,7 @@ int build_part(const std::string& dir, int tasks) {
     const std::string cmd =
         (ranks == 1 ? T + " " : T + " launch --nproc 2 ") + "build-library --base " + dir +
         "/mlp/checkpoint.safetensors --tasks 'permute:seed={1.." + std::to_string(tasks) +
-        "}' --adapter lora:r=8 --library " + out + "/lib --out " + out + " epochs=1";
+        "}' --adapter lora:r=8 --library " + out + "/lib --out " + out + " epochs=3";
     if (sh(cmd) != 0) return 1;
     std::ifstream in(out + "/build.json");
     json b = json::parse(in);
@@ -176,7 +176,7 @@ int build_part(const std::string& dir, int tasks) {
 int main(int argc, char** argv) {
   CLI::App app{"data-parallel training and library building at 1 and 2 ranks"};
   std::string dir = (fs::temp_directory_path() / "tessera_dist_bench").string();
-  int steps = 40, skip = 5, tasks = 6;
+  int steps = 40, skip = 5, tasks = 8;
   std::string only;
   g_tessera = TESSERA_BINARY;
   app.add_option("--dir", dir, "Scratch folder")->capture_default_str();

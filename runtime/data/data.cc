@@ -8,6 +8,9 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <list>
+#include <memory>
+#include <mutex>
 #include <sstream>
 
 #include "runtime/common/error.h"
@@ -85,6 +88,31 @@ Idx read_idx(const std::string& path) {
   return parse_idx(read_maybe_gzip(path), path);
 }
 
+namespace {
+// Decoded IDX files by path, size and modification time: a process that
+// trains many adapters (build-library) inflates Fashion-MNIST once, not once
+// an adapter. The last four files stay (Fashion-MNIST is four: 55 MB).
+std::shared_ptr<const Idx> cached_idx(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw Error(str("cannot open '", path, "'"));
+  const std::string key = path + '\0' + std::to_string(st.st_size) + '\0' +
+                          std::to_string(st.st_mtim.tv_sec) + '.' +
+                          std::to_string(st.st_mtim.tv_nsec);
+  static std::mutex mu;
+  static std::list<std::pair<std::string, std::shared_ptr<const Idx>>> recent;
+  std::lock_guard<std::mutex> l(mu);
+  for (auto it = recent.begin(); it != recent.end(); ++it)
+    if (it->first == key) {
+      recent.splice(recent.begin(), recent, it);
+      return it->second;
+    }
+  auto idx = std::make_shared<const Idx>(read_idx(path));
+  recent.emplace_front(key, idx);
+  if (recent.size() > 4) recent.pop_back();
+  return idx;
+}
+}  // namespace
+
 ImageSet load_fashion_mnist(const std::string& dir_in, const std::string& split, int64_t limit) {
   const std::string dir = dir_in.empty() ? kFashionMnistDir : dir_in;
   if (split != "train" && split != "test")
@@ -97,8 +125,10 @@ ImageSet load_fashion_mnist(const std::string& dir_in, const std::string& split,
                     ".gz' not found; install the Debian package ", kFashionMnistPackage,
                     " (scripts/install-deps.sh) or set the data dir"));
   };
-  Idx im = read_idx(pick(stem + "-images-idx3-ubyte"));
-  Idx lb = read_idx(pick(stem + "-labels-idx1-ubyte"));
+  const std::shared_ptr<const Idx> im_p = cached_idx(pick(stem + "-images-idx3-ubyte"));
+  const std::shared_ptr<const Idx> lb_p = cached_idx(pick(stem + "-labels-idx1-ubyte"));
+  const Idx& im = *im_p;
+  const Idx& lb = *lb_p;
   if (im.dims.size() != 3)
     throw Error(str("Fashion-MNIST images must be 3-D, got ", shape_str(im.dims)));
   if (lb.dims.size() != 1 || lb.dims[0] != im.dims[0])

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
+#include <mutex>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -628,7 +630,16 @@ double Trainer::train_flops_per_unit() const {
 }
 
 double Trainer::peak_gflops() {
-  if (peak_gflops_ == 0.0) peak_gflops_ = kernels::cpu::measure_sgemm_gflops();
+  // Measured once per process and thread count (~0.3 s): build-library
+  // trains many adapters in one process and would pay it for every one.
+  static std::mutex mu;
+  static std::map<int, double> measured;
+  if (peak_gflops_ == 0.0) {
+    std::lock_guard<std::mutex> l(mu);
+    double& g = measured[num_threads()];
+    if (g == 0.0) g = kernels::cpu::measure_sgemm_gflops();
+    peak_gflops_ = g;
+  }
   return peak_gflops_;
 }
 
