@@ -76,6 +76,10 @@ TEST(FashionMnist, ReadsGzipFolderAndStandardises) {
   write_gz(dir + "/t10k-images-idx3-ubyte.gz", idx_bytes({2, 2, 2}, std::vector<uint8_t>(8)));
   write_gz(dir + "/t10k-labels-idx1-ubyte.gz", idx_bytes({3}, {1, 2, 3}));
   EXPECT_THROW(load_fashion_mnist(dir, "test"), Error);  // 3 labels for 2 images
+  // Loads are cached by path, size and mtime: a rewritten file is read anew.
+  write_gz(dir + "/train-labels-idx1-ubyte.gz", idx_bytes({3}, {1, 1, 1}));
+  EXPECT_EQ(load_fashion_mnist(dir, "train").labels, (std::vector<int32_t>{1, 1, 1}));
+  EXPECT_EQ(load_fashion_mnist(dir, "train").labels, (std::vector<int32_t>{1, 1, 1}));
 }
 
 ImageSet tiny_images(int64_t n, int64_t side) {
