@@ -502,6 +502,15 @@ std::vector<std::string> expand_tasks(const std::vector<std::string>& specs) {
   return tasks;
 }
 
+// Whether a stored expert is of the kind and rank asked for (a build with
+// --adapter lora:r=16 does not skip the r=8 experts of an earlier one).
+bool same_adapter_shape(const AdapterRecord& have, const AdapterArgs& want) {
+  if (have.kind() != adapters::kind_name(want.spec.kind)) return false;
+  const nlohmann::json j = nlohmann::json::parse(have.config_json(), nullptr, false);
+  if (!j.is_object() || !j.contains("r")) return true;  // kinds without a rank
+  return j["r"].is_number_integer() && j["r"].get<int64_t>() == want.spec.lora.base.r;
+}
+
 // The fields one trained expert sends to rank 0, length-prefixed.
 std::string pack(const std::vector<std::string>& fields) {
   std::string out;
@@ -575,7 +584,8 @@ int run_build_library(const BuildLibraryOptions& o) {
       if (!o.retrain) {
         AdapterRecord have;
         store::Status st = lib->Get(name_of(k) + "@latest", &have, nullptr);
-        if (st.ok() && have.base().fingerprint() == fingerprint && have.task() == tasks[k]) {
+        if (st.ok() && have.base().fingerprint() == fingerprint && have.task() == tasks[k] &&
+            same_adapter_shape(have, a)) {
           kept[k] = have.name() + "@" + std::to_string(have.version()) + " " + have.id();
           continue;
         }

@@ -545,6 +545,14 @@ TEST_F(Cli, BuildLibraryAcrossRanksStoresEachExpertOnce) {
   ASSERT_EQ(more.code, 0) << more.out;
   EXPECT_NE(more.out.find("7 tasks, 6 already in"), std::string::npos) << more.out;
   EXPECT_EQ(ids_in("--library " + dir_ + "/lib3").size(), 7u);
+  // Another rank of adapter is not "already there": a new version is trained.
+  CliRun r4 = run("build-library --base " + dir_ +
+                  "/base/checkpoint.safetensors --tasks permute:seed=1 --adapter lora:r=4 "
+                  "--library " +
+                  dir_ + "/lib3 --out " + dir_ + "/b4 epochs=0 steps=10 threads=1");
+  ASSERT_EQ(r4.code, 0) << r4.out;
+  EXPECT_NE(r4.out.find("1 tasks, 0 already in"), std::string::npos) << r4.out;
+  EXPECT_NE(r4.out.find("permute:seed=1@2"), std::string::npos) << r4.out;
   // Through the lookup service: each of 2 ranks puts what it trained.
   std::ofstream(dir_ + "/token") << "build-token\n";
   Served sv = serve(dir_ + "/served", dir_ + "/token");
