@@ -85,8 +85,9 @@ class Trainer {
   // false), and the logged loss is the mean over ranks, so N ranks with
   // global batch B follow one rank with batch B up to float summation order.
   void set_process_group(dist::ProcessGroup* group);
-  // Data parallel: the share of step time spent waiting on gradient
-  // averaging, and of the reductions' time hidden behind backward, over run().
+  // Data parallel, over run(): the share of step time spent waiting after
+  // backward (for the reductions, the loss average, and slower ranks), and
+  // the share of the reductions' own time that did not show as waiting.
   double comm_wait_share() const { return step_s_ > 0 ? comm_wait_s_ / step_s_ : 0.0; }
   double comm_hidden_share() const {
     return comm_s_ > 0 ? std::max(0.0, 1.0 - comm_wait_s_ / comm_s_) : 0.0;
