@@ -95,57 +95,92 @@ TEST(WorkQueue, AHungRankLosesItsItemToTheOthers) {
   EXPECT_NE(err2, "");  // the hung rank learns it was dropped when it reports
 }
 
-// Rendezvous through Redis (Debian's redis-server, started here on a free
-// loopback port; skipped where it is not installed): worlds of 2 and 3 meet
-// on one server, each under its own prefix, and every collective works.
+// Debian's redis-server on a free loopback port, stopped on destruction.
+// The port is found by binding to 0 and closing; should another process take
+// it first, redis-server exits and the next port is tried.
+class RedisServer {
+ public:
+  explicit RedisServer(const std::string& binary) {
+    for (int attempt = 0; attempt < 3 && port_ == 0; ++attempt) {
+      const int port = free_port();
+      const pid_t pid = fork();
+      if (pid < 0) return;
+      if (pid == 0) {
+        const std::string p = std::to_string(port);
+        execl(binary.c_str(), binary.c_str(), "--port", p.c_str(), "--bind", "127.0.0.1", "--save",
+              "", "--appendonly", "no", "--logfile", "/dev/null", static_cast<char*>(nullptr));
+        _exit(127);
+      }
+      for (int i = 0; i < 100; ++i) {
+        int st = 0;
+        if (waitpid(pid, &st, WNOHANG) == pid) break;  // it exited: port taken
+        if (answers(port)) {
+          pid_ = pid;
+          port_ = port;
+          return;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+  ~RedisServer() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGTERM);
+    waitpid(pid_, nullptr, 0);
+  }
+  int port() const { return port_; }  // 0: it did not start
+
+ private:
+  static sockaddr_in loopback(int port) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    return a;
+  }
+  static int free_port() {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a = loopback(0);
+    socklen_t len = sizeof a;
+    int port = 0;
+    if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+        getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
+      port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+  }
+  static bool answers(int port) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a = loopback(port);
+    const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    close(fd);
+    return ok;
+  }
+  pid_t pid_ = 0;
+  int port_ = 0;
+};
+
+// Rendezvous through Redis (skipped where redis-server is not installed):
+// worlds of 2 and 3 meet on one server, each under its own prefix, and every
+// collective works; an address where no server answers is refused by name.
 TEST(ProcessGroup, GlooMeetsThroughRedis) {
-  const char* candidates[] = {"/usr/bin/redis-server", "/usr/sbin/redis-server"};
-  std::string server;
-  for (const char* c : candidates)
-    if (access(c, X_OK) == 0) server = c;
-  if (server.empty()) GTEST_SKIP() << "redis-server is not installed (scripts/install-deps.sh)";
-  // A free port: bind to 0, read it, close (redis-server binds it next).
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  socklen_t len = sizeof a;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  const int port = ntohs(a.sin_port);
-  close(fd);
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    const std::string p = std::to_string(port);
-    execl(server.c_str(), server.c_str(), "--port", p.c_str(), "--bind", "127.0.0.1", "--save", "",
-          "--appendonly", "no", "--logfile", "/dev/null", static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  // Wait until it accepts connections.
-  bool up = false;
-  for (int i = 0; i < 100 && !up; ++i) {
-    int c = socket(AF_INET, SOCK_STREAM, 0);
-    up = connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    close(c);
-    if (!up) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  if (up) {
-    const std::string url = "redis://127.0.0.1:" + std::to_string(port);
-    for (int world : {2, 3})
-      on_gloo(world, "redis", check_collectives, std::chrono::seconds(30), url);
-    // Nothing listens on the next port: connecting fails, naming the store.
-    GlooOptions bad;
-    bad.rendezvous = "redis://127.0.0.1:1";
-    bad.timeout = std::chrono::milliseconds(500);
-    const std::string err = testing::error_of([&] { make_gloo(0, 2, bad); });
-    EXPECT_NE(err.find("redis://127.0.0.1:1"), std::string::npos) << err;
-    EXPECT_NE(err.find("no Redis server answers there"), std::string::npos) << err;
-  }
-  kill(pid, SIGTERM);
-  int st = 0;
-  waitpid(pid, &st, 0);
-  ASSERT_TRUE(up) << "redis-server did not start on port " << port;
+  std::string binary;
+  for (const char* c : {"/usr/bin/redis-server", "/usr/sbin/redis-server"})
+    if (access(c, X_OK) == 0) binary = c;
+  if (binary.empty()) GTEST_SKIP() << "redis-server is not installed (scripts/install-deps.sh)";
+  RedisServer redis(binary);
+  ASSERT_GT(redis.port(), 0) << "redis-server did not start";
+  const std::string url = "redis://127.0.0.1:" + std::to_string(redis.port());
+  for (int world : {2, 3})
+    on_gloo(world, "redis", check_collectives, std::chrono::seconds(30), url);
+  GlooOptions bad;
+  bad.rendezvous = "redis://127.0.0.1:1";  // (port 1: nothing listens)
+  bad.timeout = std::chrono::milliseconds(500);
+  const std::string err = testing::error_of([&] { make_gloo(0, 2, bad); });
+  EXPECT_NE(err.find("redis://127.0.0.1:1"), std::string::npos) << err;
+  EXPECT_NE(err.find("no Redis server answers there"), std::string::npos) << err;
 }
 
 TEST(ProcessGroup, GlooMistakesAndTimeoutsNameTheCall) {
