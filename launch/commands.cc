@@ -707,9 +707,13 @@ int run_build_library(const BuildLibraryOptions& o) {
                             {"error", r.error}});
     if (!r.ok) std::printf("FAILED %-28s %s\n", tasks[k].c_str(), r.error.c_str());
   }
-  for (const std::string& l : sum.ranks_lost) {
-    std::printf("lost %s (its task went back to the queue)\n", l.c_str());
-    j["ranks_lost"].push_back(l);
+  for (const dist::LostRank& l : sum.ranks_lost) {
+    const std::string task =
+        l.item >= 0 ? tasks[static_cast<size_t>(todo[static_cast<size_t>(l.item)])] : "";
+    std::printf("lost rank %d%s: %s\n", l.rank,
+                task.empty() ? "" : str(" (its task ", task, " went back to the queue)").c_str(),
+                l.why.c_str());
+    j["ranks_lost"].push_back({{"rank", l.rank}, {"task", task}, {"why", l.why}});
   }
   fs::create_directories(out_dir);
   std::ofstream(out_dir + "/build.json") << j.dump(2) << "\n";

@@ -136,7 +136,7 @@ class Coordinator {
   // Rank r dropped out; its item (if any) goes back to the front of the queue.
   void lost(int r, int64_t item, const std::string& why) {
     std::lock_guard<std::mutex> l(mu_);
-    sum_.ranks_lost.push_back(str("rank ", r, ": ", why));
+    sum_.ranks_lost.push_back(LostRank{r, why, item});
     if (item != kStop) {
       queue_.push_front(static_cast<size_t>(item));
       --out_;

@@ -36,9 +36,15 @@ struct WorkReport {
   double seconds = 0;  // time `work` took on that rank
 };
 
+struct LostRank {
+  int rank = -1;
+  std::string why;
+  int64_t item = -1;  // the item it held, back in the queue (-1: none)
+};
+
 struct WorkSummary {
-  std::vector<WorkReport> items;        // rank 0: one per item, in item order; others: their own
-  std::vector<std::string> ranks_lost;  // rank 0: "rank 2: <why>" per rank that dropped out
+  std::vector<WorkReport> items;     // rank 0: one per item, in item order; others: their own
+  std::vector<LostRank> ranks_lost;  // rank 0: every rank that dropped out
   bool all_ok() const;
 };
 

@@ -90,8 +90,17 @@ TEST(WorkQueue, AHungRankLosesItsItemToTheOthers) {
   EXPECT_TRUE(s0.all_ok());
   for (size_t i = 0; i < n; ++i) EXPECT_EQ(calls[i], 1) << "item " << i;
   bool lost2 = false;
-  for (const std::string& l : s0.ranks_lost) lost2 |= l.rfind("rank 2:", 0) == 0;
-  EXPECT_TRUE(lost2) << ::testing::PrintToString(s0.ranks_lost);
+  for (const LostRank& l : s0.ranks_lost) {
+    EXPECT_FALSE(l.why.empty());
+    if (l.rank == 2) {
+      lost2 = true;
+      EXPECT_GE(l.item, 0);  // it held an item, which another rank then did
+      if (l.item >= 0) {
+        EXPECT_NE(s0.items[static_cast<size_t>(l.item)].rank, 2);
+      }
+    }
+  }
+  EXPECT_TRUE(lost2) << s0.ranks_lost.size() << " ranks lost";
   EXPECT_NE(err2, "");  // the hung rank learns it was dropped when it reports
 }
 
