@@ -41,20 +41,6 @@ double median_seconds(int iters, F&& f, B&& barrier) {
   return t[t.size() / 2];
 }
 
-// Runs `cmd`, returns the JSON objects it printed (one a line).
-std::vector<bench::json> json_lines(const std::string& cmd) {
-  std::vector<bench::json> rows;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return rows;
-  char line[4096];
-  while (fgets(line, sizeof line, p)) {
-    bench::json j = bench::json::parse(line, nullptr, false);
-    if (j.is_object()) rows.push_back(j);
-  }
-  pclose(p);
-  return rows;
-}
-
 const std::vector<size_t> kSizesMb = {1, 16, 64};
 
 bench::json row(const char* impl, int ranks, size_t mb, double s, double raw) {
@@ -94,8 +80,8 @@ int main(int argc, char** argv) {
     if (readlink("/proc/self/exe", self, sizeof self - 1) <= 0) return 1;
     const std::string n = std::to_string(np);
     // Under mpirun: raw MPI, ProcessGroup mpi, ProcessGroup gloo (met over MPI).
-    std::vector<bench::json> rows = json_lines("mpirun --allow-run-as-root --oversubscribe -np " +
-                                               n + " " + self + " --iters " + it);
+    std::vector<bench::json> rows = bench::json_lines(
+        "mpirun --allow-run-as-root --oversubscribe -np " + n + " " + self + " --iters " + it);
     std::map<size_t, double> raw;
     for (const bench::json& r : rows) {
       bench::emit(r);
@@ -109,7 +95,7 @@ int main(int argc, char** argv) {
       cmd += "TESSERA_WORLD_SIZE=" + n + " TESSERA_RANK=" + std::to_string(r) +
              " TESSERA_RENDEZVOUS=file://" + dir + " TESSERA_HOST=127.0.0.1 " + self + " --iters " +
              it + (r > 0 ? " > /dev/null & " : "; wait)");
-    for (const bench::json& r : json_lines(cmd)) {
+    for (const bench::json& r : bench::json_lines(cmd)) {
       const size_t mb = r["mb"].get<size_t>();
       bench::emit(row("process_group_gloo_plain_processes", np, mb, r["median_s"].get<double>(),
                       raw.count(mb) ? raw[mb] : 0.0));

@@ -27,23 +27,25 @@ inline double peak_rss_mb() {
   return static_cast<double>(u.ru_maxrss) / 1024.0;
 }
 
-// Runs `env python script args`, returns the JSON lines it printed.
-inline std::vector<json> run_peer(const std::string& python, const std::string& script,
-                                  const std::string& args, const std::string& env) {
-  std::string cmd = env + " " + python + " " + script + " " + args + " 2>/dev/null";
+// Runs a shell command; returns the JSON objects it printed, one a line
+// (other lines are skipped).
+inline std::vector<json> json_lines(const std::string& cmd) {
   std::vector<json> rows;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return rows;
   std::array<char, 65536> buf{};
   while (fgets(buf.data(), static_cast<int>(buf.size()), p)) {
-    try {
-      json j = json::parse(buf.data());
-      if (j.is_object()) rows.push_back(j);
-    } catch (const json::exception&) {
-    }
+    json j = json::parse(buf.data(), nullptr, false);
+    if (j.is_object()) rows.push_back(j);
   }
   pclose(p);
   return rows;
+}
+
+// Runs `env python script args`, returns the JSON lines it printed.
+inline std::vector<json> run_peer(const std::string& python, const std::string& script,
+                                  const std::string& args, const std::string& env) {
+  return json_lines(env + " " + python + " " + script + " " + args + " 2>/dev/null");
 }
 
 struct ThreadSetting {

@@ -162,10 +162,12 @@ struct AdapterRun {
 // to the targets (base frozen), trains, evaluates, and writes under cfg.out_dir
 // the trainer checkpoint, tessera's adapter file (adapter.safetensors) and, for
 // LoRA and DoRA, the PEFT folder (adapter/).
+// `fingerprint` is the base's (base_fingerprint), computed once by the caller.
 // With `world` (several ranks) data parallel, rank 0 writing the files;
 // the other ranks return a run without files.
 AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt,
-                         const AdapterArgs& a, bool progress, dist::ProcessGroup* world = nullptr) {
+                         const std::string& fingerprint, const AdapterArgs& a, bool progress,
+                         dist::ProcessGroup* world = nullptr) {
   const int rank = world ? world->rank() : 0, size = world ? world->size() : 1;
   if (rank == 0 && world) warn_if_oversubscribed(cfg);
   if (cfg.batch_size() % size != 0)
@@ -197,10 +199,10 @@ AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt
   fs::create_directories(cfg.out_dir());
   t.save_checkpoint(cfg.out_dir() + "/checkpoint.safetensors");
   r.adapter_file = cfg.out_dir() + "/adapter.safetensors";
-  adapters::save_adapter(*set, r.adapter_file, base_ckpt, base_fingerprint(base_ckpt));
+  adapters::save_adapter(*set, r.adapter_file, base_ckpt, fingerprint);
   if (set->kind() == adapters::Kind::Lora || set->kind() == adapters::Kind::Dora) {
     r.peft_dir = cfg.out_dir() + "/adapter";
-    adapters::export_peft(*set, r.peft_dir, base_ckpt, base_fingerprint(base_ckpt));
+    adapters::export_peft(*set, r.peft_dir, base_ckpt, fingerprint);
   }
   return r;
 }
@@ -230,11 +232,10 @@ AdapterRecord trained_record(const std::string& name, const std::string& task,
 // "name@version id".
 std::string put_trained(store::LibraryApi& library, const std::string& file,
                         const std::string& name, const std::string& task,
-                        const std::string& base_ckpt, const train::EvalResult& after,
-                        const PretrainConfig& cfg) {
-  return put_adapter_file(
-      library, file,
-      trained_record(name, task, base_ckpt, base_fingerprint(base_ckpt), after, cfg));
+                        const std::string& base_ckpt, const std::string& fingerprint,
+                        const train::EvalResult& after, const PretrainConfig& cfg) {
+  return put_adapter_file(library, file,
+                          trained_record(name, task, base_ckpt, fingerprint, after, cfg));
 }
 
 // Several tasks at once on the MLP base: one LoRA expert per task in a bank,
@@ -302,7 +303,7 @@ int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const Ad
       std::printf("%24s library %s: %s\n", "", library.where.c_str(),
                   put_trained(*lib, dir + "/adapter.safetensors",
                               name.empty() ? tasks[k] : name + "-" + std::to_string(k), tasks[k],
-                              base_ckpt, after, one)
+                              base_ckpt, fingerprint, after, one)
                       .c_str());
     }
   }
@@ -442,14 +443,16 @@ int run_train_adapter(const TrainAdapterOptions& o) {
     return train_bank(cfg, o.base, a, o.tasks, !o.quiet, o.library, o.name, *world);
   std::unique_ptr<store::LibraryApi> lib;
   if (!o.library.empty() && world->rank() == 0) lib = open_library(o.library, true);
-  AdapterRun r = train_adapter(cfg, o.base, a, !o.quiet, world.get());
+  // (rank 0 writes the files and the library record: only it needs this)
+  const std::string fingerprint = world->rank() == 0 ? base_fingerprint(o.base) : "";
+  AdapterRun r = train_adapter(cfg, o.base, fingerprint, a, !o.quiet, world.get());
   if (world->rank() != 0) return 0;  // rank 0 reports and writes
   std::printf("\n%-10s  %s\n%-10s  %s\n", "base", eval_text(r.before).c_str(), "adapter",
               eval_text(r.after).c_str());
   if (lib)
     std::printf("library %s: %s\n", o.library.where.c_str(),
                 put_trained(*lib, r.adapter_file, o.name.empty() ? task : o.name, task, o.base,
-                            r.after, cfg)
+                            fingerprint, r.after, cfg)
                     .c_str());
   if (!r.comm.empty()) std::printf("%s\n", r.comm.c_str());
   std::printf("adapter: %s%s%s\n", r.adapter_file.c_str(),
@@ -642,7 +645,7 @@ int run_build_library(const BuildLibraryOptions& o) {
                 .string();
       cfg.set_out_dir(tmp);
     }
-    AdapterRun r = train_adapter(cfg, o.base, a, /*progress=*/false, nullptr);
+    AdapterRun r = train_adapter(cfg, o.base, fingerprint, a, /*progress=*/false, nullptr);
     AdapterRecord rec = trained_record(name_of(k), tasks[k], o.base, fingerprint, r.after, cfgs[k]);
     std::string stored, file_bytes;
     if (remote) {
@@ -939,6 +942,7 @@ int run_demo(const DemoOptions& o) {
   LibraryTarget library_target;
   library_target.where = library_dir;
   std::unique_ptr<store::LibraryApi> library = open_library(library_target, true);
+  const std::string base_print = base_fingerprint(rows.front().checkpoint);
   for (const std::string task : {"permute:seed=1", "rotate:deg=90", "classes:0,2,4,6"}) {
     PretrainConfig ac = train::read_checkpoint_config(rows.front().checkpoint);
     ac.mutable_data()->set_task(task);
@@ -946,9 +950,9 @@ int run_demo(const DemoOptions& o) {
     ac.clear_steps();
     ac.set_epochs(o.quick ? 0.05f : 1.0f);
     ac.mutable_optim()->set_lr(3e-3f);
-    AdapterRun r = train_adapter(ac, rows.front().checkpoint, AdapterArgs{}, true);
+    AdapterRun r = train_adapter(ac, rows.front().checkpoint, base_print, AdapterArgs{}, true);
     put_trained(*library, r.adapter_file, task.substr(0, task.find(':')), task,
-                rows.front().checkpoint, r.after, ac);
+                rows.front().checkpoint, base_print, r.after, ac);
     char b[32], a2[32];
     std::snprintf(b, sizeof b, "%.2f%%", r.before.accuracy * 100);
     std::snprintf(a2, sizeof a2, "%.2f%%", r.after.accuracy * 100);

@@ -57,8 +57,7 @@ void Tape::backward(const Tensor& out, const Tensor& grad_out) {
     fn();
     if (ready_) fire_ready(nodes_.size());
   }
-  if (ready_) fire_ready(0);
-  // (unused watched tensors: first use -1, fired last)
+  // What is left: watched tensors no recorded op used (first use -1, last).
   if (ready_)
     while (fired_ < order_.size()) ready_(order_[fired_++]);
 }

@@ -28,14 +28,25 @@ struct CliRun {
   std::string out;
 };
 
-CliRun run(const std::string& args) {
-  std::string cmd = std::string(TESSERA_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
+// Everything a popen'd command prints until it ends, and its exit code.
+CliRun finish(FILE* p) {
   std::string out;
   std::array<char, 4096> buf{};
   while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  int st = pclose(p);
+  const int st = pclose(p);
   return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+CliRun run(const std::string& args) {
+  return finish(popen((std::string(TESSERA_BINARY) + " " + args + " 2>&1").c_str(), "r"));
+}
+
+// The tessera command on `np` ranks under mpirun.
+CliRun run_mpirun(int np, const std::string& args) {
+  return finish(popen(("mpirun --allow-run-as-root --oversubscribe -np " + std::to_string(np) +
+                       " " + std::string(TESSERA_BINARY) + " " + args + " 2>&1")
+                          .c_str(),
+                      "r"));
 }
 
 // `tessera serve` started in the background on a free port of loopback.
@@ -418,13 +429,8 @@ TEST_F(Cli, DataParallelPretrainFollowsOneRank) {
     EXPECT_NE(r.out.find("checkpoint"), std::string::npos) << r.out;  // rank 0 speaks
     expect_same(name);
   }
-  const std::string mpi = "mpirun --allow-run-as-root --oversubscribe -np 2 " +
-                          std::string(TESSERA_BINARY) + " " + args + "/mpi2 2>&1";
-  FILE* p = popen(mpi.c_str(), "r");
-  std::array<char, 4096> buf{};
-  std::string out;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  ASSERT_EQ(pclose(p), 0) << out;
+  CliRun mpi = run_mpirun(2, args + "/mpi2");
+  ASSERT_EQ(mpi.code, 0) << mpi.out;
   expect_same("mpi2");
   // A checkpoint of one rank resumes on two: the 50 losses still follow.
   ASSERT_EQ(run(args + "/rs --max-steps 25").code, 0);
@@ -485,17 +491,6 @@ std::map<std::string, std::string> ids_in(const std::string& library_args) {
         << "listed twice: " << line;
   }
   return ids;
-}
-
-CliRun run_mpirun(int np, const std::string& args) {
-  const std::string cmd = "mpirun --allow-run-as-root --oversubscribe -np " + std::to_string(np) +
-                          " " + std::string(TESSERA_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf{};
-  std::string out;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  const int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
 }
 
 // build-library: 6 tasks over 3 ranks (tessera launch, Gloo; mpirun, MPI)
@@ -592,9 +587,7 @@ TEST_F(Cli, BuildLibraryAcrossRanksStoresEachExpertOnce) {
     ASSERT_GT(victim, 0) << "rank 2 of the job not found";
     std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // inside its first task
     kill(victim, SIGKILL);
-    std::string out;
-    while (size_t n = fread(buf.data(), 1, buf.size(), job)) out.append(buf.data(), n);
-    pclose(job);
+    const std::string out = finish(job).out;
     EXPECT_NE(out.find("lost rank 2"), std::string::npos) << out;
     EXPECT_NE(out.find("6 of 6 experts trained and stored"), std::string::npos) << out;
     const std::map<std::string, std::string> got = ids_in("--library " + dir_ + "/libk");
