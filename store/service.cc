@@ -694,7 +694,14 @@ Status RemoteLibrary::Connect(const ClientOptions& o, std::unique_ptr<RemoteLibr
   impl->channel = grpc::CreateCustomChannel(o.target, creds, args);
   impl->stub = LibraryService::NewStub(impl->channel);
   std::unique_ptr<RemoteLibrary> lib(new RemoteLibrary(std::move(impl)));
+  // A first call fails fast on a connection attempt that failed (seen under
+  // load on loopback: a transient UNAVAILABLE); a few short retries tell that
+  // from a server that is not there, which still fails within ~0.4 s.
   Status s = lib->Health();
+  for (int wait_ms = 50; s.code() == Status::Code::kUnavailable && wait_ms <= 200; wait_ms *= 2) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
+    s = lib->Health();
+  }
   if (!s.ok()) return s;
   *out = std::move(lib);
   return Status::OK();
