@@ -19,6 +19,7 @@
 #include "adapters/bank.h"
 #include "adapters/lora.h"
 #include "adapters/peft.h"
+#include "launch/base.h"
 #include "launch/config.h"
 #include "runtime/common/error.h"
 #include "runtime/common/rng.h"
@@ -136,7 +137,7 @@ RunSummary train_and_save(const PretrainConfig& cfg, const std::string& resume, 
   train::EvalResult e = t.evaluate(cfg.eval_batches());
   spdlog::info("{} at step {}: {}", t.kind(), t.step(), eval_text(e));
   RunSummary s;
-  s.model = cfg.model() == "decoder" ? "decoder (" + cfg.decoder().flavor() + ")" : "mlp";
+  s.model = cfg.model() == "decoder" ? "decoder (" + t.config().decoder().flavor() + ")" : "mlp";
   s.params = human_count(t.params().count());
   s.eval = eval_text(e);
   char buf[64];
@@ -174,7 +175,7 @@ AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt
     throw Error(str("batch_size ", cfg.batch_size(), " does not split over ", size,
                     " ranks: make it a multiple of the world size"));
   train::Trainer t(cfg, rank, size);
-  t.load_checkpoint(base_ckpt, /*weights_only=*/true);
+  load_base_weights(t, base_ckpt);
   AdapterRun r;
   r.before = t.evaluate();
   std::unique_ptr<adapters::AdapterSet> set;
@@ -258,7 +259,7 @@ int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const Ad
   // Data parallel like one task: every rank routes its share of each batch
   // to the experts, the bank's gradients are averaged; rank 0 writes.
   train::Trainer t(cfg, rank, size);
-  t.load_checkpoint(base_ckpt, /*weights_only=*/true);
+  load_base_weights(t, base_ckpt);
   const int T = t.num_tasks();
   std::vector<train::EvalResult> before;
   if (rank == 0)  // (only rank 0 reports)
@@ -313,28 +314,27 @@ int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const Ad
   return 0;
 }
 
-// A trainer on the base checkpoint's config (with overrides), its weights loaded.
-std::unique_ptr<train::Trainer> base_trainer(const std::string& ckpt,
+// A trainer on the base's config (with overrides), its weights loaded.
+std::unique_ptr<train::Trainer> base_trainer(const std::string& path,
                                              const std::vector<std::string>& overrides) {
-  if (!fs::exists(ckpt)) throw Error(str("checkpoint '", ckpt, "' does not exist"));
-  PretrainConfig cfg = train::read_checkpoint_config(ckpt);
-  apply_overrides(&cfg, overrides);
+  BaseModel base = open_base(path, "--base");
+  PretrainConfig cfg = base.config;
+  apply_base_overrides(&cfg, overrides, base);
   validate_config(cfg);
   auto t = std::make_unique<train::Trainer>(cfg);
-  t->load_checkpoint(ckpt, /*weights_only=*/true);
+  load_base_weights(*t, base);
   return t;
 }
 
-// The training config of an adapter on `base` for `tasks` (one, or several
-// for a bank on the MLP base): the base's config with the task's data, a
-// schedule for adapters, and the user's overrides; validated.
-PretrainConfig adapter_config(const std::string& base, const std::vector<std::string>& tasks,
+// The training config of an adapter on `base` (a tessera checkpoint or a
+// Hugging Face folder) for `tasks` (one, or several for a bank on the MLP
+// base): the base's config with the task's data, a schedule for adapters,
+// and the user's overrides; validated.
+PretrainConfig adapter_config(const std::string& base_path, const std::vector<std::string>& tasks,
                               const std::string& out_dir,
                               const std::vector<std::string>& overrides) {
-  if (base.empty())
-    throw Error("--base: name the base model's checkpoint (tessera pretrain writes one)");
-  if (!fs::exists(base)) throw Error(str("base checkpoint '", base, "' does not exist"));
-  PretrainConfig cfg = train::read_checkpoint_config(base);
+  const BaseModel base = open_base(base_path, "--base");
+  PretrainConfig cfg = base.config;
   cfg.set_out_dir(out_dir);
   // The thread count the base was trained with belongs to that run, not to
   // the model: here it is this machine's cores over its ranks unless set.
@@ -368,11 +368,10 @@ PretrainConfig adapter_config(const std::string& base, const std::vector<std::st
     std::string g;
     while (std::getline(ss, g, '|')) cfg.mutable_data()->add_files(g);
     data::expand_globs({cfg.data().files().begin(), cfg.data().files().end()});  // they match
-    cfg.mutable_decoder()->clear_init_from();
     cfg.set_steps(200);
     cfg.mutable_optim()->set_lr(2e-3f);
   }
-  apply_overrides(&cfg, overrides);
+  apply_base_overrides(&cfg, overrides, base);
   validate_config(cfg);
   return cfg;
 }
@@ -390,23 +389,12 @@ int run_pretrain(const PretrainOptions& o) {
 }
 
 int run_eval(const EvalOptions& o) {
-  PretrainConfig cfg;
-  bool hf_folder = fs::is_directory(o.checkpoint);
-  if (hf_folder) {
-    if (!fs::exists(o.checkpoint + "/config.json"))
-      throw Error(str("'", o.checkpoint,
-                      "' is a folder without config.json: not a Hugging Face checkpoint"));
-    cfg = default_config("decoder");
-    cfg.mutable_decoder()->set_init_from(o.checkpoint);
-  } else {
-    if (!fs::exists(o.checkpoint))
-      throw Error(str("checkpoint '", o.checkpoint, "' does not exist"));
-    cfg = train::read_checkpoint_config(o.checkpoint);
-  }
-  apply_overrides(&cfg, o.overrides);
+  const BaseModel base = open_base(o.checkpoint, "--checkpoint");
+  PretrainConfig cfg = base.config;
+  apply_base_overrides(&cfg, o.overrides, base);
   validate_config(cfg);
   train::Trainer t(cfg);
-  if (!hf_folder) t.load_checkpoint(o.checkpoint, /*weights_only=*/true);
+  load_base_weights(t, base);
   std::unique_ptr<adapters::AdapterSet> set;
   if (!o.adapter.empty()) {
     // An adapter trained on another base computes nonsense on this one. Its
@@ -1029,7 +1017,10 @@ int run_export_peft(const ExportPeftOptions& o) {
 }
 
 int run_import_peft(const ImportPeftOptions& o) {
-  if (o.base.empty()) throw Error("--base: name the base checkpoint the PEFT adapter belongs to");
+  if (o.base.empty())
+    throw Error(
+        "--base: name the base the PEFT adapter belongs to (a tessera checkpoint or a "
+        "Hugging Face folder)");
   const std::string fingerprint = base_fingerprint(o.base);
   const std::string want = adapters::read_peft(o.peft_dir).base_fingerprint;
   if (!want.empty()) check_base(o.peft_dir, want, o.base, o.force, fingerprint);

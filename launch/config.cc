@@ -1,6 +1,7 @@
 #include "launch/config.h"
 
 #include "adapters/adapter_file.h"
+#include "launch/base.h"
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/io/tokenizer.h>
@@ -271,11 +272,14 @@ PretrainConfig resolve_config(const std::string& path, const std::vector<std::st
   if (model.empty()) model = "mlp";
   if (model != "mlp" && model != "decoder")
     throw Error(str("config field model = '", model, "': expected one of mlp, decoder"));
+  // What the user set (file, then overrides), apart from the defaults: an
+  // architecture field of it must agree with a decoder.init_from folder.
+  apply_overrides(&user, overrides);
   PretrainConfig cfg = default_config(model);
   clear_overridden_repeated(&cfg, user);
   cfg.MergeFrom(user);
-  apply_overrides(&cfg, overrides);
   validate_config(cfg);
+  complete_architecture(&cfg, user);
   return cfg;
 }
 

@@ -56,6 +56,9 @@ class Task {
     if (fn) throw Error("this model trains one task; a router has nothing to route");
   }
   virtual void export_model(const std::string& dir) const = 0;
+  // Writes the architecture of the model as built into `cfg` (a decoder
+  // loaded from decoder.init_from has the folder's sizes, not the config's).
+  virtual void record_architecture(PretrainConfig*) const {}
 };
 
 namespace {
@@ -247,27 +250,20 @@ class LmTask : public Task {
       throw Error(str("model 'decoder' trains on data.kind 'text' or 'tokens', got '",
                       cfg.data().kind(), "'"));
     data::split_holdout(all, cfg.data().holdout(), &train_, &test_);
-    if (!d.init_from().empty()) {
+    if (!d.init_from().empty())
       model_ = io::load_hf_decoder(d.init_from());
-    } else {
-      nn::DecoderSpec s;
-      s.flavor = d.flavor() == "llama" ? nn::Flavor::Llama : nn::Flavor::Gpt2;
-      s.vocab_size = d.vocab_size();
-      s.n_ctx = d.n_ctx();
-      s.d_model = d.d_model();
-      s.n_layer = d.n_layer();
-      s.n_head = d.n_head();
-      s.n_kv_head = d.n_kv_head();
-      s.d_ff = d.d_ff();
-      s.norm_eps = d.norm_eps();
-      s.rope_theta = d.rope_theta();
-      s.tie_embeddings = d.tie_embeddings();
-      model_ = std::make_unique<nn::Decoder>(s, rng);
-    }
+    else
+      model_ = std::make_unique<nn::Decoder>(decoder_spec(d), rng);
     if (all.vocab > model_->spec().vocab_size)
       throw Error(str("the corpus uses token ids up to ", all.vocab - 1,
                       " but decoder.vocab_size is ", model_->spec().vocab_size));
     T_ = model_->spec().n_ctx;
+    if (cfg.data().seq_len() > 0) {
+      if (cfg.data().seq_len() > T_)
+        throw Error(str("data.seq_len = ", cfg.data().seq_len(),
+                        " is longer than the model's context (decoder.n_ctx = ", T_, ")"));
+      T_ = cfg.data().seq_len();
+    }
     windows_ = std::make_unique<data::LmWindows>(&train_, T_);
   }
   const std::string& kind() const override { return kind_; }
@@ -311,6 +307,9 @@ class LmTask : public Task {
   }
 
   void export_model(const std::string& dir) const override { io::save_hf_decoder(dir, *model_); }
+  void record_architecture(PretrainConfig* cfg) const override {
+    set_decoder_config(model_->spec(), cfg->mutable_decoder());
+  }
 
  private:
   std::string kind_ = "decoder";
@@ -362,6 +361,7 @@ Trainer::Trainer(const PretrainConfig& cfg, int rank, int world)
           : static_cast<int64_t>(std::ceil(cfg.epochs() * static_cast<double>(per_epoch)));
   if (total_steps_ <= 0) throw Error("steps and epochs are both 0: nothing to train");
 
+  task_->record_architecture(&cfg_);
   trained_ = &task_->params();
   build_optimizer();
   const OptimConfig& o = cfg.optim();
@@ -544,12 +544,18 @@ void Trainer::save_checkpoint(const std::string& path) const {
   for (const auto& p : trained_->all()) e.push_back(io::WriteEntry::f32(p.name, p.tensor));
   for (const auto& p : st_->opt->state())
     e.push_back(io::WriteEntry::f32("optimizer." + p.name, p.tensor));
+  // A checkpoint that holds the model needs nothing else: its config carries
+  // the whole architecture (record_architecture) and not the folder the
+  // weights first came from. One that holds adapters keeps naming its base.
+  PretrainConfig saved = cfg_;
+  if (trained_ == &task_->params() && saved.has_decoder())
+    saved.mutable_decoder()->clear_init_from();
   std::map<std::string, std::string> meta = {
       {"format", "pt"},
       {"tessera.format", "checkpoint-v1"},
       {"tessera.kind", task_->kind()},
       {"tessera.holds", trained_ == &task_->params() ? "model" : "adapters"},
-      {"tessera.config", config_text(cfg_)},
+      {"tessera.config", config_text(saved)},
       {"tessera.step", std::to_string(step_)},
       {"tessera.optimizer_steps", std::to_string(st_->opt->steps())},
       {"tessera.sampler", st_->sampler->state()},
@@ -578,6 +584,38 @@ int64_t parse_i64(const std::string& s, const std::string& what) {
   }
 }
 }  // namespace
+
+nn::DecoderSpec decoder_spec(const DecoderConfig& d) {
+  nn::DecoderSpec s;
+  if (d.flavor() != "gpt2" && d.flavor() != "llama")
+    throw Error(str("decoder.flavor '", d.flavor(), "': expected gpt2 or llama"));
+  s.flavor = d.flavor() == "llama" ? nn::Flavor::Llama : nn::Flavor::Gpt2;
+  s.vocab_size = d.vocab_size();
+  s.n_ctx = d.n_ctx();
+  s.d_model = d.d_model();
+  s.n_layer = d.n_layer();
+  s.n_head = d.n_head();
+  s.n_kv_head = d.n_kv_head();
+  s.d_ff = d.d_ff();
+  s.norm_eps = d.norm_eps();
+  s.rope_theta = d.rope_theta();
+  s.tie_embeddings = d.tie_embeddings();
+  return s;
+}
+
+void set_decoder_config(const nn::DecoderSpec& s, DecoderConfig* d) {
+  d->set_flavor(nn::flavor_name(s.flavor));
+  d->set_vocab_size(static_cast<int32_t>(s.vocab_size));
+  d->set_n_ctx(static_cast<int32_t>(s.n_ctx));
+  d->set_d_model(static_cast<int32_t>(s.d_model));
+  d->set_n_layer(static_cast<int32_t>(s.n_layer));
+  d->set_n_head(static_cast<int32_t>(s.n_head));
+  d->set_n_kv_head(static_cast<int32_t>(s.kv_heads()));
+  d->set_d_ff(static_cast<int32_t>(s.ff()));
+  d->set_norm_eps(s.norm_eps);
+  d->set_rope_theta(s.rope_theta);
+  d->set_tie_embeddings(s.tie_embeddings);
+}
 
 PretrainConfig read_checkpoint_config(const std::string& path) {
   auto f = io::SafetensorsFile::open(path);

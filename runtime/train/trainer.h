@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "runtime/nn/layers.h"
+#include "runtime/nn/models.h"
 #include "runtime/nn/parameters.h"
 #include "tessera/config.pb.h"
 
@@ -121,6 +122,12 @@ class Trainer {
   struct State;
   std::unique_ptr<State> st_;
 };
+
+// The decoder a config describes, and back: every field that changes the
+// forward. set_decoder_config writes them all (n_kv_head and d_ff resolved),
+// leaving init_from as it is.
+nn::DecoderSpec decoder_spec(const DecoderConfig& d);
+void set_decoder_config(const nn::DecoderSpec& s, DecoderConfig* d);
 
 // The config stored in a checkpoint (text format in its metadata).
 PretrainConfig read_checkpoint_config(const std::string& path);
