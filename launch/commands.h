@@ -28,7 +28,8 @@ struct LibraryTarget {
 };
 // Opens the folder (created when `create`) or connects to the service; a
 // failure is an Error naming the library.
-std::unique_ptr<store::LibraryApi> open_library(const LibraryTarget& t, bool create);
+std::unique_ptr<store::LibraryApi> open_library(const LibraryTarget& t, bool create,
+                                                bool read_only = false);
 // A failed store Status as an Error: "what: Code: message".
 void check_store(const store::Status& s, const std::string& what);
 // 32 random bytes as hex (OpenSSL's RAND_bytes): a bearer token.

@@ -58,7 +58,8 @@ std::string random_token() {
   return t;
 }
 
-std::unique_ptr<store::LibraryApi> open_library(const LibraryTarget& t, bool create) {
+std::unique_ptr<store::LibraryApi> open_library(const LibraryTarget& t, bool create,
+                                                bool read_only) {
   if (t.where.empty()) throw Error("--library: name the library folder (or grpc://HOST:PORT)");
   if (t.remote()) {
     store::ClientOptions co;
@@ -76,6 +77,7 @@ std::unique_ptr<store::LibraryApi> open_library(const LibraryTarget& t, bool cre
                     "' is a folder; --token-file and --tls-ca are for grpc://HOST:PORT"));
   store::Options o;
   o.create_if_missing = create;
+  o.read_only = read_only;
   std::unique_ptr<store::Library> lib;
   check_store(store::Library::Open(o, t.where, &lib), str("library '", t.where, "'"));
   return lib;
@@ -188,7 +190,10 @@ int run_library(const LibraryOptions& o) {
     std::printf("%s\n", put_adapter_file(*open_library(o.library, true), o.args[0], r).c_str());
     return 0;
   }
-  auto lib = open_library(o.library, false);
+  // Commands that only read open the folder read-only: no lock, nothing written.
+  const bool reads = cmd == "ls" || cmd == "show" || cmd == "get" || cmd == "verify" ||
+                     cmd == "stat" || cmd == "search" || cmd == "export-peft";
+  auto lib = open_library(o.library, false, reads);
   if (cmd == "ls") {
     store::ListFilter f;
     f.tags = o.tags;

@@ -9,9 +9,13 @@
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdarg>
 #include <cstdio>
 #include <filesystem>
 #include <set>
@@ -145,10 +149,61 @@ Status CheckBase(const AdapterRecord& r, const std::string& base_fingerprint) {
                                     " (force to load it anyway)");
 }
 
+namespace {
+
+// RocksDB's info log, discarded: a read-only open writes nothing.
+class NullLogger : public rocksdb::Logger {
+ public:
+  using rocksdb::Logger::Logv;
+  void Logv(const char*, va_list) override {}
+};
+
+// The pid of another process holding RocksDB's write lock on `dir` (its
+// LOCK file, an fcntl lock over the whole file), or 0. Reads only.
+pid_t lock_holder(const std::string& dir) {
+  int fd = ::open((dir + "/LOCK").c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  struct flock fl = {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = 0;
+  fl.l_len = 0;
+  pid_t holder = 0;
+  if (::fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK) holder = fl.l_pid;
+  ::close(fd);
+  return holder;
+}
+
+Status held_elsewhere(const std::string& path, pid_t pid) {
+  return Status::FailedPrecondition(
+      "the adapter library '" + path + "' is open in another process" +
+      (pid > 0 ? " (pid " + std::to_string(pid) + ", e.g. a tessera serve)" : "") +
+      ", which holds it alone: stop that process, or reach the library through its server "
+      "(tessera library --remote HOST:PORT ..., --library grpc://HOST:PORT)");
+}
+
+}  // namespace
+
 Status Library::Open(const Options& options, const std::string& path,
                      std::unique_ptr<Library>* out) {
   if (path.empty()) return Status::InvalidArgument("library path is empty");
-  if (options.create_if_missing) {
+  namespace fs = std::filesystem;
+  const bool create = options.create_if_missing && !options.read_only;
+  if (!create) {
+    // Checked here, touching nothing: RocksDB would create the folder and
+    // write LOCK and LOG into it even to refuse.
+    std::error_code ec;
+    if (!fs::exists(path, ec))
+      return Status::NotFound("no adapter library at '" + path + "': no such folder");
+    if (!fs::is_directory(path, ec))
+      return Status::NotFound("no adapter library at '" + path + "': it is a file, not a folder");
+    if (!fs::exists(fs::path(path) / "CURRENT", ec))
+      return Status::NotFound("no adapter library at '" + path +
+                              "': the folder holds no RocksDB database (no CURRENT file); a "
+                              "mistyped path?");
+  }
+  if (pid_t holder = lock_holder(path)) return held_elsewhere(path, holder);
+  if (create) {
     // RocksDB makes only the last folder of the path; a new library under a
     // new run folder (runs/x/lib) needs its parents too.
     std::error_code ec;
@@ -158,8 +213,9 @@ Status Library::Open(const Options& options, const std::string& path,
                              "': " + ec.message());
   }
   rocksdb::DBOptions dbo;
-  dbo.create_if_missing = options.create_if_missing;
-  dbo.create_missing_column_families = options.create_if_missing;
+  dbo.create_if_missing = create;
+  dbo.create_missing_column_families = create;
+  if (options.read_only) dbo.info_log = std::make_shared<NullLogger>();
   // The small column families (records, names, index) rarely fill a
   // memtable; without a cap the write-ahead log would be kept (holding every
   // tensor byte a second time) until they do. Past this size RocksDB flushes
@@ -182,10 +238,16 @@ Status Library::Open(const Options& options, const std::string& path,
   for (int i = 0; i < 5; ++i) cfs.emplace_back(kCfNames[i], i == kTensors ? blobs : plain);
   std::unique_ptr<Library> lib(new Library());
   lib->options_ = options;
+  lib->path_ = path;
   rocksdb::DB* db = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(dbo, path, cfs, &lib->cf_, &db);
+  rocksdb::Status s = options.read_only
+                          ? rocksdb::DB::OpenForReadOnly(dbo, path, cfs, &lib->cf_, &db)
+                          : rocksdb::DB::Open(dbo, path, cfs, &lib->cf_, &db);
   if (!s.ok()) {
-    if (s.IsInvalidArgument() && !options.create_if_missing)
+    // Taken between our look and RocksDB's (or by this very process).
+    if (s.IsIOError() && s.ToString().find("lock") != std::string::npos)
+      return held_elsewhere(path, lock_holder(path));
+    if (s.IsInvalidArgument() && !create)
       return Status::NotFound("no adapter library at '" + path + "': " + s.ToString());
     return from_rocks(s, "opening the adapter library at '" + path + "'");
   }
@@ -703,11 +765,11 @@ Status Library::Stat(LibraryStats* out) {
     for (const TensorRef& t : r.tensors()) st.tensor_bytes += t.bytes();
   }
   if (!it->status().ok()) return from_rocks(it->status(), "counting records");
-  for (const char* p : {"rocksdb.total-sst-files-size", "rocksdb.total-blob-file-size"})
-    for (size_t c = 0; c < cf_.size(); ++c) {
-      uint64_t v = 0;
-      if (db_->GetIntProperty(cf_[c], p, &v)) st.disk_bytes += v;
-    }
+  // Every file of the database: SST and blob files, and the write-ahead log
+  // (where a small library that never flushed lives, e.g. read-only).
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(path_, ec))
+    if (e.is_regular_file(ec)) st.disk_bytes += e.file_size(ec);
   *out = st;
   return Status::OK();
 }

@@ -81,7 +81,14 @@ class Status {
 };
 
 struct Options {
+  // false: a path that holds no library is NotFound, and nothing is created
+  // or written there (checked before RocksDB runs, which would make the
+  // folder and write LOCK and LOG into it even to fail).
   bool create_if_missing = true;
+  // Opens without the write lock and writes nothing to the folder (no LOG,
+  // no OPTIONS, no new MANIFEST): for commands that only read. Put, Delete
+  // and Gc fail. Implies create_if_missing = false.
+  bool read_only = false;
   bool sync = true;                   // fsync the WAL on every write (crash safety)
   uint64_t blob_min_size = 4096;      // tensor values at least this large go to blob files
   uint64_t cache_bytes = 256u << 20;  // LRU cache of record blocks and tensor blobs (0: none)
@@ -122,7 +129,7 @@ struct LibraryStats {
   int64_t records = 0, deleted = 0;
   int64_t signatures = 0;     // signature vectors over live records
   uint64_t tensor_bytes = 0;  // over live records
-  uint64_t disk_bytes = 0;    // SST + blob files
+  uint64_t disk_bytes = 0;    // every file of the database (SST, blobs, log, manifest)
 };
 
 // What callers of a library use, embedded (Library) or through the lookup
@@ -212,6 +219,7 @@ class Library : public LibraryApi {
   std::shared_mutex sig_mu_;
   std::vector<rocksdb::ColumnFamilyHandle*> cf_;  // default, records, tensors, names, index
   Options options_;
+  std::string path_;
   std::mutex write_mu_;  // version assignment
   // name → id of its newest version (a cache of the `latest` pointers).
   std::unordered_map<std::string, std::string> latest_;
