@@ -297,6 +297,14 @@ class Liveness {
   std::thread thread_;
 };
 
+// Gloo's FileStore, with its key check public. Its files outlive the job:
+// the next job in the folder finds them.
+class FileStore final : public gloo::rendezvous::FileStore {
+ public:
+  using gloo::rendezvous::FileStore::FileStore;
+  bool has(const std::string& key) { return check({key}); }
+};
+
 class GlooGroup final : public ProcessGroup {
  public:
   GlooGroup(int rank, int size, const GlooOptions& o) : rank_(rank), size_(size) {
@@ -309,7 +317,9 @@ class GlooGroup final : public ProcessGroup {
       std::filesystem::create_directories(dir, ec);
       if (ec || !std::filesystem::is_directory(dir))
         throw Error(str("gloo rendezvous '", r, "': cannot use folder '", dir, "'"));
-      base_store_ = std::make_unique<gloo::rendezvous::FileStore>(dir);
+      auto fstore = std::make_unique<FileStore>(dir);
+      refuse_stale(*fstore, dir, o.prefix, size, r);
+      base_store_ = std::move(fstore);
     } else if (r.rfind("redis://", 0) == 0) {
       const std::string hp = r.substr(8);
       const auto colon = hp.rfind(':');
@@ -349,6 +359,7 @@ class GlooGroup final : public ProcessGroup {
       gethostname(host, sizeof host - 1);
       attr.hostname = host;
     }
+    const auto t0 = std::chrono::steady_clock::now();
     try {
       device_ = gloo::transport::tcp::CreateDevice(attr);
       liveness_ = std::make_unique<Liveness>(attr.hostname);
@@ -362,18 +373,65 @@ class GlooGroup final : public ProcessGroup {
         const std::vector<char> a = store_->get("alive/" + std::to_string(r));
         alive_address_.emplace_back(a.begin(), a.end());
       }
+      // A file store's files would make the next job in the folder fail:
+      // once every rank has read every entry (the barrier), each removes
+      // the files it wrote, so a successful meeting leaves the folder empty.
+      if (auto* fstore = dynamic_cast<FileStore*>(base_store_.get())) {
+        gloo::BarrierOptions bo(ctx_);
+        bo.setTimeout(o.timeout);
+        gloo::barrier(bo);
+        for (const std::string& f : fstore->getAllKeyFilePaths()) {
+          std::error_code ec;
+          std::filesystem::remove(f, ec);
+        }
+      }
       // The store is only for meeting; an MPI store ends its service here.
       store_.reset();
       base_store_.reset();
     } catch (const std::exception& e) {
+      // Say how long it took: an error at once is not a timeout.
+      const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::steady_clock::now() - t0)
+                          .count();
+      const std::string what = e.what();
       throw Error(str("gloo: rank ", rank, " of ", size, " could not connect through '", r,
-                      "' within ", o.timeout.count(), " ms: ", e.what()));
+                      "' (failed after ", ms, " ms; the limit is ", o.timeout.count(),
+                      " ms): ", what,
+                      what.find("already exists") != std::string::npos
+                          ? " — the rendezvous store holds another job's entries: give each job "
+                            "an empty folder (or its own TESSERA_JOB_ID)"
+                          : ""));
     }
   }
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string backend() const override { return "gloo"; }
+
+  // A reused rendezvous folder: every key is set once per job, so a rank's
+  // liveness entry whose process no longer answers is an earlier job's.
+  // Gloo would fail on the first key it finds taken ("File already exists")
+  // once the mesh is half made; this says so at once and names the folder.
+  static void refuse_stale(FileStore& fs, const std::string& dir, const std::string& prefix,
+                           int size, const std::string& r) {
+    std::vector<int> stale;
+    for (int q = 0; q < size; ++q) {
+      const std::string key = prefix + "/alive/" + std::to_string(q);
+      if (!fs.has(key)) continue;
+      const std::vector<char> a = fs.get(key);
+      if (!Liveness::Alive(std::string(a.begin(), a.end()), 1000)) stale.push_back(q);
+    }
+    if (stale.empty()) return;
+    std::string ranks;
+    for (int q : stale) ranks += (ranks.empty() ? "" : ", ") + std::to_string(q);
+    throw Error(str("gloo rendezvous '", r, "': the folder holds an earlier job's files (rank ",
+                    ranks,
+                    " of it no longer runs). Gloo's FileStore keeps its files after a "
+                    "job: empty the folder before reusing it (rm -f ",
+                    dir,
+                    "/*, on every rank's view of it), give each job a new folder, or set "
+                    "TESSERA_JOB_ID to a new value for each job"));
+  }
 
   void allreduce(void* data, size_t count, DType dtype, ReduceOp op,
                  const CallOptions& o) override {

@@ -165,6 +165,8 @@ std::unique_ptr<ProcessGroup> make_process_group(std::string backend) {
     GlooOptions o;
     o.rendezvous = env("TESSERA_RENDEZVOUS");
     o.interface_host = env("TESSERA_HOST");
+    // A job id of the user's own keeps jobs sharing one store apart.
+    if (!env("TESSERA_JOB_ID").empty()) o.prefix = "tessera/" + env("TESSERA_JOB_ID");
     if (o.rendezvous.empty() && !env("OMPI_COMM_WORLD_SIZE").empty()) {
       // Launched by mpirun: rank and size from Open MPI, rendezvous over MPI.
       o.rendezvous = "mpi://";

@@ -111,7 +111,8 @@ std::unique_ptr<ProcessGroup> make_mpi();
 // TESSERA_BACKEND) "mpi", "gloo" or "local"; when neither names one, mpi
 // under mpirun (OMPI_COMM_WORLD_SIZE set), gloo when TESSERA_WORLD_SIZE is
 // set (TESSERA_RANK, TESSERA_RENDEZVOUS = file:///dir | redis://host:port,
-// TESSERA_HOST = this rank's address for its peers), local otherwise.
+// TESSERA_HOST = this rank's address for its peers, TESSERA_JOB_ID = a
+// name for this job's keys in a store that jobs share), local otherwise.
 // TESSERA_BACKEND=gloo under mpirun meets over MPI unless TESSERA_RENDEZVOUS
 // names a store.
 std::unique_ptr<ProcessGroup> make_process_group(std::string backend = "");
