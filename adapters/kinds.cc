@@ -76,6 +76,15 @@ Tensor Ia3::forward(const Tensor& x, const Tensor& base_out, const nn::Linear& b
 
 void Ia3::shift_base(nn::Linear& base, bool merge) {
   if (merged_ == merge) return;
+  // (IA)3 scales the weight: folded over another merged adapter it would
+  // scale that one's delta too, which unmerged it does not.
+  if (merge && base.merged_adapters() > 0)
+    throw Error(str("(IA)3 on ", base.name(), ": the weight already holds ", base.merged_adapters(),
+                    " merged adapter(s), which its scaling would rescale too: merge the (IA)3 "
+                    "set first, or keep it unmerged"));
+  if (!merge && base.merged_adapters() > 1)
+    throw Error(str("(IA)3 on ", base.name(), ": ", base.merged_adapters() - 1,
+                    " adapter(s) were merged into the weight after it: unmerge them first"));
   const float* l = l_.data();
   if (!merge)
     for (int64_t k = 0; k < l_.numel(); ++k)

@@ -155,7 +155,15 @@ void Lora::shift_base(nn::Linear& base, bool merge) {
   if (!dora_) {
     add_to_base_weight(base, delta_weight(base), merge ? 1.0f : -1.0f);
   } else if (merge) {
-    // W ← m/‖W + ΔW‖ ⊙ (W + ΔW), per output feature.
+    // W ← m/‖W + ΔW‖ ⊙ (W + ΔW), per output feature. The norm is of the
+    // base's own W: folded into a weight that already holds another merged
+    // adapter it would differ from DoRA unmerged (peft #3608), so refuse.
+    if (base.merged_adapters() > 0)
+      throw Error(str("DoRA on ", base.name(), ": the weight already holds ",
+                      base.merged_adapters(),
+                      " merged adapter(s), and DoRA's norm ‖W + ΔW‖ must be taken on the base's "
+                      "own W, so merging it now would change its output: merge the DoRA set "
+                      "first (other sets after it are exact), or keep it unmerged"));
     autograd::NoGrad ng;
     merge_norm_ = weight_norm(base, true).clone();
     add_to_base_weight(base, delta_weight(base), 1.0f);
@@ -163,6 +171,9 @@ void Lora::shift_base(nn::Linear& base, bool merge) {
     const float* n = merge_norm_.data();
     scale_base_weight(base, [&](int64_t o, int64_t) { return m[o] / n[o]; });
   } else {
+    if (base.merged_adapters() > 1)
+      throw Error(str("DoRA on ", base.name(), ": ", base.merged_adapters() - 1,
+                      " adapter(s) were merged into the weight after it: unmerge them first"));
     const float* m = m_.data();
     const float* n = merge_norm_.data();
     for (int64_t o = 0; o < m_.numel(); ++o)
@@ -331,12 +342,20 @@ std::vector<std::shared_ptr<Lora>> AdapterSet::loras() const {
 }
 
 void AdapterSet::merge() {
-  for (size_t i = 0; i < adapters_.size(); ++i) adapters_[i]->shift_base(*linears_[i], true);
+  for (size_t i = 0; i < adapters_.size(); ++i) {
+    if (adapters_[i]->merged()) continue;
+    adapters_[i]->shift_base(*linears_[i], true);
+    linears_[i]->count_merge(+1);
+  }
 }
 
 void AdapterSet::unmerge() {
   // Reverse order: exact even if two adapters of this set ever shared a module.
-  for (size_t i = adapters_.size(); i-- > 0;) adapters_[i]->shift_base(*linears_[i], false);
+  for (size_t i = adapters_.size(); i-- > 0;) {
+    if (!adapters_[i]->merged()) continue;
+    adapters_[i]->shift_base(*linears_[i], false);
+    linears_[i]->count_merge(-1);
+  }
 }
 
 void AdapterSet::detach() {

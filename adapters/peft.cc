@@ -1,9 +1,11 @@
 #include "adapters/peft.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <set>
 
 #include "runtime/common/error.h"
@@ -55,6 +57,98 @@ T field(const json& j, const char* key, const std::string& path) {
     return j.at(key).get<T>();
   } catch (const json::exception&) {
     throw Error(str("'", path, "': field '", key, "' is missing or has the wrong type"));
+  }
+}
+
+std::string list_keys(const std::vector<std::string>& keys, size_t n = 6) {
+  std::string s;
+  for (size_t i = 0; i < keys.size() && i < n; ++i) s += (i ? ", " : "") + keys[i];
+  if (keys.size() > n) s += str(", ... (", keys.size(), " in all)");
+  return s;
+}
+
+// The file's keys by the one rule (see PeftFolder): fills out.modules.
+void index_keys(PeftFolder& out, const std::string& path) {
+  static const std::regex factor(R"(^(.+)\.(lora_A|lora_B)(\.([^.]+))?\.weight$)");
+  static const std::regex magnitude(R"(^(.+)\.lora_magnitude_vector(\.([^.]+)\.weight)?$)");
+  const std::string pre = kPrefix;
+  std::vector<std::string> all, bad;
+  std::string why;
+  std::set<std::string> names;  // adapter names the keys carry ("" for none)
+  for (const auto& t : out.tensors->tensors()) {
+    all.push_back(t.name);
+    std::smatch m;
+    if (t.name.rfind(pre, 0) != 0) {
+      bad.push_back(t.name);
+      why = str("every key starts with '", pre, "' in a PEFT folder");
+      continue;
+    }
+    const std::string rest = t.name.substr(pre.size());
+    if (rest.rfind(pre, 0) == 0) {
+      bad.push_back(t.name);
+      why = str("'", pre, "' appears twice (peft itself would load a zero adapter here)");
+      continue;
+    }
+    if (rest.find("lora_embedding_") != std::string::npos) {
+      bad.push_back(t.name);
+      why = "LoRA on an embedding (lora_embedding_A/B) is not supported yet";
+      continue;
+    }
+    static const std::regex base_layer(R"(^(.+)\.base_layer\.weight$)");
+    if (std::regex_match(rest, m, base_layer)) {
+      out.modules[m[1].str()].base_layer = &t;
+      continue;
+    }
+    if (rest.find("modules_to_save") != std::string::npos ||
+        rest.find(".lora_") == std::string::npos) {
+      bad.push_back(t.name);
+      why = "tensors beside LoRA's (modules_to_save, biases, a full weight) are not supported yet";
+      continue;
+    }
+    PeftModuleTensors* mt = nullptr;
+    if (std::regex_match(rest, m, factor)) {
+      mt = &out.modules[m[1].str()];
+      (m[2] == "lora_A" ? mt->A : mt->B) = &t;
+      names.insert(m[4].str());
+    } else if (std::regex_match(rest, m, magnitude)) {
+      mt = &out.modules[m[1].str()];
+      mt->magnitude = &t;
+      names.insert(m[3].str());
+    } else {
+      bad.push_back(t.name);
+      why = "expected <module>.lora_A.weight, .lora_B.weight or .lora_magnitude_vector";
+    }
+  }
+  auto refuse = [&](const std::string& what) {
+    throw Error(str("'", path, "': ", what, ".\n  keys found: ", list_keys(all), "\n  expected: ",
+                    pre, "<module>.lora_A.weight, ", pre, "<module>.lora_B.weight",
+                    out.dora ? str(", ", pre, "<module>.lora_magnitude_vector") : "",
+                    " (the adapter name may follow lora_A/lora_B, as in lora_A.default.weight)"));
+  };
+  if (!bad.empty())
+    refuse(str(bad.size(), " key(s) do not fit (", bad.front(), bad.size() > 1 ? ", ..." : "",
+               "): ", why));
+  if (names.size() > 1) {
+    std::vector<std::string> v(names.begin(), names.end());
+    for (auto& n : v)
+      if (n.empty()) n = "(none)";
+    refuse(str("the keys carry different adapter names: ", list_keys(v)));
+  }
+  if (out.modules.empty()) refuse("it holds no LoRA tensors");
+  out.adapter_name = *names.begin();
+  if (!out.adapter_name.empty())
+    out.notes.push_back(str("the tensor keys carry the adapter name '", out.adapter_name,
+                            "' (as a PeftModel's state_dict() has them); read as this adapter's"));
+  for (const auto& [mod, mt] : out.modules) {
+    if (!mt.A && !mt.B && mt.base_layer)
+      refuse(str(mod, ".base_layer.weight is not beside a LoRA pair of its module"));
+    if (!mt.A || !mt.B)
+      refuse(
+          str("module ", mod, " has lora_", mt.A ? "A" : "B", " but no lora_", mt.A ? "B" : "A"));
+    if (out.dora && !mt.magnitude)
+      refuse(str("use_dora is true but module ", mod, " has no lora_magnitude_vector"));
+    if (!out.dora && mt.magnitude)
+      refuse(str("module ", mod, " has a lora_magnitude_vector but use_dora is false"));
   }
 }
 
@@ -128,9 +222,21 @@ PeftFolder read_peft(const std::string& dir) {
   out.dora = c.contains("use_dora") && c["use_dora"].is_boolean() && c["use_dora"].get<bool>();
   out.fan_in_fan_out = c.contains("fan_in_fan_out") && c["fan_in_fan_out"].is_boolean() &&
                        c["fan_in_fan_out"].get<bool>();
-  out.tensors = io::SafetensorsFile::open(dir + "/adapter_model.safetensors");
+  const std::string weights = dir + "/adapter_model.safetensors";
+  if (!fs::exists(weights)) {
+    if (fs::exists(dir + "/adapter_model.bin"))
+      throw Error(str("'", dir,
+                      "' holds adapter_model.bin (pickled PyTorch weights), which tessera does not "
+                      "read: re-save the adapter with save_pretrained(..., "
+                      "safe_serialization=True), or convert the file with "
+                      "safetensors.torch.save_file(torch.load(\"adapter_model.bin\"), "
+                      "\"adapter_model.safetensors\", metadata={\"format\": \"pt\"})"));
+    throw Error(str("'", dir, "' has adapter_config.json but no adapter_model.safetensors"));
+  }
+  out.tensors = io::SafetensorsFile::open(weights);
   auto fp = out.tensors->metadata().find("tessera.base_fingerprint");
   if (fp != out.tensors->metadata().end()) out.base_fingerprint = fp->second;
+  index_keys(out, weights);
   return out;
 }
 
@@ -140,22 +246,14 @@ std::vector<std::pair<std::string, LoraFactors>> PeftFolder::factors() const {
                     "' is a DoRA adapter: its magnitude rescales the whole weight, so it cannot be "
                     "combined as LoRA factors (merge it into the base instead)"));
   std::vector<std::pair<std::string, LoraFactors>> out;
-  const std::string pre = kPrefix, suf = ".lora_A.weight";
-  for (const auto& t : tensors->tensors()) {
-    if (t.name.size() <= pre.size() + suf.size() || t.name.rfind(pre, 0) != 0 ||
-        t.name.compare(t.name.size() - suf.size(), suf.size(), suf) != 0)
-      continue;
-    const std::string m = t.name.substr(pre.size(), t.name.size() - pre.size() - suf.size());
-    const io::TensorInfo* b = tensors->find(pre + m + ".lora_B.weight");
-    if (!b) throw Error(str("'", tensors->source(), "' has lora_A but no lora_B for ", m));
+  for (const auto& [m, mt] : modules) {
     LoraConfig c = spec.for_module(m);
-    LoraFactors f{tensors->load_f32(t), tensors->load_f32(*b), c.scale()};
+    LoraFactors f{tensors->load_f32(*mt.A), tensors->load_f32(*mt.B), c.scale()};
     if (f.A.ndim() != 2 || f.B.ndim() != 2 || f.A.size(0) != c.r || f.B.size(1) != c.r)
       throw Error(str("module ", m, ": lora_A ", shape_str(f.A.shape()), " / lora_B ",
                       shape_str(f.B.shape()), " disagree with rank ", c.r, " from the config"));
     out.push_back({m, f});
   }
-  if (out.empty()) throw Error(str("'", tensors->source(), "' holds no LoRA tensors"));
   return out;
 }
 
@@ -167,49 +265,85 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
   out.base_fingerprint = folder.base_fingerprint;
   out.notes = folder.notes;
   const LoraSpec& spec = folder.spec;
-  const std::vector<std::string>& targets = folder.targets;
   const std::string cpath = dir + "/adapter_config.json";
   const auto& f = folder.tensors;
 
-  std::map<std::string, const io::TensorInfo*> file;
-  for (const auto& t : f->tensors()) file[t.name] = &t;
-  // PEFT writes each target module's A and B; the set must be exactly those.
+  // PEFT's rule for target_modules: an entry that matches no module of the
+  // model is skipped; only when none matches anything is it an error.
+  std::vector<std::string> targets, dead;
+  for (const std::string& t : folder.targets)
+    (match_targets(linears, t).empty() ? dead : targets).push_back(t);
+  if (targets.empty())
+    throw Error(str("'", cpath, "': target_modules ", list_keys(folder.targets),
+                    " match no module of this model (peft refuses this too: a wrong base model?)"));
+  for (const std::string& t : dead)
+    out.notes.push_back(str("target_modules entry '", t,
+                            "' matches no module of this model; skipped, as peft skips it"));
   AdapterSpec aspec(spec);
   if (folder.dora) aspec.kind = Kind::Dora;
   auto set = std::make_unique<AdapterSet>(linears, base, targets, aspec, 0);
-  const bool fan_in_fan_out = folder.fan_in_fan_out;
   std::set<std::string> used;
   for (size_t i = 0; i < set->modules().size(); ++i) {
     const std::string& m = set->modules()[i];
     const nn::Linear& lin = *set->linears()[i];
-    if (lin.w_in_out() != fan_in_fan_out)
-      throw Error(str(
-          "'", cpath, "': fan_in_fan_out = ", fan_in_fan_out ? "true" : "false", " but module ", m,
-          lin.w_in_out() ? " stores its weight [in, out] (Conv1D)" : " is a plain Linear [out, in]",
-          " — is this adapter for another base model?"));
-    std::vector<std::string> parts = {"lora_A.weight", "lora_B.weight"};
-    if (folder.dora) parts.push_back("lora_magnitude_vector");
-    for (const std::string& ab : parts) {
-      const std::string key = std::string(kPrefix) + m + "." + ab;
-      auto it = file.find(key);
-      if (it == file.end())
-        throw Error(
-            str("'", dir, "/adapter_model.safetensors' lacks ", key, " for target module ", m));
-      const Lora& l = *set->loras()[i];
-      Tensor dst = ab == "lora_A.weight" ? l.A() : ab == "lora_B.weight" ? l.B() : l.magnitude();
-      if (it->second->shape != dst.shape())
-        throw Error(str("adapter tensor ", key, " is ", shape_str(it->second->shape),
-                        " but module ", m, " (", lin.in_features(), " -> ", lin.out_features(),
-                        ", r=", set->loras()[i]->config().r, ") needs ", shape_str(dst.shape()),
-                        " — wrong base model or rank_pattern?"));
-      dst.copy_from(f->load_f32(*it->second));
-      used.insert(key);
+    // PEFT decides fan_in_fan_out per module from its type (Conv1D: true,
+    // Linear: false, with a warning when the config says otherwise); the
+    // saved factors are the same either way.
+    if (lin.w_in_out() != folder.fan_in_fan_out)
+      out.notes.push_back(str("fan_in_fan_out = ", folder.fan_in_fan_out ? "true" : "false",
+                              " in the config, but ", m,
+                              lin.w_in_out() ? " is a Conv1D ([in, out])" : " is a plain Linear",
+                              ": its own layout is used, as peft does"));
+    auto it = folder.modules.find(m);
+    if (it == folder.modules.end()) {
+      std::vector<std::string> have;
+      for (const auto& kv : folder.modules) have.push_back(kv.first);
+      throw Error(str("'", dir, "/adapter_model.safetensors' has no tensors for target module ", m,
+                      " of this model; it holds modules ", list_keys(have)));
     }
+    const Lora& l = *set->loras()[i];
+    std::vector<std::pair<const io::TensorInfo*, Tensor>> parts = {{it->second.A, l.A()},
+                                                                   {it->second.B, l.B()}};
+    if (folder.dora) parts.push_back({it->second.magnitude, l.magnitude()});
+    for (auto& [info, dst] : parts) {
+      if (info->shape != dst.shape())
+        throw Error(str("adapter tensor ", info->name, " is ", shape_str(info->shape),
+                        " but module ", m, " (", lin.in_features(), " -> ", lin.out_features(),
+                        ", r=", l.config().r, ") needs ", shape_str(dst.shape()),
+                        " — wrong base model or rank_pattern?"));
+      Tensor d = dst;
+      d.copy_from(f->load_f32(*info));
+    }
+    if (const io::TensorInfo* bl = it->second.base_layer) {
+      // peft loads it over the base's weight: the same adapter only when equal.
+      const Tensor w = lin.weight();
+      const Tensor saved = f->load_f32(*bl);  // both in the module's own layout
+      double worst = -1.0;
+      if (saved.shape() == w.shape()) {
+        worst = 0.0;
+        for (int64_t k = 0; k < w.numel(); ++k)
+          worst = std::max(worst, std::fabs(double(saved.data()[k]) - double(w.data()[k])) /
+                                      (1e-6 + std::fabs(double(w.data()[k]))));
+      }
+      if (worst < 0.0 || worst > 1e-3)
+        throw Error(str(
+            "'", dir, "': ", bl->name, " (", m,
+            "'s own weight, which peft saves beside the factors and loads over the "
+            "base's) ",
+            worst < 0.0 ? str("is ", shape_str(bl->shape), ", the base's is ", shape_str(w.shape()))
+                        : str("differs from this base's (max relative difference ", worst, ")"),
+            ": a different base model, or a resized vocabulary"));
+      out.notes.push_back(str(m, ".base_layer.weight (saved by peft) equals the base's weight"));
+    }
+    used.insert(m);
   }
-  for (const auto& [name, info] : file)
-    if (!used.count(name))
-      throw Error(str("adapter tensor '", name, "' belongs to no target module of this model",
-                      " (wrong base model, or a field tessera does not implement?)"));
+  std::vector<std::string> extra;
+  for (const auto& [name, mt] : folder.modules)
+    if (!used.count(name)) extra.push_back(name);
+  if (!extra.empty())
+    throw Error(str("'", dir, "/adapter_model.safetensors' has tensors for ", list_keys(extra),
+                    ", which target_modules ", list_keys(folder.targets),
+                    " does not select on this model (a wrong base model?)"));
   out.set = std::move(set);
   return out;
 }

@@ -9,6 +9,7 @@
 // adapter whose modules or shapes do not fit the base.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,7 +19,8 @@
 
 namespace tessera::io {
 class SafetensorsFile;
-}
+struct TensorInfo;
+}  // namespace tessera::io
 
 namespace tessera::adapters {
 
@@ -29,7 +31,29 @@ struct PeftImport {
   std::vector<std::string> notes;  // unknown or ignored fields
 };
 
+// One module's tensors in a PEFT folder (magnitude: DoRA only).
+struct PeftModuleTensors {
+  const io::TensorInfo* A = nullptr;
+  const io::TensorInfo* B = nullptr;
+  const io::TensorInfo* magnitude = nullptr;
+  // The module's own weight, which peft saves beside the factors of an
+  // lm_head or embedding target (save_embedding_layers): checked equal to
+  // the base's on import, since peft would load it over the base's.
+  const io::TensorInfo* base_layer = nullptr;
+};
+
 // A PEFT LoRA folder read and validated without a model.
+//
+// Tensor keys, one rule on every path (import, eval, merge, library): PEFT's
+// `base_model.model.<module>.lora_A.weight` / `.lora_B.weight` /
+// `.lora_magnitude_vector`, or the same with the adapter name kept
+// (`.lora_A.default.weight`, `.lora_magnitude_vector.default.weight`, as a
+// PeftModel's own state_dict() has them; every key must carry the same
+// name), and `<module>.base_layer.weight` (see PeftModuleTensors). Anything
+// else — no prefix, the prefix twice (peft loads such a
+// folder as a zero adapter, with only a warning), an embedding's
+// lora_embedding_A/B, keys of modules_to_save — is refused, the message
+// listing the keys found.
 struct PeftFolder {
   LoraSpec spec;
   std::vector<std::string> targets;  // as tessera target patterns
@@ -41,6 +65,8 @@ struct PeftFolder {
   std::string base_fingerprint;
   std::vector<std::string> notes;
   std::shared_ptr<io::SafetensorsFile> tensors;
+  std::map<std::string, PeftModuleTensors> modules;  // module name → its tensors
+  std::string adapter_name;                          // the name the keys carry, "" when none
   // Module name → its LoRA factors and scale, checked against the config's ranks.
   std::vector<std::pair<std::string, LoraFactors>> factors() const;
 };

@@ -45,9 +45,15 @@ class Linear {
   // The adapter slot: empty by default.
   void set_adapter(std::shared_ptr<LinearAdapter> a) { adapter_ = std::move(a); }
   const std::shared_ptr<LinearAdapter>& adapter() const { return adapter_; }
+  // How many adapters are merged into weight() now (kept by adapters/ as it
+  // merges and unmerges): an adapter whose merge reads the weight (DoRA's
+  // norm) needs to know whether it is still the base's own.
+  int merged_adapters() const { return merged_adapters_; }
+  void count_merge(int delta) { merged_adapters_ += delta; }
 
  private:
   std::string name_;
+  int merged_adapters_ = 0;
   int64_t in_ = 0, out_ = 0;
   bool w_in_out_ = false;
   Tensor weight_, bias_;
