@@ -154,6 +154,108 @@ TEST_F(Cli, PretrainResumeAndEval) {
   EXPECT_EQ(ha.code, 0) << ha.out;
 }
 
+// A Hugging Face folder whose sizes are not tessera's defaults, as every real
+// checkpoint's are: pretrain from it, and every base-taking command on the
+// folder or on the checkpoint; the checkpoint needs the folder no more.
+TEST_F(Cli, AHuggingFaceFolderIsABaseLikeAnyCheckpoint) {
+  const std::string small = dir_ + "/small", hf = small + "/model";
+  const std::string data = " data.files=" + dir_ + "/corpus.txt data.holdout=0.2 threads=1";
+  CliRun a =
+      run("pretrain --quiet --model decoder decoder.flavor=llama decoder.d_model=32 "
+          "decoder.n_head=4 decoder.n_kv_head=2 decoder.n_layer=2 decoder.n_ctx=32 "
+          "decoder.d_ff=48 decoder.rope_theta=500 decoder.norm_eps=1e-6 --max-steps 1 "
+          "out_dir=" +
+          small + data);
+  ASSERT_EQ(a.code, 0) << a.out;
+  CliRun ft = run("pretrain --quiet --model decoder decoder.init_from=" + hf +
+                  " --max-steps 2 out_dir=" + dir_ + "/ft" + data);
+  ASSERT_EQ(ft.code, 0) << ft.out;
+  EXPECT_NE(ft.out.find("decoder (llama)"), std::string::npos) << ft.out;
+  const std::string ckpt = dir_ + "/ft/checkpoint.safetensors";
+  const std::string task = " --task text:" + dir_ + "/corpus.txt";
+  for (const std::string& base : {ckpt, hf}) {
+    CliRun t = run("train-adapter --quiet --base " + base + task + " --adapter lora:r=2 --out " +
+                   dir_ + "/ad steps=2 data.seq_len=8 threads=1");
+    ASSERT_EQ(t.code, 0) << base << "\n" << t.out;
+    CliRun i = run("import-peft " + dir_ + "/ad/adapter --base " + base + " -o " + dir_ +
+                   "/back.safetensors");
+    EXPECT_EQ(i.code, 0) << base << "\n" << i.out;
+  }
+  // The checkpoint holds the whole architecture: the folder can go.
+  CliRun before = run("eval --checkpoint " + ckpt + data);
+  ASSERT_EQ(before.code, 0) << before.out;
+  fs::rename(hf, small + "/moved");
+  CliRun after = run("eval --checkpoint " + ckpt + data);
+  ASSERT_EQ(after.code, 0) << after.out;
+  EXPECT_EQ(after.out, before.out);
+  // An override that contradicts the architecture names both values.
+  CliRun d = run("eval --checkpoint " + ckpt + " decoder.rope_theta=10000" + data);
+  EXPECT_EQ(d.code, 2) << d.out;
+  EXPECT_NE(d.out.find("decoder.rope_theta = 10000 contradicts"), std::string::npos) << d.out;
+  EXPECT_NE(d.out.find("decoder.rope_theta = 500"), std::string::npos) << d.out;
+  CliRun p = run("pretrain --quiet --model decoder decoder.init_from=" + small +
+                 "/moved decoder.n_head=2 --max-steps 1 out_dir=" + dir_ + "/ft2" + data);
+  EXPECT_EQ(p.code, 2) << p.out;
+  EXPECT_NE(p.out.find("decoder.n_head = 2 contradicts"), std::string::npos) << p.out;
+  // Restating the architecture as it is, is fine.
+  CliRun same = run("eval --checkpoint " + ckpt + " decoder.n_head=4 decoder.n_kv_head=2" + data);
+  EXPECT_EQ(same.code, 0) << same.out;
+  // Windows longer than the context are refused by name.
+  CliRun w = run("eval --checkpoint " + ckpt + " data.seq_len=64" + data);
+  EXPECT_EQ(w.code, 2) << w.out;
+  EXPECT_NE(w.out.find("data.seq_len = 64"), std::string::npos) << w.out;
+}
+
+// rocksdb #5029: a read-only command on a mistyped path, or on a folder that
+// holds no library, must leave the file system as it was; a library another
+// process holds is named as such (rocksdb #991).
+TEST_F(Cli, LibraryReadsTouchNothingAndAHeldLibraryIsNamed) {
+  const std::string run_dir = dir_ + "/runs/myrun";
+  fs::create_directories(run_dir);
+  std::ofstream(run_dir + "/notes.txt") << "my notes\n";
+  auto listing = [&] {
+    std::set<std::string> s;
+    for (const auto& e : fs::recursive_directory_iterator(dir_ + "/runs")) s.insert(e.path());
+    return s;
+  };
+  const auto before = listing();
+  for (const std::string& cmd : {std::string("ls"), std::string("stat"), std::string("verify"),
+                                 std::string("show x"), "get x -o " + dir_ + "/x"}) {
+    for (const std::string& where : {dir_ + "/runs/mylibray", run_dir}) {
+      CliRun r = run("library --library " + where + " " + cmd);
+      EXPECT_EQ(r.code, 2) << r.out;
+      EXPECT_NE(r.out.find("no adapter library at"), std::string::npos) << r.out;
+    }
+  }
+  EXPECT_EQ(listing(), before);
+  // A library held by a server: reads and writes say so and point to --remote.
+  const std::string lib = dir_ + "/held";
+  ASSERT_EQ(base_and_adapter_in(lib).code, 0);
+  const auto files = [&] {
+    std::set<std::string> s;
+    for (const auto& e : fs::directory_iterator(lib)) s.insert(e.path().filename());
+    return s;
+  };
+  const auto lib_files = files();
+  CliRun ls = run("library --library " + lib + " ls");
+  EXPECT_EQ(ls.code, 0) << ls.out;
+  EXPECT_EQ(files(), lib_files) << "a read-only ls wrote into the library";
+  std::ofstream(dir_ + "/token") << "cli-test-token\n";
+  Served sv = serve(lib, dir_ + "/token");
+  ASSERT_FALSE(sv.hostport.empty()) << sv.banner;
+  for (const std::string& cmd :
+       {std::string("ls"), "put " + dir_ + "/ad/adapter.safetensors --name other"}) {
+    CliRun r = run("library --library " + lib + " " + cmd);
+    EXPECT_EQ(r.code, 2) << r.out;
+    EXPECT_NE(r.out.find("is open in another process (pid " + std::to_string(sv.pid)),
+              std::string::npos)
+        << r.out;
+    EXPECT_NE(r.out.find("--remote"), std::string::npos) << r.out;
+  }
+  kill(sv.pid, SIGTERM);
+  pclose(sv.out);
+}
+
 TEST_F(Cli, TrainAdapterOnAFrozenMlpBase) {
   CliRun p = pretrain_mlp("base", 40);
   ASSERT_EQ(p.code, 0) << p.out;

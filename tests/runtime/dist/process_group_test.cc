@@ -11,8 +11,11 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <thread>
+
+#include <gloo/rendezvous/file_store.h>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -190,6 +193,34 @@ TEST(ProcessGroup, GlooMeetsThroughRedis) {
   const std::string err = testing::error_of([&] { make_gloo(0, 2, bad); });
   EXPECT_NE(err.find("redis://127.0.0.1:1"), std::string::npos) << err;
   EXPECT_NE(err.find("no Redis server answers there"), std::string::npos) << err;
+}
+
+// pytorch/gloo #300: FileStore's files outlive a job, so the next job in the
+// same folder failed at once with "File already exists" (reported as a
+// timeout that never elapsed).
+TEST(ProcessGroup, GlooFileRendezvousFolderServesJobAfterJob) {
+  const std::string dir = testing::temp_dir("gloo_rerun");
+  for (int job = 0; job < 3; ++job) {
+    on_gloo(
+        2, "rerun", [](ProcessGroup& g) { g.barrier(); }, std::chrono::seconds(30),
+        "file://" + dir);
+    EXPECT_TRUE(std::filesystem::is_empty(dir)) << "job " << job << " left files behind";
+  }
+  // A job that died mid-meeting leaves its entries: named at once, not a timeout.
+  {
+    gloo::rendezvous::FileStore fs(dir);
+    const std::string dead = "127.0.0.1 1";  // (port 1: nothing listens)
+    fs.set("tessera/alive/0", std::vector<char>(dead.begin(), dead.end()));
+  }
+  GlooOptions o;
+  o.rendezvous = "file://" + dir;
+  o.interface_host = "127.0.0.1";
+  o.timeout = std::chrono::seconds(20);
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string err = testing::error_of([&] { make_gloo(1, 2, o); });
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
+  EXPECT_NE(err.find("holds an earlier job's files (rank 0"), std::string::npos) << err;
+  EXPECT_NE(err.find("TESSERA_JOB_ID"), std::string::npos) << err;
 }
 
 TEST(ProcessGroup, GlooMistakesAndTimeoutsNameTheCall) {

@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Generates the PEFT interchange fixtures for tests/adapters/peft_interchange_test.cc
+with the real `transformers` and `peft`: the everyday adapter folders users
+bring, and what peft itself computes with them.
+
+Under tests/fixtures/interchange/:
+  gpt2_untied/model/        a tiny GPT-2 with an untied lm_head, weights with real
+                            spread (a transposed or mis-scaled delta moves the logits
+                            far past the tests' tolerance)
+  ids.safetensors           input_ids I32 [2, 7]
+  <case>/                   adapter_config.json + adapter_model.safetensors (or .bin)
+                            + peft_golden.safetensors (logits of peft's adapted model,
+                            F32 [14, V]) where peft loads the folder
+Cases:
+  conv1d_and_linear   LoRA on c_attn (Conv1D) and lm_head (Linear): peft saves
+                      fan_in_fan_out=False and lm_head.base_layer.weight
+  dead_target         target_modules ["c_attn", "mlp.c_fc", "down_proj"]: the last
+                      matches nothing; peft loads the others
+  name_kept           the dead_target tensors with keys `.lora_A.default.weight`
+                      (peft loads them: same logits)
+  double_prefix       keys `base_model.model.base_model.model....` (peft loads a
+                      zero adapter: refused)
+  other_lm_head       conv1d_and_linear with lm_head.base_layer.weight changed
+                      (peft would load it over the base's: refused)
+  bin_only            saved with safe_serialization=False (adapter_model.bin)
+
+  python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers safetensors peft
+  /tmp/venv/bin/python scripts/gen_interchange_fixtures.py
+"""
+import os
+import shutil
+import warnings
+
+import peft
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures",
+                    "interchange")
+warnings.simplefilter("ignore")
+
+
+def spread(model, seed):
+    """Weights with real spread: N(0, 0.2) matrices, norm gains 1 + N(0, 0.2)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(".weight") and p.ndim == 1:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+
+
+def base():
+    cfg = transformers.GPT2Config(vocab_size=61, n_positions=16, n_embd=24, n_layer=2, n_head=3,
+                                  n_inner=48, tie_word_embeddings=False, bos_token_id=0,
+                                  eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    m = transformers.GPT2LMHeadModel(cfg)
+    spread(m, 1)
+    return m
+
+
+def adapted(base_dir, config, seed):
+    m = transformers.GPT2LMHeadModel.from_pretrained(base_dir, attn_implementation="eager").eval()
+    pm = peft.get_peft_model(m, config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_A" in n or "lora_B" in n:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    return pm.eval()
+
+
+def save_golden(pm, ids, out):
+    with torch.no_grad():
+        logits = pm(input_ids=ids).logits.reshape(-1, pm.config.vocab_size)
+    save_file({"logits": logits.contiguous()}, os.path.join(out, "peft_golden.safetensors"),
+              metadata={"peft": peft.__version__, "transformers": transformers.__version__,
+                        "torch": torch.__version__})
+
+
+def clean(out):
+    readme = os.path.join(out, "README.md")
+    if os.path.exists(readme):
+        os.remove(readme)  # a generated model card, not a fixture
+
+
+def main():
+    shutil.rmtree(ROOT, ignore_errors=True)
+    os.makedirs(ROOT)
+    base_dir = os.path.join(ROOT, "gpt2_untied", "model")
+    base().save_pretrained(base_dir)
+    for f in os.listdir(base_dir):
+        if f not in ("config.json", "model.safetensors"):
+            os.remove(os.path.join(base_dir, f))
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, 61, (2, 7), generator=g)
+    save_file({"input_ids": ids.to(torch.int32)}, os.path.join(ROOT, "ids.safetensors"))
+
+    cases = {
+        "conv1d_and_linear": peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "lm_head"]),
+        "dead_target": peft.LoraConfig(r=4, lora_alpha=8,
+                                       target_modules=["c_attn", "mlp.c_fc", "down_proj"]),
+    }
+    for k, (name, cfg) in enumerate(cases.items()):
+        pm = adapted(base_dir, cfg, 10 + k)
+        out = os.path.join(ROOT, name)
+        pm.save_pretrained(out)
+        clean(out)
+        save_golden(pm, ids, out)
+        print(name, sorted(load_file(os.path.join(out, "adapter_model.safetensors"))))
+
+    src = os.path.join(ROOT, "dead_target")
+    # Keys as a PeftModel's state_dict() has them: peft loads these exactly.
+    dst = os.path.join(ROOT, "name_kept")
+    shutil.copytree(src, dst)
+    sd = load_file(os.path.join(src, "adapter_model.safetensors"))
+    save_file({k.replace(".weight", ".default.weight"): v for k, v in sd.items()},
+              os.path.join(dst, "adapter_model.safetensors"), metadata={"format": "pt"})
+    back = peft.PeftModel.from_pretrained(
+        transformers.GPT2LMHeadModel.from_pretrained(base_dir, attn_implementation="eager"), dst).eval()
+    with torch.no_grad():
+        a = back(input_ids=ids).logits.reshape(-1, 61)
+    want = load_file(os.path.join(src, "peft_golden.safetensors"))["logits"]
+    assert torch.allclose(a, want, atol=1e-5), "peft no longer loads adapter-name keys"
+
+    dst = os.path.join(ROOT, "double_prefix")
+    shutil.copytree(src, dst)
+    os.remove(os.path.join(dst, "peft_golden.safetensors"))
+    save_file({"base_model.model." + k: v for k, v in sd.items()},
+              os.path.join(dst, "adapter_model.safetensors"), metadata={"format": "pt"})
+
+    src = os.path.join(ROOT, "conv1d_and_linear")
+    dst = os.path.join(ROOT, "other_lm_head")
+    shutil.copytree(src, dst)
+    os.remove(os.path.join(dst, "peft_golden.safetensors"))
+    sd = load_file(os.path.join(src, "adapter_model.safetensors"))
+    sd["base_model.model.lm_head.base_layer.weight"] = sd["base_model.model.lm_head.base_layer.weight"] * 1.1
+    save_file(sd, os.path.join(dst, "adapter_model.safetensors"), metadata={"format": "pt"})
+
+    pm = adapted(base_dir, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"]), 20)
+    out = os.path.join(ROOT, "bin_only")
+    pm.save_pretrained(out, safe_serialization=False)
+    clean(out)
+    print("written under", os.path.normpath(ROOT))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+// The PEFT folders users bring, against what the real peft computes with them
+// (scripts/gen_interchange_fixtures.py): Conv1D and Linear targets in one
+// adapter, a target_modules entry the model lacks, keys that keep the adapter
+// name — each loads exactly as peft loads it; a doubled key prefix, a saved
+// lm_head weight of another base and a pickled .bin are refused by name.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "adapters/compose.h"
+#include "adapters/peft.h"
+#include "runtime/common/error.h"
+#include "runtime/io/hf.h"
+#include "runtime/io/safetensors.h"
+#include "tests/testing.h"
+
+namespace tessera::adapters {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string fixture(const std::string& p) {
+  return testing::source_dir() + "/tests/fixtures/interchange/" + p;
+}
+
+std::vector<int32_t> ids() {
+  auto g = io::SafetensorsFile::open(fixture("ids.safetensors"));
+  const io::TensorInfo* t = g->find("input_ids");
+  std::vector<int32_t> v((t->end - t->begin) / 4);
+  std::memcpy(v.data(), g->bytes(*t), v.size() * 4);
+  return v;
+}
+
+// Base logits, and the logits with the folder's adapter imported.
+struct Imported {
+  std::vector<float> base, adapted;
+  std::vector<std::string> modules, notes;
+};
+Imported import_and_run(const std::string& folder) {
+  auto model = io::load_hf_decoder(fixture("gpt2_untied/model"));
+  const std::vector<int32_t> x = ids();
+  Imported r;
+  r.base = model->forward(x, 2, 7).to_vector();
+  PeftImport imp = import_peft(fixture(folder), model->linears(), model->params());
+  r.adapted = model->forward(x, 2, 7).to_vector();
+  r.modules = imp.set->modules();
+  r.notes = imp.notes;
+  return r;
+}
+
+std::vector<float> peft_logits(const std::string& folder) {
+  return io::SafetensorsFile::open(fixture(folder + "/peft_golden.safetensors"))
+      ->load_f32("logits")
+      .to_vector();
+}
+
+bool any_note(const std::vector<std::string>& notes, const std::string& word) {
+  for (const auto& n : notes)
+    if (n.find(word) != std::string::npos) return true;
+  return false;
+}
+
+TEST(PeftInterchange, Conv1dAndLinearTargetsInOneAdapterMatchPeft) {
+  // peft saves fan_in_fan_out = false (lm_head's) and lm_head.base_layer.weight.
+  Imported r = import_and_run("conv1d_and_linear");
+  EXPECT_EQ(r.modules.size(), 3u);  // c_attn of 2 blocks + lm_head
+  EXPECT_LT(testing::rel_err(r.adapted, peft_logits("conv1d_and_linear")), 1e-5);
+  EXPECT_GT(testing::rel_err(r.base, peft_logits("conv1d_and_linear")), 1e-2);  // it does something
+  EXPECT_TRUE(any_note(r.notes, "fan_in_fan_out")) << "the config/layout disagreement is noted";
+  EXPECT_TRUE(any_note(r.notes, "base_layer"));
+}
+
+TEST(PeftInterchange, TessersOwnExportOfConv1dAndLinearComesBack) {
+  auto a = io::load_hf_decoder(fixture("gpt2_untied/model"));
+  PeftImport first = import_peft(fixture("conv1d_and_linear"), a->linears(), a->params());
+  const std::string dir = testing::temp_dir("peft_mixed_rt");
+  export_peft(*first.set, dir, "tiny");
+  auto b = io::load_hf_decoder(fixture("gpt2_untied/model"));
+  PeftImport second = import_peft(dir, b->linears(), b->params());
+  EXPECT_EQ(b->forward(ids(), 2, 7).to_vector(), a->forward(ids(), 2, 7).to_vector());
+}
+
+TEST(PeftInterchange, ATargetTheModelLacksIsSkippedAsPeftSkipsIt) {
+  Imported r = import_and_run("dead_target");
+  EXPECT_EQ(r.modules.size(), 4u);
+  EXPECT_LT(testing::rel_err(r.adapted, peft_logits("dead_target")), 1e-5);
+  EXPECT_TRUE(any_note(r.notes, "'down_proj' matches no module"));
+}
+
+TEST(PeftInterchange, KeysThatKeepTheAdapterNameLoadAsPeftLoadsThem) {
+  Imported r = import_and_run("name_kept");
+  EXPECT_LT(testing::rel_err(r.adapted, peft_logits("name_kept")), 1e-5);
+  EXPECT_TRUE(any_note(r.notes, "'default'"));
+  // The same rule without a model (tessera merge reads factors()).
+  EXPECT_EQ(read_peft(fixture("name_kept")).factors().size(), 4u);
+}
+
+TEST(PeftInterchange, ADoubledPrefixIsRefusedOnEveryPathListingTheKeys) {
+  auto model = io::load_hf_decoder(fixture("gpt2_untied/model"));
+  const std::string e = testing::error_of(
+      [&] { import_peft(fixture("double_prefix"), model->linears(), model->params()); });
+  EXPECT_NE(e.find("appears twice"), std::string::npos) << e;
+  EXPECT_NE(e.find("keys found: base_model.model.base_model.model.transformer"), std::string::npos)
+      << e;
+  EXPECT_EQ(testing::error_of([&] { read_peft(fixture("double_prefix")).factors(); }), e);
+}
+
+TEST(PeftInterchange, ASavedLmHeadOfAnotherBaseIsRefused) {
+  auto model = io::load_hf_decoder(fixture("gpt2_untied/model"));
+  const std::string e = testing::error_of(
+      [&] { import_peft(fixture("other_lm_head"), model->linears(), model->params()); });
+  EXPECT_NE(e.find("lm_head.base_layer.weight"), std::string::npos) << e;
+  EXPECT_NE(e.find("differs from this base's"), std::string::npos) << e;
+}
+
+TEST(PeftInterchange, APickledBinSaysHowToResave) {
+  const std::string e = testing::error_of([&] { read_peft(fixture("bin_only")); });
+  EXPECT_NE(e.find("adapter_model.bin"), std::string::npos) << e;
+  EXPECT_NE(e.find("safe_serialization=True"), std::string::npos) << e;
+}
+
+// peft #3608: DoRA's norm ‖W + ΔW‖ is of the base's own W, so a DoRA set
+// merged over another merged set would not give the Stack's output.
+TEST(MergeOrder, DoraAndIa3MergeOnlyOntoTheBasesOwnWeight) {
+  for (Kind second : {Kind::Dora, Kind::Ia3}) {
+    Rng rng(11);
+    nn::Decoder model(testing::tiny_decoder(nn::Flavor::Gpt2), rng);
+    AdapterSpec lora(Kind::Lora, LoraConfig{2, 4.0f, false});
+    AdapterSpec other(second, LoraConfig{2, 4.0f, false});
+    AdapterSet s1(model.linears(), model.params(), {"c_attn"}, lora, 3, false);
+    AdapterSet s2(model.linears(), model.params(), {"c_attn"}, other, 4, false);
+    for (auto* set : {&s1, &s2})
+      for (auto& p : set->params().all())
+        for (int64_t i = 0; i < p.tensor.numel(); ++i) p.tensor.data()[i] += rng.normal(0.0f, 0.3f);
+    std::vector<int32_t> x = {3, 1, 4, 1, 5, 9};
+    std::vector<float> stacked;
+    {
+      // The weight-reading kind first in the stack: y = LoRA(DoRA(h)).
+      Composition comp(model.linears(), {&s2, &s1}, Compose::Stack);
+      stacked = model.forward(x, 1, 6).to_vector();
+      comp.detach();
+    }
+    // LoRA first, then the weight-reading kind: refused, the weight untouched by it.
+    s1.merge();
+    const std::string e = testing::error_of([&] { s2.merge(); });
+    EXPECT_NE(e.find("already holds 1 merged adapter"), std::string::npos) << e;
+    s1.unmerge();
+    // The weight-reading kind first, then LoRA: exact.
+    s2.merge();
+    s1.merge();
+    EXPECT_LT(testing::rel_err(model.forward(x, 1, 6).to_vector(), stacked), 1e-4)
+        << kind_name(second);
+    // Unmerging it under LoRA's delta is refused too; in order it is exact.
+    EXPECT_NE(testing::error_of([&] { s2.unmerge(); }).find("after it"), std::string::npos);
+    s1.unmerge();
+    s2.unmerge();
+  }
+}
+
+}  // namespace
+}  // namespace tessera::adapters
