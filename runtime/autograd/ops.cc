@@ -187,6 +187,25 @@ Tensor slice_rows(const Tensor& x, int64_t begin, int64_t end) {
   return out;
 }
 
+Tensor slice_cols(const Tensor& x, int64_t begin, int64_t end) {
+  if (x.ndim() != 2 || begin < 0 || end <= begin || end > x.size(1))
+    throw Error(str("slice_cols: columns [", begin, ", ", end, ") of ", shape_str(x.shape())));
+  if (x.device() != Device::CPU)
+    throw Error("op slice_cols has no CUDA kernel yet: keep this model on the CPU");
+  const int64_t N = x.size(0), C = x.size(1), W = end - begin;
+  bool rec = should_record({&x});
+  Tensor out = result({N, W}, x.device(), rec);
+  for (int64_t i = 0; i < N; ++i) std::copy_n(x.data() + i * C + begin, W, out.data() + i * W);
+  if (rec) {
+    on_backward(out, [x, begin, N, C, W](const float* g) mutable {
+      float* d = x.ensure_grad().data();
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t j = 0; j < W; ++j) d[i * C + begin + j] += g[i * W + j];
+    });
+  }
+  return out;
+}
+
 Tensor concat_rows(const std::vector<Tensor>& xs) {
   if (xs.empty()) throw Error("concat_rows: nothing to concatenate");
   Shape s = xs[0].shape();
@@ -387,8 +406,9 @@ struct AttnView {
 };
 
 Tensor attention_impl(const AttnView& q, const AttnView& k, const AttnView& v, int64_t B, int64_t T,
-                      int64_t Hq, int64_t Hkv, int64_t D) {
-  kernels::cpu::AttnDims dims{B, T, Hq, Hkv, D, q.ld, k.ld, v.ld, Hq * D};
+                      int64_t Hq, int64_t Hkv, int64_t D, const AttnOptions& o) {
+  if (o.window < 0) throw Error(str("attention: sliding window ", o.window, " (expected >= 0)"));
+  kernels::cpu::AttnDims dims{B, T, Hq, Hkv, D, q.ld, k.ld, v.ld, Hq * D, o.scale, o.window};
   bool rec = should_record({&q.t, &k.t, &v.t});
   Tensor out = result({B * T, Hq * D}, q.t.device(), rec);
   Tensor att = Tensor::empty({B, Hq, T, T}, q.t.device());
@@ -416,7 +436,7 @@ void check_heads(const char* op, int64_t Hq, int64_t Hkv) {
 }  // namespace
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t T,
-                 int64_t Hq, int64_t Hkv) {
+                 int64_t Hq, int64_t Hkv, const AttnOptions& o) {
   check_heads("attention", Hq, Hkv);
   if (q.ndim() != 2 || q.size(0) != B * T || q.size(1) % Hq != 0)
     throw Error(
@@ -427,17 +447,19 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, i
     throw Error(str("attention: k ", shape_str(k.shape()), " / v ", shape_str(v.shape()),
                     " must both be ", shape_str(kv)));
   same_device("attention", {&q, &k, &v});
-  return attention_impl({q, 0, Hq * D}, {k, 0, Hkv * D}, {v, 0, Hkv * D}, B, T, Hq, Hkv, D);
+  return attention_impl({q, 0, Hq * D}, {k, 0, Hkv * D}, {v, 0, Hkv * D}, B, T, Hq, Hkv, D, o);
 }
 
-Tensor attention_packed(const Tensor& qkv, int64_t B, int64_t T, int64_t Hq, int64_t Hkv) {
+Tensor attention_packed(const Tensor& qkv, int64_t B, int64_t T, int64_t Hq, int64_t Hkv,
+                        const AttnOptions& o) {
   check_heads("attention_packed", Hq, Hkv);
   const int64_t W = qkv.ndim() == 2 ? qkv.size(1) : -1;
   if (qkv.ndim() != 2 || qkv.size(0) != B * T || W % (Hq + 2 * Hkv) != 0)
     throw Error(str("attention_packed: qkv ", shape_str(qkv.shape()), " is not [B*T=", B * T,
                     ", (Hq+2*Hkv)*D]"));
   const int64_t D = W / (Hq + 2 * Hkv);
-  return attention_impl({qkv, 0, W}, {qkv, Hq * D, W}, {qkv, (Hq + Hkv) * D, W}, B, T, Hq, Hkv, D);
+  return attention_impl({qkv, 0, W}, {qkv, Hq * D, W}, {qkv, (Hq + Hkv) * D, W}, B, T, Hq, Hkv, D,
+                        o);
 }
 
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B, int64_t T,

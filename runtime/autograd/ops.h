@@ -47,12 +47,21 @@ Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps);
 Tensor reshape(const Tensor& x, const Shape& shape);
 // Rows ids[i] of table [V, C] → [ids.size(), C]; every id must be in [0, V).
 Tensor embedding(const std::vector<int32_t>& ids, const Tensor& table);
+// Attention options: scale of the scores (0: 1/sqrt(D)); a sliding window
+// (0: none; W: query t sees keys t-W+1..t).
+struct AttnOptions {
+  float scale = 0.0f;
+  int64_t window = 0;
+};
 // Causal attention; q [B*T, Hq*D], k/v [B*T, Hkv*D] → [B*T, Hq*D].
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t T,
-                 int64_t Hq, int64_t Hkv);
+                 int64_t Hq, int64_t Hkv, const AttnOptions& o = {});
 // Same, reading q, k, v as column blocks of one fused projection
 // qkv [B*T, (Hq + 2*Hkv)*D] (GPT-2's c_attn output).
-Tensor attention_packed(const Tensor& qkv, int64_t B, int64_t T, int64_t Hq, int64_t Hkv);
+Tensor attention_packed(const Tensor& qkv, int64_t B, int64_t T, int64_t Hq, int64_t Hkv,
+                        const AttnOptions& o = {});
+// Columns [begin, end) of x [N, C] → [N, end - begin] (a fused projection's parts).
+Tensor slice_cols(const Tensor& x, int64_t begin, int64_t end);
 // Rotary embedding of x [B*T, H*D] with tables cos/sin [T, D/2].
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B, int64_t T, int64_t H);
 // Mean softmax cross-entropy of logits [N, V] against targets (-1 = ignore) → [1].

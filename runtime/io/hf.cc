@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -61,14 +62,69 @@ bool ignorable_buffer(const std::string& n) {
 
 }  // namespace
 
+namespace {
+
+// RoPE settings of a llama-family config: transformers >= 5 nests them in
+// rope_parameters (rope_type, rope_theta, factor, ...); older files have
+// rope_theta and a rope_scaling object ("type" or "rope_type").
+void read_rope(const json& j, const std::string& path, nn::DecoderSpec& s) {
+  s.rope_theta = get_field<float>(j, "rope_theta", path, 10000.0f, false);
+  const json* rp = nullptr;
+  std::string where;
+  if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
+    rp = &j["rope_parameters"];
+    where = path + " rope_parameters";
+  } else if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) {
+    rp = &j["rope_scaling"];
+    where = path + " rope_scaling";
+  } else if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
+    throw Error(str("'", path, "': rope_scaling must be an object or null"));
+  }
+  if (!rp) return;
+  s.rope_theta = get_field<float>(*rp, "rope_theta", where, s.rope_theta, false);
+  std::string type = get_field<std::string>(*rp, "rope_type", where, "", false);
+  if (type.empty()) type = get_field<std::string>(*rp, "type", where, "default", false);
+  if (type != "default" && type != "linear" && type != "llama3")
+    throw Error(str("'", path, "': rope_type '", type,
+                    "' is not supported (default, linear and llama3 are; dynamic, yarn and "
+                    "longrope are not yet)"));
+  if (get_field<double>(*rp, "partial_rotary_factor", where, 1.0, false) != 1.0 ||
+      get_field<double>(j, "partial_rotary_factor", path, 1.0, false) != 1.0)
+    throw Error(str("'", path, "': partial_rotary_factor other than 1 is not supported yet"));
+  s.rope_scaling.type = type;
+  if (type == "default") return;
+  s.rope_scaling.factor = get_field<float>(*rp, "factor", where, 0.0f, true);
+  if (type == "llama3") {
+    s.rope_scaling.low_freq_factor = get_field<float>(*rp, "low_freq_factor", where, 0.0f, true);
+    s.rope_scaling.high_freq_factor = get_field<float>(*rp, "high_freq_factor", where, 0.0f, true);
+    s.rope_scaling.original_max_position_embeddings =
+        get_field<int64_t>(*rp, "original_max_position_embeddings", where,
+                           get_field<int64_t>(j, "max_position_embeddings", path, 0, false), false);
+  }
+}
+
+// Keys that change the forward and that tessera does not implement: refused
+// when set to anything but their neutral value, naming the key.
+void refuse_set(const json& j, const std::string& path, const char* key, const json& neutral,
+                const char* what) {
+  if (j.contains(key) && !j[key].is_null() && j[key] != neutral)
+    throw Error(str("'", path, "': ", key, " = ", j[key].dump(), " is not supported (", what, ")"));
+}
+
+}  // namespace
+
 nn::DecoderSpec read_hf_config(const std::string& dir) {
   const std::string path = dir + "/config.json";
   json j = read_json(path);
   if (!j.is_object()) throw Error(str("'", path, "' is not a JSON object"));
   std::string type = get_field<std::string>(j, "model_type", path, "", true);
   nn::DecoderSpec s;
+  try {
+    s.flavor = nn::flavor_of(type);
+  } catch (const Error& e) {
+    throw Error(str("'", path, "': ", e.what()));
+  }
   if (type == "gpt2") {
-    s.flavor = nn::Flavor::Gpt2;
     s.vocab_size = get_field<int64_t>(j, "vocab_size", path, 0, true);
     s.n_ctx = get_field<int64_t>(j, "n_positions", path, 1024, false);
     s.d_model = get_field<int64_t>(j, "n_embd", path, 0, true);
@@ -78,16 +134,14 @@ nn::DecoderSpec read_hf_config(const std::string& dir) {
     s.d_ff = get_field<int64_t>(j, "n_inner", path, 0, false);
     s.norm_eps = get_field<float>(j, "layer_norm_epsilon", path, 1e-5f, false);
     s.tie_embeddings = get_field<bool>(j, "tie_word_embeddings", path, true, false);
+    s.scale_attn_weights = get_field<bool>(j, "scale_attn_weights", path, true, false);
+    s.scale_attn_by_inverse_layer_idx =
+        get_field<bool>(j, "scale_attn_by_inverse_layer_idx", path, false, false);
     std::string act = get_field<std::string>(j, "activation_function", path, "gelu_new", false);
-    if (!get_field<bool>(j, "scale_attn_weights", path, true, false) ||
-        get_field<bool>(j, "scale_attn_by_inverse_layer_idx", path, false, false))
-      throw Error(str("'", path,
-                      "': only GPT-2's standard 1/sqrt(head_dim) attention scaling is supported"));
     if (act != "gelu_new" && act != "gelu_pytorch_tanh")
       throw Error(str("'", path, "': activation_function '", act,
                       "' is not supported (tessera's GPT-2 uses gelu_new)"));
-  } else if (type == "llama") {
-    s.flavor = nn::Flavor::Llama;
+  } else {
     s.vocab_size = get_field<int64_t>(j, "vocab_size", path, 0, true);
     s.n_ctx = get_field<int64_t>(j, "max_position_embeddings", path, 2048, false);
     s.d_model = get_field<int64_t>(j, "hidden_size", path, 0, true);
@@ -96,34 +150,56 @@ nn::DecoderSpec read_hf_config(const std::string& dir) {
     s.n_kv_head = get_field<int64_t>(j, "num_key_value_heads", path, s.n_head, false);
     s.d_ff = get_field<int64_t>(j, "intermediate_size", path, 0, true);
     s.norm_eps = get_field<float>(j, "rms_norm_eps", path, 1e-6f, false);
-    s.rope_theta = get_field<float>(j, "rope_theta", path, 10000.0f, false);
-    // transformers >= 5 nests RoPE settings in rope_parameters.
-    if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
-      const json& rp = j["rope_parameters"];
-      std::string type =
-          get_field<std::string>(rp, "rope_type", path + " rope_parameters", "default", false);
-      if (type != "default")
-        throw Error(
-            str("'", path, "': rope_type '", type, "' is not supported yet (only default RoPE)"));
-      s.rope_theta =
-          get_field<float>(rp, "rope_theta", path + " rope_parameters", s.rope_theta, false);
+    s.d_head = get_field<int64_t>(j, "head_dim", path, 0, false);
+    if (s.d_head * s.n_head == s.d_model) s.d_head = 0;  // the default, said explicitly
+    read_rope(j, path, s);
+    // Defaults as each family's configuration_<family>.py.
+    const bool tied_default = s.flavor == nn::Flavor::Gemma || s.flavor == nn::Flavor::Qwen3;
+    s.tie_embeddings = get_field<bool>(j, "tie_word_embeddings", path, tied_default, false);
+    if (s.flavor == nn::Flavor::Llama || s.flavor == nn::Flavor::Qwen3 ||
+        s.flavor == nn::Flavor::Gemma) {
+      s.attention_bias = get_field<bool>(j, "attention_bias", path, false, false);
+    } else {
+      refuse_set(j, path, "attention_bias", false, "not a setting of this family");
     }
-    s.tie_embeddings = get_field<bool>(j, "tie_word_embeddings", path, false, false);
-    if (get_field<bool>(j, "attention_bias", path, false, false) ||
-        get_field<bool>(j, "mlp_bias", path, false, false))
-      throw Error(str("'", path, "': Llama with attention_bias/mlp_bias is not supported"));
-    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
-      throw Error(str("'", path, "': rope_scaling is not supported yet"));
-    std::string act = get_field<std::string>(j, "hidden_act", path, "silu", false);
-    if (act != "silu")
-      throw Error(str("'", path, "': hidden_act '", act, "' is not supported (silu)"));
-    if (j.contains("head_dim") && j["head_dim"].is_number_integer() &&
-        j["head_dim"].get<int64_t>() * s.n_head != s.d_model)
-      throw Error(
-          str("'", path, "': head_dim * num_attention_heads != hidden_size is not supported"));
-  } else {
-    throw Error(
-        str("'", path, "': model_type '", type, "' is not supported (expected gpt2 or llama)"));
+    if (s.flavor == nn::Flavor::Llama)
+      s.mlp_bias = get_field<bool>(j, "mlp_bias", path, false, false);
+    else
+      refuse_set(j, path, "mlp_bias", false, "not a setting of this family");
+    // Sliding windows: Mistral and Phi-3 on every layer; Qwen2/3 from layer
+    // max_window_layers on, and only with use_sliding_window.
+    if (s.flavor == nn::Flavor::Mistral || s.flavor == nn::Flavor::Phi3) {
+      s.sliding_window = get_field<int64_t>(j, "sliding_window", path, 0, false);
+    } else if (s.flavor == nn::Flavor::Qwen2 || s.flavor == nn::Flavor::Qwen3) {
+      if (get_field<bool>(j, "use_sliding_window", path, false, false)) {
+        s.sliding_window = get_field<int64_t>(j, "sliding_window", path, 4096, false);
+        s.max_window_layers = get_field<int64_t>(j, "max_window_layers", path, 28, false);
+      }
+    } else {
+      refuse_set(j, path, "sliding_window", nullptr, "not a setting of this family");
+    }
+    if (j.contains("layer_types") && j["layer_types"].is_array()) {
+      // transformers >= 5 spells the per-layer choice out: it must agree.
+      const json& lt = j["layer_types"];
+      for (size_t l = 0; l < lt.size(); ++l) {
+        const bool sliding = lt[l] == "sliding_attention";
+        const bool ours = s.sliding_window > 0 && static_cast<int64_t>(l) >= s.max_window_layers;
+        if (!lt[l].is_string() || (lt[l] != "full_attention" && !sliding) || sliding != ours)
+          throw Error(str("'", path, "': layer_types[", l, "] = ", lt[l].dump(),
+                          " is not supported here (tessera follows sliding_window, "
+                          "use_sliding_window and max_window_layers)"));
+      }
+    }
+    const char* want_act = s.flavor == nn::Flavor::Gemma ? "gelu_pytorch_tanh" : "silu";
+    std::string act = get_field<std::string>(j, "hidden_act", path, want_act, false);
+    if (s.flavor == nn::Flavor::Gemma && j.contains("hidden_activation") &&
+        j["hidden_activation"].is_string())
+      act = j["hidden_activation"].get<std::string>();
+    if (act != want_act && !(s.flavor == nn::Flavor::Gemma && act == "gelu_tanh"))
+      throw Error(str("'", path, "': hidden_act '", act, "' is not supported (", type, " uses ",
+                      want_act, ")"));
+    refuse_set(j, path, "use_bidirectional_attention", false, "a decoder is causal");
+    refuse_set(j, path, "pretraining_tp", 1, "tensor-parallel slicing changes the sums");
   }
   try {
     s.validate();
@@ -244,14 +320,28 @@ void save_hf_decoder(const std::string& dir, const nn::Decoder& model) {
          {"layer_norm_epsilon", s.norm_eps},
          {"activation_function", "gelu_new"},
          {"tie_word_embeddings", s.tie_embeddings},
+         {"scale_attn_weights", s.scale_attn_weights},
+         {"scale_attn_by_inverse_layer_idx", s.scale_attn_by_inverse_layer_idx},
          {"resid_pdrop", 0.0},
          {"embd_pdrop", 0.0},
          {"attn_pdrop", 0.0},
          {"bos_token_id", 0},
          {"eos_token_id", 0}};
   } else {
-    c = {{"model_type", "llama"},
-         {"architectures", {"LlamaForCausalLM"}},
+    static const std::map<nn::Flavor, const char*> arch = {
+        {nn::Flavor::Llama, "LlamaForCausalLM"}, {nn::Flavor::Mistral, "MistralForCausalLM"},
+        {nn::Flavor::Qwen2, "Qwen2ForCausalLM"}, {nn::Flavor::Qwen3, "Qwen3ForCausalLM"},
+        {nn::Flavor::Phi3, "Phi3ForCausalLM"},   {nn::Flavor::Gemma, "GemmaForCausalLM"}};
+    json rope = {{"rope_type", s.rope_scaling.type}, {"rope_theta", s.rope_theta}};
+    if (s.rope_scaling.type != "default") rope["factor"] = s.rope_scaling.factor;
+    if (s.flavor == nn::Flavor::Phi3) rope["partial_rotary_factor"] = 1.0;
+    if (s.rope_scaling.type == "llama3") {
+      rope["low_freq_factor"] = s.rope_scaling.low_freq_factor;
+      rope["high_freq_factor"] = s.rope_scaling.high_freq_factor;
+      rope["original_max_position_embeddings"] = s.rope_scaling.original_max_position_embeddings;
+    }
+    c = {{"model_type", nn::flavor_name(s.flavor)},
+         {"architectures", {arch.at(s.flavor)}},
          {"vocab_size", s.vocab_size},
          {"max_position_embeddings", s.n_ctx},
          {"hidden_size", s.d_model},
@@ -259,12 +349,24 @@ void save_hf_decoder(const std::string& dir, const nn::Decoder& model) {
          {"num_hidden_layers", s.n_layer},
          {"num_attention_heads", s.n_head},
          {"num_key_value_heads", s.kv_heads()},
+         {"head_dim", s.head_dim()},
          {"rms_norm_eps", s.norm_eps},
          {"rope_theta", s.rope_theta},
-         {"hidden_act", "silu"},
+         {"rope_parameters", rope},
+         {"hidden_act", s.gemma() ? "gelu_pytorch_tanh" : "silu"},
          {"tie_word_embeddings", s.tie_embeddings},
-         {"attention_bias", false},
          {"torch_dtype", "float32"}};
+    if (s.flavor == nn::Flavor::Llama || s.flavor == nn::Flavor::Qwen3 || s.gemma())
+      c["attention_bias"] = s.attention_bias;
+    if (s.flavor == nn::Flavor::Llama) c["mlp_bias"] = s.mlp_bias;
+    if (s.flavor == nn::Flavor::Mistral || s.flavor == nn::Flavor::Phi3)
+      c["sliding_window"] = s.sliding_window > 0 ? json(s.sliding_window) : json(nullptr);
+    if (s.flavor == nn::Flavor::Qwen2 || s.flavor == nn::Flavor::Qwen3) {
+      c["use_sliding_window"] = s.sliding_window > 0;
+      c["sliding_window"] = s.sliding_window > 0 ? json(s.sliding_window) : json(nullptr);
+      c["max_window_layers"] = s.max_window_layers;
+    }
+    if (s.flavor == nn::Flavor::Phi3) c["pad_token_id"] = nullptr;
   }
   std::string cj = c.dump(2) + "\n";
   write_file_atomic(dir + "/config.json", cj.data(), cj.size());

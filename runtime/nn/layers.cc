@@ -54,8 +54,11 @@ LayerNorm::LayerNorm(ParameterSet& ps, const std::string& prefix, int64_t dim, f
   if (bias) bias_ = ps.add(prefix + ".bias", Tensor::zeros({dim}));
 }
 
-RMSNorm::RMSNorm(ParameterSet& ps, const std::string& prefix, int64_t dim, float eps) : eps_(eps) {
-  weight_ = ps.add(prefix + ".weight", Tensor::full({dim}, 1.0f));
+RMSNorm::RMSNorm(ParameterSet& ps, const std::string& prefix, int64_t dim, float eps,
+                 bool unit_offset)
+    : eps_(eps), unit_offset_(unit_offset) {
+  weight_ = ps.add(prefix + ".weight", Tensor::full({dim}, unit_offset ? 0.0f : 1.0f));
+  if (unit_offset) ones_ = Tensor::full({dim}, 1.0f);
 }
 
 Embedding::Embedding(ParameterSet& ps, const std::string& name, int64_t num, int64_t dim, Rng& rng,

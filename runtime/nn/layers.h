@@ -74,12 +74,17 @@ class LayerNorm {
 class RMSNorm {
  public:
   RMSNorm() = default;
-  RMSNorm(ParameterSet& ps, const std::string& prefix, int64_t dim, float eps);
-  Tensor forward(const Tensor& x) const { return ops::rmsnorm(x, weight_, eps_); }
+  // unit_offset: Gemma's norm, x/rms(x) * (1 + w), its weight initialised to 0.
+  RMSNorm(ParameterSet& ps, const std::string& prefix, int64_t dim, float eps,
+          bool unit_offset = false);
+  Tensor forward(const Tensor& x) const {
+    return ops::rmsnorm(x, unit_offset_ ? ops::add(weight_, ones_) : weight_, eps_);
+  }
 
  private:
-  Tensor weight_;
+  Tensor weight_, ones_;
   float eps_ = 1e-6f;
+  bool unit_offset_ = false;
 };
 
 class Embedding {

@@ -44,8 +44,20 @@ double MlpClassifier::train_flops_per_example() const {
   return f;
 }
 
+namespace {
+const char* const kFlavorNames[] = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma"};
+}
+
 const char* flavor_name(Flavor f) {
-  return f == Flavor::Gpt2 ? "gpt2" : "llama";
+  return kFlavorNames[static_cast<int>(f)];
+}
+
+Flavor flavor_of(const std::string& model_type) {
+  for (int i = 0; i < 7; ++i)
+    if (model_type == kFlavorNames[i]) return static_cast<Flavor>(i);
+  throw Error(
+      str("model_type '", model_type,
+          "' is not supported (expected gpt2, llama, mistral, qwen2, qwen3, phi3 or gemma)"));
 }
 
 int64_t DecoderSpec::ff() const {
@@ -63,12 +75,59 @@ void DecoderSpec::validate() const {
   need(n_ctx >= 1, str("n_ctx = ", n_ctx, ", expected >= 1"));
   need(n_layer >= 1, str("n_layer = ", n_layer, ", expected >= 1"));
   need(n_head >= 1, str("n_head = ", n_head, ", expected >= 1"));
-  need(d_model >= 1 && d_model % n_head == 0,
-       str("d_model = ", d_model, " must be a positive multiple of n_head = ", n_head));
+  need(d_head >= 0, str("head_dim = ", d_head, ", expected >= 0 (0: d_model / n_head)"));
+  need(d_model >= 1 && (d_head > 0 || d_model % n_head == 0),
+       str("d_model = ", d_model, " must be a positive multiple of n_head = ", n_head,
+           " (or set head_dim)"));
   need(n_head % kv_heads() == 0, str("n_kv_head = ", kv_heads(), " must divide n_head = ", n_head));
   need(flavor == Flavor::Gpt2 || head_dim() % 2 == 0,
-       str("llama needs an even head dim, d_model/n_head = ", head_dim()));
+       str(flavor_name(flavor), " needs an even head dim (RoPE), got ", head_dim()));
   need(norm_eps > 0, str("norm_eps = ", norm_eps, ", expected > 0"));
+  need(sliding_window >= 0, str("sliding_window = ", sliding_window, ", expected >= 0"));
+  if (flavor == Flavor::Gpt2) {
+    need(d_head == 0 || d_head * n_head == d_model,
+         "gpt2's head dim is d_model / n_head (head_dim cannot differ)");
+    need(!attention_bias && !mlp_bias && sliding_window == 0 && rope_scaling.type == "default",
+         "attention_bias, mlp_bias, sliding_window and rope scaling are not gpt2 settings");
+  } else {
+    need(scale_attn_weights && !scale_attn_by_inverse_layer_idx,
+         "scale_attn_weights / scale_attn_by_inverse_layer_idx are gpt2 settings");
+  }
+  const RopeScaling& r = rope_scaling;
+  need(r.type == "default" || r.type == "linear" || r.type == "llama3",
+       str("rope scaling '", r.type, "' is not supported (default, linear or llama3)"));
+  if (r.type != "default")
+    need(r.factor > 0, str("rope scaling factor ", r.factor, " must be > 0"));
+  if (r.type == "llama3")
+    need(r.original_max_position_embeddings > 0 && r.high_freq_factor != r.low_freq_factor,
+         "llama3 rope scaling needs original_max_position_embeddings > 0 and "
+         "high_freq_factor != low_freq_factor");
+}
+
+std::vector<float> DecoderSpec::rope_inv_freq() const {
+  const int64_t D = head_dim(), half = D / 2;
+  std::vector<float> f(static_cast<size_t>(half));
+  // float32 arithmetic as transformers' modeling_rope_utils: base ** (2i / dim).
+  for (int64_t i = 0; i < half; ++i)
+    f[i] = 1.0f / std::pow(rope_theta, static_cast<float>(2 * i) / static_cast<float>(D));
+  const RopeScaling& r = rope_scaling;
+  if (r.type == "linear") {
+    for (float& x : f) x /= r.factor;
+  } else if (r.type == "llama3") {
+    const float old_len = static_cast<float>(r.original_max_position_embeddings);
+    const float low_wavelen = old_len / r.low_freq_factor,
+                high_wavelen = old_len / r.high_freq_factor;
+    for (float& x : f) {
+      const float wavelen = static_cast<float>(2.0 * M_PI) / x;
+      float y = wavelen > low_wavelen ? x / r.factor : x;
+      const float smooth =
+          (old_len / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+      const float smoothed = (1.0f - smooth) * y / r.factor + smooth * y;
+      if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) y = smoothed;
+      x = y;
+    }
+  }
+  return f;
 }
 
 Decoder::Decoder(const DecoderSpec& spec, Rng& rng) : spec_(spec) {
@@ -90,6 +149,11 @@ Decoder::Decoder(const DecoderSpec& spec, Rng& rng) : spec_(spec) {
       b.ln2 = LayerNorm(params_, p + "ln_2", C, spec.norm_eps);
       b.fc = Linear(params_, p + "mlp.c_fc", C, F, true, true, rng, Init::Normal, std);
       b.fc_proj = Linear(params_, p + "mlp.c_proj", F, C, true, true, rng, Init::Normal, proj_std);
+      // transformers' GPT2Attention: / sqrt(D) when scale_attn_weights, / (layer + 1) too
+      // when scale_attn_by_inverse_layer_idx.
+      float scale = spec.scale_attn_weights ? 1.0f / std::sqrt(static_cast<float>(D)) : 1.0f;
+      if (spec.scale_attn_by_inverse_layer_idx) scale /= static_cast<float>(l + 1);
+      b.attn.scale = scale;
     }
     ln_f_ = LayerNorm(params_, "transformer.ln_f", C, spec.norm_eps);
     if (spec.tie_embeddings)
@@ -97,53 +161,96 @@ Decoder::Decoder(const DecoderSpec& spec, Rng& rng) : spec_(spec) {
     else
       lm_head_ = Linear(params_, "lm_head", C, V, false, false, rng, Init::Normal, std);
   } else {
+    const bool unit = spec.gemma();
     wte_ = Embedding(params_, "model.embed_tokens.weight", V, C, rng, std);
     for (int64_t l = 0; l < spec.n_layer; ++l) {
       Block& b = blocks_[l];
       std::string p = str("model.layers.", l, ".");
-      b.rms1 = RMSNorm(params_, p + "input_layernorm", C, spec.norm_eps);
-      b.q =
-          Linear(params_, p + "self_attn.q_proj", C, Hq * D, false, false, rng, Init::Normal, std);
-      b.k =
-          Linear(params_, p + "self_attn.k_proj", C, Hkv * D, false, false, rng, Init::Normal, std);
-      b.v =
-          Linear(params_, p + "self_attn.v_proj", C, Hkv * D, false, false, rng, Init::Normal, std);
-      b.o = Linear(params_, p + "self_attn.o_proj", Hq * D, C, false, false, rng, Init::Normal,
-                   proj_std);
-      b.rms2 = RMSNorm(params_, p + "post_attention_layernorm", C, spec.norm_eps);
-      b.gate = Linear(params_, p + "mlp.gate_proj", C, F, false, false, rng, Init::Normal, std);
-      b.up = Linear(params_, p + "mlp.up_proj", C, F, false, false, rng, Init::Normal, std);
-      b.down =
-          Linear(params_, p + "mlp.down_proj", F, C, false, false, rng, Init::Normal, proj_std);
+      b.rms1 = RMSNorm(params_, p + "input_layernorm", C, spec.norm_eps, unit);
+      if (spec.fused()) {
+        b.qkv = Linear(params_, p + "self_attn.qkv_proj", C, (Hq + 2 * Hkv) * D, false, false, rng,
+                       Init::Normal, std);
+      } else {
+        const bool qb = spec.qkv_bias();
+        b.q = Linear(params_, p + "self_attn.q_proj", C, Hq * D, qb, false, rng, Init::Normal, std);
+        b.k =
+            Linear(params_, p + "self_attn.k_proj", C, Hkv * D, qb, false, rng, Init::Normal, std);
+        b.v =
+            Linear(params_, p + "self_attn.v_proj", C, Hkv * D, qb, false, rng, Init::Normal, std);
+      }
+      if (spec.qk_norm()) {
+        b.q_norm = RMSNorm(params_, p + "self_attn.q_norm", D, spec.norm_eps);
+        b.k_norm = RMSNorm(params_, p + "self_attn.k_norm", D, spec.norm_eps);
+      }
+      b.o = Linear(params_, p + "self_attn.o_proj", Hq * D, C, spec.o_bias(), false, rng,
+                   Init::Normal, proj_std);
+      b.rms2 = RMSNorm(params_, p + "post_attention_layernorm", C, spec.norm_eps, unit);
+      const bool mb = spec.mlp_bias;
+      if (spec.fused()) {
+        b.gate_up =
+            Linear(params_, p + "mlp.gate_up_proj", C, 2 * F, false, false, rng, Init::Normal, std);
+      } else {
+        b.gate = Linear(params_, p + "mlp.gate_proj", C, F, mb, false, rng, Init::Normal, std);
+        b.up = Linear(params_, p + "mlp.up_proj", C, F, mb, false, rng, Init::Normal, std);
+      }
+      b.down = Linear(params_, p + "mlp.down_proj", F, C, mb, false, rng, Init::Normal, proj_std);
+      if (spec.sliding_window > 0 && l >= spec.max_window_layers)
+        b.attn.window = spec.sliding_window;
     }
-    norm_f_ = RMSNorm(params_, "model.norm", C, spec.norm_eps);
+    norm_f_ = RMSNorm(params_, "model.norm", C, spec.norm_eps, unit);
     if (spec.tie_embeddings)
       params_.alias("lm_head.weight", "model.embed_tokens.weight");
     else
       lm_head_ = Linear(params_, "lm_head", C, V, false, false, rng, Init::Normal, std);
     rope_cos_ = Tensor::empty({spec.n_ctx, D / 2});
     rope_sin_ = Tensor::empty({spec.n_ctx, D / 2});
-    kernels::cpu::rope_tables(rope_cos_.data(), rope_sin_.data(), spec.n_ctx, D, spec.rope_theta);
+    const std::vector<float> inv_freq = spec.rope_inv_freq();
+    kernels::cpu::rope_tables_from(rope_cos_.data(), rope_sin_.data(), spec.n_ctx, D / 2,
+                                   inv_freq.data());
   }
 }
 
 Tensor Decoder::block_gpt2(const Block& b, const Tensor& x, int64_t B, int64_t T) const {
   const int64_t H = spec_.n_head;
-  Tensor a = ops::attention_packed(b.c_attn.forward(b.ln1.forward(x)), B, T, H, H);
+  Tensor a = ops::attention_packed(b.c_attn.forward(b.ln1.forward(x)), B, T, H, H, b.attn);
   Tensor h = ops::add(x, b.c_proj.forward(a));
   Tensor m = ops::activation(b.fc.forward(b.ln2.forward(h)), Act::GeluTanh);
   return ops::add(h, b.fc_proj.forward(m));
 }
 
 Tensor Decoder::block_llama(const Block& b, const Tensor& x, int64_t B, int64_t T) const {
-  const int64_t Hq = spec_.n_head, Hkv = spec_.kv_heads();
+  const int64_t Hq = spec_.n_head, Hkv = spec_.kv_heads(), D = spec_.head_dim();
   Tensor n = b.rms1.forward(x);
-  Tensor q = ops::rope(b.q.forward(n), rope_cos_, rope_sin_, B, T, Hq);
-  Tensor k = ops::rope(b.k.forward(n), rope_cos_, rope_sin_, B, T, Hkv);
-  Tensor a = ops::attention(q, k, b.v.forward(n), B, T, Hq, Hkv);
+  Tensor q, k, v;
+  if (spec_.fused()) {
+    Tensor qkv = b.qkv.forward(n);  // [q | k | v] columns, as Phi3Attention splits them
+    q = ops::slice_cols(qkv, 0, Hq * D);
+    k = ops::slice_cols(qkv, Hq * D, (Hq + Hkv) * D);
+    v = ops::slice_cols(qkv, (Hq + Hkv) * D, (Hq + 2 * Hkv) * D);
+  } else {
+    q = b.q.forward(n);
+    k = b.k.forward(n);
+    v = b.v.forward(n);
+  }
+  if (spec_.qk_norm()) {  // Qwen3: RMSNorm over each head's D values, before RoPE
+    q = ops::reshape(b.q_norm.forward(ops::reshape(q, {B * T * Hq, D})), {B * T, Hq * D});
+    k = ops::reshape(b.k_norm.forward(ops::reshape(k, {B * T * Hkv, D})), {B * T, Hkv * D});
+  }
+  q = ops::rope(q, rope_cos_, rope_sin_, B, T, Hq);
+  k = ops::rope(k, rope_cos_, rope_sin_, B, T, Hkv);
+  Tensor a = ops::attention(q, k, v, B, T, Hq, Hkv, b.attn);
   Tensor h = ops::add(x, b.o.forward(a));
   Tensor n2 = b.rms2.forward(h);
-  Tensor m = ops::swiglu(b.gate.forward(n2), b.up.forward(n2));
+  Tensor m;
+  if (spec_.fused()) {
+    const int64_t F = spec_.ff();
+    Tensor gu = b.gate_up.forward(n2);  // Phi3MLP: gate, up = chunk(2)
+    m = ops::swiglu(ops::slice_cols(gu, 0, F), ops::slice_cols(gu, F, 2 * F));
+  } else if (spec_.gemma()) {
+    m = ops::mul(ops::activation(b.gate.forward(n2), Act::GeluTanh), b.up.forward(n2));
+  } else {
+    m = ops::swiglu(b.gate.forward(n2), b.up.forward(n2));
+  }
   return ops::add(h, b.down.forward(m));
 }
 
@@ -162,6 +269,9 @@ Tensor Decoder::forward(const std::vector<int32_t>& ids, int64_t B, int64_t T) c
     for (const Block& b : blocks_) x = block_gpt2(b, x, B, T);
     x = ln_f_.forward(x);
   } else {
+    // Gemma: embeddings times sqrt(hidden_size), rounded to float32 first.
+    if (spec_.gemma())
+      x = ops::scale(x, static_cast<float>(std::sqrt(static_cast<double>(spec_.d_model))));
     for (const Block& b : blocks_) x = block_llama(b, x, B, T);
     x = norm_f_.forward(x);
   }
@@ -172,8 +282,8 @@ Tensor Decoder::forward(const std::vector<int32_t>& ids, int64_t B, int64_t T) c
 std::vector<Linear*> Decoder::linears() {
   std::vector<Linear*> out;
   for (auto& b : blocks_) {
-    for (Linear* l :
-         {&b.c_attn, &b.c_proj, &b.fc, &b.fc_proj, &b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down})
+    for (Linear* l : {&b.c_attn, &b.c_proj, &b.fc, &b.fc_proj, &b.q, &b.k, &b.v, &b.qkv, &b.o,
+                      &b.gate, &b.up, &b.gate_up, &b.down})
       if (l->weight().defined()) out.push_back(l);
   }
   if (lm_head_.weight().defined()) out.push_back(&lm_head_);
@@ -190,8 +300,9 @@ double Decoder::forward_flops_per_token(int64_t T) const {
   }
   n_matmul += static_cast<double>(spec_.vocab_size) * spec_.d_model;  // output projection
   if (!spec_.tie_embeddings) n_matmul -= static_cast<double>(spec_.vocab_size) * spec_.d_model;
-  // Causal attention: QKᵀ and PV, on average T/2 keys per query.
-  double attn = 2.0 * 2.0 * spec_.n_layer * (T / 2.0) * spec_.d_model;
+  // Causal attention: QKᵀ and PV, on average T/2 keys per query, over n_head · head_dim.
+  double attn =
+      2.0 * 2.0 * spec_.n_layer * (T / 2.0) * static_cast<double>(spec_.n_head * spec_.head_dim());
   return 2.0 * n_matmul + attn;
 }
 

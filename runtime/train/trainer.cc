@@ -587,9 +587,7 @@ int64_t parse_i64(const std::string& s, const std::string& what) {
 
 nn::DecoderSpec decoder_spec(const DecoderConfig& d) {
   nn::DecoderSpec s;
-  if (d.flavor() != "gpt2" && d.flavor() != "llama")
-    throw Error(str("decoder.flavor '", d.flavor(), "': expected gpt2 or llama"));
-  s.flavor = d.flavor() == "llama" ? nn::Flavor::Llama : nn::Flavor::Gpt2;
+  s.flavor = nn::flavor_of(d.flavor().empty() ? "gpt2" : d.flavor());
   s.vocab_size = d.vocab_size();
   s.n_ctx = d.n_ctx();
   s.d_model = d.d_model();
@@ -600,6 +598,18 @@ nn::DecoderSpec decoder_spec(const DecoderConfig& d) {
   s.norm_eps = d.norm_eps();
   s.rope_theta = d.rope_theta();
   s.tie_embeddings = d.tie_embeddings();
+  s.d_head = d.head_dim();
+  s.attention_bias = d.attention_bias();
+  s.mlp_bias = d.mlp_bias();
+  s.sliding_window = d.sliding_window();
+  s.max_window_layers = d.max_window_layers();
+  s.rope_scaling.type = d.rope_type().empty() ? "default" : d.rope_type();
+  if (d.has_rope_factor()) s.rope_scaling.factor = d.rope_factor();
+  if (d.has_rope_low_freq_factor()) s.rope_scaling.low_freq_factor = d.rope_low_freq_factor();
+  if (d.has_rope_high_freq_factor()) s.rope_scaling.high_freq_factor = d.rope_high_freq_factor();
+  s.rope_scaling.original_max_position_embeddings = d.rope_original_max_position_embeddings();
+  s.scale_attn_weights = !d.has_scale_attn_weights() || d.scale_attn_weights();
+  s.scale_attn_by_inverse_layer_idx = d.scale_attn_by_inverse_layer_idx();
   return s;
 }
 
@@ -615,6 +625,19 @@ void set_decoder_config(const nn::DecoderSpec& s, DecoderConfig* d) {
   d->set_norm_eps(s.norm_eps);
   d->set_rope_theta(s.rope_theta);
   d->set_tie_embeddings(s.tie_embeddings);
+  d->set_head_dim(static_cast<int32_t>(s.head_dim()));
+  d->set_attention_bias(s.attention_bias);
+  d->set_mlp_bias(s.mlp_bias);
+  d->set_sliding_window(static_cast<int32_t>(s.sliding_window));
+  d->set_max_window_layers(static_cast<int32_t>(s.max_window_layers));
+  d->set_rope_type(s.rope_scaling.type);
+  d->set_rope_factor(s.rope_scaling.factor);
+  d->set_rope_low_freq_factor(s.rope_scaling.low_freq_factor);
+  d->set_rope_high_freq_factor(s.rope_scaling.high_freq_factor);
+  d->set_rope_original_max_position_embeddings(
+      static_cast<int32_t>(s.rope_scaling.original_max_position_embeddings));
+  d->set_scale_attn_weights(s.scale_attn_weights);
+  d->set_scale_attn_by_inverse_layer_idx(s.scale_attn_by_inverse_layer_idx);
 }
 
 PretrainConfig read_checkpoint_config(const std::string& path) {

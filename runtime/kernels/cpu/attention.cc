@@ -17,7 +17,7 @@ namespace tessera::kernels::cpu {
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
                        const AttnDims& d) {
   const int64_t B = d.B, T = d.T, Hq = d.Hq, D = d.D, group = d.Hq / d.Hkv;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const float scale = d.scale != 0.0f ? d.scale : 1.0f / std::sqrt(static_cast<float>(D));
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t h = 0; h < Hq; ++h) {
@@ -30,17 +30,19 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
       for (int64_t t = 0; t < T; ++t) {
         float* __restrict row = p + t * T;
         const int64_t n = t + 1;
+        const int64_t j0 = d.window > 0 && t + 1 > d.window ? t + 1 - d.window : 0;
+        for (int64_t j = 0; j < j0; ++j) row[j] = 0.0f;
         float mx = -INFINITY;
-        for (int64_t j = 0; j < n; ++j) mx = row[j] > mx ? row[j] : mx;
+        for (int64_t j = j0; j < n; ++j) mx = row[j] > mx ? row[j] : mx;
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < n; ++j) {
+        for (int64_t j = j0; j < n; ++j) {
           row[j] = vexp(row[j] - mx);
           sum += row[j];
         }
         const float inv = 1.0f / sum;
 #pragma omp simd
-        for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+        for (int64_t j = j0; j < n; ++j) row[j] *= inv;
         for (int64_t j = n; j < T; ++j) row[j] = 0.0f;
       }
       gemm(false, false, T, D, T, 1.0f, p, T, vb, d.ldv, 0.0f, out + b * T * d.ldo + h * D, d.ldo);
@@ -51,7 +53,7 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                         const float* k, const float* v, const float* att, const AttnDims& d) {
   const int64_t B = d.B, T = d.T, Hq = d.Hq, Hkv = d.Hkv, D = d.D, group = d.Hq / d.Hkv;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const float scale = d.scale != 0.0f ? d.scale : 1.0f / std::sqrt(static_cast<float>(D));
   // One work item per (batch, kv head): it owns dk/dv of that head and dq of
   // the query heads that share it, so there are no write races.
 #pragma omp parallel
@@ -104,6 +106,15 @@ void rope_tables(float* cos, float* sin, int64_t T, int64_t D, float theta) {
       sin[t * half + i] = std::sin(angle);
     }
   }
+}
+
+void rope_tables_from(float* cos, float* sin, int64_t T, int64_t half, const float* inv_freq) {
+  for (int64_t i = 0; i < half; ++i)
+    for (int64_t t = 0; t < T; ++t) {
+      const float angle = static_cast<float>(t) * inv_freq[i];
+      cos[t * half + i] = std::cos(angle);
+      sin[t * half + i] = std::sin(angle);
+    }
 }
 
 namespace {

@@ -13,6 +13,11 @@ namespace tessera::kernels::cpu {
 struct AttnDims {
   int64_t B, T, Hq, Hkv, D;
   int64_t ldq, ldk, ldv, ldo;
+  // Scores are q·k times `scale` (0: 1/sqrt(D)). With window > 0, query t
+  // sees keys j with t - window < j <= t (Mistral's sliding window, as
+  // transformers' sliding_window_causal mask); 0: every earlier key.
+  float scale = 0.0f;
+  int64_t window = 0;
 };
 
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
@@ -25,6 +30,8 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
 // pair (x[i], x[i + D/2]) rotates by angle pos * theta^(-2i/D).
 // x is [B*T, H*D]; cos/sin are [T, D/2] for positions 0..T-1.
 void rope_tables(float* cos, float* sin, int64_t T, int64_t D, float theta);
+// The same from given inverse frequencies inv_freq[D/2] (scaled RoPE).
+void rope_tables_from(float* cos, float* sin, int64_t T, int64_t half, const float* inv_freq);
 void rope_forward(float* out, const float* inp, const float* cos, const float* sin, int64_t B,
                   int64_t T, int64_t H, int64_t D);
 void rope_backward(float* dinp, const float* dout, const float* cos, const float* sin, int64_t B,

@@ -1,0 +1,173 @@
+// The model families real small checkpoints use, against transformers
+// (scripts/gen_families.py): Llama with head_dim apart, every bias and llama3
+// RoPE scaling; linear RoPE; Mistral's sliding window; Qwen2's q/k/v biases
+// and per-layer window; Qwen3's q/k norms; Phi-3's fused projections;
+// Gemma's scaled embeddings, (1 + w) norms and GeGLU; GPT-2's
+// scale_attn_by_inverse_layer_idx. Each loads from its real config.json, and
+// its logits, loss and every parameter gradient match; the weights have real
+// spread, so a convention error fails the test (checked below).
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "runtime/autograd/ops.h"
+#include "runtime/autograd/tape.h"
+#include "runtime/common/error.h"
+#include "runtime/io/hf.h"
+#include "runtime/io/safetensors.h"
+#include "runtime/train/trainer.h"
+#include "tests/testing.h"
+
+namespace tessera {
+namespace {
+
+std::string dir_of(const std::string& name) {
+  return testing::source_dir() + "/tests/fixtures/families/" + name;
+}
+
+std::vector<int32_t> ints(const io::SafetensorsFile& f, const std::string& name) {
+  const io::TensorInfo* t = f.find(name);
+  std::vector<int32_t> v((t->end - t->begin) / 4);
+  std::memcpy(v.data(), f.bytes(*t), v.size() * 4);
+  return v;
+}
+
+float loss_of(nn::Decoder& m, const io::SafetensorsFile& golden) {
+  return ops::cross_entropy(m.forward(ints(golden, "input_ids"), 2, 7), ints(golden, "targets"))
+      .item();
+}
+
+class Family : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Family, LogitsLossAndEveryGradientMatchTransformers) {
+  auto model = io::load_hf_decoder(dir_of(GetParam()) + "/model");
+  auto golden = io::SafetensorsFile::open(dir_of(GetParam()) + "/golden.safetensors");
+  model->params().zero_grad();
+  autograd::Tape tape;
+  Tensor logits = model->forward(ints(*golden, "input_ids"), 2, 7);
+  Tensor loss = ops::cross_entropy(logits, ints(*golden, "targets"));
+  EXPECT_LT(testing::rel_err(logits.to_vector(), golden->load_f32("logits").to_vector()), 1e-5);
+  EXPECT_NEAR(loss.item(), golden->load_f32("loss").item(), 1e-4 * golden->load_f32("loss").item());
+  tape.backward(loss);
+  int checked = 0;
+  for (const auto& t : golden->tensors()) {
+    if (t.name.rfind("grad.", 0) != 0) continue;
+    const std::string name = t.name.substr(5);
+    const Tensor* p = model->params().find(name);
+    ASSERT_NE(p, nullptr) << "model lacks " << name;
+    ASSERT_TRUE(p->grad().defined()) << name << " got no gradient";
+    EXPECT_LT(testing::rel_err(p->grad().to_vector(), golden->load_f32(t).to_vector()), 1e-4)
+        << name;
+    ++checked;
+  }
+  EXPECT_EQ(checked, static_cast<int>(model->params().all().size()));
+}
+
+// A checkpoint's config carries the architecture (set_decoder_config): the
+// model rebuilt from it computes the same; save_hf_decoder writes a folder
+// with the same architecture keys, which loads back to the same model.
+TEST_P(Family, ArchitectureSurvivesTheConfigAndTheSavedFolder) {
+  const std::string src = dir_of(GetParam()) + "/model";
+  auto a = io::load_hf_decoder(src);
+  auto golden = io::SafetensorsFile::open(dir_of(GetParam()) + "/golden.safetensors");
+  DecoderConfig cfg;
+  train::set_decoder_config(a->spec(), &cfg);
+  Rng rng(0);
+  nn::Decoder b(train::decoder_spec(cfg), rng);
+  io::load_hf_weights(src, b);
+  EXPECT_EQ(loss_of(b, *golden), loss_of(*a, *golden));
+  const std::string dir = testing::temp_dir("family_" + GetParam());
+  io::save_hf_decoder(dir, *a);
+  auto c = io::load_hf_decoder(dir);
+  EXPECT_EQ(loss_of(*c, *golden), loss_of(*a, *golden));
+  nlohmann::json theirs = nlohmann::json::parse(std::ifstream(src + "/config.json"));
+  nlohmann::json ours = nlohmann::json::parse(std::ifstream(dir + "/config.json"));
+  for (const char* key :
+       {"model_type", "architectures", "vocab_size", "hidden_size", "n_embd", "num_hidden_layers",
+        "num_attention_heads", "num_key_value_heads", "intermediate_size", "n_inner", "head_dim",
+        "attention_bias", "mlp_bias", "sliding_window", "use_sliding_window", "max_window_layers",
+        "tie_word_embeddings", "scale_attn_by_inverse_layer_idx"}) {
+    // (max_window_layers means nothing without a window)
+    if (std::string(key) == "max_window_layers" && !theirs.value("use_sliding_window", false))
+      continue;
+    if (theirs.contains(key)) EXPECT_EQ(ours[key], theirs[key]) << key;
+  }
+  if (theirs.contains("rope_parameters"))
+    for (auto& [k, v] : theirs["rope_parameters"].items()) {
+      if (v.is_number())
+        EXPECT_NEAR(ours["rope_parameters"][k].get<double>(), v.get<double>(),
+                    1e-6 * std::abs(v.get<double>()))
+            << k;
+      else
+        EXPECT_EQ(ours["rope_parameters"][k], v) << k;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, Family,
+                         ::testing::Values("llama_headdim_bias_llama3", "llama_linear_rope",
+                                           "mistral_window", "qwen2_bias_window", "qwen3_qknorm",
+                                           "phi3_fused", "gemma", "gpt2_inverse_layer"));
+
+// The fixtures are sensitive: each family's own convention, got wrong, moves
+// the logits by over 100 times the 1e-5 the tests allow.
+TEST(FamilyFixtures, AConventionErrorMovesTheLossPastTheTolerance) {
+  struct Case {
+    const char* name;
+    std::function<void(nn::DecoderSpec&)> break_it;
+  };
+  const std::vector<Case> cases = {
+      {"llama_headdim_bias_llama3", [](nn::DecoderSpec& s) { s.rope_scaling.type = "default"; }},
+      {"llama_linear_rope", [](nn::DecoderSpec& s) { s.rope_scaling.factor = 1.0f; }},
+      {"mistral_window", [](nn::DecoderSpec& s) { s.sliding_window += 1; }},
+      {"qwen2_bias_window", [](nn::DecoderSpec& s) { s.max_window_layers = 0; }},
+      {"qwen3_qknorm", [](nn::DecoderSpec& s) { s.rope_theta *= 2; }},
+      {"phi3_fused", [](nn::DecoderSpec& s) { s.sliding_window = 0; }},
+      {"gpt2_inverse_layer", [](nn::DecoderSpec& s) { s.scale_attn_by_inverse_layer_idx = false; }},
+  };
+  for (const Case& c : cases) {
+    const std::string src = dir_of(c.name) + "/model";
+    auto golden = io::SafetensorsFile::open(dir_of(c.name) + "/golden.safetensors");
+    nn::DecoderSpec s = io::read_hf_config(src);
+    c.break_it(s);
+    Rng rng(0);
+    nn::Decoder wrong(s, rng);
+    io::load_hf_weights(src, wrong);
+    const Tensor logits = wrong.forward(ints(*golden, "input_ids"), 2, 7);
+    EXPECT_GT(testing::rel_err(logits.to_vector(), golden->load_f32("logits").to_vector()), 1e-3)
+        << c.name;
+  }
+}
+
+// What the families do not have yet is refused naming the config key.
+TEST(FamilyConfig, UnsupportedSettingsAreRefusedByName) {
+  const std::string src = dir_of("llama_linear_rope") + "/model";
+  const std::string dir = testing::temp_dir("family_bad");
+  std::filesystem::copy_file(src + "/model.safetensors", dir + "/model.safetensors",
+                             std::filesystem::copy_options::overwrite_existing);
+  const nlohmann::json good = nlohmann::json::parse(std::ifstream(src + "/config.json"));
+  auto error = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json c = good;
+    edit(c);
+    std::ofstream(dir + "/config.json") << c.dump();
+    return testing::error_of([&] { io::read_hf_config(dir); });
+  };
+  EXPECT_NE(error([](auto& c) { c["rope_parameters"]["rope_type"] = "yarn"; }).find("'yarn'"),
+            std::string::npos);
+  EXPECT_NE(error([](auto& c) { c["hidden_act"] = "gelu"; }).find("hidden_act"), std::string::npos);
+  EXPECT_NE(error([](auto& c) { c["model_type"] = "gemma2"; }).find("gemma2"), std::string::npos);
+  EXPECT_NE(error([](auto& c) { c["partial_rotary_factor"] = 0.5; }).find("partial_rotary_factor"),
+            std::string::npos);
+  EXPECT_NE(error([](auto& c) { c["pretraining_tp"] = 2; }).find("pretraining_tp"),
+            std::string::npos);
+  EXPECT_NE(error([](auto& c) {
+              c["model_type"] = "mistral";
+              c["mlp_bias"] = true;
+            }).find("mlp_bias"),
+            std::string::npos);
+  EXPECT_EQ(error([](auto&) {}), "");
+}
+
+}  // namespace
+}  // namespace tessera
