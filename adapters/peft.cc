@@ -8,37 +8,44 @@
 #include <regex>
 #include <set>
 
+#include "runtime/autograd/ops.h"
+#include "runtime/autograd/tape.h"
 #include "runtime/common/error.h"
 #include "runtime/io/safetensors.h"
+
+extern "C" void sgeqrf_(const int* m, const int* n, float* a, const int* lda, float* tau,
+                        float* work, const int* lwork, int* info);
+extern "C" void sorgqr_(const int* m, const int* n, const int* k, float* a, const int* lda,
+                        const float* tau, float* work, const int* lwork, int* info);
 
 namespace tessera::adapters {
 
 using nlohmann::json;
+using ojson = nlohmann::ordered_json;
 namespace fs = std::filesystem;
 
 namespace {
 
 constexpr const char* kPrefix = "base_model.model.";
 
-bool neutral(const json& v) {
-  return v.is_null() || (v.is_boolean() && !v.get<bool>()) || (v.is_object() && v.empty()) ||
-         (v.is_array() && v.empty());
+template <typename J>
+bool neutral(const J& v) {
+  return v.is_null() || (v.is_boolean() && !v.template get<bool>()) ||
+         (v.is_object() && v.empty()) || (v.is_array() && v.empty());
 }
 
 // Fields that change what the adapter computes and that tessera does not
 // implement: refused unless neutral (null / false / empty).
-const std::set<std::string> kRefusedUnlessNeutral = {"modules_to_save",   "layers_to_transform",
-                                                     "layers_pattern",    "exclude_modules",
-                                                     "lora_bias",         "use_qalora",
-                                                     "target_parameters", "trainable_token_indices",
-                                                     "layer_replication", "alora_invocation_tokens",
-                                                     "use_bdlora"};
+const std::set<std::string> kRefusedUnlessNeutral = {
+    "modules_to_save",         "lora_bias",         "use_qalora",
+    "target_parameters",       "layer_replication", "alora_invocation_tokens",
+    "trainable_token_indices", "use_bdlora"};
 // Training-time or bookkeeping fields with no effect on the adapted forward.
 const std::set<std::string> kIgnored = {
-    "lora_dropout", "inference_mode", "init_lora_weights", "task_type",           "revision",
-    "peft_version", "auto_mapping",   "megatron_config",   "megatron_core",       "loftq_config",
-    "eva_config",   "corda_config",   "qalora_group_size", "ensure_weight_tying", "arrow_config",
-    "kasa_config",  "lora_ga_config", "monteclora_config", "velora_config"};
+    "lora_dropout",   "inference_mode",    "task_type",           "revision",     "peft_version",
+    "auto_mapping",   "megatron_config",   "megatron_core",       "loftq_config", "eva_config",
+    "corda_config",   "qalora_group_size", "ensure_weight_tying", "arrow_config", "kasa_config",
+    "lora_ga_config", "monteclora_config", "velora_config"};
 const std::set<std::string> kHonoured = {"peft_type",
                                          "r",
                                          "use_dora",
@@ -49,12 +56,16 @@ const std::set<std::string> kHonoured = {"peft_type",
                                          "alpha_pattern",
                                          "fan_in_fan_out",
                                          "bias",
-                                         "base_model_name_or_path"};
+                                         "base_model_name_or_path",
+                                         "init_lora_weights",
+                                         "layers_to_transform",
+                                         "layers_pattern",
+                                         "exclude_modules"};
 
-template <typename T>
-T field(const json& j, const char* key, const std::string& path) {
+template <typename T, typename J>
+T field(const J& j, const char* key, const std::string& path) {
   try {
-    return j.at(key).get<T>();
+    return j.at(key).template get<T>();
   } catch (const json::exception&) {
     throw Error(str("'", path, "': field '", key, "' is missing or has the wrong type"));
   }
@@ -152,15 +163,88 @@ void index_keys(PeftFolder& out, const std::string& path) {
   }
 }
 
+// Reduced QR of a row-major [m, n] matrix as torch.linalg.qr computes it
+// (LAPACK sgeqrf + sorgqr): Q [m, k], R [k, n], k = min(m, n).
+void qr_reduced(const float* a, int64_t m64, int64_t n64, std::vector<float>* Q,
+                std::vector<float>* R) {
+  const int m = static_cast<int>(m64), n = static_cast<int>(n64), k = std::min(m, n);
+  std::vector<float> cm(static_cast<size_t>(m) * n), tau(static_cast<size_t>(k));
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) cm[static_cast<size_t>(j) * m + i] = a[i * n64 + j];
+  int info = 0, lwork = -1;
+  float wsize = 0;
+  sgeqrf_(&m, &n, cm.data(), &m, tau.data(), &wsize, &lwork, &info);
+  lwork = static_cast<int>(wsize) + 1;
+  std::vector<float> work(static_cast<size_t>(lwork));
+  sgeqrf_(&m, &n, cm.data(), &m, tau.data(), work.data(), &lwork, &info);
+  if (info != 0) throw Error(str("qr: LAPACK sgeqrf failed (info ", info, ")"));
+  R->assign(static_cast<size_t>(k) * n, 0.0f);
+  for (int i = 0; i < k; ++i)
+    for (int j = i; j < n; ++j)
+      (*R)[static_cast<size_t>(i) * n + j] = cm[static_cast<size_t>(j) * m + i];
+  lwork = -1;
+  sorgqr_(&m, &k, &k, cm.data(), &m, tau.data(), &wsize, &lwork, &info);
+  lwork = static_cast<int>(wsize) + 1;
+  work.resize(static_cast<size_t>(lwork));
+  sorgqr_(&m, &k, &k, cm.data(), &m, tau.data(), work.data(), &lwork, &info);
+  if (info != 0) throw Error(str("qr: LAPACK sorgqr failed (info ", info, ")"));
+  Q->assign(static_cast<size_t>(m) * k, 0.0f);
+  for (int i = 0; i < m; ++i)
+    for (int c = 0; c < k; ++c)
+      (*Q)[static_cast<size_t>(i) * k + c] = cm[static_cast<size_t>(c) * m + i];
+}
+
+// The change peft's LoraLayer.pissa_init / olora_init makes to a module's
+// base weight at load, as a rank-r pair in the [out, in] layout: s·B·A adds
+// it. PiSSA: −(top-r SVD part of W), W taken [out, in]. OLoRA: −s·Q_r·R_r of
+// the QR of the weight as stored (peft does not transpose a Conv1D weight:
+// only a square one fits, and the pair is then transposed back).
+LoraFactors init_correction(const std::string& init, const nn::Linear& lin, int64_t r, float s,
+                            const std::string& cpath) {
+  const int64_t in = lin.in_features(), out = lin.out_features();
+  if (init == "pissa") {
+    Tensor w = lin.w_in_out() ? ops::transpose(lin.weight()) : lin.weight();
+    autograd::NoGrad ng;
+    LoraFactors top = svd_factor(w.clone(), r);  // B0·A0: the top-r part
+    for (int64_t k = 0; k < top.B.numel(); ++k) top.B.data()[k] *= -1.0f / s;
+    top.scale = s;
+    return top;
+  }
+  if (lin.w_in_out() && in != out)
+    throw Error(str("'", cpath, "': init_lora_weights = \"olora\" on ", lin.name(),
+                    ", a non-square Conv1D: peft's olora_init takes the QR of the weight as "
+                    "stored ([in, out]), which does not fit the LoRA shapes there"));
+  const int64_t rows = lin.w_in_out() ? in : out, cols = lin.w_in_out() ? out : in;
+  std::vector<float> Q, R;
+  qr_reduced(lin.weight().data(), rows, cols, &Q, &R);
+  const int64_t k = std::min(rows, cols);
+  if (r > k) throw Error(str("olora: rank ", r, " exceeds min(out, in) = ", k, " of ", lin.name()));
+  LoraFactors f{Tensor::empty({r, in}), Tensor::empty({out, r}), s};
+  if (!lin.w_in_out()) {  // W [out, in] = Q R: A = R_r, B = −Q_r
+    for (int64_t c = 0; c < r; ++c)
+      for (int64_t j = 0; j < in; ++j) f.A.data()[c * in + j] = R[c * cols + j];
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t c = 0; c < r; ++c) f.B.data()[o * r + c] = -Q[o * k + c];
+  } else {  // stored S [in, out] = Q R; in [out, in]: −s·R_rᵀ·Q_rᵀ: A = Q_rᵀ, B = −R_rᵀ
+    for (int64_t c = 0; c < r; ++c)
+      for (int64_t j = 0; j < in; ++j) f.A.data()[c * in + j] = Q[j * k + c];
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t c = 0; c < r; ++c) f.B.data()[o * r + c] = -R[c * cols + o];
+  }
+  return f;
+}
+
 }  // namespace
 
 PeftFolder read_peft(const std::string& dir) {
   const std::string cpath = dir + "/adapter_config.json";
   std::ifstream in(cpath);
   if (!in) throw Error(str("'", dir, "' has no adapter_config.json: not a PEFT adapter folder"));
-  json c;
+  // Ordered: rank_pattern / alpha_pattern resolve to their first matching
+  // key in the order the file writes them, as peft's get_pattern_key does.
+  ojson c;
   try {
-    c = json::parse(in);
+    c = ojson::parse(in);
   } catch (const json::exception& e) {
     throw Error(str("'", cpath, "' is not valid JSON: ", e.what()));
   }
@@ -207,14 +291,82 @@ PeftFolder read_peft(const std::string& dir) {
   std::vector<std::string>& targets = out.targets;
   if (!c.contains("target_modules")) throw Error(str("'", cpath, "' lacks target_modules"));
   if (c["target_modules"].is_string()) {
-    targets.push_back("re:" + c["target_modules"].get<std::string>());  // PEFT: a full-match regex
+    out.target_regex = c["target_modules"].get<std::string>();
+    // PEFT: a full-match regex, or "all-linear".
+    targets.push_back(out.target_regex == "all-linear" ? out.target_regex
+                                                       : "re:" + out.target_regex);
   } else if (c["target_modules"].is_array()) {
-    for (const json& t : c["target_modules"]) {
+    for (const auto& t : c["target_modules"]) {
       if (!t.is_string()) throw Error(str("'", cpath, "': target_modules entries must be strings"));
       targets.push_back(t.get<std::string>());
+      out.target_list.push_back(t.get<std::string>());
     }
   } else {
     throw Error(str("'", cpath, "': target_modules must be a list of names or a regex string"));
+  }
+  if (c.contains("exclude_modules") && !c["exclude_modules"].is_null()) {
+    const auto& e = c["exclude_modules"];
+    if (e.is_string()) {
+      out.exclude_regex = e.get<std::string>();
+    } else if (e.is_array()) {
+      for (const auto& t : e) {
+        if (!t.is_string())
+          throw Error(str("'", cpath, "': exclude_modules entries must be strings"));
+        out.exclude_list.push_back(t.get<std::string>());
+      }
+    } else {
+      throw Error(str("'", cpath, "': exclude_modules must be a list of names or a regex string"));
+    }
+  }
+  if (c.contains("layers_to_transform") && !c["layers_to_transform"].is_null()) {
+    const auto& l = c["layers_to_transform"];
+    if (l.is_number_integer()) {
+      out.layers_to_transform.push_back(l.get<int64_t>());
+    } else if (l.is_array()) {
+      for (const auto& v : l) {
+        if (!v.is_number_integer())
+          throw Error(str("'", cpath, "': layers_to_transform entries must be integers"));
+        out.layers_to_transform.push_back(v.get<int64_t>());
+      }
+    } else {
+      throw Error(str("'", cpath, "': layers_to_transform must be an integer or a list of them"));
+    }
+  }
+  if (c.contains("layers_pattern") && !c["layers_pattern"].is_null()) {
+    const auto& l = c["layers_pattern"];
+    if (l.is_string()) {
+      out.layers_pattern.push_back(l.get<std::string>());
+    } else if (l.is_array()) {
+      for (const auto& v : l) {
+        if (!v.is_string())
+          throw Error(str("'", cpath, "': layers_pattern entries must be strings"));
+        out.layers_pattern.push_back(v.get<std::string>());
+      }
+    } else {
+      throw Error(str("'", cpath, "': layers_pattern must be a string or a list of them"));
+    }
+  }
+  if (c.contains("init_lora_weights") && c["init_lora_weights"].is_string()) {
+    // peft's LoraLayer.update_layer: these change the base weight when the
+    // adapter is created, so loading the saved A/B alone is not the adapter.
+    const std::string v = c["init_lora_weights"].get<std::string>();
+    if (v == "pissa" || v == "olora") {
+      out.base_changing_init = v;
+    } else if (v.rfind("pissa_niter_", 0) == 0 || v == "corda" || v == "loftq") {
+      throw Error(str(
+          "'", cpath, "': init_lora_weights = \"", v, "\" changes the base weights when peft ",
+          v == "loftq"   ? "loads it (quantisation residuals)"
+          : v == "corda" ? "loads it, from activation statistics this folder lacks"
+                         : "loads it, by a randomised SVD that cannot be repeated",
+          ": tessera cannot reproduce that. Convert it with peft first: "
+          "model.save_pretrained(out, path_initial_model_for_weight_conversion=INITIAL_ADAPTER) "
+          "writes an adapter for the original base"));
+    } else if (v != "gaussian" && v != "eva" && v != "orthogonal" && v != "lora_ga" &&
+               v != "mica") {
+      throw Error(str("'", cpath, "': init_lora_weights = \"", v,
+                      "\" is not a value tessera knows (true, false, gaussian, eva, orthogonal, "
+                      "lora_ga and mica leave the base alone; pissa and olora are converted)"));
+    }
   }
   if (c.contains("base_model_name_or_path") && c["base_model_name_or_path"].is_string())
     out.base_model = c["base_model_name_or_path"].get<std::string>();
@@ -240,11 +392,56 @@ PeftFolder read_peft(const std::string& dir) {
   return out;
 }
 
+bool PeftFolder::selects(const std::string& key) const {
+  auto ends_with = [&](const std::string& t) {
+    return key == t ||
+           (key.size() > t.size() && key.compare(key.size() - t.size(), t.size(), t) == 0 &&
+            key[key.size() - t.size() - 1] == '.');
+  };
+  auto full = [&](const std::string& re) {
+    try {
+      return std::regex_match(key, std::regex(re));
+    } catch (const std::regex_error& e) {
+      throw Error(str("PEFT pattern '", re, "' is not a valid regular expression: ", e.what()));
+    }
+  };
+  if (!exclude_regex.empty() && full(exclude_regex)) return false;
+  for (const auto& e : exclude_list)
+    if (ends_with(e)) return false;
+  if (!target_regex.empty())
+    return target_regex == "all-linear" ? key != "lm_head" && key != "classifier"
+                                        : full(target_regex);
+  for (const auto& t : target_list)
+    if (key == t) return true;  // named exactly: layers_to_transform does not apply
+  bool found = false;
+  for (const auto& t : target_list) found = found || ends_with(t);
+  if (!found || layers_to_transform.empty()) return found;
+  // The layer index: the first numbered segment (lazily matched), after a
+  // layers_pattern when given.
+  std::smatch m;
+  bool got = false;
+  if (layers_pattern.empty()) {
+    got = std::regex_search(key, m, std::regex(R"(^.*?\.[^.]*\.(\d+)\.)"));
+  } else {
+    for (const auto& p : layers_pattern)
+      if ((got = std::regex_search(key, m, std::regex("^(?:|.*?\\.)" + p + R"(\.(\d+)\.)")))) break;
+  }
+  if (!got) return false;
+  const int64_t idx = std::stoll(m[1].str());
+  return std::find(layers_to_transform.begin(), layers_to_transform.end(), idx) !=
+         layers_to_transform.end();
+}
+
 std::vector<std::pair<std::string, LoraFactors>> PeftFolder::factors() const {
   if (dora)
     throw Error(str("'", tensors->source(),
                     "' is a DoRA adapter: its magnitude rescales the whole weight, so it cannot be "
                     "combined as LoRA factors (merge it into the base instead)"));
+  if (!base_changing_init.empty())
+    throw Error(str("'", tensors->source(), "': init_lora_weights = \"", base_changing_init,
+                    "\" makes peft change the base weights at load, so the factors alone are not "
+                    "the adapter: import it against its base first (tessera import-peft FOLDER "
+                    "--base BASE -o FILE), which converts it exactly"));
   std::vector<std::pair<std::string, LoraFactors>> out;
   for (const auto& [m, mt] : modules) {
     LoraConfig c = spec.for_module(m);
@@ -268,20 +465,65 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
   const std::string cpath = dir + "/adapter_config.json";
   const auto& f = folder.tensors;
 
-  // PEFT's rule for target_modules: an entry that matches no module of the
-  // model is skipped; only when none matches anything is it an error.
-  std::vector<std::string> targets, dead;
-  for (const std::string& t : folder.targets)
-    (match_targets(linears, t).empty() ? dead : targets).push_back(t);
-  if (targets.empty())
+  // PEFT's targeting, module by module (PeftFolder::selects). A list entry
+  // that matches no module is skipped, as peft skips it; only when nothing
+  // is targeted is it an error.
+  std::vector<std::string> chosen;
+  for (nn::Linear* l : linears)
+    if (folder.selects(l->name())) chosen.push_back(l->name());
+  if (chosen.empty())
     throw Error(str("'", cpath, "': target_modules ", list_keys(folder.targets),
-                    " match no module of this model (peft refuses this too: a wrong base model?)"));
-  for (const std::string& t : dead)
-    out.notes.push_back(str("target_modules entry '", t,
-                            "' matches no module of this model; skipped, as peft skips it"));
-  AdapterSpec aspec(spec);
+                    " match no module of this model",
+                    folder.layers_to_transform.empty() ? "" : " within layers_to_transform",
+                    " (peft refuses this too: a wrong base model?)"));
+  for (const std::string& t : folder.target_list) {
+    bool any = false;
+    for (nn::Linear* l : linears)
+      any = any || l->name() == t ||
+            (l->name().size() > t.size() &&
+             l->name().compare(l->name().size() - t.size(), t.size(), t) == 0 &&
+             l->name()[l->name().size() - t.size() - 1] == '.');
+    if (!any)
+      out.notes.push_back(str("target_modules entry '", t,
+                              "' matches no module of this model; skipped, as peft skips it"));
+  }
+  // rank_pattern / alpha_pattern keys that match no targeted module (peft warns too).
+  for (const auto* pats : {&spec.rank_pattern})
+    for (const auto& [k, v] : *pats) {
+      bool any = false;
+      for (const auto& m : chosen) any = any || peft_pattern_matches(k, m);
+      if (!any) out.notes.push_back(str("rank_pattern key '", k, "' matches no targeted module"));
+    }
+  for (const auto& [k, v] : spec.alpha_pattern) {
+    bool any = false;
+    for (const auto& m : chosen) any = any || peft_pattern_matches(k, m);
+    if (!any) out.notes.push_back(str("alpha_pattern key '", k, "' matches no targeted module"));
+  }
+  // PiSSA / OLoRA: each module's LoRA doubles in rank, its second half the
+  // correction peft applies to the base at load; the scale stays the module's.
+  LoraSpec set_spec = spec;
+  const bool convert = !folder.base_changing_init.empty();
+  if (convert) {
+    std::vector<std::pair<std::string, int64_t>> ranks;
+    std::vector<std::pair<std::string, float>> alphas;
+    for (const auto& m : chosen) {
+      const LoraConfig c = spec.for_module(m);
+      const float two_r = static_cast<float>(2 * c.r);
+      ranks.push_back({regex_escape(m), 2 * c.r});
+      alphas.push_back({regex_escape(m), c.scale() * (c.rslora ? std::sqrt(two_r) : two_r)});
+    }
+    set_spec.rank_pattern.insert(set_spec.rank_pattern.begin(), ranks.begin(), ranks.end());
+    set_spec.alpha_pattern.insert(set_spec.alpha_pattern.begin(), alphas.begin(), alphas.end());
+    out.notes.push_back(str("init_lora_weights = \"", folder.base_changing_init,
+                            "\": peft changes the base weights at load; imported as peft's own "
+                            "conversion does it, a LoRA of twice the rank on the unchanged base"));
+  }
+  AdapterSpec aspec(set_spec);
   if (folder.dora) aspec.kind = Kind::Dora;
-  auto set = std::make_unique<AdapterSet>(linears, base, targets, aspec, 0);
+  if (convert && folder.dora)
+    throw Error(str("'", cpath, "': init_lora_weights = \"", folder.base_changing_init,
+                    "\" with use_dora is not supported"));
+  auto set = std::make_unique<AdapterSet>(linears, base, chosen, aspec, 0);
   std::set<std::string> used;
   for (size_t i = 0; i < set->modules().size(); ++i) {
     const std::string& m = set->modules()[i];
@@ -302,34 +544,55 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
                       " of this model; it holds modules ", list_keys(have)));
     }
     const Lora& l = *set->loras()[i];
-    std::vector<std::pair<const io::TensorInfo*, Tensor>> parts = {{it->second.A, l.A()},
-                                                                   {it->second.B, l.B()}};
-    if (folder.dora) parts.push_back({it->second.magnitude, l.magnitude()});
-    for (auto& [info, dst] : parts) {
-      if (info->shape != dst.shape())
+    const LoraConfig saved_cfg = spec.for_module(m);
+    const int64_t r = saved_cfg.r, in = lin.in_features(), outf = lin.out_features();
+    const Shape a_shape{r, in}, b_shape{outf, r};
+    auto load = [&](const io::TensorInfo* info, const Shape& want) {
+      if (info->shape != want)
         throw Error(str("adapter tensor ", info->name, " is ", shape_str(info->shape),
-                        " but module ", m, " (", lin.in_features(), " -> ", lin.out_features(),
-                        ", r=", l.config().r, ") needs ", shape_str(dst.shape()),
-                        " — wrong base model or rank_pattern?"));
-      Tensor d = dst;
-      d.copy_from(f->load_f32(*info));
+                        " but module ", m, " (", in, " -> ", outf, ", r=", r, ") needs ",
+                        shape_str(want), " — wrong base model or rank_pattern?"));
+      return f->load_f32(*info);
+    };
+    const Tensor A = load(it->second.A, a_shape), B = load(it->second.B, b_shape);
+    // The correction as a rank-r pair (zero when there is none).
+    LoraFactors corr{Tensor::zeros(a_shape), Tensor::zeros(b_shape), saved_cfg.scale()};
+    if (convert)
+      corr = init_correction(folder.base_changing_init, lin, r, saved_cfg.scale(), cpath);
+    // A' = [A; A_c] ([r' , in]), B' = [B | B_c] ([out, r']).
+    const int64_t rr = l.A().size(0);
+    Tensor la = l.A(), lb = l.B();
+    for (int64_t c = 0; c < rr; ++c)
+      for (int64_t k = 0; k < in; ++k)
+        la.data()[c * in + k] = c < r ? A.data()[c * in + k] : corr.A.data()[(c - r) * in + k];
+    for (int64_t o = 0; o < outf; ++o)
+      for (int64_t c = 0; c < rr; ++c)
+        lb.data()[o * rr + c] = c < r ? B.data()[o * r + c] : corr.B.data()[o * r + (c - r)];
+    if (folder.dora) {
+      Tensor mag = l.magnitude();
+      mag.copy_from(load(it->second.magnitude, mag.shape()));
     }
     if (const io::TensorInfo* bl = it->second.base_layer) {
-      // peft loads it over the base's weight: the same adapter only when equal.
-      const Tensor w = lin.weight();
+      // peft loads it over the base's weight: the same adapter only when it
+      // is the base's (after the correction peft itself applied at load).
+      Tensor w = lin.weight().clone();
+      if (convert) {
+        Tensor d = corr.delta(lin.w_in_out());
+        for (int64_t k = 0; k < w.numel(); ++k) w.data()[k] += d.data()[k];
+      }
       const Tensor saved = f->load_f32(*bl);  // both in the module's own layout
       double worst = -1.0;
       if (saved.shape() == w.shape()) {
         worst = 0.0;
         for (int64_t k = 0; k < w.numel(); ++k)
           worst = std::max(worst, std::fabs(double(saved.data()[k]) - double(w.data()[k])) /
-                                      (1e-6 + std::fabs(double(w.data()[k]))));
+                                      (1e-3 + std::fabs(double(w.data()[k]))));
       }
       if (worst < 0.0 || worst > 1e-3)
         throw Error(str(
             "'", dir, "': ", bl->name, " (", m,
-            "'s own weight, which peft saves beside the factors and loads over the "
-            "base's) ",
+            "'s own weight, which peft saves beside the factors and loads "
+            "over the base's) ",
             worst < 0.0 ? str("is ", shape_str(bl->shape), ", the base's is ", shape_str(w.shape()))
                         : str("differs from this base's (max relative difference ", worst, ")"),
             ": a different base model, or a resized vocabulary"));

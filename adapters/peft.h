@@ -67,6 +67,27 @@ struct PeftFolder {
   std::shared_ptr<io::SafetensorsFile> tensors;
   std::map<std::string, PeftModuleTensors> modules;  // module name → its tensors
   std::string adapter_name;                          // the name the keys carry, "" when none
+
+  // PEFT's targeting (peft.tuners.tuners_utils.check_target_module_exists):
+  // target_modules as a list (a module is targeted when its name equals an
+  // entry or ends with "." + entry) or a string (a full-match regex;
+  // "all-linear": every Linear but the output layer); exclude_modules the
+  // same way; with a list, layers_to_transform keeps the modules whose first
+  // numbered segment (after layers_pattern, when given) is one of them.
+  std::string target_regex;               // target_modules as a string
+  std::vector<std::string> target_list;   // target_modules as a list
+  std::string exclude_regex;              // exclude_modules as a string
+  std::vector<std::string> exclude_list;  // exclude_modules as a list
+  std::vector<int64_t> layers_to_transform;
+  std::vector<std::string> layers_pattern;
+  bool selects(const std::string& module) const;
+
+  // init_lora_weights that change the base at load: "pissa" (peft subtracts
+  // the top-r SVD part of W) or "olora" (W − s·Q_r·R_r of W's QR); "" for
+  // the values that leave the base alone. Imported exactly as peft's own
+  // path_initial_model_for_weight_conversion converts them: a LoRA of rank
+  // 2r whose second half is that correction.
+  std::string base_changing_init;
   // Module name → its LoRA factors and scale, checked against the config's ranks.
   std::vector<std::pair<std::string, LoraFactors>> factors() const;
 };

@@ -23,10 +23,24 @@ Cases:
   other_lm_head       conv1d_and_linear with lm_head.base_layer.weight changed
                       (peft would load it over the base's: refused)
   bin_only            saved with safe_serialization=False (adapter_model.bin)
+  pissa               init_lora_weights="pissa" (c_attn, c_proj): peft subtracts the top-r
+                      SVD part of each base weight at load; golden = a fresh base +
+                      PeftModel.from_pretrained, as a user loads it
+  olora               init_lora_weights="olora" (lm_head, the square attn.c_proj): W - s*Qr*Rr
+  pissa_niter         the pissa folder with "pissa_niter_4" (randomised SVD): refused
+  layers              layers_to_transform=[1], layers_pattern="h": block 1 only
+  pattern_order       rank_pattern / alpha_pattern whose keys both match h.1's c_attn:
+                      peft takes the first key as written in the file. (peft's own
+                      save_pretrained writes the keys sorted, which here would make its
+                      own reload fail on the shapes; the config is re-written in the order
+                      the adapter was made with.) A key that matches nothing
+                      ("nothing_here") is reported
+  exclude             exclude_modules=["h.0.attn.c_attn"] beside target_modules c_attn
 
   python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers safetensors peft
   /tmp/venv/bin/python scripts/gen_interchange_fixtures.py
 """
+import json
 import os
 import shutil
 import warnings
@@ -139,6 +153,44 @@ def main():
     sd = load_file(os.path.join(src, "adapter_model.safetensors"))
     sd["base_model.model.lm_head.base_layer.weight"] = sd["base_model.model.lm_head.base_layer.weight"] * 1.1
     save_file(sd, os.path.join(dst, "adapter_model.safetensors"), metadata={"format": "pt"})
+
+    loaded = {
+        "pissa": peft.LoraConfig(r=2, lora_alpha=4, init_lora_weights="pissa",
+                                 target_modules=["c_attn", "attn.c_proj"]),
+        "olora": peft.LoraConfig(r=2, lora_alpha=8, init_lora_weights="olora",
+                                 target_modules=["attn.c_proj", "lm_head"]),
+        "layers": peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_fc"],
+                                  layers_to_transform=[1], layers_pattern="h"),
+        "pattern_order": peft.LoraConfig(
+            r=2, lora_alpha=4, target_modules=["c_attn", "c_fc"],
+            rank_pattern={"h.1.attn.c_attn": 5, "c_attn": 3, "nothing_here": 4},
+            alpha_pattern={"h.1.attn.c_attn": 7, "c_attn": 2}),
+        "exclude": peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"],
+                                   exclude_modules=["h.0.attn.c_attn"]),
+    }
+    for k, (name, cfg) in enumerate(loaded.items()):
+        pm = adapted(base_dir, cfg, 30 + k)
+        out = os.path.join(ROOT, name)
+        pm.save_pretrained(out)
+        clean(out)
+        if name == "pattern_order":
+            cfg_path = os.path.join(out, "adapter_config.json")
+            c = json.load(open(cfg_path))
+            c["rank_pattern"], c["alpha_pattern"] = dict(cfg.rank_pattern), dict(cfg.alpha_pattern)
+            json.dump(c, open(cfg_path, "w"), indent=2)
+        # What a user gets: a fresh base, the folder loaded by peft.
+        fresh = transformers.GPT2LMHeadModel.from_pretrained(base_dir, attn_implementation="eager")
+        back = peft.PeftModel.from_pretrained(fresh, out).eval()
+        save_golden(back, ids, out)
+        print(name, "modules", sorted({k.rsplit(".lora_", 1)[0] for k in
+                                       load_file(os.path.join(out, "adapter_model.safetensors"))}))
+    dst = os.path.join(ROOT, "pissa_niter")
+    shutil.copytree(os.path.join(ROOT, "pissa"), dst)
+    os.remove(os.path.join(dst, "peft_golden.safetensors"))
+    cfg_path = os.path.join(dst, "adapter_config.json")
+    c = json.load(open(cfg_path))
+    c["init_lora_weights"] = "pissa_niter_4"
+    json.dump(c, open(cfg_path, "w"), indent=2)
 
     pm = adapted(base_dir, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"]), 20)
     out = os.path.join(ROOT, "bin_only")

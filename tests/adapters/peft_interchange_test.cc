@@ -120,6 +120,48 @@ TEST(PeftInterchange, APickledBinSaysHowToResave) {
   EXPECT_NE(e.find("safe_serialization=True"), std::string::npos) << e;
 }
 
+// init_lora_weights "pissa" / "olora": peft changes the base weight when it
+// loads the folder; tessera imports them as peft's own conversion does (a
+// LoRA of twice the rank on the unchanged base) and computes what peft does.
+TEST(PeftInterchange, PissaAndOloraLoadAsPeftLoadsThem) {
+  for (const std::string name : {"pissa", "olora"}) {
+    Imported r = import_and_run(name);
+    EXPECT_LT(testing::rel_err(r.adapted, peft_logits(name)), 1e-4) << name;
+    EXPECT_TRUE(any_note(r.notes, "twice the rank")) << name;
+  }
+  // Without a base there is nothing to convert against: refused by name.
+  EXPECT_NE(
+      testing::error_of([&] { read_peft(fixture("pissa")).factors(); }).find("tessera import-peft"),
+      std::string::npos);
+  // A randomised SVD cannot be repeated: refused, naming peft's conversion.
+  const std::string e = testing::error_of([&] { read_peft(fixture("pissa_niter")); });
+  EXPECT_NE(e.find("pissa_niter_4"), std::string::npos) << e;
+  EXPECT_NE(e.find("path_initial_model_for_weight_conversion"), std::string::npos) << e;
+}
+
+TEST(PeftInterchange, LayersToTransformAndExcludeModulesSelectAsPeft) {
+  Imported layers = import_and_run("layers");
+  EXPECT_EQ(layers.modules,
+            (std::vector<std::string>{"transformer.h.1.attn.c_attn", "transformer.h.1.mlp.c_fc"}));
+  EXPECT_LT(testing::rel_err(layers.adapted, peft_logits("layers")), 1e-5);
+  Imported ex = import_and_run("exclude");
+  EXPECT_EQ(ex.modules, std::vector<std::string>{"transformer.h.1.attn.c_attn"});
+  EXPECT_LT(testing::rel_err(ex.adapted, peft_logits("exclude")), 1e-5);
+}
+
+// rank_pattern / alpha_pattern: the first key that matches, in the order the
+// file writes them (peft's get_pattern_key); a key matching nothing is noted.
+TEST(PeftInterchange, PatternKeysResolveInTheFilesOrder) {
+  Imported r = import_and_run("pattern_order");
+  EXPECT_LT(testing::rel_err(r.adapted, peft_logits("pattern_order")), 1e-5);
+  EXPECT_TRUE(any_note(r.notes, "rank_pattern key 'nothing_here' matches no targeted module"));
+  const PeftFolder f = read_peft(fixture("pattern_order"));
+  EXPECT_EQ(f.spec.for_module("transformer.h.1.attn.c_attn").r, 5);
+  EXPECT_EQ(f.spec.for_module("transformer.h.1.attn.c_attn").alpha, 7.0f);
+  EXPECT_EQ(f.spec.for_module("transformer.h.0.attn.c_attn").r, 3);
+  EXPECT_EQ(f.spec.for_module("transformer.h.0.mlp.c_fc").r, 2);
+}
+
 // peft #3608: DoRA's norm ‖W + ΔW‖ is of the base's own W, so a DoRA set
 // merged over another merged set would not give the Stack's output.
 TEST(MergeOrder, DoraAndIa3MergeOnlyOntoTheBasesOwnWeight) {
