@@ -34,18 +34,19 @@ bool neutral(const J& v) {
          (v.is_object() && v.empty()) || (v.is_array() && v.empty());
 }
 
-// Fields that change what the adapter computes and that tessera does not
-// implement: refused unless neutral (null / false / empty).
+// Fields that change what the adapter computes (or add tensors to it) and
+// that tessera does not implement: refused unless neutral (null / false /
+// empty). The table in docs/peft_lora_config.md lists every field.
 const std::set<std::string> kRefusedUnlessNeutral = {
     "modules_to_save",         "lora_bias",         "use_qalora",
     "target_parameters",       "layer_replication", "alora_invocation_tokens",
-    "trainable_token_indices", "use_bdlora"};
+    "trainable_token_indices", "use_bdlora",        "velora_config",
+    "monteclora_config",       "arrow_config",      "kasa_config"};
 // Training-time or bookkeeping fields with no effect on the adapted forward.
 const std::set<std::string> kIgnored = {
-    "lora_dropout",   "inference_mode",    "task_type",           "revision",     "peft_version",
-    "auto_mapping",   "megatron_config",   "megatron_core",       "loftq_config", "eva_config",
-    "corda_config",   "qalora_group_size", "ensure_weight_tying", "arrow_config", "kasa_config",
-    "lora_ga_config", "monteclora_config", "velora_config"};
+    "lora_dropout", "inference_mode",    "task_type",           "revision",       "peft_version",
+    "auto_mapping", "megatron_config",   "megatron_core",       "loftq_config",   "eva_config",
+    "corda_config", "qalora_group_size", "ensure_weight_tying", "lora_ga_config", "runtime_config"};
 const std::set<std::string> kHonoured = {"peft_type",
                                          "r",
                                          "use_dora",
