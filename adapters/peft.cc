@@ -604,6 +604,13 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
   std::vector<std::string> extra;
   for (const auto& [name, mt] : folder.modules)
     if (!used.count(name)) extra.push_back(name);
+  bool has_lm_head = false;
+  for (nn::Linear* l : linears) has_lm_head = has_lm_head || l->name() == "lm_head";
+  if (!has_lm_head && std::find(extra.begin(), extra.end(), "lm_head") != extra.end())
+    throw Error(str("'", dir,
+                    "' has a LoRA on lm_head, and this model ties lm_head to its input "
+                    "embeddings (tie_word_embeddings): LoRA on a tied lm_head is not supported "
+                    "yet"));
   if (!extra.empty())
     throw Error(str("'", dir, "/adapter_model.safetensors' has tensors for ", list_keys(extra),
                     ", which target_modules ", list_keys(folder.targets),

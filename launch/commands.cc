@@ -314,18 +314,6 @@ int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const Ad
   return 0;
 }
 
-// A trainer on the base's config (with overrides), its weights loaded.
-std::unique_ptr<train::Trainer> base_trainer(const std::string& path,
-                                             const std::vector<std::string>& overrides) {
-  BaseModel base = open_base(path, "--base");
-  PretrainConfig cfg = base.config;
-  apply_base_overrides(&cfg, overrides, base);
-  validate_config(cfg);
-  auto t = std::make_unique<train::Trainer>(cfg);
-  load_base_weights(*t, base);
-  return t;
-}
-
 // The training config of an adapter on `base` (a tessera checkpoint or a
 // Hugging Face folder) for `tasks` (one, or several for a bank on the MLP
 // base): the base's config with the task's data, a schedule for adapters,
@@ -1024,12 +1012,11 @@ int run_import_peft(const ImportPeftOptions& o) {
   const std::string fingerprint = base_fingerprint(o.base);
   const std::string want = adapters::read_peft(o.peft_dir).base_fingerprint;
   if (!want.empty()) check_base(o.peft_dir, want, o.base, o.force, fingerprint);
-  auto t = base_trainer(o.base, {});
-  adapters::PeftImport imp;
-  t->attach([&](std::vector<nn::Linear*> linears, nn::ParameterSet& base) {
-    imp = adapters::import_peft(o.peft_dir, linears, base);
-    return &imp.set->params();
-  });
+  // The base model alone: an import reads no data.
+  const BaseModel base = open_base(o.base, "--base");
+  train::Model model(base.config);
+  if (!base.hf_folder) model.load_weights(base.path);
+  adapters::PeftImport imp = adapters::import_peft(o.peft_dir, model.linears(), model.params());
   for (const auto& n : imp.notes) spdlog::info("note: {}", n);
   adapters::save_adapter(*imp.set, o.out, imp.base_model.empty() ? o.base : imp.base_model,
                          fingerprint);

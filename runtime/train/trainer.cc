@@ -71,6 +71,15 @@ nn::Act parse_act(const std::string& a) {
   throw Error(str("mlp.activation '", a, "': expected gelu, gelu_tanh, relu or silu"));
 }
 
+nn::MlpSpec mlp_spec(const MlpConfig& m) {
+  nn::MlpSpec spec;
+  spec.in_features = m.in_features();
+  spec.hidden.assign(m.hidden().begin(), m.hidden().end());
+  spec.num_classes = m.num_classes();
+  spec.activation = parse_act(m.activation());
+  return spec;
+}
+
 // Fashion-MNIST under one image task, or several at once ("permute:seed=1;
 // rotate:deg=90"): then every sampled index yields one row per task, the loss
 // is the sum of the per-task mean losses (each task's gradient is exactly its
@@ -117,11 +126,7 @@ class ClassifierTask : public Task {
     }
     train_ = std::move(train);
     test_ = std::move(test);
-    nn::MlpSpec spec;
-    spec.in_features = cfg.mlp().in_features();
-    spec.hidden.assign(cfg.mlp().hidden().begin(), cfg.mlp().hidden().end());
-    spec.num_classes = cfg.mlp().num_classes();
-    spec.activation = parse_act(cfg.mlp().activation());
+    nn::MlpSpec spec = mlp_spec(cfg.mlp());
     if (spec.in_features != in_features)
       throw Error(str("mlp.in_features = ", spec.in_features, " but the images have ", in_features,
                       " pixels"));
@@ -638,6 +643,48 @@ void set_decoder_config(const nn::DecoderSpec& s, DecoderConfig* d) {
       static_cast<int32_t>(s.rope_scaling.original_max_position_embeddings));
   d->set_scale_attn_weights(s.scale_attn_weights);
   d->set_scale_attn_by_inverse_layer_idx(s.scale_attn_by_inverse_layer_idx);
+}
+
+Model::Model(const PretrainConfig& cfg) {
+  Rng rng(cfg.seed());
+  if (cfg.model() == "mlp")
+    mlp_ = std::make_unique<nn::MlpClassifier>(mlp_spec(cfg.mlp()), rng);
+  else if (cfg.model() == "decoder")
+    decoder_ = cfg.decoder().init_from().empty()
+                   ? std::make_unique<nn::Decoder>(decoder_spec(cfg.decoder()), rng)
+                   : io::load_hf_decoder(cfg.decoder().init_from());
+  else
+    throw Error(str("model '", cfg.model(), "': expected 'mlp' or 'decoder'"));
+}
+
+Model::~Model() = default;
+
+std::vector<nn::Linear*> Model::linears() {
+  return mlp_ ? mlp_->linears() : decoder_->linears();
+}
+
+nn::ParameterSet& Model::params() {
+  return mlp_ ? mlp_->params() : decoder_->params();
+}
+
+void Model::load_weights(const std::string& checkpoint) {
+  auto f = io::SafetensorsFile::open(checkpoint);
+  std::vector<std::string> problems;
+  for (auto& p : params().all()) {
+    const io::TensorInfo* t = f->find(p.name);
+    if (!t)
+      problems.push_back("missing " + p.name);
+    else if (t->shape != p.tensor.shape())
+      problems.push_back(str(p.name, " is ", shape_str(t->shape), ", model expects ",
+                             shape_str(p.tensor.shape())));
+    else
+      p.tensor.copy_from(f->load_f32(*t));
+  }
+  if (!problems.empty()) {
+    std::string s;
+    for (size_t i = 0; i < problems.size() && i < 8; ++i) s += "\n  " + problems[i];
+    throw Error(str("checkpoint '", checkpoint, "' does not fit this model:", s));
+  }
 }
 
 PretrainConfig read_checkpoint_config(const std::string& path) {

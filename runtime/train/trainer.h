@@ -129,6 +129,23 @@ class Trainer {
 nn::DecoderSpec decoder_spec(const DecoderConfig& d);
 void set_decoder_config(const nn::DecoderSpec& s, DecoderConfig* d);
 
+// The model a config describes — no data, no optimizer — for commands that
+// only read or check a base (import-peft): random weights, or the
+// decoder.init_from folder's; load_weights then reads a checkpoint's model
+// tensors (by name and shape, every one required).
+class Model {
+ public:
+  explicit Model(const PretrainConfig& cfg);
+  ~Model();
+  void load_weights(const std::string& checkpoint);
+  std::vector<nn::Linear*> linears();
+  nn::ParameterSet& params();
+
+ private:
+  std::unique_ptr<nn::MlpClassifier> mlp_;
+  std::unique_ptr<nn::Decoder> decoder_;
+};
+
 // The config stored in a checkpoint (text format in its metadata).
 PretrainConfig read_checkpoint_config(const std::string& path);
 
