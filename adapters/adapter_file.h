@@ -51,12 +51,15 @@ void save_lora_factors(const std::string& path,
 AdapterFile read_adapter(const std::string& path);
 
 // tessera's adapter file (lora or dora) as a PEFT folder, base fingerprint
-// kept; other kinds, or a file mixing Conv1D and Linear modules (PEFT's
-// fan_in_fan_out is one flag), are refused naming the file.
+// kept; other kinds are refused naming the file. A file with Conv1D and
+// Linear modules writes fan_in_fan_out = true: peft decides it per module
+// from the layer's type, and the saved factors do not depend on it.
 void adapter_file_to_peft(const std::string& file, const std::string& dir);
 // A PEFT LoRA folder as tessera's adapter file, without a base (checked for
 // consistency of config and tensors only; DoRA folders need a base: use
-// import_peft with the model).
+// import_peft with the model). Without a base each module's layout is not
+// known: every module records the folder's fan_in_fan_out (the layout flags
+// only decide the flag a later PEFT export writes).
 void peft_to_adapter_file(const std::string& dir, const std::string& file);
 // Rebuilds the set on `linears` (base frozen) and loads its tensors.
 std::unique_ptr<AdapterSet> load_adapter(const std::string& path, std::vector<nn::Linear*> linears,

@@ -93,8 +93,8 @@ void Composite::shift_base(nn::Linear& base, bool merge) {
   if (merge)
     throw Error(str("a ", compose_name(mode_), " composition on ", base.name(),
                     " has no single merged weight; merge the sets themselves in the stack's order "
-                    "(LoRA and VeRA deltas add in any order; a DoRA or (IA)3 set, which reads or "
-                    "scales the weight, merges only onto the base's own weight, so first)"));
+                    "(LoRA and VeRA deltas add in any order; a DoRA or (IA)3 set reads or scales "
+                    "the weight, so at most one of them per module, merged first)"));
 }
 
 Composition::Composition(std::vector<nn::Linear*> linears, std::vector<AdapterSet*> sets,

@@ -80,8 +80,9 @@ void Ia3::shift_base(nn::Linear& base, bool merge) {
   // scale that one's delta too, which unmerged it does not.
   if (merge && base.merged_adapters() > 0)
     throw Error(str("(IA)3 on ", base.name(), ": the weight already holds ", base.merged_adapters(),
-                    " merged adapter(s), which its scaling would rescale too: merge the (IA)3 "
-                    "set first, or keep it unmerged"));
+                    " merged adapter(s), which its scaling would rescale too. On one module at "
+                    "most one DoRA or (IA)3 set can be merged, and it must be merged first (LoRA "
+                    "sets after it are exact); keep any other unmerged"));
   if (!merge && base.merged_adapters() > 1)
     throw Error(str("(IA)3 on ", base.name(), ": ", base.merged_adapters() - 1,
                     " adapter(s) were merged into the weight after it: unmerge them first"));

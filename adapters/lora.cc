@@ -162,8 +162,9 @@ void Lora::shift_base(nn::Linear& base, bool merge) {
       throw Error(str("DoRA on ", base.name(), ": the weight already holds ",
                       base.merged_adapters(),
                       " merged adapter(s), and DoRA's norm ‖W + ΔW‖ must be taken on the base's "
-                      "own W, so merging it now would change its output: merge the DoRA set "
-                      "first (other sets after it are exact), or keep it unmerged"));
+                      "own W, so merging it now would change its output. On one module at most "
+                      "one DoRA or (IA)3 set can be merged, and it must be merged first (LoRA "
+                      "sets after it are exact); keep any other unmerged"));
     autograd::NoGrad ng;
     merge_norm_ = weight_norm(base, true).clone();
     add_to_base_weight(base, delta_weight(base), 1.0f);
@@ -342,6 +343,11 @@ std::vector<std::shared_ptr<Lora>> AdapterSet::loras() const {
 }
 
 void AdapterSet::merge() {
+  for (size_t i = 0; i < adapters_.size(); ++i)
+    if (linears_[i]->tied() && !adapters_[i]->merged())
+      throw Error(str(linears_[i]->name(),
+                      " shares its weight with the input embeddings (tie_word_embeddings): "
+                      "merging the adapter would change the embeddings too; keep it unmerged"));
   for (size_t i = 0; i < adapters_.size(); ++i) {
     if (adapters_[i]->merged()) continue;
     adapters_[i]->shift_base(*linears_[i], true);

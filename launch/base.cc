@@ -115,9 +115,13 @@ BaseModel open_base(const std::string& path, const std::string& flag) {
   b.path = path;
   if (fs::is_directory(path)) {
     if (!fs::exists(path + "/config.json"))
-      throw Error(str(flag, " '", path,
-                      "' is a folder without config.json: neither a tessera checkpoint (a "
-                      ".safetensors file) nor a Hugging Face folder"));
+      throw Error(
+          str(flag, " '", path,
+              "' is a folder without config.json: neither a tessera checkpoint (a "
+              ".safetensors file) nor a Hugging Face folder",
+              fs::exists(path + "/checkpoint.safetensors")
+                  ? str(" (a run folder: its checkpoint is ", path, "/checkpoint.safetensors)")
+                  : std::string()));
     b.hf_folder = true;
     b.config = default_config("decoder");
     train::set_decoder_config(io::read_hf_config(path), b.config.mutable_decoder());

@@ -336,7 +336,7 @@ PretrainConfig adapter_config(const std::string& base_path, const std::vector<st
   if (cfg.model() == "mlp") {
     std::string joined;
     for (const std::string& t : tasks) {
-      if (t.rfind("text:", 0) == 0)
+      if (t.rfind("text:", 0) == 0 || t.rfind("tokens:", 0) == 0)
         throw Error(str("task '", t, "' needs a decoder base; this base is an MLP"));
       if (t.find(';') != std::string::npos)
         throw Error(str("task '", t, "': give each task its own --task"));
@@ -348,11 +348,16 @@ PretrainConfig adapter_config(const std::string& base_path, const std::vector<st
     cfg.clear_steps();
     cfg.mutable_optim()->set_lr(3e-3f);  // LoRA wants a larger step than full training
   } else {
-    if (task.rfind("text:", 0) != 0)
-      throw Error(str("task '", task, "': a decoder base trains on text:GLOB[|GLOB...]"));
-    cfg.mutable_data()->set_kind("text");
+    // text:GLOB (raw bytes as tokens) or tokens:GLOB (token-id .bin files,
+    // e.g. written with a Hugging Face model's own tokenizer).
+    const bool tokens = task.rfind("tokens:", 0) == 0;
+    if (task.rfind("text:", 0) != 0 && !tokens)
+      throw Error(str("task '", task,
+                      "': a decoder base trains on text:GLOB[|GLOB...] (bytes) or "
+                      "tokens:GLOB[|GLOB...] (token-id .bin files)"));
+    cfg.mutable_data()->set_kind(tokens ? "tokens" : "text");
     cfg.mutable_data()->clear_files();
-    std::stringstream ss(task.substr(5));
+    std::stringstream ss(task.substr(tokens ? 7 : 5));
     std::string g;
     while (std::getline(ss, g, '|')) cfg.mutable_data()->add_files(g);
     data::expand_globs({cfg.data().files().begin(), cfg.data().files().end()});  // they match

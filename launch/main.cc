@@ -53,12 +53,15 @@ int main(int argc, char** argv) {
   c_eval->add_option("overrides", ev.overrides, "key=value config overrides, e.g. data.dir=/path");
 
   tessera::launch::TrainAdapterOptions ta;
-  auto* c_ta = app.add_subcommand("train-adapter", "Train an adapter on a frozen base checkpoint");
-  c_ta->add_option("--base", ta.base, "Base model checkpoint (from tessera pretrain or demo)")
+  auto* c_ta = app.add_subcommand("train-adapter", "Train an adapter on a frozen base model");
+  c_ta->add_option("--base", ta.base,
+                   "Base model: a tessera checkpoint (.safetensors) or a Hugging Face folder")
       ->required();
-  c_ta->add_option("--task", ta.tasks,
-                   "permute:seed=N | rotate:deg=D | classes:A,B,... (MLP base) or text:GLOB[|GLOB] "
-                   "(decoder base); repeat --task to train one LoRA expert per task together")
+  c_ta->add_option(
+          "--task", ta.tasks,
+          "permute:seed=N | rotate:deg=D | classes:A,B,... (MLP base) or text:GLOB[|GLOB] or "
+          "tokens:GLOB[|GLOB] "
+          "(decoder base); repeat --task to train one LoRA expert per task together")
       // One value per --task, so key=value overrides after it stay overrides.
       ->allow_extra_args(false);
   c_ta->add_option("--adapter", ta.adapter,
@@ -84,7 +87,9 @@ int main(int argc, char** argv) {
       "build-library",
       "Train one expert per task and commit each to the library once; under mpirun or "
       "tessera launch the tasks are spread over the ranks by a work queue on rank 0");
-  c_bl->add_option("--base", bl.base, "Base model checkpoint")->required();
+  c_bl->add_option("--base", bl.base,
+                   "Base model: a tessera checkpoint (.safetensors) or a Hugging Face folder")
+      ->required();
   c_bl->add_option("--tasks", bl.tasks,
                    "TASK[;TASK...] or @FILE (a task a line); {A..B} ranges expand, e.g. "
                    "'permute:seed={1..6}'; repeatable")
@@ -144,7 +149,9 @@ int main(int argc, char** argv) {
       "import-peft",
       "Check a PEFT LoRA/DoRA folder against a base and write a tessera adapter file");
   c_ip->add_option("peft_dir", ip.peft_dir, "PEFT adapter folder")->required();
-  c_ip->add_option("--base", ip.base, "Base checkpoint the adapter belongs to")->required();
+  c_ip->add_option("--base", ip.base,
+                   "Base the adapter belongs to: a tessera checkpoint or a Hugging Face folder")
+      ->required();
   c_ip->add_option("-o,--out", ip.out, "tessera adapter file to write")->required();
   c_ip->add_flag("--force", ip.force,
                  "Import even if the folder records another base's fingerprint");
@@ -174,7 +181,8 @@ int main(int argc, char** argv) {
   c_lib->add_option("--task", lo.task, "put: the task; ls/search: filter");
   c_lib->add_option("--kind", lo.kind, "ls/search: filter by kind");
   c_lib->add_option("--base", lo.base,
-                    "put: the base checkpoint (its fingerprint is stored); ls: filter by it; "
+                    "put: the base, a checkpoint or a Hugging Face folder (its fingerprint is "
+                    "stored); ls: filter by it; "
                     "get/export-peft: refuse an adapter of another base");
   c_lib->add_flag("--force", lo.force, "get/export-peft: ignore a --base fingerprint mismatch");
   c_lib->add_option("-o,--out", lo.out,

@@ -36,6 +36,8 @@ Cases:
                       the adapter was made with.) A key that matches nothing
                       ("nothing_here") is reported
   exclude             exclude_modules=["h.0.attn.c_attn"] beside target_modules c_attn
+  gpt2_tied/model     the same GPT-2 with lm_head tied to wte
+  tied_lm_head        LoRA on c_attn and the tied lm_head (on gpt2_tied)
 
   python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers safetensors peft
   /tmp/venv/bin/python scripts/gen_interchange_fixtures.py
@@ -43,7 +45,12 @@ Cases:
 import json
 import os
 import shutil
+import sys
 import warnings
+
+# peft keeps target_modules as a set: its saved order follows the string hash.
+if os.environ.get("PYTHONHASHSEED") != "0":
+    os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, "PYTHONHASHSEED": "0"})
 
 import peft
 import torch
@@ -66,9 +73,9 @@ def spread(model, seed):
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
 
 
-def base():
+def base(tied=False):
     cfg = transformers.GPT2Config(vocab_size=61, n_positions=16, n_embd=24, n_layer=2, n_head=3,
-                                  n_inner=48, tie_word_embeddings=False, bos_token_id=0,
+                                  n_inner=48, tie_word_embeddings=tied, bos_token_id=0,
                                   eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     torch.manual_seed(0)
     m = transformers.GPT2LMHeadModel(cfg)
@@ -76,7 +83,7 @@ def base():
     return m
 
 
-def adapted(base_dir, config, seed):
+def adapted(base_dir, config, seed):  # noqa: D103
     m = transformers.GPT2LMHeadModel.from_pretrained(base_dir, attn_implementation="eager").eval()
     pm = peft.get_peft_model(m, config)
     g = torch.Generator().manual_seed(seed)
@@ -105,10 +112,13 @@ def main():
     shutil.rmtree(ROOT, ignore_errors=True)
     os.makedirs(ROOT)
     base_dir = os.path.join(ROOT, "gpt2_untied", "model")
+    tied_dir = os.path.join(ROOT, "gpt2_tied", "model")
     base().save_pretrained(base_dir)
-    for f in os.listdir(base_dir):
-        if f not in ("config.json", "model.safetensors"):
-            os.remove(os.path.join(base_dir, f))
+    base(tied=True).save_pretrained(tied_dir)
+    for d in (base_dir, tied_dir):
+        for f in os.listdir(d):
+            if f not in ("config.json", "model.safetensors"):
+                os.remove(os.path.join(d, f))
     g = torch.Generator().manual_seed(7)
     ids = torch.randint(0, 61, (2, 7), generator=g)
     save_file({"input_ids": ids.to(torch.int32)}, os.path.join(ROOT, "ids.safetensors"))
@@ -184,6 +194,15 @@ def main():
         save_golden(back, ids, out)
         print(name, "modules", sorted({k.rsplit(".lora_", 1)[0] for k in
                                        load_file(os.path.join(out, "adapter_model.safetensors"))}))
+    pm = adapted(tied_dir, peft.LoraConfig(r=3, lora_alpha=6, target_modules=["c_attn", "lm_head"]), 40)
+    out = os.path.join(ROOT, "tied_lm_head")
+    pm.save_pretrained(out)
+    clean(out)
+    back = peft.PeftModel.from_pretrained(
+        transformers.GPT2LMHeadModel.from_pretrained(tied_dir, attn_implementation="eager"), out).eval()
+    save_golden(back, ids, out)
+    print("tied_lm_head", sorted(load_file(os.path.join(out, "adapter_model.safetensors"))))
+
     dst = os.path.join(ROOT, "pissa_niter")
     shutil.copytree(os.path.join(ROOT, "pissa"), dst)
     os.remove(os.path.join(dst, "peft_golden.safetensors"))

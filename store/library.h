@@ -129,7 +129,7 @@ struct LibraryStats {
   int64_t records = 0, deleted = 0;
   int64_t signatures = 0;     // signature vectors over live records
   uint64_t tensor_bytes = 0;  // over live records
-  uint64_t disk_bytes = 0;    // every file of the database (SST, blobs, log, manifest)
+  uint64_t disk_bytes = 0;    // the database's files (SST, blobs, WAL, manifest; not LOG)
 };
 
 // What callers of a library use, embedded (Library) or through the lookup

@@ -150,11 +150,15 @@ nn::DecoderSpec read_hf_config(const std::string& dir) {
     s.n_kv_head = get_field<int64_t>(j, "num_key_value_heads", path, s.n_head, false);
     s.d_ff = get_field<int64_t>(j, "intermediate_size", path, 0, true);
     s.norm_eps = get_field<float>(j, "rms_norm_eps", path, 1e-6f, false);
-    s.d_head = get_field<int64_t>(j, "head_dim", path, 0, false);
+    // head_dim: Gemma's class default is 256, Qwen3's 128; others derive it.
+    const int64_t head_default = s.flavor == nn::Flavor::Gemma   ? 256
+                                 : s.flavor == nn::Flavor::Qwen3 ? 128
+                                                                 : 0;
+    s.d_head = get_field<int64_t>(j, "head_dim", path, head_default, false);
     if (s.d_head * s.n_head == s.d_model) s.d_head = 0;  // the default, said explicitly
     read_rope(j, path, s);
     // Defaults as each family's configuration_<family>.py.
-    const bool tied_default = s.flavor == nn::Flavor::Gemma || s.flavor == nn::Flavor::Qwen3;
+    const bool tied_default = s.flavor == nn::Flavor::Gemma;
     s.tie_embeddings = get_field<bool>(j, "tie_word_embeddings", path, tied_default, false);
     if (s.flavor == nn::Flavor::Llama || s.flavor == nn::Flavor::Qwen3 ||
         s.flavor == nn::Flavor::Gemma) {
@@ -169,7 +173,11 @@ nn::DecoderSpec read_hf_config(const std::string& dir) {
     // Sliding windows: Mistral and Phi-3 on every layer; Qwen2/3 from layer
     // max_window_layers on, and only with use_sliding_window.
     if (s.flavor == nn::Flavor::Mistral || s.flavor == nn::Flavor::Phi3) {
-      s.sliding_window = get_field<int64_t>(j, "sliding_window", path, 0, false);
+      // MistralConfig's default is 4096 (null: none); Phi3Config's None.
+      const bool absent = !j.contains("sliding_window");
+      s.sliding_window = absent && s.flavor == nn::Flavor::Mistral
+                             ? 4096
+                             : get_field<int64_t>(j, "sliding_window", path, 0, false);
     } else if (s.flavor == nn::Flavor::Qwen2 || s.flavor == nn::Flavor::Qwen3) {
       if (get_field<bool>(j, "use_sliding_window", path, false, false)) {
         s.sliding_window = get_field<int64_t>(j, "sliding_window", path, 4096, false);
@@ -192,10 +200,11 @@ nn::DecoderSpec read_hf_config(const std::string& dir) {
     }
     const char* want_act = s.flavor == nn::Flavor::Gemma ? "gelu_pytorch_tanh" : "silu";
     std::string act = get_field<std::string>(j, "hidden_act", path, want_act, false);
-    if (s.flavor == nn::Flavor::Gemma && j.contains("hidden_activation") &&
-        j["hidden_activation"].is_string())
-      act = j["hidden_activation"].get<std::string>();
-    if (act != want_act && !(s.flavor == nn::Flavor::Gemma && act == "gelu_tanh"))
+    // GemmaConfig.__post_init__: the legacy "gelu" of the official releases
+    // means the tanh approximation; gelu_new is that approximation too.
+    if (s.flavor == nn::Flavor::Gemma && (act == "gelu" || act == "gelu_new"))
+      act = "gelu_pytorch_tanh";
+    if (act != want_act)
       throw Error(str("'", path, "': hidden_act '", act, "' is not supported (", type, " uses ",
                       want_act, ")"));
     refuse_set(j, path, "use_bidirectional_attention", false, "a decoder is causal");

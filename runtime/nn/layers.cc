@@ -41,6 +41,16 @@ Linear::Linear(ParameterSet& ps, const std::string& prefix, int64_t in, int64_t 
   }
 }
 
+Linear Linear::tied(const std::string& name, const Tensor& weight) {
+  Linear l;
+  l.name_ = name;
+  l.out_ = weight.size(0);
+  l.in_ = weight.size(1);
+  l.weight_ = weight;
+  l.tied_ = true;
+  return l;
+}
+
 Tensor Linear::forward(const Tensor& x) const {
   if (adapter_ && !adapter_->needs_base_out()) return adapter_->forward(x, Tensor(), *this);
   Tensor y = ops::linear(x, weight_, bias_, w_in_out_);

@@ -33,9 +33,15 @@ class Linear {
   Linear(ParameterSet& ps, const std::string& prefix, int64_t in, int64_t out, bool bias,
          bool w_in_out, Rng& rng, Init init, float std = 0.02f);
 
+  // A Linear over a weight another layer owns ([out, in], no bias), e.g. an
+  // lm_head tied to the input embeddings: nothing is registered; tied() is
+  // true, and an adapter on it may not be merged (that would change the owner).
+  static Linear tied(const std::string& name, const Tensor& weight);
+
   Tensor forward(const Tensor& x) const;
 
   const std::string& name() const { return name_; }
+  bool tied() const { return tied_; }
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
   bool w_in_out() const { return w_in_out_; }
@@ -54,6 +60,7 @@ class Linear {
  private:
   std::string name_;
   int merged_adapters_ = 0;
+  bool tied_ = false;
   int64_t in_ = 0, out_ = 0;
   bool w_in_out_ = false;
   Tensor weight_, bias_;

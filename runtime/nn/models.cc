@@ -84,15 +84,28 @@ void DecoderSpec::validate() const {
        str(flavor_name(flavor), " needs an even head dim (RoPE), got ", head_dim()));
   need(norm_eps > 0, str("norm_eps = ", norm_eps, ", expected > 0"));
   need(sliding_window >= 0, str("sliding_window = ", sliding_window, ", expected >= 0"));
+  // Each family takes exactly the settings its transformers configuration
+  // has (what read_hf_config reads and save_hf_decoder writes), so a model
+  // built here is one transformers builds from the saved folder.
+  const char* fam = flavor_name(flavor);
+  const bool llama = flavor == Flavor::Llama,
+             qwen = flavor == Flavor::Qwen2 || flavor == Flavor::Qwen3;
   if (flavor == Flavor::Gpt2) {
     need(d_head == 0 || d_head * n_head == d_model,
          "gpt2's head dim is d_model / n_head (head_dim cannot differ)");
-    need(!attention_bias && !mlp_bias && sliding_window == 0 && rope_scaling.type == "default",
-         "attention_bias, mlp_bias, sliding_window and rope scaling are not gpt2 settings");
   } else {
     need(scale_attn_weights && !scale_attn_by_inverse_layer_idx,
          "scale_attn_weights / scale_attn_by_inverse_layer_idx are gpt2 settings");
   }
+  need(!attention_bias || llama || flavor == Flavor::Qwen3 || flavor == Flavor::Gemma,
+       str("attention_bias is not a ", fam, " setting (llama, qwen3 and gemma have it)"));
+  need(!mlp_bias || llama, str("mlp_bias is not a ", fam, " setting (llama has it)"));
+  need(sliding_window == 0 || qwen || flavor == Flavor::Mistral || flavor == Flavor::Phi3,
+       str("sliding_window is not a ", fam, " setting (mistral, phi3, qwen2 and qwen3 have it)"));
+  need(max_window_layers == 0 || qwen,
+       str("max_window_layers is not a ", fam, " setting (qwen2 and qwen3 have it)"));
+  need(rope_scaling.type == "default" || (flavor != Flavor::Gpt2 && flavor != Flavor::Phi3),
+       str("rope scaling '", rope_scaling.type, "' is not a ", fam, " setting"));
   const RopeScaling& r = rope_scaling;
   need(r.type == "default" || r.type == "linear" || r.type == "llama3",
        str("rope scaling '", r.type, "' is not supported (default, linear or llama3)"));
@@ -156,9 +169,10 @@ Decoder::Decoder(const DecoderSpec& spec, Rng& rng) : spec_(spec) {
       b.attn.scale = scale;
     }
     ln_f_ = LayerNorm(params_, "transformer.ln_f", C, spec.norm_eps);
-    if (spec.tie_embeddings)
+    if (spec.tie_embeddings) {
       params_.alias("lm_head.weight", "transformer.wte.weight");
-    else
+      lm_head_ = Linear::tied("lm_head", wte_.weight());
+    } else
       lm_head_ = Linear(params_, "lm_head", C, V, false, false, rng, Init::Normal, std);
   } else {
     const bool unit = spec.gemma();
@@ -198,9 +212,10 @@ Decoder::Decoder(const DecoderSpec& spec, Rng& rng) : spec_(spec) {
         b.attn.window = spec.sliding_window;
     }
     norm_f_ = RMSNorm(params_, "model.norm", C, spec.norm_eps, unit);
-    if (spec.tie_embeddings)
+    if (spec.tie_embeddings) {
       params_.alias("lm_head.weight", "model.embed_tokens.weight");
-    else
+      lm_head_ = Linear::tied("lm_head", wte_.weight());
+    } else
       lm_head_ = Linear(params_, "lm_head", C, V, false, false, rng, Init::Normal, std);
     rope_cos_ = Tensor::empty({spec.n_ctx, D / 2});
     rope_sin_ = Tensor::empty({spec.n_ctx, D / 2});
@@ -275,8 +290,7 @@ Tensor Decoder::forward(const std::vector<int32_t>& ids, int64_t B, int64_t T) c
     for (const Block& b : blocks_) x = block_llama(b, x, B, T);
     x = norm_f_.forward(x);
   }
-  if (spec_.tie_embeddings) return ops::matmul_nt(x, wte_.weight());
-  return lm_head_.forward(x);
+  return lm_head_.forward(x);  // (tied: over the embeddings' weight)
 }
 
 std::vector<Linear*> Decoder::linears() {

@@ -138,7 +138,7 @@ class Decoder {
   std::vector<Block> blocks_;
   LayerNorm ln_f_;
   RMSNorm norm_f_;
-  Linear lm_head_;  // only when embeddings are not tied
+  Linear lm_head_;  // tied: a Linear over the embeddings' weight (Linear::tied)
   Tensor rope_cos_, rope_sin_;
 };
 

@@ -239,6 +239,8 @@ class ClassifierTask : public Task {
   RouteFn router_;
 };
 
+constexpr int64_t kDefaultMaxWindow = 1024;
+
 class LmTask : public Task {
  public:
   LmTask(const PretrainConfig& cfg, Rng& rng) {
@@ -262,7 +264,10 @@ class LmTask : public Task {
     if (all.vocab > model_->spec().vocab_size)
       throw Error(str("the corpus uses token ids up to ", all.vocab - 1,
                       " but decoder.vocab_size is ", model_->spec().vocab_size));
-    T_ = model_->spec().n_ctx;
+    // Windows of the whole context up to 1024 tokens: a real checkpoint's
+    // context (max_position_embeddings, 2048 to 131072) would make one
+    // window's attention scores alone gigabytes. data.seq_len chooses.
+    T_ = std::min<int64_t>(model_->spec().n_ctx, kDefaultMaxWindow);
     if (cfg.data().seq_len() > 0) {
       if (cfg.data().seq_len() > T_)
         throw Error(str("data.seq_len = ", cfg.data().seq_len(),

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "adapters/adapter_file.h"
 #include "adapters/compose.h"
 #include "adapters/peft.h"
 #include "runtime/common/error.h"
@@ -79,6 +80,29 @@ TEST(PeftInterchange, TessersOwnExportOfConv1dAndLinearComesBack) {
   auto b = io::load_hf_decoder(fixture("gpt2_untied/model"));
   PeftImport second = import_peft(dir, b->linears(), b->params());
   EXPECT_EQ(b->forward(ids(), 2, 7).to_vector(), a->forward(ids(), 2, 7).to_vector());
+  // Through tessera's adapter file and export-peft (adapter_file_to_peft) too.
+  const std::string file = dir + "/a.safetensors", again = dir + "/again";
+  save_adapter(*first.set, file, "tiny");
+  adapter_file_to_peft(file, again);
+  auto c = io::load_hf_decoder(fixture("gpt2_untied/model"));
+  PeftImport third = import_peft(again, c->linears(), c->params());
+  EXPECT_EQ(c->forward(ids(), 2, 7).to_vector(), a->forward(ids(), 2, 7).to_vector());
+}
+
+// GPT-2 with lm_head tied to wte: the LoRA on lm_head (a Linear over the
+// embeddings' weight) computes what peft computes; merging it would change
+// the embeddings too, so it is refused.
+TEST(PeftInterchange, ALoraOnATiedLmHeadMatchesPeftAndStaysUnmerged) {
+  auto model = io::load_hf_decoder(fixture("gpt2_tied/model"));
+  PeftImport imp = import_peft(fixture("tied_lm_head"), model->linears(), model->params());
+  EXPECT_EQ(imp.set->modules().back(), "lm_head");
+  EXPECT_LT(testing::rel_err(model->forward(ids(), 2, 7).to_vector(), peft_logits("tied_lm_head")),
+            1e-5);
+  const std::string e = testing::error_of([&] { imp.set->merge(); });
+  EXPECT_NE(e.find("shares its weight with the input embeddings"), std::string::npos) << e;
+  EXPECT_LT(testing::rel_err(model->forward(ids(), 2, 7).to_vector(), peft_logits("tied_lm_head")),
+            1e-5)
+      << "a refused merge changed nothing";
 }
 
 TEST(PeftInterchange, ATargetTheModelLacksIsSkippedAsPeftSkipsIt) {

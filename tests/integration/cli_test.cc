@@ -181,6 +181,17 @@ TEST_F(Cli, AHuggingFaceFolderIsABaseLikeAnyCheckpoint) {
                    "/back.safetensors");
     EXPECT_EQ(i.code, 0) << base << "\n" << i.out;
   }
+  // Token ids (tokens:GLOB), as a real model's tokenizer would write them.
+  {
+    std::ofstream bin(dir_ + "/train.bin", std::ios::binary);
+    for (int i = 0; i < 4096; ++i) {
+      const uint16_t id = static_cast<uint16_t>((i * 7 + i / 13) % 256);
+      bin.write(reinterpret_cast<const char*>(&id), 2);
+    }
+  }
+  CliRun tok = run("train-adapter --quiet --base " + hf + " --task tokens:" + dir_ +
+                   "/train.bin --adapter lora:r=2 --out " + dir_ + "/tok steps=2 threads=1");
+  EXPECT_EQ(tok.code, 0) << tok.out;
   // The checkpoint holds the whole architecture: the folder can go.
   CliRun before = run("eval --checkpoint " + ckpt + data);
   ASSERT_EQ(before.code, 0) << before.out;

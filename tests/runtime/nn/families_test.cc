@@ -82,6 +82,10 @@ TEST_P(Family, ArchitectureSurvivesTheConfigAndTheSavedFolder) {
   io::save_hf_decoder(dir, *a);
   auto c = io::load_hf_decoder(dir);
   EXPECT_EQ(loss_of(*c, *golden), loss_of(*a, *golden));
+  // The saved config.json reads back to the same architecture, field by field.
+  DecoderConfig back;
+  train::set_decoder_config(io::read_hf_config(dir), &back);
+  EXPECT_EQ(back.DebugString(), cfg.DebugString());
   nlohmann::json theirs = nlohmann::json::parse(std::ifstream(src + "/config.json"));
   nlohmann::json ours = nlohmann::json::parse(std::ifstream(dir + "/config.json"));
   for (const char* key :
@@ -167,6 +171,68 @@ TEST(FamilyConfig, UnsupportedSettingsAreRefusedByName) {
             }).find("mlp_bias"),
             std::string::npos);
   EXPECT_EQ(error([](auto&) {}), "");
+  // Keys a file leaves out take their family's class defaults.
+  auto spec_of = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json c = good;
+    edit(c);
+    std::ofstream(dir + "/config.json") << c.dump();
+    return io::read_hf_config(dir);
+  };
+  EXPECT_EQ(spec_of([](auto& c) {
+              c["model_type"] = "mistral";
+              c.erase("sliding_window");
+            }).sliding_window,
+            4096);
+  EXPECT_EQ(spec_of([](auto& c) {
+              c["model_type"] = "mistral";
+              c["sliding_window"] = nullptr;
+            }).sliding_window,
+            0);
+  EXPECT_EQ(spec_of([](auto& c) {
+              c["model_type"] = "qwen3";
+              c.erase("head_dim");
+              c.erase("tie_word_embeddings");
+            }).head_dim(),
+            128);
+  EXPECT_FALSE(spec_of([](auto& c) {
+                 c["model_type"] = "qwen3";
+                 c.erase("tie_word_embeddings");
+               }).tie_embeddings);
+}
+
+// A tessera config may only give a family the settings transformers gives it:
+// anything else would be dropped from the saved folder.
+TEST(FamilyConfig, SettingsOfAnotherFamilyAreRefused) {
+  auto error = [](const std::function<void(nn::DecoderSpec&)>& edit) {
+    nn::DecoderSpec s = testing::tiny_decoder(nn::Flavor::Llama, 16);
+    edit(s);
+    return testing::error_of([&] { s.validate(); });
+  };
+  EXPECT_EQ(error([](auto&) {}), "");
+  EXPECT_NE(error([](auto& s) {
+              s.flavor = nn::Flavor::Mistral;
+              s.attention_bias = true;
+            }).find("attention_bias is not a mistral setting"),
+            std::string::npos);
+  EXPECT_NE(error([](auto& s) {
+              s.flavor = nn::Flavor::Qwen2;
+              s.mlp_bias = true;
+            }).find("mlp_bias"),
+            std::string::npos);
+  EXPECT_NE(error([](auto& s) { s.sliding_window = 4; }).find("sliding_window is not a llama"),
+            std::string::npos);
+  EXPECT_NE(error([](auto& s) {
+              s.flavor = nn::Flavor::Mistral;
+              s.sliding_window = 4;
+              s.max_window_layers = 1;
+            }).find("max_window_layers"),
+            std::string::npos);
+  EXPECT_NE(error([](auto& s) {
+              s.flavor = nn::Flavor::Phi3;
+              s.rope_scaling.type = "linear";
+              s.rope_scaling.factor = 2;
+            }).find("not a phi3 setting"),
+            std::string::npos);
 }
 
 }  // namespace
