@@ -12,7 +12,8 @@
 namespace tessera::adapters {
 
 using kernels::cpu::Act;
-using nlohmann::json;
+// Ordered: rank/alpha patterns resolve to their first matching key, in order.
+using json = nlohmann::ordered_json;
 
 namespace {
 constexpr const char* kMetaKey = "tessera.adapter";
@@ -65,17 +66,28 @@ Loaded open(const std::string& path) {
   s.vera_d_init = get<float>(j, "vera_d_init", path);
   s.feedforward = get<std::vector<std::string>>(j, "feedforward", path);
   s.act = parse_act(get<std::string>(j, "act", path));
-  for (auto& [k, v] : get<std::map<std::string, int64_t>>(j, "rank_pattern", path))
-    s.lora.rank_pattern.push_back({k, v});
-  for (auto& [k, v] : get<std::map<std::string, float>>(j, "alpha_pattern", path))
-    s.lora.alpha_pattern.push_back({k, v});
+  for (const char* key : {"rank_pattern", "alpha_pattern"}) {
+    if (!j.contains(key) || !j[key].is_object())
+      throw Error(str("adapter file '", path, "': metadata field '", key, "' is not an object"));
+    for (auto it = j[key].begin(); it != j[key].end(); ++it) {
+      if (!it.value().is_number())
+        throw Error(
+            str("adapter file '", path, "': ", key, " value of '", it.key(), "' is not a number"));
+      if (std::string(key) == "rank_pattern")
+        s.lora.rank_pattern.push_back({it.key(), it.value().get<int64_t>()});
+      else
+        s.lora.alpha_pattern.push_back({it.key(), it.value().get<float>()});
+    }
+  }
   a.targets = get<std::vector<std::string>>(j, "targets", path);
   a.modules = get<std::vector<std::string>>(j, "modules", path);
   a.conv1d = get<std::vector<bool>>(j, "conv1d", path);
   a.base_model = get<std::string>(j, "base_model", path);
   if (j.contains("base_fingerprint"))
     a.base_fingerprint = get<std::string>(j, "base_fingerprint", path);
-  if (a.modules.empty() || a.conv1d.size() != a.modules.size())
+  if (j.contains("embedding_modules"))
+    a.embedding_modules = get<std::vector<std::string>>(j, "embedding_modules", path);
+  if ((a.modules.empty() && a.embedding_modules.empty()) || a.conv1d.size() != a.modules.size())
     throw Error(str("adapter file '", path, "': ", a.modules.size(), " modules but ",
                     a.conv1d.size(), " conv1d flags"));
   return l;
@@ -105,7 +117,8 @@ Act parse_act(const std::string& s) {
 namespace {
 json spec_json(const AdapterSpec& s, const std::vector<std::string>& targets,
                const std::vector<std::string>& modules, const std::vector<bool>& conv1d,
-               const std::string& base_model, const std::string& fingerprint) {
+               const std::string& base_model, const std::string& fingerprint,
+               const std::vector<std::string>& embedding_modules = {}) {
   json rp = json::object(), ap = json::object();
   for (const auto& [k, v] : s.lora.rank_pattern) rp[k] = v;
   for (const auto& [k, v] : s.lora.alpha_pattern) ap[k] = v;
@@ -125,7 +138,8 @@ json spec_json(const AdapterSpec& s, const std::vector<std::string>& targets,
           {"modules", modules},
           {"conv1d", conv1d},
           {"base_model", base_model},
-          {"base_fingerprint", fingerprint}};
+          {"base_fingerprint", fingerprint},
+          {"embedding_modules", embedding_modules}};
 }
 
 void write(const std::string& path, const std::vector<io::WriteEntry>& e, const json& meta) {
@@ -143,7 +157,8 @@ void save_adapter(const AdapterSet& set, const std::string& path, const std::str
   std::vector<io::WriteEntry> e;
   for (const auto& p : set.params().all()) e.push_back(io::WriteEntry::f32(p.name, p.tensor));
   write(path, e,
-        spec_json(set.spec(), set.targets(), set.modules(), conv, base_model, base_fingerprint));
+        spec_json(set.spec(), set.targets(), set.modules(), conv, base_model, base_fingerprint,
+                  set.embedding_modules()));
 }
 
 void save_lora_factors(const std::string& path,
@@ -183,6 +198,13 @@ std::vector<std::pair<std::string, LoraFactors>> AdapterFile::factors() const {
   if (spec.kind != Kind::Lora && spec.kind != Kind::Dora)
     throw Error(str("adapter file '", path, "' holds a ", kind_name(spec.kind),
                     " adapter, which has no LoRA factors"));
+  if (!embedding_modules.empty())
+    throw Error(str("adapter file '", path, "' has a LoRA on the embedding ",
+                    embedding_modules.front(), ": these methods combine LoRAs of Linear modules"));
+  return linear_factors();
+}
+
+std::vector<std::pair<std::string, LoraFactors>> AdapterFile::linear_factors() const {
   auto f = io::SafetensorsFile::open(path);
   std::vector<std::pair<std::string, LoraFactors>> out;
   for (const std::string& m : modules) {
@@ -203,15 +225,23 @@ std::vector<Tensor> AdapterFile::magnitudes() const {
 }
 
 std::unique_ptr<AdapterSet> load_adapter(const std::string& path, std::vector<nn::Linear*> linears,
-                                         nn::ParameterSet& base, std::string* base_model) {
+                                         nn::ParameterSet& base, std::string* base_model,
+                                         std::vector<nn::Embedding*> embeddings) {
   Loaded l = open(path);
   const AdapterFile& a = l.info;
-  auto set = std::make_unique<AdapterSet>(linears, base, a.targets, a.spec, 0);
+  auto set = std::make_unique<AdapterSet>(
+      linears, base, a.modules.empty() ? std::vector<std::string>{} : a.targets, a.spec, 0);
+  if (!a.embedding_modules.empty()) {
+    if (embeddings.empty())
+      throw Error(str("adapter file '", path, "' has a LoRA on the embedding ",
+                      a.embedding_modules.front(), ", and this model has no embeddings to adapt"));
+    set->add_embeddings(embeddings, a.embedding_modules);
+  }
   if (set->modules() != a.modules)
     throw Error(str("adapter file '", path, "' was trained on ", a.modules.size(),
-                    " modules, but its targets select ", set->modules().size(),
-                    " on this base (first: ", set->modules().front(),
-                    ") — is it for another base model?"));
+                    " modules, but its targets select ", set->modules().size(), " on this base",
+                    set->modules().empty() ? "" : " (first: " + set->modules().front() + ")",
+                    " — is it for another base model?"));
   size_t used = 0;
   for (auto& p : set->params().all()) {
     const io::TensorInfo* t = l.file->find(p.name);
@@ -240,7 +270,13 @@ void adapter_file_to_peft(const std::string& file, const std::string& dir) {
   // peft sets fan_in_fan_out per module from its layout (Conv1D or Linear),
   // so one flag serves an adapter that has both, as export_peft writes it.
   const bool conv1d = std::find(f.conv1d.begin(), f.conv1d.end(), true) != f.conv1d.end();
-  write_peft(dir, f.factors(), conv1d, f.base_model, f.magnitudes(), f.base_fingerprint);
+  std::vector<std::pair<std::string, LoraFactors>> embs;
+  for (const std::string& m : f.embedding_modules)
+    embs.push_back(
+        {m, LoraFactors{f.tensor(m + ".lora_embedding_A"), f.tensor(m + ".lora_embedding_B"),
+                        f.spec.lora.for_module(m).scale()}});
+  write_peft(dir, f.linear_factors(), conv1d, f.base_model, f.magnitudes(), f.base_fingerprint,
+             embs);
 }
 
 void peft_to_adapter_file(const std::string& dir, const std::string& file) {

@@ -30,7 +30,8 @@ namespace tessera::adapters {
 struct AdapterFile {
   AdapterSpec spec;
   std::vector<std::string> targets, modules;
-  std::vector<bool> conv1d;  // per module: the base weight is [in, out]
+  std::vector<std::string> embedding_modules;  // LoRA on embeddings (EmbeddingLora)
+  std::vector<bool> conv1d;                    // per module: the base weight is [in, out]
   std::string base_model;
   std::string base_fingerprint;  // "" when unknown
   std::string path;
@@ -38,6 +39,9 @@ struct AdapterFile {
   std::vector<std::pair<std::string, LoraFactors>> factors() const;
   std::vector<Tensor> magnitudes() const;  // DoRA
   Tensor tensor(const std::string& name) const;
+  // The Linear modules' factors, embeddings left aside (factors() refuses a
+  // file that has them: merging combines Linear LoRAs).
+  std::vector<std::pair<std::string, LoraFactors>> linear_factors() const;
 };
 
 void save_adapter(const AdapterSet& set, const std::string& path, const std::string& base_model,
@@ -62,8 +66,10 @@ void adapter_file_to_peft(const std::string& file, const std::string& dir);
 // only decide the flag a later PEFT export writes).
 void peft_to_adapter_file(const std::string& dir, const std::string& file);
 // Rebuilds the set on `linears` (base frozen) and loads its tensors.
+// `embeddings`: the model's tables, for a file with LoRA on embeddings.
 std::unique_ptr<AdapterSet> load_adapter(const std::string& path, std::vector<nn::Linear*> linears,
-                                         nn::ParameterSet& base, std::string* base_model = nullptr);
+                                         nn::ParameterSet& base, std::string* base_model = nullptr,
+                                         std::vector<nn::Embedding*> embeddings = {});
 
 const char* act_name(kernels::cpu::Act a);
 kernels::cpu::Act parse_act(const std::string& s);  // throws Error listing the choices

@@ -268,7 +268,8 @@ AdapterSet::AdapterSet(std::vector<nn::Linear*> linears, nn::ParameterSet& base,
                        const std::vector<std::string>& targets, const AdapterSpec& spec,
                        uint64_t seed, bool install)
     : spec_(spec), targets_(targets) {
-  std::vector<std::string> chosen = select_modules(linears, targets);
+  std::vector<std::string> chosen;
+  if (!targets.empty()) chosen = select_modules(linears, targets);
   auto is_chosen = [&](const nn::Linear* l) {
     return std::find(chosen.begin(), chosen.end(), l->name()) != chosen.end();
   };
@@ -343,6 +344,12 @@ std::vector<std::shared_ptr<Lora>> AdapterSet::loras() const {
 }
 
 void AdapterSet::merge() {
+  for (size_t i = 0; i < emb_loras_.size(); ++i)
+    if (embs_[i]->tied() && !emb_loras_[i]->merged())
+      throw Error(str(embs_[i]->name(),
+                      " is tied to the lm_head (tie_word_embeddings): merging its LoRA would "
+                      "change the output layer too; keep it unmerged"));
+  for (size_t i = 0; i < emb_loras_.size(); ++i) emb_loras_[i]->shift_base(*embs_[i], true);
   for (size_t i = 0; i < adapters_.size(); ++i)
     if (linears_[i]->tied() && !adapters_[i]->merged())
       throw Error(str(linears_[i]->name(),
@@ -362,13 +369,64 @@ void AdapterSet::unmerge() {
     adapters_[i]->shift_base(*linears_[i], false);
     linears_[i]->count_merge(-1);
   }
+  for (size_t i = 0; i < emb_loras_.size(); ++i) emb_loras_[i]->shift_base(*embs_[i], false);
 }
 
 void AdapterSet::detach() {
   unmerge();
   for (size_t i = 0; i < linears_.size(); ++i)
     if (linears_[i]->adapter() == adapters_[i]) linears_[i]->set_adapter(nullptr);
+  for (size_t i = 0; i < embs_.size(); ++i)
+    if (embs_[i]->adapter() == emb_loras_[i]) embs_[i]->set_adapter(nullptr);
   attached_ = false;
+}
+
+void AdapterSet::add_embeddings(const std::vector<nn::Embedding*>& embeddings,
+                                const std::vector<std::string>& names) {
+  if (spec_.kind != Kind::Lora && !names.empty())
+    throw Error(str("embeddings take LoRA only; this set is ", kind_name(spec_.kind)));
+  Rng rng(module_seed("embeddings"));
+  for (const std::string& n : names) {
+    nn::Embedding* e = nullptr;
+    for (nn::Embedding* c : embeddings)
+      if (c->name() == n) e = c;
+    if (!e) throw Error(str("no embedding named ", n, " in this model"));
+    if (e->adapter()) throw Error(str("embedding ", n, " already has an adapter attached"));
+    auto l = std::make_shared<EmbeddingLora>(*e, spec_.lora.for_module(n), params_, rng);
+    e->set_adapter(l);
+    embs_.push_back(e);
+    emb_loras_.push_back(l);
+    emb_names_.push_back(n);
+  }
+}
+
+EmbeddingLora::EmbeddingLora(const nn::Embedding& base, const LoraConfig& cfg, nn::ParameterSet& ps,
+                             Rng& rng)
+    : cfg_(cfg), scale_(cfg.scale()) {
+  if (cfg.r < 1) throw Error(str("LoRA rank r = ", cfg.r, " for ", base.name(), ": expected >= 1"));
+  a_ = ps.add(base.name() + ".lora_embedding_A", Tensor::zeros({cfg.r, base.num_embeddings()}));
+  Tensor b = Tensor::empty({base.embedding_dim(), cfg.r});
+  for (int64_t i = 0; i < b.numel(); ++i) b.data()[i] = rng.normal(0.0f, 1.0f);
+  b_ = ps.add(base.name() + ".lora_embedding_B", b);
+}
+
+Tensor EmbeddingLora::forward(const std::vector<int32_t>& ids, const Tensor& base_out,
+                              const nn::Embedding&) {
+  if (merged_) return base_out;
+  // peft: after_A = embedding(ids, Aᵀ); base + (after_A · Bᵀ) · s.
+  Tensor after_a = ops::embedding(ids, ops::transpose(a_));  // [N, r]
+  return ops::add(base_out, ops::scale(ops::matmul_nt(after_a, b_), scale_));
+}
+
+void EmbeddingLora::shift_base(nn::Embedding& base, bool merge) {
+  if (merged_ == merge) return;
+  autograd::NoGrad ng;
+  // Δ = s·(B·A)ᵀ = s·Aᵀ·Bᵀ, [num_embeddings, dim].
+  Tensor d = ops::matmul_nt(ops::transpose(a_), b_);
+  Tensor w = base.weight();
+  const float f = merge ? scale_ : -scale_;
+  for (int64_t i = 0; i < w.numel(); ++i) w.data()[i] += f * d.data()[i];
+  merged_ = merge;
 }
 
 }  // namespace tessera::adapters

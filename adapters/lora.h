@@ -124,6 +124,30 @@ class Lora : public Adapter {
   Tensor merge_norm_;  // DoRA: the norm the merge divided by, so unmerge is exact
 };
 
+// LoRA on an embedding (peft's lora.Embedding): the looked-up rows plus
+// s·(Aᵀ[ids])·Bᵀ, with "<module>.lora_embedding_A" [r, num_embeddings] and
+// "<module>.lora_embedding_B" [dim, r] (peft's names and shapes; A starts at
+// zero and B normal, as peft initialises them). Merging adds s·(B·A)ᵀ to the
+// table; refused for a table tied to the lm_head.
+class EmbeddingLora : public nn::EmbeddingAdapter {
+ public:
+  EmbeddingLora(const nn::Embedding& base, const LoraConfig& cfg, nn::ParameterSet& ps, Rng& rng);
+  Tensor forward(const std::vector<int32_t>& ids, const Tensor& base_out,
+                 const nn::Embedding& base) override;
+  void shift_base(nn::Embedding& base, bool merge);
+  bool merged() const { return merged_; }
+  const LoraConfig& config() const { return cfg_; }
+  const Tensor& A() const { return a_; }
+  const Tensor& B() const { return b_; }
+  float scale() const { return scale_; }
+
+ private:
+  LoraConfig cfg_;
+  Tensor a_, b_;
+  float scale_;
+  bool merged_ = false;
+};
+
 class AdapterSet {
  public:
   // Attaches an adapter of spec.kind to every Linear in `linears` whose name
@@ -131,6 +155,8 @@ class AdapterSet {
   // matches nothing. The base parameters are frozen (`base` is the model's ParameterSet).
   // With install = false the adapters are built but fill no slot (for a
   // Composition of several sets).
+  // With no targets at all the set adapts no Linear (for a set that only
+  // adapts embeddings, add_embeddings).
   AdapterSet(std::vector<nn::Linear*> linears, nn::ParameterSet& base,
              const std::vector<std::string>& targets, const AdapterSpec& spec, uint64_t seed,
              bool install = true);
@@ -157,7 +183,19 @@ class AdapterSet {
   // then bit-identical to the model's before attach.
   void detach();
 
+  // LoRA (kind lora) on embeddings too: one EmbeddingLora per table named in
+  // `names`, its rank and α from the spec's patterns; the tables are frozen.
+  // merge/unmerge/detach and params() cover them.
+  void add_embeddings(const std::vector<nn::Embedding*>& embeddings,
+                      const std::vector<std::string>& names);
+  const std::vector<std::string>& embedding_modules() const { return emb_names_; }
+  const std::vector<std::shared_ptr<EmbeddingLora>>& embedding_loras() const { return emb_loras_; }
+  const std::vector<nn::Embedding*>& embeddings() const { return embs_; }
+
  private:
+  std::vector<nn::Embedding*> embs_;
+  std::vector<std::shared_ptr<EmbeddingLora>> emb_loras_;
+  std::vector<std::string> emb_names_;
   std::vector<nn::Linear*> linears_;
   std::vector<std::shared_ptr<Adapter>> adapters_;
   std::vector<std::string> names_;

@@ -101,9 +101,12 @@ void index_keys(PeftFolder& out, const std::string& path) {
       why = str("'", pre, "' appears twice (peft itself would load a zero adapter here)");
       continue;
     }
-    if (rest.find("lora_embedding_") != std::string::npos) {
-      bad.push_back(t.name);
-      why = "LoRA on an embedding (lora_embedding_A/B) is not supported yet";
+    static const std::regex emb(R"(^(.+)\.lora_embedding_(A|B)(\.([^.]+))?$)");
+    if (std::regex_match(rest, m, emb)) {
+      PeftModuleTensors& e = out.modules[m[1].str()];
+      e.embedding = true;
+      (m[2] == "A" ? e.A : e.B) = &t;
+      names.insert(m[4].str());
       continue;
     }
     static const std::regex base_layer(R"(^(.+)\.base_layer\.weight$)");
@@ -155,8 +158,9 @@ void index_keys(PeftFolder& out, const std::string& path) {
     if (!mt.A && !mt.B && mt.base_layer)
       refuse(str(mod, ".base_layer.weight is not beside a LoRA pair of its module"));
     if (!mt.A || !mt.B)
-      refuse(
-          str("module ", mod, " has lora_", mt.A ? "A" : "B", " but no lora_", mt.A ? "B" : "A"));
+      refuse(str("module ", mod, " has lora_", mt.embedding ? "embedding_" : "", mt.A ? "A" : "B",
+                 " but no lora_", mt.embedding ? "embedding_" : "", mt.A ? "B" : "A"));
+    if (mt.embedding && out.dora) refuse(str("DoRA on an embedding (", mod, ") is not supported"));
     if (out.dora && !mt.magnitude)
       refuse(str("use_dora is true but module ", mod, " has no lora_magnitude_vector"));
     if (!out.dora && mt.magnitude)
@@ -445,6 +449,10 @@ std::vector<std::pair<std::string, LoraFactors>> PeftFolder::factors() const {
                     "--base BASE -o FILE), which converts it exactly"));
   std::vector<std::pair<std::string, LoraFactors>> out;
   for (const auto& [m, mt] : modules) {
+    if (mt.embedding)
+      throw Error(str("'", tensors->source(), "' has a LoRA on the embedding ", m,
+                      ": these methods combine LoRAs of Linear modules (import it against its "
+                      "base instead: tessera import-peft FOLDER --base BASE)"));
     LoraConfig c = spec.for_module(m);
     LoraFactors f{tensors->load_f32(*mt.A), tensors->load_f32(*mt.B), c.scale()};
     if (f.A.ndim() != 2 || f.B.ndim() != 2 || f.A.size(0) != c.r || f.B.size(1) != c.r)
@@ -456,7 +464,7 @@ std::vector<std::pair<std::string, LoraFactors>> PeftFolder::factors() const {
 }
 
 PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
-                       nn::ParameterSet& base) {
+                       nn::ParameterSet& base, std::vector<nn::Embedding*> embeddings) {
   PeftFolder folder = read_peft(dir);
   PeftImport out;
   out.base_model = folder.base_model;
@@ -469,21 +477,25 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
   // PEFT's targeting, module by module (PeftFolder::selects). A list entry
   // that matches no module is skipped, as peft skips it; only when nothing
   // is targeted is it an error.
-  std::vector<std::string> chosen;
+  std::vector<std::string> chosen, chosen_emb;
   for (nn::Linear* l : linears)
     if (folder.selects(l->name())) chosen.push_back(l->name());
-  if (chosen.empty())
+  for (nn::Embedding* e : embeddings)
+    if (folder.selects(e->name())) chosen_emb.push_back(e->name());
+  if (chosen.empty() && chosen_emb.empty())
     throw Error(str("'", cpath, "': target_modules ", list_keys(folder.targets),
                     " match no module of this model",
                     folder.layers_to_transform.empty() ? "" : " within layers_to_transform",
                     " (peft refuses this too: a wrong base model?)"));
   for (const std::string& t : folder.target_list) {
+    std::vector<std::string> names;
+    for (nn::Linear* l : linears) names.push_back(l->name());
+    for (nn::Embedding* e : embeddings) names.push_back(e->name());
     bool any = false;
-    for (nn::Linear* l : linears)
-      any = any || l->name() == t ||
-            (l->name().size() > t.size() &&
-             l->name().compare(l->name().size() - t.size(), t.size(), t) == 0 &&
-             l->name()[l->name().size() - t.size() - 1] == '.');
+    for (const std::string& n : names)
+      any = any || n == t ||
+            (n.size() > t.size() && n.compare(n.size() - t.size(), t.size(), t) == 0 &&
+             n[n.size() - t.size() - 1] == '.');
     if (!any)
       out.notes.push_back(str("target_modules entry '", t,
                               "' matches no module of this model; skipped, as peft skips it"));
@@ -493,11 +505,13 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
     for (const auto& [k, v] : *pats) {
       bool any = false;
       for (const auto& m : chosen) any = any || peft_pattern_matches(k, m);
+      for (const auto& m : chosen_emb) any = any || peft_pattern_matches(k, m);
       if (!any) out.notes.push_back(str("rank_pattern key '", k, "' matches no targeted module"));
     }
   for (const auto& [k, v] : spec.alpha_pattern) {
     bool any = false;
     for (const auto& m : chosen) any = any || peft_pattern_matches(k, m);
+    for (const auto& m : chosen_emb) any = any || peft_pattern_matches(k, m);
     if (!any) out.notes.push_back(str("alpha_pattern key '", k, "' matches no targeted module"));
   }
   // PiSSA / OLoRA: each module's LoRA doubles in rank, its second half the
@@ -538,7 +552,7 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
                               lin.w_in_out() ? " is a Conv1D ([in, out])" : " is a plain Linear",
                               ": its own layout is used, as peft does"));
     auto it = folder.modules.find(m);
-    if (it == folder.modules.end()) {
+    if (it == folder.modules.end() || it->second.embedding) {
       std::vector<std::string> have;
       for (const auto& kv : folder.modules) have.push_back(kv.first);
       throw Error(str("'", dir, "/adapter_model.safetensors' has no tensors for target module ", m,
@@ -601,9 +615,55 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
     }
     used.insert(m);
   }
+  // LoRA on embeddings (peft's lora.Embedding).
+  if (!chosen_emb.empty()) {
+    if (convert || folder.dora)
+      throw Error(str(
+          "'", cpath, "': ",
+          convert ? "init_lora_weights = " + folder.base_changing_init : std::string("use_dora"),
+          " with an embedding target (", chosen_emb.front(), ") is not supported"));
+    set->add_embeddings(embeddings, chosen_emb);
+    for (size_t i = 0; i < chosen_emb.size(); ++i) {
+      const std::string& m = chosen_emb[i];
+      auto it = folder.modules.find(m);
+      if (it == folder.modules.end() || !it->second.embedding)
+        throw Error(str("'", dir, "/adapter_model.safetensors' has no lora_embedding_A/B for the ",
+                        "targeted embedding ", m));
+      const EmbeddingLora& l = *set->embedding_loras()[i];
+      for (auto [info, dst] : {std::pair{it->second.A, l.A()}, std::pair{it->second.B, l.B()}}) {
+        if (info->shape != dst.shape())
+          throw Error(str("adapter tensor ", info->name, " is ", shape_str(info->shape),
+                          " but embedding ", m, " (", set->embeddings()[i]->num_embeddings(), " x ",
+                          set->embeddings()[i]->embedding_dim(), ", r=", l.config().r, ") needs ",
+                          shape_str(dst.shape()), " — wrong base model or rank_pattern?"));
+        Tensor d = dst;
+        d.copy_from(f->load_f32(*info));
+      }
+      if (it->second.base_layer) {
+        const Tensor w = set->embeddings()[i]->weight();
+        const Tensor saved = f->load_f32(*it->second.base_layer);
+        double worst = saved.shape() == w.shape() ? 0.0 : 1e30;
+        for (int64_t k = 0; worst < 1e30 && k < w.numel(); ++k)
+          worst = std::max(worst, std::fabs(double(saved.data()[k]) - double(w.data()[k])) /
+                                      (1e-3 + std::fabs(double(w.data()[k]))));
+        if (worst > 1e-3)
+          throw Error(str("'", dir, "': ", it->second.base_layer->name, " (", m,
+                          "'s own table, which peft saves beside the factors and loads over the "
+                          "base's) differs from this base's: a different base model, or a resized "
+                          "vocabulary"));
+        out.notes.push_back(str(m, ".base_layer.weight (saved by peft) equals the base's table"));
+      }
+      used.insert(m);
+    }
+  }
   std::vector<std::string> extra;
   for (const auto& [name, mt] : folder.modules)
     if (!used.count(name)) extra.push_back(name);
+  for (const auto& name : extra)
+    if (folder.modules.at(name).embedding && embeddings.empty())
+      throw Error(str("'", dir, "' has a LoRA on the embedding ", name,
+                      ", and no embeddings were given to adapt (this path reads Linear modules "
+                      "only)"));
   bool has_lm_head = false;
   for (nn::Linear* l : linears) has_lm_head = has_lm_head || l->name() == "lm_head";
   if (!has_lm_head && std::find(extra.begin(), extra.end(), "lm_head") != extra.end())
@@ -622,14 +682,15 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
 void write_peft(const std::string& dir,
                 const std::vector<std::pair<std::string, LoraFactors>>& modules,
                 bool fan_in_fan_out, const std::string& base_model,
-                const std::vector<Tensor>& magnitudes, const std::string& base_fingerprint) {
+                const std::vector<Tensor>& magnitudes, const std::string& base_fingerprint,
+                const std::vector<std::pair<std::string, LoraFactors>>& embeddings) {
   if (!magnitudes.empty() && magnitudes.size() != modules.size())
     throw Error("write_peft: one DoRA magnitude per module expected");
-  if (modules.empty()) throw Error("write_peft: no modules");
+  if (modules.empty() && embeddings.empty()) throw Error("write_peft: no modules");
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw Error(str("cannot create '", dir, "': ", ec.message()));
-  const int64_t r0 = modules.front().second.rank();
+  const int64_t r0 = (modules.empty() ? embeddings : modules).front().second.rank();
   json rank = json::object(), alpha = json::object(), targets = json::array();
   std::vector<io::WriteEntry> e;
   for (size_t i = 0; i < modules.size(); ++i) {
@@ -642,6 +703,14 @@ void write_peft(const std::string& dir,
     e.push_back(io::WriteEntry::f32(kPrefix + m + ".lora_B.weight", f.B));
     if (!magnitudes.empty())
       e.push_back(io::WriteEntry::f32(kPrefix + m + ".lora_magnitude_vector", magnitudes[i]));
+  }
+  for (const auto& [m, f] : embeddings) {
+    const std::string key = regex_escape(m);
+    if (f.rank() != r0) rank[key] = f.rank();
+    alpha[key] = f.scale * static_cast<float>(f.rank());
+    targets.push_back(m);
+    e.push_back(io::WriteEntry::f32(kPrefix + m + ".lora_embedding_A", f.A));
+    e.push_back(io::WriteEntry::f32(kPrefix + m + ".lora_embedding_B", f.B));
   }
   json c = {{"peft_type", "LORA"},
             {"r", r0},
@@ -680,7 +749,12 @@ void export_peft(const AdapterSet& set, const std::string& dir, const std::strin
     if (set.kind() == Kind::Dora) magnitudes.push_back(l.magnitude());
     conv1d = conv1d || set.linears()[i]->w_in_out();
   }
-  write_peft(dir, modules, conv1d, base_model, magnitudes, base_fingerprint);
+  std::vector<std::pair<std::string, LoraFactors>> embs;
+  for (size_t i = 0; i < set.embedding_loras().size(); ++i) {
+    const EmbeddingLora& l = *set.embedding_loras()[i];
+    embs.push_back({set.embedding_modules()[i], LoraFactors{l.A(), l.B(), l.scale()}});
+  }
+  write_peft(dir, modules, conv1d, base_model, magnitudes, base_fingerprint, embs);
 }
 
 }  // namespace tessera::adapters

@@ -40,6 +40,8 @@ struct PeftModuleTensors {
   // lm_head or embedding target (save_embedding_layers): checked equal to
   // the base's on import, since peft would load it over the base's.
   const io::TensorInfo* base_layer = nullptr;
+  // LoRA on an embedding: A/B are lora_embedding_A [r, num] / lora_embedding_B [dim, r].
+  bool embedding = false;
 };
 
 // A PEFT LoRA folder read and validated without a model.
@@ -49,9 +51,9 @@ struct PeftModuleTensors {
 // `.lora_magnitude_vector`, or the same with the adapter name kept
 // (`.lora_A.default.weight`, `.lora_magnitude_vector.default.weight`, as a
 // PeftModel's own state_dict() has them; every key must carry the same
-// name), and `<module>.base_layer.weight` (see PeftModuleTensors). Anything
-// else — no prefix, the prefix twice (peft loads such a
-// folder as a zero adapter, with only a warning), an embedding's
+// name), `<module>.lora_embedding_A` / `_B` (LoRA on an embedding), and
+// `<module>.base_layer.weight` (see PeftModuleTensors). Anything else — no prefix, the prefix twice
+// (peft loads such a folder as a zero adapter, with only a warning), an embedding's
 // lora_embedding_A/B, keys of modules_to_save — is refused, the message
 // listing the keys found.
 struct PeftFolder {
@@ -94,14 +96,18 @@ struct PeftFolder {
 PeftFolder read_peft(const std::string& dir);
 // Writes per-module factors as a PEFT folder (per-module rank and alpha patterns
 // keep each module's rank and scale exact).
+// `embeddings`: LoRA on embedding tables (A [r, num], B [dim, r]), written
+// as <module>.lora_embedding_A / _B.
 void write_peft(const std::string& dir,
                 const std::vector<std::pair<std::string, LoraFactors>>& modules,
                 bool fan_in_fan_out, const std::string& base_model,
                 const std::vector<Tensor>& magnitudes = {},
-                const std::string& base_fingerprint = "");
+                const std::string& base_fingerprint = "",
+                const std::vector<std::pair<std::string, LoraFactors>>& embeddings = {});
 
+// `embeddings`: the model's embedding tables, for a folder with LoRA on them.
 PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
-                       nn::ParameterSet& base);
+                       nn::ParameterSet& base, std::vector<nn::Embedding*> embeddings = {});
 void export_peft(const AdapterSet& set, const std::string& dir, const std::string& base_model,
                  const std::string& base_fingerprint = "");
 

@@ -402,9 +402,9 @@ int run_eval(const EvalOptions& o) {
     // A tessera adapter file, or a PEFT folder.
     t.attach([&](std::vector<nn::Linear*> linears, nn::ParameterSet& base) {
       if (fs::is_directory(o.adapter))
-        set = std::move(adapters::import_peft(o.adapter, linears, base).set);
+        set = std::move(adapters::import_peft(o.adapter, linears, base, t.embeddings()).set);
       else
-        set = adapters::load_adapter(o.adapter, linears, base);
+        set = adapters::load_adapter(o.adapter, linears, base, nullptr, t.embeddings());
       return &set->params();
     });
   }
@@ -1021,7 +1021,8 @@ int run_import_peft(const ImportPeftOptions& o) {
   const BaseModel base = open_base(o.base, "--base");
   train::Model model(base.config);
   if (!base.hf_folder) model.load_weights(base.path);
-  adapters::PeftImport imp = adapters::import_peft(o.peft_dir, model.linears(), model.params());
+  adapters::PeftImport imp =
+      adapters::import_peft(o.peft_dir, model.linears(), model.params(), model.embeddings());
   for (const auto& n : imp.notes) spdlog::info("note: {}", n);
   adapters::save_adapter(*imp.set, o.out, imp.base_model.empty() ? o.base : imp.base_model,
                          fingerprint);

@@ -38,6 +38,10 @@ Cases:
   exclude             exclude_modules=["h.0.attn.c_attn"] beside target_modules c_attn
   gpt2_tied/model     the same GPT-2 with lm_head tied to wte
   tied_lm_head        LoRA on c_attn and the tied lm_head (on gpt2_tied)
+  embedding           LoRA on wte (lora_embedding_A/B) and c_attn, rank 3 on wte by
+                      rank_pattern
+  tied_embedding      LoRA on the tied wte alone (on gpt2_tied): the lookup changes,
+                      the output layer keeps the base table
 
   python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers safetensors peft
   /tmp/venv/bin/python scripts/gen_interchange_fixtures.py
@@ -202,6 +206,25 @@ def main():
         transformers.GPT2LMHeadModel.from_pretrained(tied_dir, attn_implementation="eager"), out).eval()
     save_golden(back, ids, out)
     print("tied_lm_head", sorted(load_file(os.path.join(out, "adapter_model.safetensors"))))
+
+    for name, bdir, cfg in (
+            ("embedding", base_dir, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["wte", "c_attn"],
+                                                    rank_pattern={"wte": 3})),
+            ("tied_embedding", tied_dir, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["wte"]))):
+        m = transformers.GPT2LMHeadModel.from_pretrained(bdir, attn_implementation="eager").eval()
+        pm = peft.get_peft_model(m, cfg)
+        g = torch.Generator().manual_seed(50)
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if "lora_" in n:
+                    p.copy_(0.3 * torch.randn(p.shape, generator=g))
+        out = os.path.join(ROOT, name)
+        pm.save_pretrained(out)
+        clean(out)
+        back = peft.PeftModel.from_pretrained(
+            transformers.GPT2LMHeadModel.from_pretrained(bdir, attn_implementation="eager"), out).eval()
+        save_golden(back, ids, out)
+        print(name, sorted(load_file(os.path.join(out, "adapter_model.safetensors"))))
 
     dst = os.path.join(ROOT, "pissa_niter")
     shutil.copytree(os.path.join(ROOT, "pissa"), dst)

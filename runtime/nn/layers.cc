@@ -72,7 +72,10 @@ RMSNorm::RMSNorm(ParameterSet& ps, const std::string& prefix, int64_t dim, float
 }
 
 Embedding::Embedding(ParameterSet& ps, const std::string& name, int64_t num, int64_t dim, Rng& rng,
-                     float std) {
+                     float std)
+    : name_(name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0
+                ? name.substr(0, name.size() - 7)
+                : name) {
   weight_ = ps.add(name, init_tensor({num, dim}, Init::Normal, rng, std, dim));
 }
 

@@ -94,16 +94,43 @@ class RMSNorm {
   bool unit_offset_ = false;
 };
 
+class Embedding;
+
+// The adapter slot of an Embedding (as LinearAdapter is a Linear's): called
+// with the looked-up rows; returns the adapted rows.
+class EmbeddingAdapter {
+ public:
+  virtual ~EmbeddingAdapter() = default;
+  virtual Tensor forward(const std::vector<int32_t>& ids, const Tensor& base_out,
+                         const Embedding& base) = 0;
+};
+
 class Embedding {
  public:
   Embedding() = default;
+  // `name` is the weight's ("model.embed_tokens.weight"); the module's is it
+  // without ".weight".
   Embedding(ParameterSet& ps, const std::string& name, int64_t num, int64_t dim, Rng& rng,
             float std);
-  Tensor forward(const std::vector<int32_t>& ids) const { return ops::embedding(ids, weight_); }
+  Tensor forward(const std::vector<int32_t>& ids) const {
+    Tensor y = ops::embedding(ids, weight_);
+    return adapter_ ? adapter_->forward(ids, y, *this) : y;
+  }
   const Tensor& weight() const { return weight_; }
+  const std::string& name() const { return name_; }
+  int64_t num_embeddings() const { return weight_.size(0); }
+  int64_t embedding_dim() const { return weight_.size(1); }
+  // Shared with a tied lm_head: changing the weight changes that too.
+  bool tied() const { return tied_; }
+  void set_tied(bool t) { tied_ = t; }
+  void set_adapter(std::shared_ptr<EmbeddingAdapter> a) { adapter_ = std::move(a); }
+  const std::shared_ptr<EmbeddingAdapter>& adapter() const { return adapter_; }
 
  private:
+  std::string name_;
   Tensor weight_;
+  bool tied_ = false;
+  std::shared_ptr<EmbeddingAdapter> adapter_;
 };
 
 }  // namespace tessera::nn

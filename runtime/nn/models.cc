@@ -172,6 +172,7 @@ Decoder::Decoder(const DecoderSpec& spec, Rng& rng) : spec_(spec) {
     if (spec.tie_embeddings) {
       params_.alias("lm_head.weight", "transformer.wte.weight");
       lm_head_ = Linear::tied("lm_head", wte_.weight());
+      wte_.set_tied(true);
     } else
       lm_head_ = Linear(params_, "lm_head", C, V, false, false, rng, Init::Normal, std);
   } else {
@@ -215,6 +216,7 @@ Decoder::Decoder(const DecoderSpec& spec, Rng& rng) : spec_(spec) {
     if (spec.tie_embeddings) {
       params_.alias("lm_head.weight", "model.embed_tokens.weight");
       lm_head_ = Linear::tied("lm_head", wte_.weight());
+      wte_.set_tied(true);
     } else
       lm_head_ = Linear(params_, "lm_head", C, V, false, false, rng, Init::Normal, std);
     rope_cos_ = Tensor::empty({spec.n_ctx, D / 2});
@@ -301,6 +303,12 @@ std::vector<Linear*> Decoder::linears() {
       if (l->weight().defined()) out.push_back(l);
   }
   if (lm_head_.weight().defined()) out.push_back(&lm_head_);
+  return out;
+}
+
+std::vector<Embedding*> Decoder::embeddings() {
+  std::vector<Embedding*> out = {&wte_};
+  if (spec_.flavor == Flavor::Gpt2) out.push_back(&wpe_);
   return out;
 }
 

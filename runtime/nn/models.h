@@ -111,6 +111,8 @@ class Decoder {
   const ParameterSet& params() const { return params_; }
   const DecoderSpec& spec() const { return spec_; }
   std::vector<Linear*> linears();
+  // The token (and, for gpt2, position) embeddings: LoRA can target them.
+  std::vector<Embedding*> embeddings();
   // FLOPs of one token, forward only and forward+backward (llm.c/PaLM style:
   // 2·N_matmul per token forward plus attention 2·2·T·d per layer, ×3 for training).
   double forward_flops_per_token(int64_t T) const;

@@ -44,6 +44,7 @@ class Task {
   virtual const std::string& kind() const = 0;
   virtual nn::ParameterSet& params() = 0;
   virtual std::vector<nn::Linear*> linears() = 0;
+  virtual std::vector<nn::Embedding*> embeddings() { return {}; }
   virtual int64_t train_examples() const = 0;
   virtual double units_per_example() const = 0;
   virtual double flops_per_example() const = 0;
@@ -279,6 +280,7 @@ class LmTask : public Task {
   const std::string& kind() const override { return kind_; }
   nn::ParameterSet& params() override { return model_->params(); }
   std::vector<nn::Linear*> linears() override { return model_->linears(); }
+  std::vector<nn::Embedding*> embeddings() override { return model_->embeddings(); }
   int64_t train_examples() const override { return windows_->count(); }
   double units_per_example() const override { return static_cast<double>(T_); }
   double flops_per_example() const override { return model_->train_flops_per_token(T_) * T_; }
@@ -380,6 +382,10 @@ Trainer::Trainer(const PretrainConfig& cfg, int rank, int world)
 }
 
 Trainer::~Trainer() = default;
+
+std::vector<nn::Embedding*> Trainer::embeddings() {
+  return task_->embeddings();
+}
 
 void Trainer::build_optimizer() {
   const OptimConfig& o = cfg_.optim();
@@ -666,6 +672,10 @@ Model::~Model() = default;
 
 std::vector<nn::Linear*> Model::linears() {
   return mlp_ ? mlp_->linears() : decoder_->linears();
+}
+
+std::vector<nn::Embedding*> Model::embeddings() {
+  return mlp_ ? std::vector<nn::Embedding*>{} : decoder_->embeddings();
 }
 
 nn::ParameterSet& Model::params() {

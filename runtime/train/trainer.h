@@ -65,6 +65,9 @@ class Trainer {
       std::function<nn::ParameterSet*(std::vector<nn::Linear*> linears, nn::ParameterSet& base)>;
   void attach(const AttachFn& fn);
   nn::ParameterSet& trained() { return *trained_; }
+  // The model's embeddings (empty for the classifier), for an AttachFn that
+  // also adapts them.
+  std::vector<nn::Embedding*> embeddings();
 
   // One optimisation step; returns its loss.
   StepStats train_step();
@@ -139,6 +142,7 @@ class Model {
   ~Model();
   void load_weights(const std::string& checkpoint);
   std::vector<nn::Linear*> linears();
+  std::vector<nn::Embedding*> embeddings();
   nn::ParameterSet& params();
 
  private:

@@ -38,12 +38,13 @@ struct Imported {
   std::vector<float> base, adapted;
   std::vector<std::string> modules, notes;
 };
-Imported import_and_run(const std::string& folder) {
-  auto model = io::load_hf_decoder(fixture("gpt2_untied/model"));
+Imported import_and_run(const std::string& folder, const std::string& base = "gpt2_untied") {
+  auto model = io::load_hf_decoder(fixture(base + "/model"));
   const std::vector<int32_t> x = ids();
   Imported r;
   r.base = model->forward(x, 2, 7).to_vector();
-  PeftImport imp = import_peft(fixture(folder), model->linears(), model->params());
+  PeftImport imp =
+      import_peft(fixture(folder), model->linears(), model->params(), model->embeddings());
   r.adapted = model->forward(x, 2, 7).to_vector();
   r.modules = imp.set->modules();
   r.notes = imp.notes;
@@ -184,6 +185,61 @@ TEST(PeftInterchange, PatternKeysResolveInTheFilesOrder) {
   EXPECT_EQ(f.spec.for_module("transformer.h.1.attn.c_attn").alpha, 7.0f);
   EXPECT_EQ(f.spec.for_module("transformer.h.0.attn.c_attn").r, 3);
   EXPECT_EQ(f.spec.for_module("transformer.h.0.mlp.c_fc").r, 2);
+}
+
+// LoRA on an embedding (peft's lora.Embedding): untied, and tied to the
+// lm_head (the lookup changes, the output layer keeps the base table).
+TEST(PeftInterchange, EmbeddingLoraMatchesPeftAndRoundTrips) {
+  for (const auto& [name, base] : {std::pair<std::string, std::string>{"embedding", "gpt2_untied"},
+                                   {"tied_embedding", "gpt2_tied"}}) {
+    Imported r = import_and_run(name, base);
+    EXPECT_LT(testing::rel_err(r.adapted, peft_logits(name)), 1e-5) << name;
+    EXPECT_GT(testing::rel_err(r.base, peft_logits(name)), 1e-2) << name;
+  }
+  auto a = io::load_hf_decoder(fixture("gpt2_untied/model"));
+  PeftImport imp = import_peft(fixture("embedding"), a->linears(), a->params(), a->embeddings());
+  ASSERT_EQ(imp.set->embedding_modules(), std::vector<std::string>{"transformer.wte"});
+  EXPECT_EQ(imp.set->embedding_loras()[0]->config().r, 3);  // rank_pattern {"wte": 3}
+  const std::vector<float> want = a->forward(ids(), 2, 7).to_vector();
+  // tessera's adapter file and its PEFT export carry the embedding LoRA.
+  const std::string dir = testing::temp_dir("peft_embedding");
+  save_adapter(*imp.set, dir + "/a.safetensors", "tiny");
+  adapter_file_to_peft(dir + "/a.safetensors", dir + "/peft");
+  for (int path = 0; path < 2; ++path) {
+    auto b = io::load_hf_decoder(fixture("gpt2_untied/model"));
+    std::unique_ptr<AdapterSet> set =
+        path == 0
+            ? load_adapter(dir + "/a.safetensors", b->linears(), b->params(), nullptr,
+                           b->embeddings())
+            : std::move(import_peft(dir + "/peft", b->linears(), b->params(), b->embeddings()).set);
+    EXPECT_EQ(b->forward(ids(), 2, 7).to_vector(), want) << path;
+  }
+  // Merged into an untied table it computes the same; tied, merging is refused.
+  imp.set->merge();
+  EXPECT_LT(testing::rel_err(a->forward(ids(), 2, 7).to_vector(), want), 1e-5);
+  imp.set->unmerge();
+  auto t = io::load_hf_decoder(fixture("gpt2_tied/model"));
+  PeftImport tied =
+      import_peft(fixture("tied_embedding"), t->linears(), t->params(), t->embeddings());
+  EXPECT_NE(testing::error_of([&] { tied.set->merge(); }).find("tied to the lm_head"),
+            std::string::npos);
+  // Combining factors (tessera merge) covers Linear LoRAs only: refused by name.
+  EXPECT_NE(testing::error_of([&] {
+              read_peft(fixture("embedding")).factors();
+            }).find("embedding transformer.wte"),
+            std::string::npos);
+}
+
+// An imported adapter whose pattern keys overlap keeps their order through
+// tessera's own adapter file.
+TEST(PeftInterchange, PatternOrderSurvivesTheAdapterFile) {
+  auto a = io::load_hf_decoder(fixture("gpt2_untied/model"));
+  PeftImport imp = import_peft(fixture("pattern_order"), a->linears(), a->params());
+  const std::string file = testing::temp_dir("peft_order") + "/a.safetensors";
+  save_adapter(*imp.set, file, "tiny");
+  auto b = io::load_hf_decoder(fixture("gpt2_untied/model"));
+  auto set = load_adapter(file, b->linears(), b->params());
+  EXPECT_EQ(b->forward(ids(), 2, 7).to_vector(), a->forward(ids(), 2, 7).to_vector());
 }
 
 // peft #3608: DoRA's norm ‖W + ΔW‖ is of the base's own W, so a DoRA set
