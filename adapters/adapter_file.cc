@@ -87,7 +87,10 @@ Loaded open(const std::string& path) {
     a.base_fingerprint = get<std::string>(j, "base_fingerprint", path);
   if (j.contains("embedding_modules"))
     a.embedding_modules = get<std::vector<std::string>>(j, "embedding_modules", path);
-  if ((a.modules.empty() && a.embedding_modules.empty()) || a.conv1d.size() != a.modules.size())
+  if (j.contains("modules_to_save"))
+    a.modules_to_save = get<std::vector<std::string>>(j, "modules_to_save", path);
+  if ((a.modules.empty() && a.embedding_modules.empty() && a.modules_to_save.empty()) ||
+      a.conv1d.size() != a.modules.size())
     throw Error(str("adapter file '", path, "': ", a.modules.size(), " modules but ",
                     a.conv1d.size(), " conv1d flags"));
   return l;
@@ -118,7 +121,8 @@ namespace {
 json spec_json(const AdapterSpec& s, const std::vector<std::string>& targets,
                const std::vector<std::string>& modules, const std::vector<bool>& conv1d,
                const std::string& base_model, const std::string& fingerprint,
-               const std::vector<std::string>& embedding_modules = {}) {
+               const std::vector<std::string>& embedding_modules = {},
+               const std::vector<std::string>& copied_modules = {}) {
   json rp = json::object(), ap = json::object();
   for (const auto& [k, v] : s.lora.rank_pattern) rp[k] = v;
   for (const auto& [k, v] : s.lora.alpha_pattern) ap[k] = v;
@@ -139,7 +143,8 @@ json spec_json(const AdapterSpec& s, const std::vector<std::string>& targets,
           {"conv1d", conv1d},
           {"base_model", base_model},
           {"base_fingerprint", fingerprint},
-          {"embedding_modules", embedding_modules}};
+          {"embedding_modules", embedding_modules},
+          {"modules_to_save", copied_modules}};
 }
 
 void write(const std::string& path, const std::vector<io::WriteEntry>& e, const json& meta) {
@@ -158,7 +163,7 @@ void save_adapter(const AdapterSet& set, const std::string& path, const std::str
   for (const auto& p : set.params().all()) e.push_back(io::WriteEntry::f32(p.name, p.tensor));
   write(path, e,
         spec_json(set.spec(), set.targets(), set.modules(), conv, base_model, base_fingerprint,
-                  set.embedding_modules()));
+                  set.embedding_modules(), set.copied_modules()));
 }
 
 void save_lora_factors(const std::string& path,
@@ -198,6 +203,9 @@ std::vector<std::pair<std::string, LoraFactors>> AdapterFile::factors() const {
   if (spec.kind != Kind::Lora && spec.kind != Kind::Dora)
     throw Error(str("adapter file '", path, "' holds a ", kind_name(spec.kind),
                     " adapter, which has no LoRA factors"));
+  if (!modules_to_save.empty())
+    throw Error(str("adapter file '", path, "' replaces ", modules_to_save.front(),
+                    " by a copy (modules_to_save): these methods combine LoRA factors"));
   if (!embedding_modules.empty())
     throw Error(str("adapter file '", path, "' has a LoRA on the embedding ",
                     embedding_modules.front(), ": these methods combine LoRAs of Linear modules"));
@@ -237,6 +245,7 @@ std::unique_ptr<AdapterSet> load_adapter(const std::string& path, std::vector<nn
                       a.embedding_modules.front(), ", and this model has no embeddings to adapt"));
     set->add_embeddings(embeddings, a.embedding_modules);
   }
+  if (!a.modules_to_save.empty()) set->add_copies(linears, embeddings, a.modules_to_save);
   if (set->modules() != a.modules)
     throw Error(str("adapter file '", path, "' was trained on ", a.modules.size(),
                     " modules, but its targets select ", set->modules().size(), " on this base",
@@ -275,8 +284,18 @@ void adapter_file_to_peft(const std::string& file, const std::string& dir) {
     embs.push_back(
         {m, LoraFactors{f.tensor(m + ".lora_embedding_A"), f.tensor(m + ".lora_embedding_B"),
                         f.spec.lora.for_module(m).scale()}});
+  std::vector<std::pair<std::string, Tensor>> saved;
+  {
+    auto file_tensors = io::SafetensorsFile::open(file);
+    for (const auto& t : file_tensors->tensors()) {
+      const size_t at = t.name.find(".modules_to_save.");
+      if (at != std::string::npos)
+        saved.push_back(
+            {t.name.substr(0, at) + "." + t.name.substr(at + 17), file_tensors->load_f32(t)});
+    }
+  }
   write_peft(dir, f.linear_factors(), conv1d, f.base_model, f.magnitudes(), f.base_fingerprint,
-             embs);
+             embs, saved, f.modules_to_save);
 }
 
 void peft_to_adapter_file(const std::string& dir, const std::string& file) {

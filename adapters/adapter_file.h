@@ -31,6 +31,7 @@ struct AdapterFile {
   AdapterSpec spec;
   std::vector<std::string> targets, modules;
   std::vector<std::string> embedding_modules;  // LoRA on embeddings (EmbeddingLora)
+  std::vector<std::string> modules_to_save;    // modules replaced by copies (LinearCopy, TableCopy)
   std::vector<bool> conv1d;                    // per module: the base weight is [in, out]
   std::string base_model;
   std::string base_fingerprint;  // "" when unknown

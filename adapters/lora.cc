@@ -349,7 +349,17 @@ void AdapterSet::merge() {
       throw Error(str(embs_[i]->name(),
                       " is tied to the lm_head (tie_word_embeddings): merging its LoRA would "
                       "change the output layer too; keep it unmerged"));
+  for (const auto& [l, c] : linear_copies_)
+    if (l->tied() && !c->merged())
+      throw Error(str(l->name(), " shares its weight with the input embeddings: merging its ",
+                      "modules_to_save copy would change them too; keep it unmerged"));
+  for (const auto& [e, c] : table_copies_)
+    if (e->tied() && !c->merged())
+      throw Error(str(e->name(), " is tied to the lm_head: merging its modules_to_save copy ",
+                      "would change the output layer too; keep it unmerged"));
   for (size_t i = 0; i < emb_loras_.size(); ++i) emb_loras_[i]->shift_base(*embs_[i], true);
+  for (const auto& [l, c] : linear_copies_) c->shift_base(*l, true);
+  for (const auto& [e, c] : table_copies_) c->shift_base(*e, true);
   for (size_t i = 0; i < adapters_.size(); ++i)
     if (linears_[i]->tied() && !adapters_[i]->merged())
       throw Error(str(linears_[i]->name(),
@@ -370,6 +380,8 @@ void AdapterSet::unmerge() {
     linears_[i]->count_merge(-1);
   }
   for (size_t i = 0; i < emb_loras_.size(); ++i) emb_loras_[i]->shift_base(*embs_[i], false);
+  for (const auto& [l, c] : linear_copies_) c->shift_base(*l, false);
+  for (const auto& [e, c] : table_copies_) c->shift_base(*e, false);
 }
 
 void AdapterSet::detach() {
@@ -378,7 +390,89 @@ void AdapterSet::detach() {
     if (linears_[i]->adapter() == adapters_[i]) linears_[i]->set_adapter(nullptr);
   for (size_t i = 0; i < embs_.size(); ++i)
     if (embs_[i]->adapter() == emb_loras_[i]) embs_[i]->set_adapter(nullptr);
+  for (const auto& [l, c] : linear_copies_)
+    if (l->adapter() == c) l->set_adapter(nullptr);
+  for (const auto& [e, c] : table_copies_)
+    if (e->adapter() == c) e->set_adapter(nullptr);
   attached_ = false;
+}
+
+void AdapterSet::add_copies(const std::vector<nn::Linear*>& linears,
+                            const std::vector<nn::Embedding*>& embeddings,
+                            const std::vector<std::string>& names) {
+  for (const std::string& n : names) {
+    nn::Linear* lin = nullptr;
+    nn::Embedding* emb = nullptr;
+    for (nn::Linear* l : linears)
+      if (l->name() == n) lin = l;
+    for (nn::Embedding* e : embeddings)
+      if (e->name() == n) emb = e;
+    if (lin) {
+      if (lin->adapter()) throw Error(str("module ", n, " already has an adapter attached"));
+      auto c = std::make_shared<LinearCopy>(*lin, params_);
+      lin->set_adapter(c);
+      linear_copies_.push_back({lin, c});
+    } else if (emb) {
+      if (emb->adapter()) throw Error(str("embedding ", n, " already has an adapter attached"));
+      auto c = std::make_shared<TableCopy>(*emb, params_);
+      emb->set_adapter(c);
+      table_copies_.push_back({emb, c});
+    } else {
+      throw Error(str("modules_to_save: ", n,
+                      " is not a Linear or an Embedding of this model (tessera copies those; "
+                      "norms and whole blocks are not supported)"));
+    }
+    copy_names_.push_back(n);
+  }
+}
+
+LinearCopy::LinearCopy(const nn::Linear& base, nn::ParameterSet& ps) {
+  w_ = ps.add(base.name() + ".modules_to_save.weight", base.weight().clone());
+  if (base.bias().defined())
+    b_ = ps.add(base.name() + ".modules_to_save.bias", base.bias().clone());
+}
+
+Tensor LinearCopy::forward(const Tensor& x, const Tensor&, const nn::Linear& base) {
+  if (merged_) return ops::linear(x, base.weight(), base.bias(), base.w_in_out());
+  return ops::linear(x, w_, b_, base.w_in_out());
+}
+
+void LinearCopy::shift_base(nn::Linear& base, bool merge) {
+  if (merged_ == merge) return;
+  Tensor w = base.weight(), b = base.bias();
+  if (merge) {
+    saved_w_ = w.clone();
+    w.copy_from(w_);
+    if (b.defined()) {
+      saved_b_ = b.clone();
+      b.copy_from(b_);
+    }
+  } else {
+    w.copy_from(saved_w_);
+    if (b.defined()) b.copy_from(saved_b_);
+  }
+  merged_ = merge;
+}
+
+TableCopy::TableCopy(const nn::Embedding& base, nn::ParameterSet& ps) {
+  w_ = ps.add(base.name() + ".modules_to_save.weight", base.weight().clone());
+}
+
+Tensor TableCopy::forward(const std::vector<int32_t>& ids, const Tensor& base_out,
+                          const nn::Embedding&) {
+  return merged_ ? base_out : ops::embedding(ids, w_);
+}
+
+void TableCopy::shift_base(nn::Embedding& base, bool merge) {
+  if (merged_ == merge) return;
+  Tensor w = base.weight();
+  if (merge) {
+    saved_ = w.clone();
+    w.copy_from(w_);
+  } else {
+    w.copy_from(saved_);
+  }
+  merged_ = merge;
 }
 
 void AdapterSet::add_embeddings(const std::vector<nn::Embedding*>& embeddings,

@@ -148,6 +148,38 @@ class EmbeddingLora : public nn::EmbeddingAdapter {
   bool merged_ = false;
 };
 
+// peft's modules_to_save: a module replaced by a trainable copy of itself.
+// A Linear's copy holds "<module>.modules_to_save.weight" (and .bias); an
+// Embedding's the table. Merging writes the copy into the base (refused for
+// weights tied between the embeddings and the lm_head).
+class LinearCopy : public nn::LinearAdapter {
+ public:
+  LinearCopy(const nn::Linear& base, nn::ParameterSet& ps);
+  Tensor forward(const Tensor& x, const Tensor& base_out, const nn::Linear& base) override;
+  bool needs_base_out() const override { return false; }
+  void shift_base(nn::Linear& base, bool merge);
+  bool merged() const { return merged_; }
+  const Tensor& weight() const { return w_; }
+  const Tensor& bias() const { return b_; }
+
+ private:
+  Tensor w_, b_, saved_w_, saved_b_;
+  bool merged_ = false;
+};
+class TableCopy : public nn::EmbeddingAdapter {
+ public:
+  TableCopy(const nn::Embedding& base, nn::ParameterSet& ps);
+  Tensor forward(const std::vector<int32_t>& ids, const Tensor& base_out,
+                 const nn::Embedding& base) override;
+  void shift_base(nn::Embedding& base, bool merge);
+  bool merged() const { return merged_; }
+  const Tensor& weight() const { return w_; }
+
+ private:
+  Tensor w_, saved_;
+  bool merged_ = false;
+};
+
 class AdapterSet {
  public:
   // Attaches an adapter of spec.kind to every Linear in `linears` whose name
@@ -192,7 +224,17 @@ class AdapterSet {
   const std::vector<std::shared_ptr<EmbeddingLora>>& embedding_loras() const { return emb_loras_; }
   const std::vector<nn::Embedding*>& embeddings() const { return embs_; }
 
+  // peft's modules_to_save: each module named (a Linear or an Embedding of
+  // the model) gets a copy of itself that replaces it, starting equal to it.
+  void add_copies(const std::vector<nn::Linear*>& linears,
+                  const std::vector<nn::Embedding*>& embeddings,
+                  const std::vector<std::string>& names);
+  const std::vector<std::string>& copied_modules() const { return copy_names_; }
+
  private:
+  std::vector<std::string> copy_names_;
+  std::vector<std::pair<nn::Linear*, std::shared_ptr<LinearCopy>>> linear_copies_;
+  std::vector<std::pair<nn::Embedding*, std::shared_ptr<TableCopy>>> table_copies_;
   std::vector<nn::Embedding*> embs_;
   std::vector<std::shared_ptr<EmbeddingLora>> emb_loras_;
   std::vector<std::string> emb_names_;

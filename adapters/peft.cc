@@ -37,11 +37,17 @@ bool neutral(const J& v) {
 // Fields that change what the adapter computes (or add tensors to it) and
 // that tessera does not implement: refused unless neutral (null / false /
 // empty). The table in docs/peft_lora_config.md lists every field.
-const std::set<std::string> kRefusedUnlessNeutral = {
-    "modules_to_save",         "lora_bias",         "use_qalora",
-    "target_parameters",       "layer_replication", "alora_invocation_tokens",
-    "trainable_token_indices", "use_bdlora",        "velora_config",
-    "monteclora_config",       "arrow_config",      "kasa_config"};
+const std::set<std::string> kRefusedUnlessNeutral = {"lora_bias",
+                                                     "use_qalora",
+                                                     "target_parameters",
+                                                     "layer_replication",
+                                                     "alora_invocation_tokens",
+                                                     "trainable_token_indices",
+                                                     "use_bdlora",
+                                                     "velora_config",
+                                                     "monteclora_config",
+                                                     "arrow_config",
+                                                     "kasa_config"};
 // Training-time or bookkeeping fields with no effect on the adapted forward.
 const std::set<std::string> kIgnored = {
     "lora_dropout", "inference_mode",    "task_type",           "revision",       "peft_version",
@@ -61,7 +67,8 @@ const std::set<std::string> kHonoured = {"peft_type",
                                          "init_lora_weights",
                                          "layers_to_transform",
                                          "layers_pattern",
-                                         "exclude_modules"};
+                                         "exclude_modules",
+                                         "modules_to_save"};
 
 template <typename T, typename J>
 T field(const J& j, const char* key, const std::string& path) {
@@ -114,10 +121,24 @@ void index_keys(PeftFolder& out, const std::string& path) {
       out.modules[m[1].str()].base_layer = &t;
       continue;
     }
+    // A module of modules_to_save: its own parameters, under its own name
+    // (peft's ModulesToSaveWrapper saves "<module>.<param>").
+    static const std::regex param(R"(^(.+)\.([^.]+)$)");
+    if (rest.find(".lora_") == std::string::npos && std::regex_match(rest, m, param)) {
+      const std::string mod = m[1].str();
+      bool saved = false;
+      for (const auto& e : out.modules_to_save)
+        saved = saved ||
+                (mod.size() >= e.size() && mod.compare(mod.size() - e.size(), e.size(), e) == 0);
+      if (saved) {
+        out.saved_modules[mod][m[2].str()] = &t;
+        continue;
+      }
+    }
     if (rest.find("modules_to_save") != std::string::npos ||
         rest.find(".lora_") == std::string::npos) {
       bad.push_back(t.name);
-      why = "tensors beside LoRA's (modules_to_save, biases, a full weight) are not supported yet";
+      why = "tensors beside LoRA's that no modules_to_save entry names (a bias, a full weight)";
       continue;
     }
     PeftModuleTensors* mt = nullptr;
@@ -149,8 +170,8 @@ void index_keys(PeftFolder& out, const std::string& path) {
       if (n.empty()) n = "(none)";
     refuse(str("the keys carry different adapter names: ", list_keys(v)));
   }
-  if (out.modules.empty()) refuse("it holds no LoRA tensors");
-  out.adapter_name = *names.begin();
+  if (out.modules.empty() && out.saved_modules.empty()) refuse("it holds no LoRA tensors");
+  out.adapter_name = names.empty() ? "" : *names.begin();
   if (!out.adapter_name.empty())
     out.notes.push_back(str("the tensor keys carry the adapter name '", out.adapter_name,
                             "' (as a PeftModel's state_dict() has them); read as this adapter's"));
@@ -351,6 +372,15 @@ PeftFolder read_peft(const std::string& dir) {
       throw Error(str("'", cpath, "': layers_pattern must be a string or a list of them"));
     }
   }
+  if (c.contains("modules_to_save") && !c["modules_to_save"].is_null()) {
+    if (!c["modules_to_save"].is_array())
+      throw Error(str("'", cpath, "': modules_to_save must be a list of module names"));
+    for (const auto& m : c["modules_to_save"]) {
+      if (!m.is_string())
+        throw Error(str("'", cpath, "': modules_to_save entries must be strings"));
+      out.modules_to_save.push_back(m.get<std::string>());
+    }
+  }
   if (c.contains("init_lora_weights") && c["init_lora_weights"].is_string()) {
     // peft's LoraLayer.update_layer: these change the base weight when the
     // adapter is created, so loading the saved A/B alone is not the adapter.
@@ -411,6 +441,9 @@ bool PeftFolder::selects(const std::string& key) const {
     }
   };
   if (!exclude_regex.empty() && full(exclude_regex)) return false;
+  // peft never puts a LoRA on a module of modules_to_save.
+  for (const auto& m : modules_to_save)
+    if (full("(^|.*\\.)" + m + "($|\\..*)")) return false;
   for (const auto& e : exclude_list)
     if (ends_with(e)) return false;
   if (!target_regex.empty())
@@ -442,6 +475,11 @@ std::vector<std::pair<std::string, LoraFactors>> PeftFolder::factors() const {
     throw Error(str("'", tensors->source(),
                     "' is a DoRA adapter: its magnitude rescales the whole weight, so it cannot be "
                     "combined as LoRA factors (merge it into the base instead)"));
+  if (!saved_modules.empty())
+    throw Error(str("'", tensors->source(), "' replaces ", saved_modules.begin()->first,
+                    " by a saved copy (modules_to_save): the LoRA factors alone are not the "
+                    "adapter; import it against its base (tessera import-peft FOLDER --base "
+                    "BASE)"));
   if (!base_changing_init.empty())
     throw Error(str("'", tensors->source(), "': init_lora_weights = \"", base_changing_init,
                     "\" makes peft change the base weights at load, so the factors alone are not "
@@ -656,6 +694,32 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
       used.insert(m);
     }
   }
+  // modules_to_save: each saved module replaced by its saved copy.
+  if (!folder.saved_modules.empty()) {
+    std::vector<std::string> names;
+    for (const auto& [m, params] : folder.saved_modules) names.push_back(m);
+    set->add_copies(linears, embeddings, names);
+    for (const auto& [m, params] : folder.saved_modules) {
+      for (const auto& [pname, info] : params) {
+        Tensor* dst = set->params().find(m + ".modules_to_save." + pname);
+        if (!dst)
+          throw Error(str("'", dir, "': ", info->name, ": module ", m, " has no parameter '", pname,
+                          "' in this model"));
+        if (info->shape != dst->shape())
+          throw Error(str("'", dir, "': ", info->name, " is ", shape_str(info->shape),
+                          " but this model's ", m, ".", pname, " is ", shape_str(dst->shape()),
+                          " (a resized vocabulary, or another base model?)"));
+        dst->copy_from(f->load_f32(*info));
+      }
+      for (const auto& p : set->params().all())
+        if (p.name.rfind(m + ".modules_to_save.", 0) == 0 &&
+            !params.count(p.name.substr(m.size() + 17)))
+          throw Error(str("'", dir, "': modules_to_save module ", m, " lacks its ",
+                          p.name.substr(m.size() + 17), " in the folder"));
+    }
+    out.notes.push_back(str("modules_to_save: ", list_keys(names),
+                            " replaced by the folder's copies, as peft does"));
+  }
   std::vector<std::string> extra;
   for (const auto& [name, mt] : folder.modules)
     if (!used.count(name)) extra.push_back(name);
@@ -683,10 +747,12 @@ void write_peft(const std::string& dir,
                 const std::vector<std::pair<std::string, LoraFactors>>& modules,
                 bool fan_in_fan_out, const std::string& base_model,
                 const std::vector<Tensor>& magnitudes, const std::string& base_fingerprint,
-                const std::vector<std::pair<std::string, LoraFactors>>& embeddings) {
+                const std::vector<std::pair<std::string, LoraFactors>>& embeddings,
+                const std::vector<std::pair<std::string, Tensor>>& saved,
+                const std::vector<std::string>& modules_to_save) {
   if (!magnitudes.empty() && magnitudes.size() != modules.size())
     throw Error("write_peft: one DoRA magnitude per module expected");
-  if (modules.empty() && embeddings.empty()) throw Error("write_peft: no modules");
+  if (modules.empty() && embeddings.empty()) throw Error("write_peft: no LoRA modules");
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw Error(str("cannot create '", dir, "': ", ec.message()));
@@ -704,6 +770,7 @@ void write_peft(const std::string& dir,
     if (!magnitudes.empty())
       e.push_back(io::WriteEntry::f32(kPrefix + m + ".lora_magnitude_vector", magnitudes[i]));
   }
+  for (const auto& [name, t] : saved) e.push_back(io::WriteEntry::f32(kPrefix + name, t));
   for (const auto& [m, f] : embeddings) {
     const std::string key = regex_escape(m);
     if (f.rank() != r0) rank[key] = f.rank();
@@ -723,7 +790,7 @@ void write_peft(const std::string& dir,
             {"fan_in_fan_out", fan_in_fan_out},
             {"bias", "none"},
             {"lora_dropout", 0.0},
-            {"modules_to_save", nullptr},
+            {"modules_to_save", modules_to_save.empty() ? json(nullptr) : json(modules_to_save)},
             {"init_lora_weights", true},
             {"inference_mode", true},
             {"task_type", nullptr},
@@ -749,12 +816,19 @@ void export_peft(const AdapterSet& set, const std::string& dir, const std::strin
     if (set.kind() == Kind::Dora) magnitudes.push_back(l.magnitude());
     conv1d = conv1d || set.linears()[i]->w_in_out();
   }
+  std::vector<std::pair<std::string, Tensor>> saved;
+  for (const auto& p : set.params().all()) {
+    const size_t at = p.name.find(".modules_to_save.");
+    if (at != std::string::npos)
+      saved.push_back({p.name.substr(0, at) + "." + p.name.substr(at + 17), p.tensor});
+  }
   std::vector<std::pair<std::string, LoraFactors>> embs;
   for (size_t i = 0; i < set.embedding_loras().size(); ++i) {
     const EmbeddingLora& l = *set.embedding_loras()[i];
     embs.push_back({set.embedding_modules()[i], LoraFactors{l.A(), l.B(), l.scale()}});
   }
-  write_peft(dir, modules, conv1d, base_model, magnitudes, base_fingerprint, embs);
+  write_peft(dir, modules, conv1d, base_model, magnitudes, base_fingerprint, embs, saved,
+             set.copied_modules());
 }
 
 }  // namespace tessera::adapters

@@ -82,6 +82,11 @@ struct PeftFolder {
   std::vector<std::string> exclude_list;  // exclude_modules as a list
   std::vector<int64_t> layers_to_transform;
   std::vector<std::string> layers_pattern;
+  // modules_to_save: the entries (a module is saved when its name ends with
+  // one, as peft's _set_trainable), and the saved tensors by module and
+  // parameter ("lm_head" → {"weight": ...}). Such modules take no LoRA.
+  std::vector<std::string> modules_to_save;
+  std::map<std::string, std::map<std::string, const io::TensorInfo*>> saved_modules;
   bool selects(const std::string& module) const;
 
   // init_lora_weights that change the base at load: "pissa" (peft subtracts
@@ -97,13 +102,16 @@ PeftFolder read_peft(const std::string& dir);
 // Writes per-module factors as a PEFT folder (per-module rank and alpha patterns
 // keep each module's rank and scale exact).
 // `embeddings`: LoRA on embedding tables (A [r, num], B [dim, r]), written
-// as <module>.lora_embedding_A / _B.
+// as <module>.lora_embedding_A / _B; `saved`: modules_to_save copies as
+// "<module>.<param>" tensors, the modules listed in `modules_to_save`.
 void write_peft(const std::string& dir,
                 const std::vector<std::pair<std::string, LoraFactors>>& modules,
                 bool fan_in_fan_out, const std::string& base_model,
                 const std::vector<Tensor>& magnitudes = {},
                 const std::string& base_fingerprint = "",
-                const std::vector<std::pair<std::string, LoraFactors>>& embeddings = {});
+                const std::vector<std::pair<std::string, LoraFactors>>& embeddings = {},
+                const std::vector<std::pair<std::string, Tensor>>& saved = {},
+                const std::vector<std::string>& modules_to_save = {});
 
 // `embeddings`: the model's embedding tables, for a folder with LoRA on them.
 PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,

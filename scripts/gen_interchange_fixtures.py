@@ -42,6 +42,9 @@ Cases:
                       rank_pattern
   tied_embedding      LoRA on the tied wte alone (on gpt2_tied): the lookup changes,
                       the output layer keeps the base table
+  modules_to_save     LoRA on c_attn, modules_to_save ["lm_head", "wpe"] (a Linear and an
+                      Embedding), the saved copies moved off the base's values
+  save_norm           modules_to_save ["ln_f"]: a LayerNorm, refused by name
 
   python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers safetensors peft
   /tmp/venv/bin/python scripts/gen_interchange_fixtures.py
@@ -223,6 +226,27 @@ def main():
         clean(out)
         back = peft.PeftModel.from_pretrained(
             transformers.GPT2LMHeadModel.from_pretrained(bdir, attn_implementation="eager"), out).eval()
+        save_golden(back, ids, out)
+        print(name, sorted(load_file(os.path.join(out, "adapter_model.safetensors"))))
+
+    for name, cfg in (("modules_to_save", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"],
+                                                          modules_to_save=["lm_head", "wpe"])),
+                      ("save_norm", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"],
+                                                    modules_to_save=["ln_f"]))):
+        m = transformers.GPT2LMHeadModel.from_pretrained(base_dir, attn_implementation="eager").eval()
+        pm = peft.get_peft_model(m, cfg)
+        g = torch.Generator().manual_seed(60)
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if "lora_" in n:
+                    p.copy_(0.3 * torch.randn(p.shape, generator=g))
+                elif "modules_to_save" in n:
+                    p.add_(0.1 * torch.randn(p.shape, generator=g))
+        out = os.path.join(ROOT, name)
+        pm.save_pretrained(out)
+        clean(out)
+        back = peft.PeftModel.from_pretrained(
+            transformers.GPT2LMHeadModel.from_pretrained(base_dir, attn_implementation="eager"), out).eval()
         save_golden(back, ids, out)
         print(name, sorted(load_file(os.path.join(out, "adapter_model.safetensors"))))
 

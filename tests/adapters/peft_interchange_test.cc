@@ -230,6 +230,43 @@ TEST(PeftInterchange, EmbeddingLoraMatchesPeftAndRoundTrips) {
             std::string::npos);
 }
 
+// modules_to_save (a Linear and an Embedding): the saved copies replace the
+// modules, as peft's ModulesToSaveWrapper does; through tessera's adapter file
+// and PEFT export and back; merged, the same; a norm is refused by name.
+TEST(PeftInterchange, ModulesToSaveReplaceTheirModulesAsPeftDoes) {
+  Imported r = import_and_run("modules_to_save");
+  EXPECT_LT(testing::rel_err(r.adapted, peft_logits("modules_to_save")), 1e-5);
+  EXPECT_TRUE(any_note(r.notes, "modules_to_save"));
+  auto a = io::load_hf_decoder(fixture("gpt2_untied/model"));
+  PeftImport imp =
+      import_peft(fixture("modules_to_save"), a->linears(), a->params(), a->embeddings());
+  EXPECT_EQ(imp.set->copied_modules(), (std::vector<std::string>{"lm_head", "transformer.wpe"}));
+  const std::vector<float> want = a->forward(ids(), 2, 7).to_vector();
+  const std::string dir = testing::temp_dir("peft_mts");
+  save_adapter(*imp.set, dir + "/a.safetensors", "tiny");
+  adapter_file_to_peft(dir + "/a.safetensors", dir + "/peft");
+  for (int path = 0; path < 2; ++path) {
+    auto b = io::load_hf_decoder(fixture("gpt2_untied/model"));
+    std::unique_ptr<AdapterSet> set =
+        path == 0
+            ? load_adapter(dir + "/a.safetensors", b->linears(), b->params(), nullptr,
+                           b->embeddings())
+            : std::move(import_peft(dir + "/peft", b->linears(), b->params(), b->embeddings()).set);
+    EXPECT_EQ(b->forward(ids(), 2, 7).to_vector(), want) << path;
+  }
+  imp.set->merge();
+  EXPECT_LT(testing::rel_err(a->forward(ids(), 2, 7).to_vector(), want), 1e-5);
+  imp.set->unmerge();
+  imp.set->detach();
+  // (the LoRA's merge and unmerge round within float32)
+  EXPECT_LT(testing::rel_err(a->forward(ids(), 2, 7).to_vector(), r.base), 1e-6)
+      << "detach restores the base";
+  auto c = io::load_hf_decoder(fixture("gpt2_untied/model"));
+  const std::string e = testing::error_of(
+      [&] { import_peft(fixture("save_norm"), c->linears(), c->params(), c->embeddings()); });
+  EXPECT_NE(e.find("transformer.ln_f is not a Linear or an Embedding"), std::string::npos) << e;
+}
+
 // An imported adapter whose pattern keys overlap keeps their order through
 // tessera's own adapter file.
 TEST(PeftInterchange, PatternOrderSurvivesTheAdapterFile) {
