@@ -783,7 +783,52 @@ int run_merge(const MergeOptions& o) {
   };
   std::vector<Input> folders;
   std::vector<std::vector<std::pair<std::string, adapters::LoraFactors>>> per;
+  // With --base every input is read against the base model, by the same
+  // rules as import-peft and eval (PiSSA/OLoRA converted, targets and shapes
+  // checked, the fingerprint compared); without it, from the files alone.
+  std::unique_ptr<train::Model> base_model;
+  std::string base_fp;
+  if (!o.base.empty()) {
+    const BaseModel b = open_base(o.base, "--base");
+    base_model = std::make_unique<train::Model>(b.config);
+    if (!b.hf_folder) base_model->load_weights(b.path);
+    base_fp = base_fingerprint(o.base);
+  }
   for (const auto& in : o.inputs) {
+    if (base_model) {
+      const std::string want = fs::is_directory(in) ? adapters::read_peft(in).base_fingerprint
+                                                    : adapters::read_adapter(in).base_fingerprint;
+      if (!want.empty()) check_base(in, want, o.base, o.force, base_fp);
+      std::unique_ptr<adapters::AdapterSet> set;
+      if (fs::is_directory(in)) {
+        adapters::PeftImport imp = adapters::import_peft(
+            in, base_model->linears(), base_model->params(), base_model->embeddings());
+        for (const auto& n : imp.notes) spdlog::info("{}: {}", in, n);
+        set = std::move(imp.set);
+      } else {
+        set = adapters::load_adapter(in, base_model->linears(), base_model->params(), nullptr,
+                                     base_model->embeddings());
+      }
+      if (set->kind() != adapters::Kind::Lora || !set->embedding_modules().empty() ||
+          !set->copied_modules().empty())
+        throw Error(str("merge: '", in, "' is not LoRA on Linear modules alone (",
+                        set->kind() != adapters::Kind::Lora ? adapters::kind_name(set->kind())
+                        : !set->embedding_modules().empty() ? "a LoRA on an embedding"
+                                                            : "modules_to_save copies",
+                        "); these methods combine LoRAs of Linear modules"));
+      std::vector<std::pair<std::string, adapters::LoraFactors>> f;
+      bool conv = false;
+      for (size_t i = 0; i < set->modules().size(); ++i) {
+        const adapters::Lora& l = *set->loras()[i];
+        f.push_back(
+            {set->modules()[i], adapters::LoraFactors{l.A().clone(), l.B().clone(), l.scale()}});
+        conv = conv || set->linears()[i]->w_in_out();
+      }
+      set->detach();
+      per.push_back(std::move(f));
+      folders.push_back({conv, o.base, base_fp});
+      continue;
+    }
     if (fs::is_directory(in)) {
       adapters::PeftFolder f = adapters::read_peft(in);
       per.push_back(f.factors());

@@ -90,6 +90,7 @@ struct MergeOptions {
   int64_t rank = 0;            // 0: the largest input rank
   uint64_t seed = 0;           // DARE's drops
   bool force = false;          // merge adapters recorded for different bases
+  std::string base;            // optional: read every input against this base
 };
 
 struct ExportPeftOptions {

@@ -137,6 +137,9 @@ int main(int argc, char** argv) {
   c_merge->add_option("--seed", mo.seed, "Seed for DARE's drops and LEGO's k-means")
       ->capture_default_str();
   c_merge->add_flag("--force", mo.force, "Merge adapters recorded for different bases");
+  c_merge->add_option("--base", mo.base,
+                      "Read every input against this base (a tessera checkpoint or a Hugging "
+                      "Face folder): its modules, shapes and fingerprint; PiSSA/OLoRA converted");
 
   tessera::launch::ExportPeftOptions ep;
   auto* c_ep =

@@ -2,6 +2,8 @@
 // PEFT folder imports back and gives the expected delta weights.
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include "adapters/adapter_file.h"
 #include "adapters/peft.h"
 #include "launch/commands.h"
@@ -104,6 +106,39 @@ TEST(MergeCommand, RefusesBadMethodsAndMismatchedAdapters) {
   o.inputs = {fixture("peft/gpt2")};
   o.weights = {1.0f, 2.0f};
   EXPECT_THROW(run_merge(o), Error);
+}
+
+}  // namespace
+}  // namespace tessera::launch
+
+namespace tessera::launch {
+namespace {
+
+// merge --base reads each input against the base, by import-peft's rules:
+// a PiSSA folder (whose factors alone are not the adapter) is converted, and
+// the merged adapter computes what peft computes with the folder.
+TEST(MergeCommand, WithABasePissaFoldersMergeExactly) {
+  const std::string base = fixture("interchange/gpt2_untied/model");
+  const std::string out = testing::temp_dir("merge_pissa") + "/m.safetensors";
+  MergeOptions o;
+  o.method = "linear";
+  o.inputs = {fixture("interchange/pissa"), fixture("interchange/pissa")};
+  o.weights = {0.5f, 0.5f};
+  o.out = out;
+  EXPECT_NE(testing::error_of([&] { run_merge(o); }).find("tessera import-peft"), std::string::npos)
+      << "without a base the factors alone would be merged";
+  o.base = base;
+  ASSERT_EQ(testing::error_of([&] { run_merge(o); }), "");
+  auto model = io::load_hf_decoder(base);
+  auto set = adapters::load_adapter(out, model->linears(), model->params());
+  auto g = io::SafetensorsFile::open(fixture("interchange/ids.safetensors"));
+  const io::TensorInfo* t = g->find("input_ids");
+  std::vector<int32_t> ids((t->end - t->begin) / 4);
+  std::memcpy(ids.data(), g->bytes(*t), ids.size() * 4);
+  auto golden = io::SafetensorsFile::open(fixture("interchange/pissa/peft_golden.safetensors"));
+  EXPECT_LT(testing::rel_err(model->forward(ids, 2, 7).to_vector(),
+                             golden->load_f32("logits").to_vector()),
+            1e-4);
 }
 
 }  // namespace
