@@ -128,6 +128,8 @@ TEST(FamilyFixtures, AConventionErrorMovesTheLossPastTheTolerance) {
       {"qwen2_bias_window", [](nn::DecoderSpec& s) { s.max_window_layers = 0; }},
       {"qwen3_qknorm", [](nn::DecoderSpec& s) { s.rope_theta *= 2; }},
       {"phi3_fused", [](nn::DecoderSpec& s) { s.sliding_window = 0; }},
+      // Gemma read as a Llama: no (1 + w) norms, no embedding scale, SwiGLU.
+      {"gemma", [](nn::DecoderSpec& s) { s.flavor = nn::Flavor::Llama; }},
       {"gpt2_inverse_layer", [](nn::DecoderSpec& s) { s.scale_attn_by_inverse_layer_idx = false; }},
   };
   for (const Case& c : cases) {
