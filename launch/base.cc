@@ -30,20 +30,21 @@ void normalise(DecoderConfig* d) {
 }
 
 std::string field_text(const pb::Message& m, const pb::FieldDescriptor* f) {
-  std::string out;
   pb::TextFormat::Printer p;
-  const pb::Reflection* r = m.GetReflection();
   if (!f->is_repeated()) {
-    p.PrintFieldValueToString(m, f, -1, &out);
-    return out;
+    std::string one;
+    p.PrintFieldValueToString(m, f, -1, &one);
+    return one;
   }
-  out = "[";
-  for (int i = 0; i < r->FieldSize(m, f); ++i) {
+  std::string out(1, '[');
+  for (int i = 0; i < m.GetReflection()->FieldSize(m, f); ++i) {
     std::string v;
     p.PrintFieldValueToString(m, f, i, &v);
-    out += (i ? "," : "") + v;
+    if (i) out += ',';
+    out += v;
   }
-  return out + "]";
+  out += ']';
+  return out;
 }
 
 // Fields of `sub` (mlp or decoder) that `user` sets and that change the model

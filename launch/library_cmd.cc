@@ -79,7 +79,9 @@ std::unique_ptr<store::LibraryApi> open_library(const LibraryTarget& t, bool cre
   o.create_if_missing = create;
   o.read_only = read_only;
   std::unique_ptr<store::Library> lib;
-  check_store(store::Library::Open(o, t.where, &lib), str("library '", t.where, "'"));
+  // Opening's messages name the folder and say what is wrong with it.
+  const store::Status s = store::Library::Open(o, t.where, &lib);
+  if (!s.ok()) throw Error(s.message());
   return lib;
 }
 

@@ -90,14 +90,17 @@ def base(tied=False):
     return m
 
 
-def adapted(base_dir, config, seed):  # noqa: D103
+def adapted(base_dir, config, seed):
+    """The base with a peft LoRA of `config`, its factors (and saved copies) given real spread."""
     m = transformers.GPT2LMHeadModel.from_pretrained(base_dir, attn_implementation="eager").eval()
     pm = peft.get_peft_model(m, config)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in pm.named_parameters():
-            if "lora_A" in n or "lora_B" in n:
+            if "lora_" in n:  # lora_A/B, lora_embedding_A/B: as if trained
                 p.copy_(0.3 * torch.randn(p.shape, generator=g))
+            elif "modules_to_save" in n:  # a saved copy, moved off the base's values
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
     return pm.eval()
 
 
@@ -116,6 +119,7 @@ def clean(out):
 
 
 def main():
+    torch.set_num_threads(1)  # one reduction order: the same bytes on every run
     shutil.rmtree(ROOT, ignore_errors=True)
     os.makedirs(ROOT)
     base_dir = os.path.join(ROOT, "gpt2_untied", "model")
@@ -201,52 +205,22 @@ def main():
         save_golden(back, ids, out)
         print(name, "modules", sorted({k.rsplit(".lora_", 1)[0] for k in
                                        load_file(os.path.join(out, "adapter_model.safetensors"))}))
-    pm = adapted(tied_dir, peft.LoraConfig(r=3, lora_alpha=6, target_modules=["c_attn", "lm_head"]), 40)
-    out = os.path.join(ROOT, "tied_lm_head")
-    pm.save_pretrained(out)
-    clean(out)
-    back = peft.PeftModel.from_pretrained(
-        transformers.GPT2LMHeadModel.from_pretrained(tied_dir, attn_implementation="eager"), out).eval()
-    save_golden(back, ids, out)
-    print("tied_lm_head", sorted(load_file(os.path.join(out, "adapter_model.safetensors"))))
-
-    for name, bdir, cfg in (
+    # What a user gets from each: a fresh base, the folder loaded by peft.
+    for name, bdir, cfg, seed in (
+            ("tied_lm_head", tied_dir,
+             peft.LoraConfig(r=3, lora_alpha=6, target_modules=["c_attn", "lm_head"]), 40),
             ("embedding", base_dir, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["wte", "c_attn"],
-                                                    rank_pattern={"wte": 3})),
-            ("tied_embedding", tied_dir, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["wte"]))):
-        m = transformers.GPT2LMHeadModel.from_pretrained(bdir, attn_implementation="eager").eval()
-        pm = peft.get_peft_model(m, cfg)
-        g = torch.Generator().manual_seed(50)
-        with torch.no_grad():
-            for n, p in pm.named_parameters():
-                if "lora_" in n:
-                    p.copy_(0.3 * torch.randn(p.shape, generator=g))
+                                                    rank_pattern={"wte": 3}), 50),
+            ("tied_embedding", tied_dir, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["wte"]), 50),
+            ("modules_to_save", base_dir, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"],
+                                                          modules_to_save=["lm_head", "wpe"]), 60),
+            ("save_norm", base_dir, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"],
+                                                    modules_to_save=["ln_f"]), 60)):
         out = os.path.join(ROOT, name)
-        pm.save_pretrained(out)
+        adapted(bdir, cfg, seed).save_pretrained(out)
         clean(out)
         back = peft.PeftModel.from_pretrained(
             transformers.GPT2LMHeadModel.from_pretrained(bdir, attn_implementation="eager"), out).eval()
-        save_golden(back, ids, out)
-        print(name, sorted(load_file(os.path.join(out, "adapter_model.safetensors"))))
-
-    for name, cfg in (("modules_to_save", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"],
-                                                          modules_to_save=["lm_head", "wpe"])),
-                      ("save_norm", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"],
-                                                    modules_to_save=["ln_f"]))):
-        m = transformers.GPT2LMHeadModel.from_pretrained(base_dir, attn_implementation="eager").eval()
-        pm = peft.get_peft_model(m, cfg)
-        g = torch.Generator().manual_seed(60)
-        with torch.no_grad():
-            for n, p in pm.named_parameters():
-                if "lora_" in n:
-                    p.copy_(0.3 * torch.randn(p.shape, generator=g))
-                elif "modules_to_save" in n:
-                    p.add_(0.1 * torch.randn(p.shape, generator=g))
-        out = os.path.join(ROOT, name)
-        pm.save_pretrained(out)
-        clean(out)
-        back = peft.PeftModel.from_pretrained(
-            transformers.GPT2LMHeadModel.from_pretrained(base_dir, attn_implementation="eager"), out).eval()
         save_golden(back, ids, out)
         print(name, sorted(load_file(os.path.join(out, "adapter_model.safetensors"))))
 

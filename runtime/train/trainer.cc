@@ -263,8 +263,11 @@ class LmTask : public Task {
     else
       model_ = std::make_unique<nn::Decoder>(decoder_spec(d), rng);
     if (all.vocab > model_->spec().vocab_size)
-      throw Error(str("the corpus uses token ids up to ", all.vocab - 1,
-                      " but decoder.vocab_size is ", model_->spec().vocab_size));
+      throw Error(str("the corpus (data.files ", cfg.data().files(0),
+                      cfg.data().files_size() > 1 ? ", ..." : "", ") uses token ids up to ",
+                      all.vocab - 1, " but decoder.vocab_size is ", model_->spec().vocab_size,
+                      " (text is read as bytes 0..255; a model with a smaller vocabulary needs "
+                      "data.kind=tokens files of its own ids)"));
     // Windows of the whole context up to 1024 tokens: a real checkpoint's
     // context (max_position_embeddings, 2048 to 131072) would make one
     // window's attention scores alone gigabytes. data.seq_len chooses.
@@ -589,6 +592,26 @@ const std::string& meta_at(const io::SafetensorsFile& f, const std::string& key)
     throw Error(str("'", f.source(), "' is not a tessera checkpoint (metadata lacks '", key, "')"));
   return it->second;
 }
+// Every parameter of `ps` from `f`, by name and shape; every one required.
+void load_params(const io::SafetensorsFile& f, nn::ParameterSet& ps, const std::string& path) {
+  std::vector<std::string> problems;
+  for (auto& p : ps.all()) {
+    const io::TensorInfo* t = f.find(p.name);
+    if (!t)
+      problems.push_back("missing " + p.name);
+    else if (t->shape != p.tensor.shape())
+      problems.push_back(str(p.name, " is ", shape_str(t->shape), ", model expects ",
+                             shape_str(p.tensor.shape())));
+    else
+      p.tensor.copy_from(f.load_f32(*t));
+  }
+  if (!problems.empty()) {
+    std::string s;
+    for (size_t i = 0; i < problems.size() && i < 8; ++i) s += "\n  " + problems[i];
+    throw Error(str("checkpoint '", path, "' does not fit this model:", s));
+  }
+}
+
 int64_t parse_i64(const std::string& s, const std::string& what) {
   try {
     size_t pos = 0;
@@ -683,23 +706,7 @@ nn::ParameterSet& Model::params() {
 }
 
 void Model::load_weights(const std::string& checkpoint) {
-  auto f = io::SafetensorsFile::open(checkpoint);
-  std::vector<std::string> problems;
-  for (auto& p : params().all()) {
-    const io::TensorInfo* t = f->find(p.name);
-    if (!t)
-      problems.push_back("missing " + p.name);
-    else if (t->shape != p.tensor.shape())
-      problems.push_back(str(p.name, " is ", shape_str(t->shape), ", model expects ",
-                             shape_str(p.tensor.shape())));
-    else
-      p.tensor.copy_from(f->load_f32(*t));
-  }
-  if (!problems.empty()) {
-    std::string s;
-    for (size_t i = 0; i < problems.size() && i < 8; ++i) s += "\n  " + problems[i];
-    throw Error(str("checkpoint '", checkpoint, "' does not fit this model:", s));
-  }
+  load_params(*io::SafetensorsFile::open(checkpoint), params(), checkpoint);
 }
 
 PretrainConfig read_checkpoint_config(const std::string& path) {
@@ -716,23 +723,7 @@ void Trainer::load_checkpoint(const std::string& path, bool weights_only) {
     throw Error(str("'", path, "' holds a ", meta_at(*f, "tessera.kind"),
                     " model, this run trains a ", task_->kind()));
   // Every parameter of what this trainer trains (model, or attached adapters), by name and shape.
-  nn::ParameterSet& ps = *trained_;
-  std::vector<std::string> problems;
-  for (auto& p : ps.all()) {
-    const io::TensorInfo* t = f->find(p.name);
-    if (!t)
-      problems.push_back("missing " + p.name);
-    else if (t->shape != p.tensor.shape())
-      problems.push_back(str(p.name, " is ", shape_str(t->shape), ", model expects ",
-                             shape_str(p.tensor.shape())));
-    else
-      p.tensor.copy_from(f->load_f32(*t));
-  }
-  if (!problems.empty()) {
-    std::string s;
-    for (size_t i = 0; i < problems.size() && i < 8; ++i) s += "\n  " + problems[i];
-    throw Error(str("checkpoint '", path, "' does not fit this model:", s));
-  }
+  load_params(*f, *trained_, path);
   if (weights_only) return;
   for (auto& p : st_->opt->state()) {
     const io::TensorInfo* t = f->find("optimizer." + p.name);

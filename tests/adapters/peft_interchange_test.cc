@@ -57,6 +57,25 @@ std::vector<float> peft_logits(const std::string& folder) {
       .to_vector();
 }
 
+// `set` (on the untied base) saved as tessera's adapter file, that file
+// exported as a PEFT folder, and each loaded onto a fresh base: both give
+// `want`, the logits with `set` attached.
+void expect_round_trips(const AdapterSet& set, const std::vector<float>& want,
+                        const std::string& name) {
+  const std::string dir = testing::temp_dir(name);
+  save_adapter(set, dir + "/a.safetensors", "tiny");
+  adapter_file_to_peft(dir + "/a.safetensors", dir + "/peft");
+  for (int path = 0; path < 2; ++path) {
+    auto b = io::load_hf_decoder(fixture("gpt2_untied/model"));
+    std::unique_ptr<AdapterSet> back =
+        path == 0
+            ? load_adapter(dir + "/a.safetensors", b->linears(), b->params(), nullptr,
+                           b->embeddings())
+            : std::move(import_peft(dir + "/peft", b->linears(), b->params(), b->embeddings()).set);
+    EXPECT_EQ(b->forward(ids(), 2, 7).to_vector(), want) << name << (path ? " via PEFT" : "");
+  }
+}
+
 bool any_note(const std::vector<std::string>& notes, const std::string& word) {
   for (const auto& n : notes)
     if (n.find(word) != std::string::npos) return true;
@@ -202,18 +221,7 @@ TEST(PeftInterchange, EmbeddingLoraMatchesPeftAndRoundTrips) {
   EXPECT_EQ(imp.set->embedding_loras()[0]->config().r, 3);  // rank_pattern {"wte": 3}
   const std::vector<float> want = a->forward(ids(), 2, 7).to_vector();
   // tessera's adapter file and its PEFT export carry the embedding LoRA.
-  const std::string dir = testing::temp_dir("peft_embedding");
-  save_adapter(*imp.set, dir + "/a.safetensors", "tiny");
-  adapter_file_to_peft(dir + "/a.safetensors", dir + "/peft");
-  for (int path = 0; path < 2; ++path) {
-    auto b = io::load_hf_decoder(fixture("gpt2_untied/model"));
-    std::unique_ptr<AdapterSet> set =
-        path == 0
-            ? load_adapter(dir + "/a.safetensors", b->linears(), b->params(), nullptr,
-                           b->embeddings())
-            : std::move(import_peft(dir + "/peft", b->linears(), b->params(), b->embeddings()).set);
-    EXPECT_EQ(b->forward(ids(), 2, 7).to_vector(), want) << path;
-  }
+  expect_round_trips(*imp.set, want, "peft_embedding");
   // Merged into an untied table it computes the same; tied, merging is refused.
   imp.set->merge();
   EXPECT_LT(testing::rel_err(a->forward(ids(), 2, 7).to_vector(), want), 1e-5);
@@ -242,18 +250,7 @@ TEST(PeftInterchange, ModulesToSaveReplaceTheirModulesAsPeftDoes) {
       import_peft(fixture("modules_to_save"), a->linears(), a->params(), a->embeddings());
   EXPECT_EQ(imp.set->copied_modules(), (std::vector<std::string>{"lm_head", "transformer.wpe"}));
   const std::vector<float> want = a->forward(ids(), 2, 7).to_vector();
-  const std::string dir = testing::temp_dir("peft_mts");
-  save_adapter(*imp.set, dir + "/a.safetensors", "tiny");
-  adapter_file_to_peft(dir + "/a.safetensors", dir + "/peft");
-  for (int path = 0; path < 2; ++path) {
-    auto b = io::load_hf_decoder(fixture("gpt2_untied/model"));
-    std::unique_ptr<AdapterSet> set =
-        path == 0
-            ? load_adapter(dir + "/a.safetensors", b->linears(), b->params(), nullptr,
-                           b->embeddings())
-            : std::move(import_peft(dir + "/peft", b->linears(), b->params(), b->embeddings()).set);
-    EXPECT_EQ(b->forward(ids(), 2, 7).to_vector(), want) << path;
-  }
+  expect_round_trips(*imp.set, want, "peft_mts");
   imp.set->merge();
   EXPECT_LT(testing::rel_err(a->forward(ids(), 2, 7).to_vector(), want), 1e-5);
   imp.set->unmerge();

@@ -96,16 +96,19 @@ TEST_P(Family, ArchitectureSurvivesTheConfigAndTheSavedFolder) {
     // (max_window_layers means nothing without a window)
     if (std::string(key) == "max_window_layers" && !theirs.value("use_sliding_window", false))
       continue;
-    if (theirs.contains(key)) EXPECT_EQ(ours[key], theirs[key]) << key;
+    if (theirs.contains(key)) {
+      EXPECT_EQ(ours[key], theirs[key]) << key;
+    }
   }
   if (theirs.contains("rope_parameters"))
     for (auto& [k, v] : theirs["rope_parameters"].items()) {
-      if (v.is_number())
+      if (v.is_number()) {
         EXPECT_NEAR(ours["rope_parameters"][k].get<double>(), v.get<double>(),
                     1e-6 * std::abs(v.get<double>()))
             << k;
-      else
+      } else {
         EXPECT_EQ(ours["rope_parameters"][k], v) << k;
+      }
     }
 }
 
