@@ -58,12 +58,16 @@ Status PutAdapterFile(LibraryApi& lib, const std::string& file, AdapterRecord re
     record.set_config_json(f->metadata().at("tessera.adapter"));
     record.clear_target_modules();
     for (const auto& m : info.modules) record.add_target_modules(m);
+    for (const auto& m : info.embedding_modules) record.add_target_modules(m);
+    for (const auto& m : info.modules_to_save) record.add_target_modules(m);
     if (record.base().name().empty()) record.mutable_base()->set_name(info.base_model);
     if (record.base().fingerprint().empty())
       record.mutable_base()->set_fingerprint(info.base_fingerprint);
     if (record.signatures_size() == 0 &&
         (info.spec.kind == adapters::Kind::Lora || info.spec.kind == adapters::Kind::Dora))
-      for (const auto& [module, factors] : info.factors()) {
+      // (Arrow prototypes of the Linear modules' LoRAs; embedding LoRAs and
+      // modules_to_save copies are stored but get none.)
+      for (const auto& [module, factors] : info.linear_factors()) {
         Signature* sg = record.add_signatures();
         sg->set_name("arrow/" + module);
         for (float x : adapters::arrow_prototype(factors)) sg->add_vector(x);

@@ -9,6 +9,8 @@
 
 #include "adapters/adapter_file.h"
 #include "adapters/peft.h"
+#include "runtime/io/hf.h"
+#include "runtime/io/safetensors.h"
 #include "store/service.h"
 #include "tests/testing.h"
 
@@ -90,6 +92,39 @@ TEST(AdapterIo, PeftInAndOutOfEmbeddedAndRemoteLibraries) {
   st = PutAdapterFile(*lib, dir + "/none.safetensors", r, nullptr);
   EXPECT_TRUE(st.IsInvalidArgument()) << st.ToString();
   EXPECT_TRUE(ExportPeft(*remote, "no-such", dir + "/y").IsNotFound());
+}
+
+// An adapter with LoRA on an embedding and a modules_to_save copy beside its
+// Linear LoRAs goes in and comes back whole (Arrow signatures for the Linear
+// ones; before, the put refused it).
+TEST(AdapterIo, EmbeddingLorasAndModuleCopiesRoundTrip) {
+  const std::string src = testing::source_dir() + "/tests/fixtures/interchange/";
+  const std::string dir = testing::temp_dir("adapter_io_extras");
+  for (const char* name : {"embedding", "modules_to_save"}) {
+    auto model = io::load_hf_decoder(src + "gpt2_untied/model");
+    adapters::PeftImport imp =
+        adapters::import_peft(src + name, model->linears(), model->params(), model->embeddings());
+    const std::string file = dir + "/" + name + ".safetensors";
+    adapters::save_adapter(*imp.set, file, "tiny");
+    std::unique_ptr<Library> lib;
+    ASSERT_TRUE(Library::Open(Options(), dir + "/lib_" + name, &lib).ok());
+    AdapterRecord rec, stored;
+    rec.set_name(name);
+    Status put = PutAdapterFile(*lib, file, rec, &stored);
+    ASSERT_TRUE(put.ok()) << put.ToString();
+    EXPECT_GT(stored.signatures_size(), 0) << name;
+    ASSERT_TRUE(GetAdapterFile(*lib, name, dir + "/back.safetensors").ok());
+    const adapters::AdapterFile a = adapters::read_adapter(file),
+                                b = adapters::read_adapter(dir + "/back.safetensors");
+    EXPECT_EQ(a.embedding_modules, b.embedding_modules);
+    EXPECT_EQ(a.modules_to_save, b.modules_to_save);
+    EXPECT_FALSE(a.embedding_modules.empty() && a.modules_to_save.empty());
+    auto f1 = io::SafetensorsFile::open(file),
+         f2 = io::SafetensorsFile::open(dir + "/back.safetensors");
+    ASSERT_EQ(f1->tensors().size(), f2->tensors().size());
+    for (const auto& t : f1->tensors())
+      EXPECT_EQ(f1->load_f32(t).to_vector(), f2->load_f32(t.name).to_vector()) << t.name;
+  }
 }
 
 }  // namespace
