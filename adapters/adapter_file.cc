@@ -89,8 +89,9 @@ Loaded open(const std::string& path) {
     a.embedding_modules = get<std::vector<std::string>>(j, "embedding_modules", path);
   if (j.contains("modules_to_save"))
     a.modules_to_save = get<std::vector<std::string>>(j, "modules_to_save", path);
-  if ((a.modules.empty() && a.embedding_modules.empty() && a.modules_to_save.empty()) ||
-      a.conv1d.size() != a.modules.size())
+  if (a.modules.empty() && a.embedding_modules.empty() && a.modules_to_save.empty())
+    throw Error(str("adapter file '", path, "' adapts no module"));
+  if (a.conv1d.size() != a.modules.size())
     throw Error(str("adapter file '", path, "': ", a.modules.size(), " modules but ",
                     a.conv1d.size(), " conv1d flags"));
   return l;
@@ -205,7 +206,8 @@ std::vector<std::pair<std::string, LoraFactors>> AdapterFile::factors() const {
                     " adapter, which has no LoRA factors"));
   if (!modules_to_save.empty())
     throw Error(str("adapter file '", path, "' replaces ", modules_to_save.front(),
-                    " by a copy (modules_to_save): these methods combine LoRA factors"));
+                    " by a copy (modules_to_save): merging combines LoRAs of Linear modules "
+                    "only; use the adapter whole (eval --adapter, export-peft)"));
   if (!embedding_modules.empty())
     throw Error(str("adapter file '", path, "' has a LoRA on the embedding ",
                     embedding_modules.front(), ": these methods combine LoRAs of Linear modules"));

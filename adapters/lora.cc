@@ -344,6 +344,19 @@ std::vector<std::shared_ptr<Lora>> AdapterSet::loras() const {
 }
 
 void AdapterSet::merge() {
+  // Every refusal before any weight changes: a failed merge leaves all as it was.
+  for (size_t i = 0; i < adapters_.size(); ++i) {
+    if (adapters_[i]->merged()) continue;
+    if (linears_[i]->tied())
+      throw Error(str(linears_[i]->name(),
+                      " shares its weight with the input embeddings (tie_word_embeddings): "
+                      "merging the adapter would change the embeddings too; keep it unmerged"));
+    // DoRA and (IA)3 refuse a weight that holds another merged adapter, in
+    // shift_base before touching it: ask them now.
+    const Kind k = adapters_[i]->kind();
+    if ((k == Kind::Dora || k == Kind::Ia3) && linears_[i]->merged_adapters() > 0)
+      adapters_[i]->shift_base(*linears_[i], true);
+  }
   for (size_t i = 0; i < emb_loras_.size(); ++i)
     if (embs_[i]->tied() && !emb_loras_[i]->merged())
       throw Error(str(embs_[i]->name(),
@@ -360,11 +373,6 @@ void AdapterSet::merge() {
   for (size_t i = 0; i < emb_loras_.size(); ++i) emb_loras_[i]->shift_base(*embs_[i], true);
   for (const auto& [l, c] : linear_copies_) c->shift_base(*l, true);
   for (const auto& [e, c] : table_copies_) c->shift_base(*e, true);
-  for (size_t i = 0; i < adapters_.size(); ++i)
-    if (linears_[i]->tied() && !adapters_[i]->merged())
-      throw Error(str(linears_[i]->name(),
-                      " shares its weight with the input embeddings (tie_word_embeddings): "
-                      "merging the adapter would change the embeddings too; keep it unmerged"));
   for (size_t i = 0; i < adapters_.size(); ++i) {
     if (adapters_[i]->merged()) continue;
     adapters_[i]->shift_base(*linears_[i], true);

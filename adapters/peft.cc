@@ -50,9 +50,9 @@ const std::set<std::string> kRefusedUnlessNeutral = {"lora_bias",
                                                      "kasa_config"};
 // Training-time or bookkeeping fields with no effect on the adapted forward.
 const std::set<std::string> kIgnored = {
-    "lora_dropout", "inference_mode",    "task_type",           "revision",       "peft_version",
-    "auto_mapping", "megatron_config",   "megatron_core",       "loftq_config",   "eva_config",
-    "corda_config", "qalora_group_size", "ensure_weight_tying", "lora_ga_config", "runtime_config"};
+    "lora_dropout", "inference_mode",    "task_type",      "revision",      "peft_version",
+    "auto_mapping", "megatron_config",   "megatron_core",  "loftq_config",  "eva_config",
+    "corda_config", "qalora_group_size", "lora_ga_config", "runtime_config"};
 const std::set<std::string> kHonoured = {"peft_type",
                                          "r",
                                          "use_dora",
@@ -68,7 +68,8 @@ const std::set<std::string> kHonoured = {"peft_type",
                                          "layers_to_transform",
                                          "layers_pattern",
                                          "exclude_modules",
-                                         "modules_to_save"};
+                                         "modules_to_save",
+                                         "ensure_weight_tying"};
 
 template <typename T, typename J>
 T field(const J& j, const char* key, const std::string& path) {
@@ -138,7 +139,11 @@ void index_keys(PeftFolder& out, const std::string& path) {
     if (rest.find("modules_to_save") != std::string::npos ||
         rest.find(".lora_") == std::string::npos) {
       bad.push_back(t.name);
-      why = "tensors beside LoRA's that no modules_to_save entry names (a bias, a full weight)";
+      why = out.ensure_weight_tying
+                ? "a full weight no modules_to_save entry names (with ensure_weight_tying = true "
+                  "peft saves the tied lm_head's copy too, which tessera does not support yet)"
+                : "tensors beside LoRA's that no modules_to_save entry names (a bias, a full "
+                  "weight, or a module of a whole block)";
       continue;
     }
     PeftModuleTensors* mt = nullptr;
@@ -372,6 +377,9 @@ PeftFolder read_peft(const std::string& dir) {
       throw Error(str("'", cpath, "': layers_pattern must be a string or a list of them"));
     }
   }
+  out.ensure_weight_tying = c.contains("ensure_weight_tying") &&
+                            c["ensure_weight_tying"].is_boolean() &&
+                            c["ensure_weight_tying"].template get<bool>();
   if (c.contains("modules_to_save") && !c["modules_to_save"].is_null()) {
     if (!c["modules_to_save"].is_array())
       throw Error(str("'", cpath, "': modules_to_save must be a list of module names"));
@@ -427,7 +435,7 @@ PeftFolder read_peft(const std::string& dir) {
   return out;
 }
 
-bool PeftFolder::selects(const std::string& key) const {
+bool PeftFolder::selects(const std::string& key, bool linear) const {
   auto ends_with = [&](const std::string& t) {
     return key == t ||
            (key.size() > t.size() && key.compare(key.size() - t.size(), t.size(), t) == 0 &&
@@ -447,7 +455,7 @@ bool PeftFolder::selects(const std::string& key) const {
   for (const auto& e : exclude_list)
     if (ends_with(e)) return false;
   if (!target_regex.empty())
-    return target_regex == "all-linear" ? key != "lm_head" && key != "classifier"
+    return target_regex == "all-linear" ? linear && key != "lm_head" && key != "classifier"
                                         : full(target_regex);
   for (const auto& t : target_list)
     if (key == t) return true;  // named exactly: layers_to_transform does not apply
@@ -477,20 +485,20 @@ std::vector<std::pair<std::string, LoraFactors>> PeftFolder::factors() const {
                     "combined as LoRA factors (merge it into the base instead)"));
   if (!saved_modules.empty())
     throw Error(str("'", tensors->source(), "' replaces ", saved_modules.begin()->first,
-                    " by a saved copy (modules_to_save): the LoRA factors alone are not the "
-                    "adapter; import it against its base (tessera import-peft FOLDER --base "
-                    "BASE)"));
+                    " by a saved copy (modules_to_save): merging combines LoRAs of Linear "
+                    "modules only, and the factors alone are not the adapter; use it whole "
+                    "(eval --adapter, import-peft --base, export-peft)"));
   if (!base_changing_init.empty())
     throw Error(str("'", tensors->source(), "': init_lora_weights = \"", base_changing_init,
                     "\" makes peft change the base weights at load, so the factors alone are not "
-                    "the adapter: import it against its base first (tessera import-peft FOLDER "
-                    "--base BASE -o FILE), which converts it exactly"));
+                    "the adapter: give the base (tessera merge --base BASE, or import-peft "
+                    "FOLDER --base BASE), which converts it exactly"));
   std::vector<std::pair<std::string, LoraFactors>> out;
   for (const auto& [m, mt] : modules) {
     if (mt.embedding)
       throw Error(str("'", tensors->source(), "' has a LoRA on the embedding ", m,
-                      ": these methods combine LoRAs of Linear modules (import it against its "
-                      "base instead: tessera import-peft FOLDER --base BASE)"));
+                      ": merging combines LoRAs of Linear modules only; use the adapter whole "
+                      "(eval --adapter, import-peft --base, export-peft)"));
     LoraConfig c = spec.for_module(m);
     LoraFactors f{tensors->load_f32(*mt.A), tensors->load_f32(*mt.B), c.scale()};
     if (f.A.ndim() != 2 || f.B.ndim() != 2 || f.A.size(0) != c.r || f.B.size(1) != c.r)
@@ -519,7 +527,21 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
   for (nn::Linear* l : linears)
     if (folder.selects(l->name())) chosen.push_back(l->name());
   for (nn::Embedding* e : embeddings)
-    if (folder.selects(e->name())) chosen_emb.push_back(e->name());
+    if (folder.selects(e->name(), /*linear=*/false)) chosen_emb.push_back(e->name());
+  // ensure_weight_tying: on a tied model peft ties lm_head to the embedding's
+  // copy or LoRA, which tessera does not (its tied lm_head keeps the base
+  // table, as peft does without the flag).
+  if (folder.ensure_weight_tying) {
+    bool tied = false;
+    for (nn::Embedding* e : embeddings) tied = tied || e->tied();
+    bool involved = !folder.saved_modules.empty() || !chosen_emb.empty();
+    for (const auto& m : chosen) involved = involved || m == "lm_head";
+    if (tied && involved)
+      throw Error(str("'", cpath,
+                      "': ensure_weight_tying = true on a model with tied embeddings: peft ties "
+                      "lm_head to the embedding's adapter or copy, which tessera does not "
+                      "support yet"));
+  }
   if (chosen.empty() && chosen_emb.empty())
     throw Error(str("'", cpath, "': target_modules ", list_keys(folder.targets),
                     " match no module of this model",

@@ -87,7 +87,10 @@ struct PeftFolder {
   // parameter ("lm_head" → {"weight": ...}). Such modules take no LoRA.
   std::vector<std::string> modules_to_save;
   std::map<std::string, std::map<std::string, const io::TensorInfo*>> saved_modules;
-  bool selects(const std::string& module) const;
+  // `linear`: the module is a Linear (all-linear selects nothing else).
+  bool selects(const std::string& module, bool linear = true) const;
+  // ensure_weight_tying: peft ties a tied lm_head to the embedding's adapter.
+  bool ensure_weight_tying = false;
 
   // init_lora_weights that change the base at load: "pissa" (peft subtracts
   // the top-r SVD part of W) or "olora" (W − s·Q_r·R_r of W's QR); "" for

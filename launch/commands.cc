@@ -180,6 +180,17 @@ AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt
   r.before = t.evaluate();
   std::unique_ptr<adapters::AdapterSet> set;
   t.attach([&](std::vector<nn::Linear*> linears, nn::ParameterSet& base) {
+    // An embedding named as a target: loaded from PEFT folders, not trained here.
+    for (const std::string& target : a.targets)
+      for (nn::Embedding* e : t.embeddings()) {
+        const std::string& n = e->name();
+        if (n == target || (n.size() > target.size() &&
+                            n.compare(n.size() - target.size(), target.size(), target) == 0 &&
+                            n[n.size() - target.size() - 1] == '.'))
+          throw Error(str("adapter target '", target, "' is the embedding ", n,
+                          ": LoRA on an embedding loads from PEFT folders (eval --adapter, "
+                          "import-peft) but train-adapter trains Linear modules only"));
+      }
     set = std::make_unique<adapters::AdapterSet>(linears, base, a.targets, a.spec, cfg.seed());
     return &set->params();
   });
@@ -1071,9 +1082,16 @@ int run_import_peft(const ImportPeftOptions& o) {
   for (const auto& n : imp.notes) spdlog::info("note: {}", n);
   adapters::save_adapter(*imp.set, o.out, imp.base_model.empty() ? o.base : imp.base_model,
                          fingerprint);
-  std::printf("PEFT %s (%s, %zu modules, checked against %s) → %s\n", o.peft_dir.c_str(),
-              adapters::kind_name(imp.set->kind()), imp.set->modules().size(), o.base.c_str(),
-              o.out.c_str());
+  std::printf("PEFT %s (%s, %zu modules%s, checked against %s) → %s\n", o.peft_dir.c_str(),
+              adapters::kind_name(imp.set->kind()), imp.set->modules().size(),
+              str(imp.set->embedding_modules().empty()
+                      ? std::string()
+                      : str(" + ", imp.set->embedding_modules().size(), " embedding(s)"),
+                  imp.set->copied_modules().empty()
+                      ? std::string()
+                      : str(" + ", imp.set->copied_modules().size(), " saved module copies"))
+                  .c_str(),
+              o.base.c_str(), o.out.c_str());
   return 0;
 }
 

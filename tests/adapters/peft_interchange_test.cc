@@ -7,6 +7,9 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
 
 #include "adapters/adapter_file.h"
 #include "adapters/compose.h"
@@ -175,7 +178,7 @@ TEST(PeftInterchange, PissaAndOloraLoadAsPeftLoadsThem) {
   }
   // Without a base there is nothing to convert against: refused by name.
   EXPECT_NE(
-      testing::error_of([&] { read_peft(fixture("pissa")).factors(); }).find("tessera import-peft"),
+      testing::error_of([&] { read_peft(fixture("pissa")).factors(); }).find("merge --base BASE"),
       std::string::npos);
   // A randomised SVD cannot be repeated: refused, naming peft's conversion.
   const std::string e = testing::error_of([&] { read_peft(fixture("pissa_niter")); });
@@ -262,6 +265,65 @@ TEST(PeftInterchange, ModulesToSaveReplaceTheirModulesAsPeftDoes) {
   const std::string e = testing::error_of(
       [&] { import_peft(fixture("save_norm"), c->linears(), c->params(), c->embeddings()); });
   EXPECT_NE(e.find("transformer.ln_f is not a Linear or an Embedding"), std::string::npos) << e;
+}
+
+// The new adapters' gradients against finite differences: LoRA on an
+// embedding (A, B) and the copies of modules_to_save (a Linear's weight and
+// bias, an Embedding's table).
+TEST(PeftInterchange, EmbeddingLoraAndCopyGradientsMatchFiniteDifferences) {
+  Rng rng(3);
+  nn::Decoder model(testing::tiny_decoder(nn::Flavor::Gpt2), rng);
+  nn::Embedding* wte = model.embeddings()[0];
+  AdapterSpec spec(Kind::Lora, LoraConfig{2, 4.0f, false});
+  AdapterSet set(model.linears(), model.params(), {}, spec, 1);
+  set.add_embeddings(model.embeddings(), {wte->name()});
+  set.add_copies(model.linears(), model.embeddings(),
+                 {"transformer.h.1.mlp.c_fc", "transformer.wpe"});
+  for (auto& p : set.params().all())
+    for (int64_t i = 0; i < p.tensor.numel(); ++i) p.tensor.data()[i] += rng.normal(0.0f, 0.3f);
+  const std::vector<int32_t> x = {3, 1, 4, 1, 5, 9};
+  std::vector<Tensor> inputs;
+  for (auto& p : set.params().all()) inputs.push_back(p.tensor);
+  EXPECT_EQ(inputs.size(), 5u);  // lora_embedding_A/B, c_fc weight and bias, wpe table
+  testing::expect_gradients_match([&] { return model.forward(x, 1, 6); }, inputs);
+}
+
+// Config edits of a folder: target_modules as the string "all-linear" (peft
+// selects Linear/Conv1D layers only, never an embedding), and
+// ensure_weight_tying on a tied model (peft then ties lm_head to the
+// embedding's adapter: refused by name, not loaded differently).
+TEST(PeftInterchange, AllLinearStringAndEnsureWeightTying) {
+  auto edit = [](const std::string& src, const std::string& dst,
+                 const std::function<void(nlohmann::json&)>& f) {
+    fs::copy(src, dst, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+    nlohmann::json c = nlohmann::json::parse(std::ifstream(dst + "/adapter_config.json"));
+    f(c);
+    std::ofstream(dst + "/adapter_config.json") << c.dump();
+  };
+  const std::string dir = testing::temp_dir("peft_config_edits");
+  {
+    Rng rng(5);
+    auto m = io::load_hf_decoder(fixture("gpt2_untied/model"));
+    AdapterSet all(m->linears(), m->params(), {"all-linear"},
+                   AdapterSpec(Kind::Lora, LoraConfig{2, 4.0f, false}), 9);
+    for (auto& p : all.params().all())
+      for (int64_t i = 0; i < p.tensor.numel(); ++i) p.tensor.data()[i] = rng.normal(0.0f, 0.3f);
+    export_peft(all, dir + "/listed", "tiny");
+  }
+  edit(dir + "/listed", dir + "/string", [](auto& c) { c["target_modules"] = "all-linear"; });
+  auto a = io::load_hf_decoder(fixture("gpt2_untied/model"));
+  PeftImport listed = import_peft(dir + "/listed", a->linears(), a->params(), a->embeddings());
+  auto b = io::load_hf_decoder(fixture("gpt2_untied/model"));
+  PeftImport string = import_peft(dir + "/string", b->linears(), b->params(), b->embeddings());
+  EXPECT_EQ(string.set->modules(), listed.set->modules());
+  EXPECT_TRUE(string.set->embedding_modules().empty());
+  EXPECT_EQ(b->forward(ids(), 2, 7).to_vector(), a->forward(ids(), 2, 7).to_vector());
+
+  edit(fixture("tied_embedding"), dir + "/tying", [](auto& c) { c["ensure_weight_tying"] = true; });
+  auto t = io::load_hf_decoder(fixture("gpt2_tied/model"));
+  const std::string e = testing::error_of(
+      [&] { import_peft(dir + "/tying", t->linears(), t->params(), t->embeddings()); });
+  EXPECT_NE(e.find("ensure_weight_tying = true"), std::string::npos) << e;
 }
 
 // An imported adapter whose pattern keys overlap keeps their order through
