@@ -49,6 +49,7 @@ int main() {
       {"qwen2_bias_window", [](nn::DecoderSpec& s) { s.sliding_window = 0; }},
       {"qwen3_qknorm", [](nn::DecoderSpec& s) { s.rope_theta *= 2; }},
       {"phi3_fused", [](nn::DecoderSpec& s) { s.sliding_window = 0; }},
+      {"phi3_partial_rotary", [](nn::DecoderSpec& s) { s.partial_rotary_factor = 1.0f; }},
       {"gemma",
        [](nn::DecoderSpec& s) { s.flavor = nn::Flavor::Llama; }},  // no offset, scale, GeGLU
       {"gpt2_inverse_layer", [](nn::DecoderSpec& s) { s.scale_attn_by_inverse_layer_idx = false; }},

@@ -63,6 +63,10 @@ CASES = {
         vocab_size=V, n_positions=16, n_embd=24, n_layer=3, n_head=3, n_inner=40,
         scale_attn_by_inverse_layer_idx=True, tie_word_embeddings=False, resid_pdrop=0.0,
         embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)),
+    # Phi-4-mini style: RoPE on the first int(8 * 0.75) = 6 dims of each head.
+    "phi3_partial_rotary": (tf.Phi3Config, tf.Phi3ForCausalLM, dict(
+        LLAMA, tie_word_embeddings=False, pad_token_id=None, bos_token_id=1, eos_token_id=2,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.75))),
 }
 
 

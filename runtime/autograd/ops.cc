@@ -462,22 +462,23 @@ Tensor attention_packed(const Tensor& qkv, int64_t B, int64_t T, int64_t Hq, int
                         o);
 }
 
-Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B, int64_t T,
-            int64_t H) {
-  if (x.ndim() != 2 || x.size(0) != B * T || x.size(1) % H != 0 || (x.size(1) / H) % 2 != 0)
-    throw Error(
-        str("rope: x ", shape_str(x.shape()), " is not [B*T=", B * T, ", H*D] with even D"));
-  const int64_t D = x.size(1) / H;
-  if (cos.numel() < T * D / 2 || sin.numel() < T * D / 2)
-    throw Error(str("rope: tables hold ", cos.numel(), " values, need T*D/2 = ", T * D / 2));
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B, int64_t T, int64_t H,
+            int64_t rot) {
+  if (x.ndim() != 2 || x.size(0) != B * T || x.size(1) % H != 0)
+    throw Error(str("rope: x ", shape_str(x.shape()), " is not [B*T=", B * T, ", H*D]"));
+  const int64_t D = x.size(1) / H, R = rot > 0 ? rot : D;
+  if (R > D || R % 2 != 0)
+    throw Error(str("rope: ", R, " rotated dims of a head of ", D, " (expected an even R <= D)"));
+  if (cos.numel() < T * R / 2 || sin.numel() < T * R / 2)
+    throw Error(str("rope: tables hold ", cos.numel(), " values, need T*R/2 = ", T * R / 2));
   bool rec = should_record({&x});
   Tensor out = result(x.shape(), x.device(), rec);
   TESSERA_DISPATCH_CPU_ONLY(x.device(), rope_forward, out.data(), x.data(), cos.data(), sin.data(),
-                            B, T, H, D);
+                            B, T, H, D, R);
   if (rec) {
-    on_backward(out, [x, cos, sin, B, T, H, D](const float* g) mutable {
+    on_backward(out, [x, cos, sin, B, T, H, D, R](const float* g) mutable {
       TESSERA_DISPATCH_CPU_ONLY(x.device(), rope_backward, grad_ptr(x), g, cos.data(), sin.data(),
-                                B, T, H, D);
+                                B, T, H, D, R);
     });
   }
   return out;

@@ -62,8 +62,10 @@ Tensor attention_packed(const Tensor& qkv, int64_t B, int64_t T, int64_t Hq, int
                         const AttnOptions& o = {});
 // Columns [begin, end) of x [N, C] → [N, end - begin] (a fused projection's parts).
 Tensor slice_cols(const Tensor& x, int64_t begin, int64_t end);
-// Rotary embedding of x [B*T, H*D] with tables cos/sin [T, D/2].
-Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B, int64_t T, int64_t H);
+// Rotary embedding of x [B*T, H*D] with tables cos/sin [T, R/2], rotating
+// each head's first R dims (rot = 0: all D) and passing the rest through.
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B, int64_t T, int64_t H,
+            int64_t rot = 0);
 // Mean softmax cross-entropy of logits [N, V] against targets (-1 = ignore) → [1].
 Tensor cross_entropy(const Tensor& logits, const std::vector<int32_t>& targets);
 

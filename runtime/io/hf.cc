@@ -80,6 +80,13 @@ void read_rope(const json& j, const std::string& path, nn::DecoderSpec& s) {
   } else if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
     throw Error(str("'", path, "': rope_scaling must be an object or null"));
   }
+  // partial_rotary_factor: Phi-3's attention rotates the first int(D·f) dims.
+  float partial = get_field<float>(j, "partial_rotary_factor", path, 1.0f, false);
+  if (rp) partial = get_field<float>(*rp, "partial_rotary_factor", where, partial, false);
+  if (partial != 1.0f && s.flavor != nn::Flavor::Phi3)
+    throw Error(str("'", path, "': partial_rotary_factor = ", partial, " is not supported for ",
+                    nn::flavor_name(s.flavor), " (phi3 has it)"));
+  s.partial_rotary_factor = partial;
   if (!rp) return;
   s.rope_theta = get_field<float>(*rp, "rope_theta", where, s.rope_theta, false);
   std::string type = get_field<std::string>(*rp, "rope_type", where, "", false);
@@ -88,9 +95,7 @@ void read_rope(const json& j, const std::string& path, nn::DecoderSpec& s) {
     throw Error(str("'", path, "': rope_type '", type,
                     "' is not supported (default, linear and llama3 are; dynamic, yarn and "
                     "longrope are not yet)"));
-  if (get_field<double>(*rp, "partial_rotary_factor", where, 1.0, false) != 1.0 ||
-      get_field<double>(j, "partial_rotary_factor", path, 1.0, false) != 1.0)
-    throw Error(str("'", path, "': partial_rotary_factor other than 1 is not supported yet"));
+
   s.rope_scaling.type = type;
   if (type == "default") return;
   s.rope_scaling.factor = get_field<float>(*rp, "factor", where, 0.0f, true);
@@ -343,7 +348,7 @@ void save_hf_decoder(const std::string& dir, const nn::Decoder& model) {
         {nn::Flavor::Phi3, "Phi3ForCausalLM"},   {nn::Flavor::Gemma, "GemmaForCausalLM"}};
     json rope = {{"rope_type", s.rope_scaling.type}, {"rope_theta", s.rope_theta}};
     if (s.rope_scaling.type != "default") rope["factor"] = s.rope_scaling.factor;
-    if (s.flavor == nn::Flavor::Phi3) rope["partial_rotary_factor"] = 1.0;
+    if (s.flavor == nn::Flavor::Phi3) rope["partial_rotary_factor"] = s.partial_rotary_factor;
     if (s.rope_scaling.type == "llama3") {
       rope["low_freq_factor"] = s.rope_scaling.low_freq_factor;
       rope["high_freq_factor"] = s.rope_scaling.high_freq_factor;

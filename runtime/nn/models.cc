@@ -80,8 +80,13 @@ void DecoderSpec::validate() const {
        str("d_model = ", d_model, " must be a positive multiple of n_head = ", n_head,
            " (or set head_dim)"));
   need(n_head % kv_heads() == 0, str("n_kv_head = ", kv_heads(), " must divide n_head = ", n_head));
-  need(flavor == Flavor::Gpt2 || head_dim() % 2 == 0,
-       str(flavor_name(flavor), " needs an even head dim (RoPE), got ", head_dim()));
+  need(partial_rotary_factor > 0.0f && partial_rotary_factor <= 1.0f,
+       str("partial_rotary_factor = ", partial_rotary_factor, ", expected (0, 1]"));
+  need(partial_rotary_factor == 1.0f || flavor == Flavor::Phi3,
+       str("partial_rotary_factor < 1 is not a ", flavor_name(flavor), " setting (phi3 has it)"));
+  need(
+      flavor == Flavor::Gpt2 || (rotary_dim() % 2 == 0 && rotary_dim() >= 2),
+      str(flavor_name(flavor), " needs an even number of rotated dims (RoPE), got ", rotary_dim()));
   need(norm_eps > 0, str("norm_eps = ", norm_eps, ", expected > 0"));
   need(sliding_window >= 0, str("sliding_window = ", sliding_window, ", expected >= 0"));
   // Each family takes exactly the settings its transformers configuration
@@ -118,7 +123,7 @@ void DecoderSpec::validate() const {
 }
 
 std::vector<float> DecoderSpec::rope_inv_freq() const {
-  const int64_t D = head_dim(), half = D / 2;
+  const int64_t D = rotary_dim(), half = D / 2;
   std::vector<float> f(static_cast<size_t>(half));
   // float32 arithmetic as transformers' modeling_rope_utils: base ** (2i / dim).
   for (int64_t i = 0; i < half; ++i)
@@ -219,10 +224,11 @@ Decoder::Decoder(const DecoderSpec& spec, Rng& rng) : spec_(spec) {
       wte_.set_tied(true);
     } else
       lm_head_ = Linear(params_, "lm_head", C, V, false, false, rng, Init::Normal, std);
-    rope_cos_ = Tensor::empty({spec.n_ctx, D / 2});
-    rope_sin_ = Tensor::empty({spec.n_ctx, D / 2});
+    const int64_t R = spec.rotary_dim();
+    rope_cos_ = Tensor::empty({spec.n_ctx, R / 2});
+    rope_sin_ = Tensor::empty({spec.n_ctx, R / 2});
     const std::vector<float> inv_freq = spec.rope_inv_freq();
-    kernels::cpu::rope_tables_from(rope_cos_.data(), rope_sin_.data(), spec.n_ctx, D / 2,
+    kernels::cpu::rope_tables_from(rope_cos_.data(), rope_sin_.data(), spec.n_ctx, R / 2,
                                    inv_freq.data());
   }
 }
@@ -253,8 +259,8 @@ Tensor Decoder::block_llama(const Block& b, const Tensor& x, int64_t B, int64_t 
     q = ops::reshape(b.q_norm.forward(ops::reshape(q, {B * T * Hq, D})), {B * T, Hq * D});
     k = ops::reshape(b.k_norm.forward(ops::reshape(k, {B * T * Hkv, D})), {B * T, Hkv * D});
   }
-  q = ops::rope(q, rope_cos_, rope_sin_, B, T, Hq);
-  k = ops::rope(k, rope_cos_, rope_sin_, B, T, Hkv);
+  q = ops::rope(q, rope_cos_, rope_sin_, B, T, Hq, spec_.rotary_dim());
+  k = ops::rope(k, rope_cos_, rope_sin_, B, T, Hkv, spec_.rotary_dim());
   Tensor a = ops::attention(q, k, v, B, T, Hq, Hkv, b.attn);
   Tensor h = ops::add(x, b.o.forward(a));
   Tensor n2 = b.rms2.forward(h);

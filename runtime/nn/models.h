@@ -86,17 +86,22 @@ struct DecoderSpec {
   int64_t sliding_window = 0;     // 0: none; W: a query sees its W latest keys
   int64_t max_window_layers = 0;  // the first layer with the window (qwen2; else 0)
   RopeScaling rope_scaling;
+  float partial_rotary_factor = 1.0f;            // phi3: RoPE on the first int(D·f) dims of a head
   bool scale_attn_weights = true;                // gpt2: scores / sqrt(D)
   bool scale_attn_by_inverse_layer_idx = false;  // gpt2: scores / (layer + 1) too
 
   int64_t kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
   int64_t head_dim() const { return d_head > 0 ? d_head : d_model / n_head; }
+  // Dims of a head that RoPE rotates: int(head_dim · partial_rotary_factor), as Python's int().
+  int64_t rotary_dim() const {
+    return static_cast<int64_t>(static_cast<double>(head_dim()) * partial_rotary_factor);
+  }
   bool qkv_bias() const { return attention_bias || flavor == Flavor::Qwen2; }
   bool o_bias() const { return attention_bias; }
   bool qk_norm() const { return flavor == Flavor::Qwen3; }
   bool fused() const { return flavor == Flavor::Phi3; }
   bool gemma() const { return flavor == Flavor::Gemma; }
-  // The inverse RoPE frequencies [head_dim / 2], as transformers computes them.
+  // The inverse RoPE frequencies [rotary_dim / 2], as transformers computes them.
   std::vector<float> rope_inv_freq() const;
   int64_t ff() const;
   void validate() const;  // throws Error naming the field

@@ -649,6 +649,7 @@ nn::DecoderSpec decoder_spec(const DecoderConfig& d) {
   s.rope_scaling.original_max_position_embeddings = d.rope_original_max_position_embeddings();
   s.scale_attn_weights = !d.has_scale_attn_weights() || d.scale_attn_weights();
   s.scale_attn_by_inverse_layer_idx = d.scale_attn_by_inverse_layer_idx();
+  if (d.has_partial_rotary_factor()) s.partial_rotary_factor = d.partial_rotary_factor();
   return s;
 }
 
@@ -677,6 +678,7 @@ void set_decoder_config(const nn::DecoderSpec& s, DecoderConfig* d) {
       static_cast<int32_t>(s.rope_scaling.original_max_position_embeddings));
   d->set_scale_attn_weights(s.scale_attn_weights);
   d->set_scale_attn_by_inverse_layer_idx(s.scale_attn_by_inverse_layer_idx);
+  d->set_partial_rotary_factor(s.partial_rotary_factor);
 }
 
 Model::Model(const PretrainConfig& cfg) {

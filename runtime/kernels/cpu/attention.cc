@@ -122,8 +122,8 @@ namespace {
 // transpose, the backward); writes or accumulates into out.
 template <bool kAccumulate>
 void rope_rotate(float* out, const float* inp, const float* cos, const float* sin, float sign,
-                 int64_t B, int64_t T, int64_t H, int64_t D) {
-  const int64_t half = D / 2;
+                 int64_t B, int64_t T, int64_t H, int64_t D, int64_t R) {
+  const int64_t half = R / 2;
 #pragma omp parallel for collapse(2) if (B * T * H * D > (1 << 15)) schedule(static)
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = 0; t < T; ++t) {
@@ -139,6 +139,7 @@ void rope_rotate(float* out, const float* inp, const float* cos, const float* si
           o[i] = kAccumulate ? o[i] + r1 : r1;
           o[i + half] = kAccumulate ? o[i + half] + r2 : r2;
         }
+        for (int64_t i = R; i < D; ++i) o[i] = kAccumulate ? o[i] + x[i] : x[i];
       }
     }
   }
@@ -146,13 +147,13 @@ void rope_rotate(float* out, const float* inp, const float* cos, const float* si
 }  // namespace
 
 void rope_forward(float* out, const float* inp, const float* cos, const float* sin, int64_t B,
-                  int64_t T, int64_t H, int64_t D) {
-  rope_rotate<false>(out, inp, cos, sin, 1.0f, B, T, H, D);
+                  int64_t T, int64_t H, int64_t D, int64_t R) {
+  rope_rotate<false>(out, inp, cos, sin, 1.0f, B, T, H, D, R);
 }
 
 void rope_backward(float* dinp, const float* dout, const float* cos, const float* sin, int64_t B,
-                   int64_t T, int64_t H, int64_t D) {
-  rope_rotate<true>(dinp, dout, cos, sin, -1.0f, B, T, H, D);
+                   int64_t T, int64_t H, int64_t D, int64_t R) {
+  rope_rotate<true>(dinp, dout, cos, sin, -1.0f, B, T, H, D, R);
 }
 
 }  // namespace tessera::kernels::cpu

@@ -32,9 +32,11 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
 void rope_tables(float* cos, float* sin, int64_t T, int64_t D, float theta);
 // The same from given inverse frequencies inv_freq[D/2] (scaled RoPE).
 void rope_tables_from(float* cos, float* sin, int64_t T, int64_t half, const float* inv_freq);
+// R <= D: only each head's first R dims rotate (pairs i, i + R/2; tables
+// [T, R/2]), the rest pass through — partial rotary (transformers' Phi-3).
 void rope_forward(float* out, const float* inp, const float* cos, const float* sin, int64_t B,
-                  int64_t T, int64_t H, int64_t D);
+                  int64_t T, int64_t H, int64_t D, int64_t R);
 void rope_backward(float* dinp, const float* dout, const float* cos, const float* sin, int64_t B,
-                   int64_t T, int64_t H, int64_t D);
+                   int64_t T, int64_t H, int64_t D, int64_t R);
 
 }  // namespace tessera::kernels::cpu

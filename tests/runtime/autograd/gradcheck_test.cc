@@ -300,6 +300,27 @@ TEST(AttentionValues, CausalAndHandComputed) {
   EXPECT_THROW(ops::attention(q, k, v, 1, T, 3, 2), Error);  // heads must group evenly
 }
 
+// Partial rotary (Phi-3's partial_rotary_factor): the first R dims of each
+// head rotate, the rest pass through unchanged; gradients by finite differences.
+TEST(RopeGrad, PartialRotaryRotatesTheFirstDimsOnly) {
+  Rng rng(17);
+  const int64_t B = 2, T = 4, H = 2, D = 8, R = 6;
+  Tensor cos = Tensor::empty({T, R / 2}), sin = Tensor::empty({T, R / 2});
+  kernels::cpu::rope_tables(cos.data(), sin.data(), T, R, 10000.0f);
+  Tensor x = randn({B * T, H * D}, rng, 1.0f, true);
+  expect_gradients_match([&] { return ops::rope(x, cos, sin, B, T, H, R); }, {x});
+  Tensor y = ops::rope(x, cos, sin, B, T, H, R);
+  Tensor full = ops::rope(ops::slice_cols(x, 0, R), cos, sin, B, T, 1);  // head 0's first R dims
+  for (int64_t r = 0; r < B * T; ++r) {
+    for (int64_t i = 0; i < R; ++i)
+      EXPECT_FLOAT_EQ(y.data()[r * H * D + i], full.data()[r * R + i]);
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = R; i < D; ++i)
+        EXPECT_EQ(y.data()[r * H * D + h * D + i], x.data()[r * H * D + h * D + i]);
+  }
+  EXPECT_THROW(ops::rope(x, cos, sin, B, T, H, 7), Error);  // odd
+}
+
 TEST(RopeGrad, MatchesFiniteDifferencesAndPreservesNorm) {
   Rng rng(16);
   const int64_t B = 2, T = 5, H = 3, D = 6;

@@ -115,7 +115,8 @@ TEST_P(Family, ArchitectureSurvivesTheConfigAndTheSavedFolder) {
 INSTANTIATE_TEST_SUITE_P(Families, Family,
                          ::testing::Values("llama_headdim_bias_llama3", "llama_linear_rope",
                                            "mistral_window", "qwen2_bias_window", "qwen3_qknorm",
-                                           "phi3_fused", "gemma", "gpt2_inverse_layer"));
+                                           "phi3_fused", "gemma", "gpt2_inverse_layer",
+                                           "phi3_partial_rotary"));
 
 // The fixtures are sensitive: each family's own convention, got wrong, moves
 // the logits by over 100 times the 1e-5 the tests allow.
@@ -131,6 +132,7 @@ TEST(FamilyFixtures, AConventionErrorMovesTheLossPastTheTolerance) {
       {"qwen2_bias_window", [](nn::DecoderSpec& s) { s.max_window_layers = 0; }},
       {"qwen3_qknorm", [](nn::DecoderSpec& s) { s.rope_theta *= 2; }},
       {"phi3_fused", [](nn::DecoderSpec& s) { s.sliding_window = 0; }},
+      {"phi3_partial_rotary", [](nn::DecoderSpec& s) { s.partial_rotary_factor = 1.0f; }},
       // Gemma read as a Llama: no (1 + w) norms, no embedding scale, SwiGLU.
       {"gemma", [](nn::DecoderSpec& s) { s.flavor = nn::Flavor::Llama; }},
       {"gpt2_inverse_layer", [](nn::DecoderSpec& s) { s.scale_attn_by_inverse_layer_idx = false; }},
