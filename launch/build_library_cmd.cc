@@ -1,0 +1,298 @@
+// tessera build-library: one expert per task over the ranks, committed to a library.
+#include "launch/commands.h"
+#include "launch/runs.h"
+
+#include <unistd.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "launch/config.h"
+#include "runtime/common/error.h"
+#include "runtime/dist/process_group.h"
+#include "runtime/dist/work_queue.h"
+#include "runtime/train/trainer.h"
+#include "store/library.h"
+#include "tessera/library.pb.h"
+
+namespace tessera::launch {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// "a;b", "@FILE" (a task a line, # comments) and integer ranges "{1..6}"
+// (every range in a task expands: permute:seed={1..3} is three tasks).
+void expand_braces(const std::string& t, std::vector<std::string>* out) {
+  const size_t open = t.find('{');
+  if (open == std::string::npos) {
+    out->push_back(t);
+    return;
+  }
+  const size_t close = t.find('}', open);
+  const size_t dots = t.find("..", open);
+  long a = 0, b = 0;
+  char tail = 0;
+  if (close == std::string::npos || dots == std::string::npos || dots > close ||
+      std::sscanf(t.substr(open + 1, dots - open - 1).c_str(), "%ld%c", &a, &tail) != 1 ||
+      std::sscanf(t.substr(dots + 2, close - dots - 2).c_str(), "%ld%c", &b, &tail) != 1 || b < a ||
+      b - a >= 100000)
+    throw Error(
+        str("--tasks '", t, "': expected a range {FIRST..LAST} of integers, FIRST <= LAST"));
+  for (long v = a; v <= b; ++v)
+    expand_braces(t.substr(0, open) + std::to_string(v) + t.substr(close + 1), out);
+}
+
+std::vector<std::string> expand_tasks(const std::vector<std::string>& specs) {
+  std::vector<std::string> tasks;
+  auto add = [&](std::string t, const std::string& from) {
+    while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+    size_t b = 0;
+    while (b < t.size() && std::isspace(static_cast<unsigned char>(t[b]))) ++b;
+    t = t.substr(b);
+    if (t.empty()) return;
+    std::vector<std::string> one;
+    expand_braces(t, &one);
+    for (std::string& x : one) {
+      if (std::find(tasks.begin(), tasks.end(), x) != tasks.end())
+        throw Error(str("--tasks: task '", x, "' is given twice", from));
+      tasks.push_back(std::move(x));
+    }
+  };
+  for (const std::string& spec : specs) {
+    if (!spec.empty() && spec[0] == '@') {
+      std::ifstream in(spec.substr(1));
+      if (!in) throw Error(str("--tasks '", spec, "': cannot read the file ", spec.substr(1)));
+      std::string line;
+      int n = 0;
+      while (std::getline(in, line)) {
+        ++n;
+        if (line.find_first_not_of(" \t") != std::string::npos &&
+            line[line.find_first_not_of(" \t")] == '#')
+          continue;
+        add(line, str(" (", spec.substr(1), " line ", n, ")"));
+      }
+    } else {
+      std::stringstream ss(spec);
+      std::string t;
+      while (std::getline(ss, t, ';')) add(t, "");
+    }
+  }
+  if (tasks.empty()) throw Error("--tasks: no task given (TASK[;TASK...], @FILE, {A..B} ranges)");
+  return tasks;
+}
+
+// Whether a stored expert is of the kind and rank asked for (a build with
+// --adapter lora:r=16 does not skip the r=8 experts of an earlier one).
+bool same_adapter_shape(const AdapterRecord& have, const AdapterArgs& want) {
+  if (have.kind() != adapters::kind_name(want.spec.kind)) return false;
+  const nlohmann::json j = nlohmann::json::parse(have.config_json(), nullptr, false);
+  if (!j.is_object() || !j.contains("r")) return true;  // kinds without a rank
+  return j["r"].is_number_integer() && j["r"].get<int64_t>() == want.spec.lora.base.r;
+}
+
+// The fields one trained expert sends to rank 0, length-prefixed.
+std::string pack(const std::vector<std::string>& fields) {
+  std::string out;
+  for (const std::string& f : fields) {
+    const uint64_t n = f.size();
+    out.append(reinterpret_cast<const char*>(&n), sizeof n);
+    out += f;
+  }
+  return out;
+}
+std::vector<std::string> unpack(const std::string& in, size_t count, const std::string& what) {
+  std::vector<std::string> fields;
+  size_t at = 0;
+  while (fields.size() < count) {
+    uint64_t n = 0;
+    if (in.size() - at < sizeof n) break;
+    std::memcpy(&n, in.data() + at, sizeof n);
+    at += sizeof n;
+    if (n > in.size() - at) break;
+    fields.emplace_back(in.data() + at, n);
+    at += n;
+  }
+  if (fields.size() != count || at != in.size())
+    throw Error(str(what, ": a malformed result (", in.size(), " bytes)"));
+  return fields;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(str("cannot read ", path));
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+}  // namespace
+
+int run_build_library(const BuildLibraryOptions& o) {
+  const AdapterArgs a = parse_adapter_spec(o.adapter);
+  if (o.library.empty())
+    throw Error("--library: name the library to build (a folder, or grpc://HOST:PORT)");
+  const std::string out_dir = o.out_dir.empty() ? "runs/library" : o.out_dir;
+  // Every rank expands and checks every task's config the same way, so a
+  // mistake fails the whole world at once, before any training.
+  const std::vector<std::string> tasks = expand_tasks(o.tasks);
+  std::vector<PretrainConfig> cfgs;
+  for (size_t k = 0; k < tasks.size(); ++k) {
+    try {
+      cfgs.push_back(
+          adapter_config(o.base, {tasks[k]}, out_dir + "/" + std::to_string(k), o.overrides));
+    } catch (const Error& e) {
+      throw Error(str("--tasks: task '", tasks[k], "': ", e.what()));
+    }
+  }
+  auto name_of = [&](size_t k) { return o.name_prefix + tasks[k]; };
+  std::unique_ptr<dist::ProcessGroup> world = dist::make_process_group();
+  const int rank = world->rank(), size = world->size();
+  if (rank == 0) warn_if_oversubscribed(cfgs.front());
+  const bool remote = o.library.remote();
+  const std::string fingerprint = base_fingerprint(o.base);
+
+  // Rank 0 opens the library (a folder is one process's); with the lookup
+  // service every rank talks to it and puts its own experts.
+  std::unique_ptr<store::LibraryApi> lib;
+  if (rank == 0 || remote) lib = open_library(o.library, true);
+
+  // Skip tasks whose expert the library already holds for this base (a
+  // build that stopped halfway resumes), unless --retrain.
+  std::vector<int32_t> todo;
+  std::vector<std::string> kept(tasks.size());
+  if (rank == 0) {
+    for (size_t k = 0; k < tasks.size(); ++k) {
+      if (!o.retrain) {
+        AdapterRecord have;
+        store::Status st = lib->Get(name_of(k) + "@latest", &have, nullptr);
+        if (st.ok() && have.base().fingerprint() == fingerprint && have.task() == tasks[k] &&
+            same_adapter_shape(have, a)) {
+          kept[k] = have.name() + "@" + std::to_string(have.version()) + " " + have.id();
+          continue;
+        }
+        if (!st.ok() && !st.IsNotFound()) check_store(st, "looking up " + name_of(k));
+      }
+      todo.push_back(static_cast<int32_t>(k));
+    }
+  }
+  int64_t n_todo = static_cast<int64_t>(todo.size());
+  world->broadcast(&n_todo, sizeof n_todo, 0);
+  todo.resize(static_cast<size_t>(n_todo));
+  world->broadcast(todo.data(), todo.size() * sizeof(int32_t), 0);
+
+  if (rank == 0) {
+    std::printf("build-library: %zu tasks, %zu already in %s, %lld to train on %d rank%s (%s)\n",
+                tasks.size(), tasks.size() - todo.size(), o.library.where.c_str(),
+                static_cast<long long>(n_todo), size, size == 1 ? "" : "s",
+                world->backend().c_str());
+    for (size_t k = 0; k < tasks.size(); ++k)
+      if (!kept[k].empty())
+        std::printf("  %-28s already there: %s\n", tasks[k].c_str(), kept[k].c_str());
+    std::fflush(stdout);
+  }
+
+  // One item: train the task's expert. On rank 0 it lands in OUT/K; other
+  // ranks train in a folder of their own and send the adapter file's bytes
+  // (or, with the lookup service, put the expert themselves).
+  const auto t_start = std::chrono::steady_clock::now();
+  std::vector<std::string> lines(tasks.size());
+  auto work = [&](size_t i) -> std::string {
+    const size_t k = static_cast<size_t>(todo[i]);
+    PretrainConfig cfg = cfgs[k];
+    std::string tmp;
+    if (rank != 0) {
+      tmp = (fs::temp_directory_path() / str("tessera_build_", ::getpid(), "_", rank, "_", k))
+                .string();
+      cfg.set_out_dir(tmp);
+    }
+    AdapterRun r = train_adapter(cfg, o.base, fingerprint, a, /*progress=*/false, nullptr);
+    AdapterRecord rec = trained_record(name_of(k), tasks[k], o.base, fingerprint, r.after, cfgs[k]);
+    std::string stored, file_bytes;
+    if (remote) {
+      stored = put_adapter_file(*lib, r.adapter_file, rec);
+    } else if (rank != 0) {
+      file_bytes = slurp(r.adapter_file);
+    }
+    if (!tmp.empty()) fs::remove_all(tmp);
+    return pack({rec.SerializeAsString(), file_bytes, stored, short_eval(r.before),
+                 short_eval(r.after), str(r.units_per_s)});
+  };
+  // Rank 0, once per finished expert: write the file, commit it (folder
+  // library), report.
+  size_t finished = 0;
+  auto done = [&](size_t i, int from, const std::string& bytes) {
+    const size_t k = static_cast<size_t>(todo[i]);
+    std::vector<std::string> f = unpack(bytes, 6, str("rank ", from, ", task '", tasks[k], "'"));
+    AdapterRecord rec;
+    if (!rec.ParseFromString(f[0]) || rec.name() != name_of(k))
+      throw Error(str("rank ", from, ", task '", tasks[k], "': a malformed record"));
+    const std::string file = cfgs[k].out_dir() + "/adapter.safetensors";
+    if (!f[1].empty()) {
+      fs::create_directories(cfgs[k].out_dir());
+      std::ofstream out(file, std::ios::binary | std::ios::trunc);
+      out.write(f[1].data(), static_cast<std::streamsize>(f[1].size()));
+      if (!out.flush()) throw Error(str("cannot write ", file));
+    }
+    std::string stored = f[2];
+    if (!remote) stored = put_adapter_file(*lib, file, rec);
+    ++finished;
+    std::printf("[%zu/%lld] %-24s rank %d  base %s -> expert %s  %s\n", finished,
+                static_cast<long long>(n_todo), tasks[k].c_str(), from, f[3].c_str(), f[4].c_str(),
+                stored.c_str());
+    std::fflush(stdout);
+    lines[k] = stored;
+  };
+  dist::WorkOptions wo;
+  wo.item_timeout = std::chrono::milliseconds(static_cast<int64_t>(o.task_timeout_minutes * 60e3));
+  dist::WorkSummary sum = dist::distribute(*world, todo.size(), work, done, wo);
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  if (rank != 0) return sum.all_ok() ? 0 : 1;
+
+  // The summary: stdout, and OUT/build.json for scripts and benches.
+  size_t ok = 0;
+  nlohmann::json j;
+  j["tasks"] = tasks.size();
+  j["trained"] = n_todo;
+  j["ranks"] = size;
+  j["backend"] = world->backend();
+  j["seconds"] = secs;
+  j["experts_per_minute"] = secs > 0 ? 60.0 * static_cast<double>(n_todo) / secs : 0.0;
+  j["experts"] = nlohmann::json::array();
+  for (const dist::WorkReport& r : sum.items) {
+    const size_t k = static_cast<size_t>(todo[r.item]);
+    ok += r.ok;
+    j["experts"].push_back({{"task", tasks[k]},
+                            {"rank", r.rank},
+                            {"ok", r.ok},
+                            {"seconds", r.seconds},
+                            {"stored", lines[k]},
+                            {"error", r.error}});
+    if (!r.ok) std::printf("FAILED %-28s %s\n", tasks[k].c_str(), r.error.c_str());
+  }
+  for (const dist::LostRank& l : sum.ranks_lost) {
+    const std::string task =
+        l.item >= 0 ? tasks[static_cast<size_t>(todo[static_cast<size_t>(l.item)])] : "";
+    std::printf("lost rank %d%s: %s\n", l.rank,
+                task.empty() ? "" : str(" (its task ", task, " went back to the queue)").c_str(),
+                l.why.c_str());
+    j["ranks_lost"].push_back({{"rank", l.rank}, {"task", task}, {"why", l.why}});
+  }
+  fs::create_directories(out_dir);
+  std::ofstream(out_dir + "/build.json") << j.dump(2) << "\n";
+  std::printf("%zu of %lld experts trained and stored in %.1f s: %.2f experts/min on %d rank%s\n",
+              ok, static_cast<long long>(n_todo), secs,
+              secs > 0 ? 60.0 * static_cast<double>(ok) / secs : 0.0, size, size == 1 ? "" : "s");
+  if (ok != sum.items.size())
+    throw Error(str(sum.items.size() - ok, " of ", n_todo,
+                    " tasks failed (named above); run again to train just those"));
+  return 0;
+}
+
+}  // namespace tessera::launch

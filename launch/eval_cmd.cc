@@ -1,0 +1,54 @@
+// tessera eval: a base (checkpoint or Hugging Face folder), optionally with an adapter, on its test
+// split.
+#include "launch/commands.h"
+#include "launch/runs.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+
+#include "adapters/adapter_file.h"
+#include "adapters/lora.h"
+#include "adapters/peft.h"
+#include "launch/base.h"
+#include "launch/config.h"
+#include "runtime/train/trainer.h"
+
+namespace tessera::launch {
+
+namespace fs = std::filesystem;
+
+int run_eval(const EvalOptions& o) {
+  const BaseModel base = open_base(o.checkpoint, "--checkpoint");
+  PretrainConfig cfg = base.config;
+  apply_base_overrides(&cfg, o.overrides, base);
+  validate_config(cfg);
+  train::Trainer t(cfg);
+  load_base_weights(t, base);
+  std::unique_ptr<adapters::AdapterSet> set;
+  if (!o.adapter.empty()) {
+    // An adapter trained on another base computes nonsense on this one. Its
+    // base fingerprint: in a tessera adapter file's metadata, or in a PEFT
+    // folder tessera wrote (absent from other PEFT folders: nothing to check).
+    const std::string want = fs::is_directory(o.adapter)
+                                 ? adapters::read_peft(o.adapter).base_fingerprint
+                                 : adapters::read_adapter(o.adapter).base_fingerprint;
+    if (!want.empty()) check_base(o.adapter, want, o.checkpoint, o.force);
+  }
+  if (!o.adapter.empty()) {
+    // A tessera adapter file, or a PEFT folder.
+    t.attach([&](std::vector<nn::Linear*> linears, nn::ParameterSet& base) {
+      if (fs::is_directory(o.adapter))
+        set = std::move(adapters::import_peft(o.adapter, linears, base, t.embeddings()).set);
+      else
+        set = adapters::load_adapter(o.adapter, linears, base, nullptr, t.embeddings());
+      return &set->params();
+    });
+  }
+  train::EvalResult e = t.evaluate(o.max_batches);
+  std::printf("%s %s%s%s: %s\n", t.kind().c_str(), o.checkpoint.c_str(),
+              o.adapter.empty() ? "" : " + ", o.adapter.c_str(), eval_text(e).c_str());
+  return 0;
+}
+
+}  // namespace tessera::launch

@@ -1,0 +1,237 @@
+// tessera merge: LoRA adapters of one base combined into one.
+#include "launch/commands.h"
+#include "launch/runs.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <sstream>
+
+#include "adapters/adapter_file.h"
+#include "adapters/lora.h"
+#include "adapters/peft.h"
+#include "launch/base.h"
+#include "launch/config.h"
+#include "runtime/common/error.h"
+#include "runtime/common/rng.h"
+#include "runtime/train/trainer.h"
+
+namespace tessera::launch {
+
+namespace fs = std::filesystem;
+
+std::vector<float> parse_weights(const std::string& csv) {
+  std::vector<float> w;
+  std::stringstream ss(csv);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t pos = 0;
+      w.push_back(std::stof(item, &pos));
+      if (pos != item.size()) throw std::invalid_argument(item);
+    } catch (const std::logic_error&) {
+      throw Error(str("--weights '", csv, "': '", item, "' is not a number"));
+    }
+  }
+  return w;
+}
+
+int run_merge(const MergeOptions& o) {
+  if (o.inputs.empty()) throw Error("merge: name the adapter folders to combine");
+  if (o.out.empty()) throw Error("merge: -o/--out names the folder to write");
+  std::vector<float> w = o.weights.empty() ? std::vector<float>(o.inputs.size(), 1.0f) : o.weights;
+  if (w.size() != o.inputs.size())
+    throw Error(str("merge: ", w.size(), " weights for ", o.inputs.size(), " adapters"));
+  // method[:k=v,...]
+  const size_t colon = o.method.find(':');
+  const std::string method = o.method.substr(0, colon);
+  std::map<std::string, float> arg;
+  if (colon != std::string::npos) {
+    std::stringstream ss(o.method.substr(colon + 1));
+    std::string kv;
+    while (std::getline(ss, kv, ',')) {
+      const size_t eq = kv.find('=');
+      try {
+        if (eq == std::string::npos) throw std::invalid_argument(kv);
+        size_t pos = 0;
+        arg[kv.substr(0, eq)] = std::stof(kv.substr(eq + 1), &pos);
+        if (pos != kv.size() - eq - 1) throw std::invalid_argument(kv);
+      } catch (const std::logic_error&) {
+        throw Error(str("merge method '", o.method, "': '", kv, "' is not key=number"));
+      }
+    }
+  }
+  const std::map<std::string, std::vector<std::string>> keys = {{"cat", {}},
+                                                                {"linear", {"lambda"}},
+                                                                {"svd", {"lambda"}},
+                                                                {"ties", {"density"}},
+                                                                {"dare_linear", {"p"}},
+                                                                {"dare_ties", {"p", "density"}},
+                                                                {"magnitude_prune", {"density"}},
+                                                                {"lego", {"k"}},
+                                                                {"soup", {}}};
+  auto known = keys.find(method);
+  if (known == keys.end())
+    throw Error(
+        str("merge method '", method,
+            "': expected cat, linear, svd, ties, dare_linear, dare_ties, magnitude_prune, lego "
+            "or soup"));
+  for (const auto& [k, v] : arg)
+    if (std::find(known->second.begin(), known->second.end(), k) == known->second.end())
+      throw Error(str("merge method '", o.method, "': '", method, "' takes no '", k, "'"));
+  auto get = [&](const char* k, float d) { return arg.count(k) ? arg.at(k) : d; };
+
+  if (method == "soup") {  // the uniform soup: the weights' mean
+    float total = 0;
+    for (float x : w) total += x;
+    for (float& x : w) x /= total;
+  }
+  // Each input: a PEFT folder or a tessera adapter file (lora).
+  struct Input {
+    bool fan_in_fan_out = false;
+    std::string base_model, base_fingerprint;
+  };
+  std::vector<Input> folders;
+  std::vector<std::vector<std::pair<std::string, adapters::LoraFactors>>> per;
+  // With --base every input is read against the base model, by the same
+  // rules as import-peft and eval (PiSSA/OLoRA converted, targets and shapes
+  // checked, the fingerprint compared); without it, from the files alone.
+  std::unique_ptr<train::Model> base_model;
+  std::string base_fp;
+  if (!o.base.empty()) {
+    const BaseModel b = open_base(o.base, "--base");
+    base_model = std::make_unique<train::Model>(b.config);
+    if (!b.hf_folder) base_model->load_weights(b.path);
+    base_fp = base_fingerprint(o.base);
+  }
+  for (const auto& in : o.inputs) {
+    if (base_model) {
+      const std::string want = fs::is_directory(in) ? adapters::read_peft(in).base_fingerprint
+                                                    : adapters::read_adapter(in).base_fingerprint;
+      if (!want.empty()) check_base(in, want, o.base, o.force, base_fp);
+      std::unique_ptr<adapters::AdapterSet> set;
+      if (fs::is_directory(in)) {
+        adapters::PeftImport imp = adapters::import_peft(
+            in, base_model->linears(), base_model->params(), base_model->embeddings());
+        for (const auto& n : imp.notes) spdlog::info("{}: {}", in, n);
+        set = std::move(imp.set);
+      } else {
+        set = adapters::load_adapter(in, base_model->linears(), base_model->params(), nullptr,
+                                     base_model->embeddings());
+      }
+      if (set->kind() != adapters::Kind::Lora || !set->embedding_modules().empty() ||
+          !set->copied_modules().empty())
+        throw Error(str("merge: '", in, "' is not LoRA on Linear modules alone (",
+                        set->kind() != adapters::Kind::Lora ? adapters::kind_name(set->kind())
+                        : !set->embedding_modules().empty() ? "a LoRA on an embedding"
+                                                            : "modules_to_save copies",
+                        "); these methods combine LoRAs of Linear modules"));
+      std::vector<std::pair<std::string, adapters::LoraFactors>> f;
+      bool conv = false;
+      for (size_t i = 0; i < set->modules().size(); ++i) {
+        const adapters::Lora& l = *set->loras()[i];
+        f.push_back(
+            {set->modules()[i], adapters::LoraFactors{l.A().clone(), l.B().clone(), l.scale()}});
+        conv = conv || set->linears()[i]->w_in_out();
+      }
+      set->detach();
+      per.push_back(std::move(f));
+      folders.push_back({conv, o.base, base_fp});
+      continue;
+    }
+    if (fs::is_directory(in)) {
+      adapters::PeftFolder f = adapters::read_peft(in);
+      per.push_back(f.factors());
+      folders.push_back({f.fan_in_fan_out, f.base_model, f.base_fingerprint});
+      for (const auto& n : f.notes) spdlog::warn("{}: {}", in, n);
+    } else {
+      adapters::AdapterFile f = adapters::read_adapter(in);
+      if (f.spec.kind != adapters::Kind::Lora)
+        throw Error(str("merge: '", in, "' is a ", adapters::kind_name(f.spec.kind),
+                        " adapter; these methods combine LoRAs"));
+      per.push_back(f.factors());
+      const bool conv = std::find(f.conv1d.begin(), f.conv1d.end(), true) != f.conv1d.end();
+      folders.push_back({conv, f.base_model, f.base_fingerprint});
+    }
+  }
+  // Adapters of different bases do not combine; the result keeps the base.
+  std::string fingerprint;
+  for (size_t i = 0; i < per.size(); ++i) {
+    const std::string& fp = folders[i].base_fingerprint;
+    if (fp.empty()) continue;
+    if (!fingerprint.empty() && fp != fingerprint && !o.force)
+      throw Error(str("merge: '", o.inputs[i], "' was trained on base ", fp.substr(0, 16),
+                      "…, an earlier input on base ", fingerprint.substr(0, 16),
+                      "… (adapters of different bases do not combine; --force merges anyway)"));
+    if (fingerprint.empty()) fingerprint = fp;
+  }
+  for (size_t i = 1; i < per.size(); ++i) {
+    if (folders[i].fan_in_fan_out != folders[0].fan_in_fan_out)
+      throw Error(
+          str("merge: '", o.inputs[i], "' and '", o.inputs[0], "' disagree on fan_in_fan_out"));
+    if (per[i].size() != per[0].size())
+      throw Error(str("merge: '", o.inputs[i], "' adapts ", per[i].size(), " modules, '",
+                      o.inputs[0], "' ", per[0].size(), " (merge adapters of the same targets)"));
+  }
+  Rng rng(o.seed);
+  std::vector<std::pair<std::string, adapters::LoraFactors>> merged;
+  for (size_t m = 0; m < per[0].size(); ++m) {
+    const std::string& name = per[0][m].first;
+    std::vector<adapters::LoraFactors> fs;
+    std::vector<Tensor> deltas;
+    int64_t rmax = 0;
+    for (size_t i = 0; i < per.size(); ++i) {
+      auto it = std::find_if(per[i].begin(), per[i].end(),
+                             [&](const auto& p) { return p.first == name; });
+      if (it == per[i].end())
+        throw Error(str("merge: '", o.inputs[i], "' has no adapter for module ", name));
+      fs.push_back(it->second);
+      deltas.push_back(it->second.delta());
+      rmax = std::max(rmax, it->second.rank());
+    }
+    if (method == "cat") {
+      merged.push_back({name, adapters::merge_cat(fs, w)});
+      continue;
+    }
+    if (method == "lego") {
+      adapters::LegoOptions lo;
+      lo.k = arg.count("k") ? static_cast<int64_t>(arg.at("k")) : rmax;
+      lo.seed = o.seed;
+      merged.push_back({name, adapters::lego(fs, w, lo)});
+      continue;
+    }
+    Tensor d;
+    if (method == "linear" || method == "svd" || method == "soup")
+      d = adapters::task_arithmetic(deltas, w, get("lambda", 1.0f));
+    else if (method == "ties")
+      d = adapters::ties(deltas, w, get("density", 0.2f));
+    else if (method == "dare_linear")
+      d = adapters::dare(deltas, w, get("p", 0.5f), rng);
+    else if (method == "dare_ties")
+      d = adapters::dare(deltas, w, get("p", 0.5f), rng, true, get("density", 1.0f));
+    else {
+      for (size_t i = 0; i < deltas.size(); ++i)
+        deltas[i] = adapters::prune_magnitude(deltas[i], get("density", 0.2f));
+      d = adapters::task_arithmetic(deltas, w);
+    }
+    const int64_t r = std::min(o.rank > 0 ? o.rank : rmax, std::min(d.size(0), d.size(1)));
+    merged.push_back({name, adapters::svd_factor(d, r)});
+  }
+  const bool file_out =
+      o.out.size() > 12 && o.out.compare(o.out.size() - 12, 12, ".safetensors") == 0;
+  if (file_out)
+    adapters::save_lora_factors(o.out, merged,
+                                std::vector<bool>(merged.size(), folders[0].fan_in_fan_out),
+                                folders[0].base_model, fingerprint);
+  else
+    adapters::write_peft(o.out, merged, folders[0].fan_in_fan_out, folders[0].base_model, {},
+                         fingerprint);
+  std::printf("merged %zu adapters with %s into %s (%zu modules)\n", o.inputs.size(),
+              o.method.c_str(), o.out.c_str(), merged.size());
+  return 0;
+}
+
+}  // namespace tessera::launch

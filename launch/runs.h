@@ -1,0 +1,83 @@
+// What several commands share: the text of results, a pretraining run
+// (train_and_save), an adapter run on a frozen base (adapter_config,
+// train_adapter, train_bank) and the library record of a trained adapter.
+// Each command lives in its own file (pretrain_cmd.cc, eval_cmd.cc,
+// train_adapter_cmd.cc, build_library_cmd.cc, merge_cmd.cc, peft_cmd.cc,
+// demo_cmd.cc, library_cmd.cc, launch_cmd.cc).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "launch/commands.h"
+#include "launch/config.h"
+#include "runtime/train/trainer.h"
+#include "tessera/library.pb.h"
+
+namespace tessera::dist {
+class ProcessGroup;
+}
+namespace tessera::store {
+class LibraryApi;
+}
+
+namespace tessera::launch {
+
+// "3.26M", "27.4K", "512".
+std::string human_count(int64_t n);
+// "accuracy 85.20% (loss 0.4, 10000 examples)" or "loss 1.23, 1.78 bits/token (N tokens)".
+std::string eval_text(const train::EvalResult& e);
+// "85.20%" for a classifier, "loss 1.2345" for a language model.
+std::string short_eval(const train::EvalResult& e);
+// Warns when explicit threads × local ranks exceed the machine's cores.
+void warn_if_oversubscribed(const PretrainConfig& cfg);
+// "gradient averaging over 2 ranks: ..."; "" on one rank.
+std::string comm_text(const train::Trainer& t, int ranks);
+
+struct RunSummary {
+  std::string model, params, eval, throughput, checkpoint;
+  std::string comm;  // several ranks: the share of step time waiting on gradients
+  int64_t steps = 0;
+  double seconds = 0;
+};
+// Trains `cfg` over the world the environment names (rank 0 writes the
+// checkpoint and the exported model); rank 0 returns the summary, the others
+// an empty one.
+RunSummary train_and_save(const PretrainConfig& cfg, const std::string& resume, int64_t max_steps,
+                          bool progress);
+
+struct AdapterRun {
+  train::EvalResult before, after;
+  size_t modules = 0;
+  int64_t trainable = 0;
+  double units_per_s = 0;
+  std::string comm;  // several ranks: how much of a step waited on gradients
+  std::string adapter_file, peft_dir;
+};
+// Loads the base weights, evaluates the base, attaches the adapter (base
+// frozen), trains, evaluates, and writes under cfg.out_dir the trainer
+// checkpoint, tessera's adapter file and, for LoRA and DoRA, the PEFT
+// folder. `fingerprint` is the base's. With `world` data parallel, rank 0
+// writing.
+AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt,
+                         const std::string& fingerprint, const AdapterArgs& a, bool progress,
+                         dist::ProcessGroup* world = nullptr);
+// The library record of a trained adapter: task, base, test score, provenance.
+AdapterRecord trained_record(const std::string& name, const std::string& task,
+                             const std::string& base_ckpt, const std::string& fingerprint,
+                             const train::EvalResult& after, const PretrainConfig& cfg);
+// Puts a trained adapter file into `library`; returns "name@version id".
+std::string put_trained(store::LibraryApi& library, const std::string& file,
+                        const std::string& name, const std::string& task,
+                        const std::string& base_ckpt, const std::string& fingerprint,
+                        const train::EvalResult& after, const PretrainConfig& cfg);
+// Several tasks at once on the MLP base: one LoRA expert per task in a bank.
+int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const AdapterArgs& a,
+               const std::vector<std::string>& tasks, bool progress, const LibraryTarget& library,
+               const std::string& name, dist::ProcessGroup& world);
+// The training config of an adapter on `base_path` for `tasks`, validated.
+PretrainConfig adapter_config(const std::string& base_path, const std::vector<std::string>& tasks,
+                              const std::string& out_dir,
+                              const std::vector<std::string>& overrides);
+
+}  // namespace tessera::launch
