@@ -93,9 +93,6 @@ RunSummary train_and_save(const PretrainConfig& cfg, const std::string& resume, 
   std::unique_ptr<dist::ProcessGroup> world = dist::make_process_group();
   const bool lead = world->rank() == 0;
   if (lead) warn_if_oversubscribed(cfg);
-  if (cfg.batch_size() % world->size() != 0)
-    throw Error(str("batch_size ", cfg.batch_size(), " does not split over ", world->size(),
-                    " ranks: make it a multiple of the world size"));
   train::Trainer t(cfg, world->rank(), world->size());
   t.set_process_group(world.get());
   if (!resume.empty()) {
@@ -145,9 +142,6 @@ AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt
                          dist::ProcessGroup* world) {
   const int rank = world ? world->rank() : 0, size = world ? world->size() : 1;
   if (rank == 0 && world) warn_if_oversubscribed(cfg);
-  if (cfg.batch_size() % size != 0)
-    throw Error(str("batch_size ", cfg.batch_size(), " does not split over ", size,
-                    " ranks: make it a multiple of the world size"));
   train::Trainer t(cfg, rank, size);
   load_base_weights(t, base_ckpt);
   AdapterRun r;
@@ -235,9 +229,6 @@ int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const Ad
                     adapters::kind_name(a.spec.kind), " is trained one task at a time"));
   const int rank = world.rank(), size = world.size();
   if (rank == 0) warn_if_oversubscribed(cfg);
-  if (cfg.batch_size() % size != 0)
-    throw Error(str("batch_size ", cfg.batch_size(), " does not split over ", size,
-                    " ranks: make it a multiple of the world size"));
   // Open (or reach) the library first: a wrong path or token fails before training.
   std::unique_ptr<store::LibraryApi> lib;
   if (!library.empty() && rank == 0) lib = open_library(library, true);

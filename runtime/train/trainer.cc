@@ -358,6 +358,12 @@ struct Trainer::State {
 
 Trainer::Trainer(const PretrainConfig& cfg, int rank, int world)
     : cfg_(cfg), rank_(rank), world_(world), st_(std::make_unique<State>()) {
+  // Each rank takes batch_size / world rows of every global batch.
+  if (world < 1 || rank < 0 || rank >= world)
+    throw Error(str("rank ", rank, " of a world of ", world));
+  if (cfg.batch_size() % world != 0)
+    throw Error(str("batch_size ", cfg.batch_size(), " does not split over ", world,
+                    " ranks: make it a multiple of the world size"));
   set_num_threads(cfg.threads());
   st_->rng.reseed(cfg.seed());
   if (cfg.model() == "mlp")
