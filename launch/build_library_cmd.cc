@@ -3,6 +3,8 @@
 #include "launch/runs.h"
 
 #include <unistd.h>
+#include <CLI/CLI.hpp>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -293,6 +295,44 @@ int run_build_library(const BuildLibraryOptions& o) {
     throw Error(str(sum.items.size() - ok, " of ", n_todo,
                     " tasks failed (named above); run again to train just those"));
   return 0;
+}
+
+Command add_build_library_command(CLI::App& app) {
+  auto o = std::make_shared<BuildLibraryOptions>();
+  BuildLibraryOptions& bl = *o;
+  auto* c_bl = app.add_subcommand(
+      "build-library",
+      "Train one expert per task and commit each to the library once; under mpirun or "
+      "tessera launch the tasks are spread over the ranks by a work queue on rank 0");
+  c_bl->add_option("--base", bl.base,
+                   "Base model: a tessera checkpoint (.safetensors) or a Hugging Face folder")
+      ->required();
+  c_bl->add_option("--tasks", bl.tasks,
+                   "TASK[;TASK...] or @FILE (a task a line); {A..B} ranges expand, e.g. "
+                   "'permute:seed={1..6}'; repeatable")
+      ->required()
+      ->allow_extra_args(false);
+  c_bl->add_option("--adapter", bl.adapter, "KIND[:key=value,...] as for train-adapter")
+      ->capture_default_str();
+  c_bl->add_option("--library", bl.library.where,
+                   "The library: a folder (rank 0 commits) or grpc://HOST:PORT (every rank "
+                   "puts its experts through the lookup service)")
+      ->required();
+  c_bl->add_option("--token-file", bl.library.token_file,
+                   "grpc:// library: file holding the service's bearer token");
+  c_bl->add_option("--tls-ca", bl.library.tls_ca,
+                   "grpc:// library: PEM roots to trust (turns TLS on)");
+  c_bl->add_option("--out", bl.out_dir,
+                   "Run folder: OUT/K per task, OUT/build.json (default "
+                   "runs/library)");
+  c_bl->add_option("--name-prefix", bl.name_prefix, "Expert names: PREFIX + task");
+  c_bl->add_flag("--retrain", bl.retrain,
+                 "Train tasks whose expert the library already holds for this base");
+  c_bl->add_option("--task-timeout", bl.task_timeout_minutes,
+                   "Minutes: a rank silent this long on one task is dropped, its task requeued")
+      ->capture_default_str();
+  c_bl->add_option("overrides", bl.overrides, "key=value config overrides for every task");
+  return {c_bl, [o] { return run_build_library(*o); }};
 }
 
 }  // namespace tessera::launch

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,7 +15,29 @@ class LibraryApi;
 class Status;
 }  // namespace tessera::store
 
+namespace CLI {
+class App;
+}
+
 namespace tessera::launch {
+
+// A subcommand: its options registered on the app, and what runs it once
+// the command line is parsed. One add_*_command per command, in its own file.
+struct Command {
+  CLI::App* sub = nullptr;
+  std::function<int()> run;
+};
+Command add_demo_command(CLI::App& app);
+Command add_pretrain_command(CLI::App& app);
+Command add_eval_command(CLI::App& app);
+Command add_train_adapter_command(CLI::App& app);
+Command add_build_library_command(CLI::App& app);
+Command add_merge_command(CLI::App& app);
+Command add_export_peft_command(CLI::App& app);
+Command add_import_peft_command(CLI::App& app);
+Command add_library_command(CLI::App& app);
+Command add_serve_command(CLI::App& app);
+Command add_launch_command(CLI::App& app);
 
 // Where an adapter library is: a folder (the embedded store), or
 // grpc://HOST:PORT for a `tessera serve` lookup service.

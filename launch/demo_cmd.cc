@@ -2,6 +2,8 @@
 #include "launch/commands.h"
 #include "launch/runs.h"
 
+#include <CLI/CLI.hpp>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -140,6 +142,20 @@ int run_demo(const DemoOptions& o) {
   std::printf("evaluate again with: tessera eval --checkpoint %s\n",
               rows.back().checkpoint.c_str());
   return 0;
+}
+
+Command add_demo_command(CLI::App& app) {
+  auto o = std::make_shared<DemoOptions>();
+  DemoOptions& demo = *o;
+  auto* c_demo = app.add_subcommand("demo",
+                                    "Pretrain the demo base models (Fashion-MNIST MLP and a "
+                                    "byte-level LM), evaluate and save them");
+  c_demo->add_option("--out", demo.out_dir, "Run folder")->capture_default_str();
+  c_demo->add_flag("--quick", demo.quick, "A few steps of each model (smoke test)");
+  c_demo->add_option("--threads", demo.threads, "Threads (0: cores available)")
+      ->capture_default_str();
+  c_demo->add_option("--data-dir", demo.data_dir, "Fashion-MNIST folder")->capture_default_str();
+  return {c_demo, [o] { return run_demo(*o); }};
 }
 
 }  // namespace tessera::launch

@@ -3,9 +3,11 @@
 #include "launch/commands.h"
 #include "launch/runs.h"
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 
 #include "adapters/adapter_file.h"
 #include "adapters/lora.h"
@@ -49,6 +51,25 @@ int run_eval(const EvalOptions& o) {
   std::printf("%s %s%s%s: %s\n", t.kind().c_str(), o.checkpoint.c_str(),
               o.adapter.empty() ? "" : " + ", o.adapter.c_str(), eval_text(e).c_str());
   return 0;
+}
+
+Command add_eval_command(CLI::App& app) {
+  auto o = std::make_shared<EvalOptions>();
+  EvalOptions& ev = *o;
+  auto* c_eval = app.add_subcommand("eval", "Evaluate a checkpoint on its test split");
+  c_eval
+      ->add_option("--checkpoint", ev.checkpoint,
+                   "tessera checkpoint (.safetensors) or Hugging Face folder")
+      ->required();
+  c_eval->add_option("--adapter", ev.adapter,
+                     "Evaluate with this adapter attached (tessera adapter file or PEFT folder; "
+                     "one recorded for another base is refused)");
+  c_eval->add_flag("--force", ev.force,
+                   "Load the adapter even if it was trained on a base with another fingerprint");
+  c_eval->add_option("--max-batches", ev.max_batches,
+                     "Evaluate at most this many batches (0: all)");
+  c_eval->add_option("overrides", ev.overrides, "key=value config overrides, e.g. data.dir=/path");
+  return {c_eval, [o] { return run_eval(*o); }};
 }
 
 }  // namespace tessera::launch

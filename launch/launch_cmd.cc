@@ -5,6 +5,8 @@
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <CLI/CLI.hpp>
+#include <memory>
 
 #include <chrono>
 #include <cstdio>
@@ -95,6 +97,29 @@ int run_launch(const LaunchOptions& o) {
   std::error_code ec;
   fs::remove_all(rdv, ec);
   return code;
+}
+
+Command add_launch_command(CLI::App& app) {
+  auto o = std::make_shared<LaunchOptions>();
+  LaunchOptions& lc = *o;
+  auto* c_launch =
+      app.add_subcommand("launch",
+                         "Run a tessera command on N local ranks (Gloo over loopback), e.g. "
+                         "tessera launch --nproc 2 pretrain --model mlp");
+  c_launch->add_option("--nproc", lc.nproc, "Ranks")->capture_default_str();
+  c_launch->add_option("--backend", lc.backend, "gloo (for MPI use mpirun)")->capture_default_str();
+  c_launch
+      ->add_option("--grace", lc.grace_seconds,
+                   "Seconds the other ranks may take to stop after one fails")
+      ->capture_default_str();
+  c_launch->add_flag("--all-output", lc.all_output, "Show every rank's output, not only rank 0's");
+  // Everything from the first word that is not a launch option on is the
+  // command, in order: tessera launch --nproc 2 pretrain --model mlp steps=5
+  c_launch->prefix_command();
+  return {c_launch, [o, c_launch] {
+            o->command = c_launch->remaining();
+            return run_launch(*o);
+          }};
 }
 
 }  // namespace tessera::launch

@@ -1,6 +1,8 @@
 // `tessera library ...` (local) and putting trained adapters into a library:
 // tessera adapter files in and out, records printed as tables or JSON.
 #include <google/protobuf/util/json_util.h>
+#include <CLI/CLI.hpp>
+#include <memory>
 
 #include <openssl/rand.h>
 #include <signal.h>
@@ -365,6 +367,78 @@ int run_serve(const ServeOptions& o) {
   std::fflush(stdout);
   server->Shutdown(5000);
   return 0;
+}
+
+Command add_library_command(CLI::App& app) {
+  auto o = std::make_shared<LibraryOptions>();
+  LibraryOptions& lo = *o;
+  auto remote_ptr = std::make_shared<std::string>();
+  std::string& remote = *remote_ptr;
+  auto* c_lib = app.add_subcommand("library",
+                                   "The adapter library, a folder or a tessera serve: ls, show, "
+                                   "put, get, rm, search, stat, verify, gc, export-peft, "
+                                   "import-peft");
+  c_lib->add_option("--library", lo.library.where,
+                    "Library folder (or grpc://HOST:PORT, the same as --remote)");
+  c_lib->add_option("--remote", remote, "HOST:PORT of a tessera serve lookup service");
+  c_lib->add_option("--token-file", lo.library.token_file,
+                    "remote: file holding the service's bearer token");
+  c_lib->add_option("--tls-ca", lo.library.tls_ca, "remote: PEM roots to trust (turns TLS on)");
+  c_lib->add_option("--tls-server-name", lo.library.tls_server_name,
+                    "remote: the name the server's certificate carries (default: HOST)");
+  c_lib
+      ->add_option("command", lo.command,
+                   "ls | show | put | get | rm | search | stat | verify | gc | export-peft | "
+                   "import-peft")
+      ->required();
+  c_lib->add_option("args", lo.args, "An adapter key (id, name, name@N) or, for put, a file");
+  c_lib->add_option("--name", lo.name, "put: the adapter's name; ls: a name prefix");
+  c_lib->add_option("--tag", lo.tags, "put: tags; ls/search: required tags");
+  c_lib->add_option("--task", lo.task, "put: the task; ls/search: filter");
+  c_lib->add_option("--kind", lo.kind, "ls/search: filter by kind");
+  c_lib->add_option("--base", lo.base,
+                    "put: the base, a checkpoint or a Hugging Face folder (its fingerprint is "
+                    "stored); ls: filter by it; "
+                    "get/export-peft: refuse an adapter of another base");
+  c_lib->add_flag("--force", lo.force, "get/export-peft: ignore a --base fingerprint mismatch");
+  c_lib->add_option("-o,--out", lo.out,
+                    "get: the adapter file to write; export-peft: the PEFT folder");
+  c_lib->add_option("--vector", lo.vector, "search: the query, comma-separated");
+  c_lib->add_option("--signature", lo.signature, "search: which signature (default: the first)");
+  c_lib->add_option("--limit,-k", lo.limit, "ls: rows; search: k")->capture_default_str();
+  c_lib->add_flag("--json", lo.json, "JSON lines instead of a table");
+  return {c_lib, [o, remote_ptr] {
+            if (!remote_ptr->empty()) {
+              if (!o->library.where.empty())
+                throw Error("library: give --library or --remote, not both");
+              o->library.where = "grpc://" + *remote_ptr;
+            }
+            return run_library(*o);
+          }};
+}
+
+Command add_serve_command(CLI::App& app) {
+  auto o = std::make_shared<ServeOptions>();
+  ServeOptions& so = *o;
+  auto* c_serve = app.add_subcommand(
+      "serve", "Serve an adapter library folder through the gRPC lookup API until Ctrl-C");
+  c_serve->add_option("--library", so.library, "Library folder")->required();
+  c_serve->add_option("--listen", so.listen, "HOST:PORT (port 0: any free port)")
+      ->capture_default_str();
+  c_serve->add_option("--token-file", so.token_file,
+                      "File holding the bearer token every call must carry (required unless "
+                      "listening on loopback)");
+  c_serve->add_option("--tls-cert", so.tls_cert, "Server certificate chain (PEM): serve TLS");
+  c_serve->add_option("--tls-key", so.tls_key, "Server private key (PEM)");
+  c_serve->add_option("--max-adapter-mb", so.max_adapter_mb, "Largest adapter a Put may send")
+      ->capture_default_str();
+  c_serve->add_option("--max-message-mb", so.max_message_mb, "Largest single gRPC message")
+      ->capture_default_str();
+  c_serve
+      ->add_option("--max-call-seconds", so.max_call_seconds, "Calls running longer are cancelled")
+      ->capture_default_str();
+  c_serve->add_option("--threads", so.threads, "Most server threads")->capture_default_str();
+  return {c_serve, [o] { return run_serve(*o); }};
 }
 
 }  // namespace tessera::launch

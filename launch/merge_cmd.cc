@@ -3,6 +3,8 @@
 #include "launch/runs.h"
 
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
+#include <memory>
 
 #include <algorithm>
 #include <cstdio>
@@ -232,6 +234,39 @@ int run_merge(const MergeOptions& o) {
   std::printf("merged %zu adapters with %s into %s (%zu modules)\n", o.inputs.size(),
               o.method.c_str(), o.out.c_str(), merged.size());
   return 0;
+}
+
+Command add_merge_command(CLI::App& app) {
+  auto o = std::make_shared<MergeOptions>();
+  MergeOptions& mo = *o;
+  auto weights = std::make_shared<std::string>();
+  std::string& merge_weights = *weights;
+  auto* c_merge =
+      app.add_subcommand("merge",
+                         "Combine LoRA adapters of one base into one (PEFT folders or "
+                         "tessera adapter files; -o X.safetensors writes tessera's file)");
+  c_merge
+      ->add_option("--method", mo.method,
+                   "cat | linear[:lambda=L] | svd | ties:density=D | dare_linear:p=P | "
+                   "dare_ties:p=P,density=D | magnitude_prune:density=D | lego:k=K | soup")
+      ->capture_default_str();
+  c_merge->add_option("inputs", mo.inputs, "Adapters: PEFT folders or tessera adapter files")
+      ->required();
+  c_merge->add_option("-o,--out", mo.out, "Output: a PEFT folder, or a .safetensors adapter file")
+      ->required();
+  c_merge->add_option("--weights", merge_weights,
+                      "Comma-separated weight per adapter (default 1 each)");
+  c_merge->add_option("--rank", mo.rank, "Rank of the result (default: the largest input rank)");
+  c_merge->add_option("--seed", mo.seed, "Seed for DARE's drops and LEGO's k-means")
+      ->capture_default_str();
+  c_merge->add_flag("--force", mo.force, "Merge adapters recorded for different bases");
+  c_merge->add_option("--base", mo.base,
+                      "Read every input against this base (a tessera checkpoint or a Hugging "
+                      "Face folder): its modules, shapes and fingerprint; PiSSA/OLoRA converted");
+  return {c_merge, [o, weights] {
+            o->weights = parse_weights(*weights);
+            return run_merge(*o);
+          }};
 }
 
 }  // namespace tessera::launch

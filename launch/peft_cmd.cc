@@ -3,6 +3,8 @@
 #include "launch/runs.h"
 
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
+#include <memory>
 
 #include <cstdio>
 #include <filesystem>
@@ -57,6 +59,32 @@ int run_import_peft(const ImportPeftOptions& o) {
                   .c_str(),
               o.base.c_str(), o.out.c_str());
   return 0;
+}
+
+Command add_export_peft_command(CLI::App& app) {
+  auto o = std::make_shared<ExportPeftOptions>();
+  ExportPeftOptions& ep = *o;
+  auto* c_ep =
+      app.add_subcommand("export-peft", "Write a tessera LoRA/DoRA adapter file as a PEFT folder");
+  c_ep->add_option("adapter", ep.adapter, "tessera adapter file (.safetensors)")->required();
+  c_ep->add_option("-o,--out", ep.out, "PEFT folder to write")->required();
+  return {c_ep, [o] { return run_export_peft(*o); }};
+}
+
+Command add_import_peft_command(CLI::App& app) {
+  auto o = std::make_shared<ImportPeftOptions>();
+  ImportPeftOptions& ip = *o;
+  auto* c_ip = app.add_subcommand(
+      "import-peft",
+      "Check a PEFT LoRA/DoRA folder against a base and write a tessera adapter file");
+  c_ip->add_option("peft_dir", ip.peft_dir, "PEFT adapter folder")->required();
+  c_ip->add_option("--base", ip.base,
+                   "Base the adapter belongs to: a tessera checkpoint or a Hugging Face folder")
+      ->required();
+  c_ip->add_option("-o,--out", ip.out, "tessera adapter file to write")->required();
+  c_ip->add_flag("--force", ip.force,
+                 "Import even if the folder records another base's fingerprint");
+  return {c_ip, [o] { return run_import_peft(*o); }};
 }
 
 }  // namespace tessera::launch
