@@ -194,6 +194,56 @@ void index_keys(PeftFolder& out, const std::string& path) {
   }
 }
 
+// peft saves a module's own weight beside the factors of an lm_head or
+// embedding target (<module>.base_layer.weight) and loads it over the base's:
+// the same adapter only when it equals `expected` (the base's weight, after
+// any correction peft itself applies at load). Returns the note to report.
+std::string check_base_layer(const std::string& dir, const io::SafetensorsFile& f,
+                             const io::TensorInfo& bl, const std::string& module,
+                             const Tensor& expected) {
+  const Tensor saved = f.load_f32(bl);  // both in the module's own layout
+  double worst = -1.0;
+  if (saved.shape() == expected.shape()) {
+    worst = 0.0;
+    for (int64_t k = 0; k < expected.numel(); ++k)
+      worst = std::max(worst, std::fabs(double(saved.data()[k]) - double(expected.data()[k])) /
+                                  (1e-3 + std::fabs(double(expected.data()[k]))));
+  }
+  if (worst < 0.0 || worst > 1e-3)
+    throw Error(
+        str("'", dir, "': ", bl.name, " (", module,
+            "'s own weight, which peft saves beside the factors and loads over the "
+            "base's) ",
+            worst < 0.0
+                ? str("is ", shape_str(bl.shape), ", the base's is ", shape_str(expected.shape()))
+                : str("differs from this base's (max relative difference ", worst, ")"),
+            ": a different base model, or a resized vocabulary"));
+  return str(module, ".base_layer.weight (saved by peft) equals the base's weight");
+}
+
+// A config field that is a string or a list of strings (peft accepts both for
+// target_modules, exclude_modules, layers_pattern): the string into *one, or
+// into *list when one is null; the list's entries into *list.
+template <typename J>
+void string_or_list(const J& c, const char* key, const std::string& cpath, std::string* one,
+                    std::vector<std::string>* list) {
+  if (!c.contains(key) || c[key].is_null()) return;
+  const auto& v = c[key];
+  if (v.is_string()) {
+    if (one)
+      *one = v.template get<std::string>();
+    else
+      list->push_back(v.template get<std::string>());
+    return;
+  }
+  if (!v.is_array())
+    throw Error(str("'", cpath, "': ", key, " must be a string or a list of strings"));
+  for (const auto& t : v) {
+    if (!t.is_string()) throw Error(str("'", cpath, "': ", key, " entries must be strings"));
+    list->push_back(t.template get<std::string>());
+  }
+}
+
 // Reduced QR of a row-major [m, n] matrix as torch.linalg.qr computes it
 // (LAPACK sgeqrf + sorgqr): Q [m, k], R [k, n], k = min(m, n).
 void qr_reduced(const float* a, int64_t m64, int64_t n64, std::vector<float>* Q,
@@ -320,35 +370,14 @@ PeftFolder read_peft(const std::string& dir) {
     }
   }
   std::vector<std::string>& targets = out.targets;
-  if (!c.contains("target_modules")) throw Error(str("'", cpath, "' lacks target_modules"));
-  if (c["target_modules"].is_string()) {
-    out.target_regex = c["target_modules"].get<std::string>();
-    // PEFT: a full-match regex, or "all-linear".
+  if (!c.contains("target_modules") || c["target_modules"].is_null())
+    throw Error(str("'", cpath, "' lacks target_modules"));
+  string_or_list(c, "target_modules", cpath, &out.target_regex, &out.target_list);
+  if (!out.target_regex.empty())  // PEFT: a full-match regex, or "all-linear"
     targets.push_back(out.target_regex == "all-linear" ? out.target_regex
                                                        : "re:" + out.target_regex);
-  } else if (c["target_modules"].is_array()) {
-    for (const auto& t : c["target_modules"]) {
-      if (!t.is_string()) throw Error(str("'", cpath, "': target_modules entries must be strings"));
-      targets.push_back(t.get<std::string>());
-      out.target_list.push_back(t.get<std::string>());
-    }
-  } else {
-    throw Error(str("'", cpath, "': target_modules must be a list of names or a regex string"));
-  }
-  if (c.contains("exclude_modules") && !c["exclude_modules"].is_null()) {
-    const auto& e = c["exclude_modules"];
-    if (e.is_string()) {
-      out.exclude_regex = e.get<std::string>();
-    } else if (e.is_array()) {
-      for (const auto& t : e) {
-        if (!t.is_string())
-          throw Error(str("'", cpath, "': exclude_modules entries must be strings"));
-        out.exclude_list.push_back(t.get<std::string>());
-      }
-    } else {
-      throw Error(str("'", cpath, "': exclude_modules must be a list of names or a regex string"));
-    }
-  }
+  targets.insert(targets.end(), out.target_list.begin(), out.target_list.end());
+  string_or_list(c, "exclude_modules", cpath, &out.exclude_regex, &out.exclude_list);
   if (c.contains("layers_to_transform") && !c["layers_to_transform"].is_null()) {
     const auto& l = c["layers_to_transform"];
     if (l.is_number_integer()) {
@@ -363,20 +392,8 @@ PeftFolder read_peft(const std::string& dir) {
       throw Error(str("'", cpath, "': layers_to_transform must be an integer or a list of them"));
     }
   }
-  if (c.contains("layers_pattern") && !c["layers_pattern"].is_null()) {
-    const auto& l = c["layers_pattern"];
-    if (l.is_string()) {
-      out.layers_pattern.push_back(l.get<std::string>());
-    } else if (l.is_array()) {
-      for (const auto& v : l) {
-        if (!v.is_string())
-          throw Error(str("'", cpath, "': layers_pattern entries must be strings"));
-        out.layers_pattern.push_back(v.get<std::string>());
-      }
-    } else {
-      throw Error(str("'", cpath, "': layers_pattern must be a string or a list of them"));
-    }
-  }
+  string_or_list(c, "layers_pattern", cpath, nullptr, &out.layers_pattern);
+
   out.ensure_weight_tying = c.contains("ensure_weight_tying") &&
                             c["ensure_weight_tying"].is_boolean() &&
                             c["ensure_weight_tying"].template get<bool>();
@@ -561,19 +578,19 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
                               "' matches no module of this model; skipped, as peft skips it"));
   }
   // rank_pattern / alpha_pattern keys that match no targeted module (peft warns too).
-  for (const auto* pats : {&spec.rank_pattern})
-    for (const auto& [k, v] : *pats) {
+  auto note_unmatched = [&](const char* field, const std::vector<std::string>& keys) {
+    for (const auto& k : keys) {
       bool any = false;
-      for (const auto& m : chosen) any = any || peft_pattern_matches(k, m);
-      for (const auto& m : chosen_emb) any = any || peft_pattern_matches(k, m);
-      if (!any) out.notes.push_back(str("rank_pattern key '", k, "' matches no targeted module"));
+      for (const auto* names : {&chosen, &chosen_emb})
+        for (const auto& m : *names) any = any || peft_pattern_matches(k, m);
+      if (!any) out.notes.push_back(str(field, " key '", k, "' matches no targeted module"));
     }
-  for (const auto& [k, v] : spec.alpha_pattern) {
-    bool any = false;
-    for (const auto& m : chosen) any = any || peft_pattern_matches(k, m);
-    for (const auto& m : chosen_emb) any = any || peft_pattern_matches(k, m);
-    if (!any) out.notes.push_back(str("alpha_pattern key '", k, "' matches no targeted module"));
-  }
+  };
+  std::vector<std::string> rank_keys, alpha_keys;
+  for (const auto& kv : spec.rank_pattern) rank_keys.push_back(kv.first);
+  for (const auto& kv : spec.alpha_pattern) alpha_keys.push_back(kv.first);
+  note_unmatched("rank_pattern", rank_keys);
+  note_unmatched("alpha_pattern", alpha_keys);
   // PiSSA / OLoRA: each module's LoRA doubles in rank, its second half the
   // correction peft applies to the base at load; the scale stays the module's.
   LoraSpec set_spec = spec;
@@ -648,30 +665,12 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
       mag.copy_from(load(it->second.magnitude, mag.shape()));
     }
     if (const io::TensorInfo* bl = it->second.base_layer) {
-      // peft loads it over the base's weight: the same adapter only when it
-      // is the base's (after the correction peft itself applied at load).
       Tensor w = lin.weight().clone();
-      if (convert) {
+      if (convert) {  // the correction peft itself applies at load
         Tensor d = corr.delta(lin.w_in_out());
         for (int64_t k = 0; k < w.numel(); ++k) w.data()[k] += d.data()[k];
       }
-      const Tensor saved = f->load_f32(*bl);  // both in the module's own layout
-      double worst = -1.0;
-      if (saved.shape() == w.shape()) {
-        worst = 0.0;
-        for (int64_t k = 0; k < w.numel(); ++k)
-          worst = std::max(worst, std::fabs(double(saved.data()[k]) - double(w.data()[k])) /
-                                      (1e-3 + std::fabs(double(w.data()[k]))));
-      }
-      if (worst < 0.0 || worst > 1e-3)
-        throw Error(str(
-            "'", dir, "': ", bl->name, " (", m,
-            "'s own weight, which peft saves beside the factors and loads "
-            "over the base's) ",
-            worst < 0.0 ? str("is ", shape_str(bl->shape), ", the base's is ", shape_str(w.shape()))
-                        : str("differs from this base's (max relative difference ", worst, ")"),
-            ": a different base model, or a resized vocabulary"));
-      out.notes.push_back(str(m, ".base_layer.weight (saved by peft) equals the base's weight"));
+      out.notes.push_back(check_base_layer(dir, *f, *bl, m, w));
     }
     used.insert(m);
   }
@@ -699,20 +698,9 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
         Tensor d = dst;
         d.copy_from(f->load_f32(*info));
       }
-      if (it->second.base_layer) {
-        const Tensor w = set->embeddings()[i]->weight();
-        const Tensor saved = f->load_f32(*it->second.base_layer);
-        double worst = saved.shape() == w.shape() ? 0.0 : 1e30;
-        for (int64_t k = 0; worst < 1e30 && k < w.numel(); ++k)
-          worst = std::max(worst, std::fabs(double(saved.data()[k]) - double(w.data()[k])) /
-                                      (1e-3 + std::fabs(double(w.data()[k]))));
-        if (worst > 1e-3)
-          throw Error(str("'", dir, "': ", it->second.base_layer->name, " (", m,
-                          "'s own table, which peft saves beside the factors and loads over the "
-                          "base's) differs from this base's: a different base model, or a resized "
-                          "vocabulary"));
-        out.notes.push_back(str(m, ".base_layer.weight (saved by peft) equals the base's table"));
-      }
+      if (it->second.base_layer)
+        out.notes.push_back(
+            check_base_layer(dir, *f, *it->second.base_layer, m, set->embeddings()[i]->weight()));
       used.insert(m);
     }
   }

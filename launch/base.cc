@@ -55,26 +55,20 @@ void check_sub(const PretrainConfig& arch, const PretrainConfig& user, const cha
   const pb::Reflection* pr = user.GetReflection();
   if (!pr->HasField(user, sf)) return;
   const pb::Message& um = pr->GetMessage(user, sf);
+  const bool decoder = std::string(sub) == "decoder";
+  PretrainConfig want = arch;
+  if (decoder) normalise(want.mutable_decoder());
+  const pb::Message& wm = want.GetReflection()->GetMessage(want, sf);
   std::vector<const pb::FieldDescriptor*> fields;
   um.GetReflection()->ListFields(um, &fields);
   for (const pb::FieldDescriptor* f : fields) {
     if (f->name() == "init_from") continue;
     // `got`: the base's architecture with this one field as the user set it.
-    PretrainConfig want = arch, got = arch;
+    PretrainConfig got = arch, mine = user;
     pb::Message* gm = got.GetReflection()->MutableMessage(&got, sf);
-    gm->GetReflection()->ClearField(gm, f);
-    std::unique_ptr<pb::Message> one(um.New());
-    one->CopyFrom(um);
-    std::vector<const pb::FieldDescriptor*> all;
-    one->GetReflection()->ListFields(*one, &all);
-    for (const auto* o : all)
-      if (o != f) one->GetReflection()->ClearField(one.get(), o);
-    gm->MergeFrom(*one);
-    if (std::string(sub) == "decoder") {
-      normalise(want.mutable_decoder());
-      normalise(got.mutable_decoder());
-    }
-    const pb::Message& wm = want.GetReflection()->GetMessage(want, sf);
+    pb::Message* mm = mine.GetReflection()->MutableMessage(&mine, sf);
+    gm->GetReflection()->SwapFields(gm, mm, {f});
+    if (decoder) normalise(got.mutable_decoder());
     if (wm.SerializeAsString() == gm->SerializeAsString()) continue;
     std::string hint;
     if (f->name() == "n_ctx") hint = "; to train on shorter windows set data.seq_len instead";

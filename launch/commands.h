@@ -18,6 +18,9 @@ class Status;
 namespace CLI {
 class App;
 }
+namespace tessera::nn {
+class ParameterSet;
+}
 
 namespace tessera::launch {
 
@@ -168,6 +171,9 @@ int run_library(const LibraryOptions& o);
 int run_serve(const ServeOptions& o);
 // SHA-256 of a base's parameters (names, shapes, F32 bytes; optimizer state
 // left out): a tessera checkpoint file, or a Hugging Face folder as loaded.
+// The same over parameters already loaded (a Hugging Face folder's model,
+// so that a command holding it does not read the folder twice).
+std::string params_fingerprint(const nn::ParameterSet& params);
 std::string base_fingerprint(const std::string& checkpoint);
 // Refuses (Error naming both) an adapter recorded for base fingerprint `want`
 // on `base` unless `force`; `have` is base's fingerprint when already known.

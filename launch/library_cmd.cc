@@ -105,19 +105,22 @@ struct Fingerprint {
 };
 }  // namespace
 
-std::string base_fingerprint(const std::string& checkpoint) {
+std::string params_fingerprint(const nn::ParameterSet& params) {
   Fingerprint fp;
-  if (fs::is_directory(checkpoint)) {
-    // A Hugging Face folder: the parameters as loaded (F16/BF16 widened to
-    // F32, names as tessera's), so the folder tessera exports from a
-    // checkpoint has that checkpoint's fingerprint.
-    auto m = io::load_hf_decoder(checkpoint);
-    for (const nn::Parameter& p : m->params().all())
-      fp.items.emplace_back(
-          p.name, p.tensor.shape(),
-          std::string(reinterpret_cast<const char*>(p.tensor.data()), p.tensor.numel() * 4));
-    return fp.hex();
-  }
+  for (const nn::Parameter& p : params.all())
+    fp.items.emplace_back(
+        p.name, p.tensor.shape(),
+        std::string(reinterpret_cast<const char*>(p.tensor.data()), p.tensor.numel() * 4));
+  return fp.hex();
+}
+
+std::string base_fingerprint(const std::string& checkpoint) {
+  // A Hugging Face folder: the parameters as loaded (F16/BF16 widened to
+  // F32, names as tessera's), so the folder tessera exports from a
+  // checkpoint has that checkpoint's fingerprint.
+  if (fs::is_directory(checkpoint))
+    return params_fingerprint(io::load_hf_decoder(checkpoint)->params());
+  Fingerprint fp;
   // A tessera checkpoint: its model tensors as stored (F32), optimizer state left out.
   auto f = io::SafetensorsFile::open(checkpoint);
   for (const auto& t : f->tensors())

@@ -107,7 +107,7 @@ int run_merge(const MergeOptions& o) {
     const BaseModel b = open_base(o.base, "--base");
     base_model = std::make_unique<train::Model>(b.config);
     if (!b.hf_folder) base_model->load_weights(b.path);
-    base_fp = base_fingerprint(o.base);
+    base_fp = b.hf_folder ? params_fingerprint(base_model->params()) : base_fingerprint(o.base);
   }
   for (const auto& in : o.inputs) {
     if (base_model) {

@@ -36,13 +36,14 @@ int run_import_peft(const ImportPeftOptions& o) {
     throw Error(
         "--base: name the base the PEFT adapter belongs to (a tessera checkpoint or a "
         "Hugging Face folder)");
-  const std::string fingerprint = base_fingerprint(o.base);
-  const std::string want = adapters::read_peft(o.peft_dir).base_fingerprint;
-  if (!want.empty()) check_base(o.peft_dir, want, o.base, o.force, fingerprint);
   // The base model alone: an import reads no data.
   const BaseModel base = open_base(o.base, "--base");
   train::Model model(base.config);
   if (!base.hf_folder) model.load_weights(base.path);
+  const std::string fingerprint =
+      base.hf_folder ? params_fingerprint(model.params()) : base_fingerprint(o.base);
+  const std::string want = adapters::read_peft(o.peft_dir).base_fingerprint;
+  if (!want.empty()) check_base(o.peft_dir, want, o.base, o.force, fingerprint);
   adapters::PeftImport imp =
       adapters::import_peft(o.peft_dir, model.linears(), model.params(), model.embeddings());
   for (const auto& n : imp.notes) spdlog::info("note: {}", n);

@@ -51,7 +51,6 @@ std::string eval_text(const train::EvalResult& e) {
   return buf;
 }
 
-// "85.20%" for a classifier, "loss 1.2345" for a language model.
 std::string short_eval(const train::EvalResult& e) {
   char buf[64];
   if (e.accuracy >= 0)
@@ -61,8 +60,6 @@ std::string short_eval(const train::EvalResult& e) {
   return buf;
 }
 
-// Explicit threads × ranks on this machine beyond its cores: OpenMP and BLAS
-// threads of the ranks spin against each other (measured 5x slower), so say so.
 void warn_if_oversubscribed(const PretrainConfig& cfg) {
   const int machine = static_cast<int>(std::thread::hardware_concurrency());
   if (cfg.threads() > 0 && machine > 0 && local_ranks() > 1 &&
@@ -73,8 +70,6 @@ void warn_if_oversubscribed(const PretrainConfig& cfg) {
         cfg.threads(), local_ranks(), cfg.threads() * local_ranks(), machine);
 }
 
-// "gradient averaging over 2 ranks: 4.1% of step time waited, 62% of it
-// hidden behind backward"; "" on one rank.
 std::string comm_text(const train::Trainer& t, int ranks) {
   if (ranks <= 1) return "";
   char buf[160];
@@ -130,13 +125,6 @@ RunSummary train_and_save(const PretrainConfig& cfg, const std::string& resume, 
   return s;
 }
 
-// Loads the base weights, evaluates the base on the task, attaches the adapter
-// to the targets (base frozen), trains, evaluates, and writes under cfg.out_dir
-// the trainer checkpoint, tessera's adapter file (adapter.safetensors) and, for
-// LoRA and DoRA, the PEFT folder (adapter/).
-// `fingerprint` is the base's (base_fingerprint), computed once by the caller.
-// With `world` (several ranks) data parallel, rank 0 writing the files;
-// the other ranks return a run without files.
 AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt,
                          const std::string& fingerprint, const AdapterArgs& a, bool progress,
                          dist::ProcessGroup* world) {
@@ -187,8 +175,6 @@ AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt
   return r;
 }
 
-// The library record of a trained adapter: its task, base, test score and
-// provenance.
 AdapterRecord trained_record(const std::string& name, const std::string& task,
                              const std::string& base_ckpt, const std::string& fingerprint,
                              const train::EvalResult& after, const PretrainConfig& cfg) {
@@ -208,8 +194,6 @@ AdapterRecord trained_record(const std::string& name, const std::string& task,
   return rec;
 }
 
-// Puts a trained adapter file into `library` (see trained_record); returns
-// "name@version id".
 std::string put_trained(store::LibraryApi& library, const std::string& file,
                         const std::string& name, const std::string& task,
                         const std::string& base_ckpt, const std::string& fingerprint,
@@ -218,9 +202,6 @@ std::string put_trained(store::LibraryApi& library, const std::string& file,
                           trained_record(name, task, base_ckpt, fingerprint, after, cfg));
 }
 
-// Several tasks at once on the MLP base: one LoRA expert per task in a bank,
-// every batch holding rows of each task routed to its expert, one pass over
-// the frozen base. Writes one adapter file (and PEFT folder) per task.
 int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const AdapterArgs& a,
                const std::vector<std::string>& tasks, bool progress, const LibraryTarget& library,
                const std::string& name, dist::ProcessGroup& world) {
@@ -290,10 +271,6 @@ int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const Ad
   return 0;
 }
 
-// The training config of an adapter on `base` (a tessera checkpoint or a
-// Hugging Face folder) for `tasks` (one, or several for a bank on the MLP
-// base): the base's config with the task's data, a schedule for adapters,
-// and the user's overrides; validated.
 PretrainConfig adapter_config(const std::string& base_path, const std::vector<std::string>& tasks,
                               const std::string& out_dir,
                               const std::vector<std::string>& overrides) {

@@ -6,6 +6,7 @@
 
 #include <unistd.h>
 #include <cmath>
+#include <cstring>
 
 #include <filesystem>
 #include <functional>
@@ -16,10 +17,23 @@
 #include "runtime/autograd/tape.h"
 #include "runtime/common/error.h"
 #include "runtime/common/rng.h"
+#include "runtime/io/safetensors.h"
 #include "runtime/nn/models.h"
 #include "runtime/tensor/tensor.h"
 
 namespace tessera::testing {
+
+// The values of an I32 tensor of a fixture file (token ids, targets).
+inline std::vector<int32_t> i32_values(const io::SafetensorsFile& f, const std::string& name) {
+  const io::TensorInfo* t = f.find(name);
+  if (!t || t->dtype != io::DType::I32) {
+    ADD_FAILURE() << f.source() << " has no I32 tensor " << name;
+    return {};
+  }
+  std::vector<int32_t> v(static_cast<size_t>((t->end - t->begin) / 4));
+  std::memcpy(v.data(), f.bytes(*t), v.size() * 4);
+  return v;
+}
 
 inline Tensor randn(const Shape& s, Rng& rng, float std = 1.0f, bool grad = false) {
   Tensor t = Tensor::empty(s);

@@ -29,11 +29,7 @@ std::string fixture(const std::string& p) {
 }
 
 std::vector<int32_t> ids() {
-  auto g = io::SafetensorsFile::open(fixture("ids.safetensors"));
-  const io::TensorInfo* t = g->find("input_ids");
-  std::vector<int32_t> v((t->end - t->begin) / 4);
-  std::memcpy(v.data(), g->bytes(*t), v.size() * 4);
-  return v;
+  return testing::i32_values(*io::SafetensorsFile::open(fixture("ids.safetensors")), "input_ids");
 }
 
 // Base logits, and the logits with the folder's adapter imported.

@@ -27,11 +27,8 @@ std::string fixture(const std::string& p) {
 }
 
 std::vector<int32_t> golden_ids(const std::string& arch) {
-  auto g = io::SafetensorsFile::open(fixture("golden/" + arch + "/golden.safetensors"));
-  const io::TensorInfo* t = g->find("input_ids");
-  std::vector<int32_t> v((t->end - t->begin) / 4);
-  std::memcpy(v.data(), g->bytes(*t), v.size() * 4);
-  return v;
+  return testing::i32_values(
+      *io::SafetensorsFile::open(fixture("golden/" + arch + "/golden.safetensors")), "input_ids");
 }
 
 class PeftGolden : public ::testing::TestWithParam<std::string> {};

@@ -131,10 +131,8 @@ TEST(MergeCommand, WithABasePissaFoldersMergeExactly) {
   ASSERT_EQ(testing::error_of([&] { run_merge(o); }), "");
   auto model = io::load_hf_decoder(base);
   auto set = adapters::load_adapter(out, model->linears(), model->params());
-  auto g = io::SafetensorsFile::open(fixture("interchange/ids.safetensors"));
-  const io::TensorInfo* t = g->find("input_ids");
-  std::vector<int32_t> ids((t->end - t->begin) / 4);
-  std::memcpy(ids.data(), g->bytes(*t), ids.size() * 4);
+  const std::vector<int32_t> ids = testing::i32_values(
+      *io::SafetensorsFile::open(fixture("interchange/ids.safetensors")), "input_ids");
   auto golden = io::SafetensorsFile::open(fixture("interchange/pissa/peft_golden.safetensors"));
   EXPECT_LT(testing::rel_err(model->forward(ids, 2, 7).to_vector(),
                              golden->load_f32("logits").to_vector()),

@@ -19,23 +19,14 @@
 namespace tessera {
 namespace {
 
-std::vector<int32_t> ints(const io::SafetensorsFile& f, const std::string& name) {
-  const io::TensorInfo* t = f.find(name);
-  EXPECT_TRUE(t && t->dtype == io::DType::I32) << name;
-  std::vector<int32_t> v((t->end - t->begin) / 4);
-  std::memcpy(v.data(), f.bytes(*t), v.size() * 4);
-  return v;
-}
-
-// max |a - b| / (max |b| + tiny): a scale-aware error for a whole tensor.
-
 class Golden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Golden, LogitsLossAndAllGradientsMatchPyTorch) {
-  const std::string dir = testing::source_dir() + "/tests/fixtures/golden/" + GetParam();
+  const std::string dir = testing::source_dir() + "/tests/fixtures/" + GetParam();
   auto model = io::load_hf_decoder(dir + "/model");
   auto golden = io::SafetensorsFile::open(dir + "/golden.safetensors");
-  std::vector<int32_t> ids = ints(*golden, "input_ids"), tgt = ints(*golden, "targets");
+  std::vector<int32_t> ids = testing::i32_values(*golden, "input_ids"),
+                       tgt = testing::i32_values(*golden, "targets");
   const io::TensorInfo* idinfo = golden->find("input_ids");
   const int64_t B = idinfo->shape[0], T = idinfo->shape[1];
 
@@ -62,7 +53,15 @@ TEST_P(Golden, LogitsLossAndAllGradientsMatchPyTorch) {
   EXPECT_EQ(checked, static_cast<int>(model->params().all().size()));
 }
 
-INSTANTIATE_TEST_SUITE_P(Archs, Golden, ::testing::Values("gpt2", "llama"));
+// golden/: scripts/gen_golden.py; families/: scripts/gen_families.py (the
+// model families real small checkpoints use, tests/runtime/nn/families_test.cc).
+INSTANTIATE_TEST_SUITE_P(Archs, Golden,
+                         ::testing::Values("golden/gpt2", "golden/llama",
+                                           "families/llama_headdim_bias_llama3",
+                                           "families/llama_linear_rope", "families/mistral_window",
+                                           "families/qwen2_bias_window", "families/qwen3_qknorm",
+                                           "families/phi3_fused", "families/phi3_partial_rotary",
+                                           "families/gemma", "families/gpt2_inverse_layer"));
 
 TEST(HfCheckpoint, SaveThenLoadRoundTrips) {
   const std::string src = testing::source_dir() + "/tests/fixtures/golden/llama/model";
