@@ -1,234 +1,13 @@
 #include "adapters/bank.h"
 
-#include <cblas.h>
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "runtime/autograd/ops.h"
 #include "runtime/autograd/tape.h"
 #include "runtime/common/error.h"
 
 namespace tessera::adapters {
-
-namespace {
-
-// Rows of each expert, gathered: rows[start[e] .. start[e+1]) belong to expert e.
-struct Plan {
-  std::vector<int64_t> rows;
-  std::vector<int64_t> start;
-  std::vector<int64_t> active;  // experts with rows
-};
-
-Plan make_plan(const std::vector<int32_t>& ids, int64_t N, int64_t E) {
-  const int64_t M = static_cast<int64_t>(ids.size()), G = N / M;
-  Plan p;
-  p.start.assign(E + 1, 0);
-  for (int32_t e : ids)
-    if (e >= 0) p.start[e + 1] += G;
-  for (int64_t e = 0; e < E; ++e) p.start[e + 1] += p.start[e];
-  p.rows.resize(p.start[E]);
-  std::vector<int64_t> fill(p.start.begin(), p.start.end() - 1);
-  for (int64_t g = 0; g < M; ++g)
-    if (ids[g] >= 0)
-      for (int64_t t = 0; t < G; ++t) p.rows[fill[ids[g]]++] = g * G + t;
-  for (int64_t e = 0; e < E; ++e)
-    if (p.start[e + 1] > p.start[e]) p.active.push_back(e);
-  return p;
-}
-
-void gather_rows(float* dst, const float* src, const int64_t* rows, int64_t n, int64_t C) {
-  for (int64_t i = 0; i < n; ++i) std::memcpy(dst + i * C, src + rows[i] * C, C * sizeof(float));
-}
-
-// Rows are cut into blocks of at most this many, so one expert with many rows
-// still spreads over the threads; each block's thin rank-r GEMMs run on one
-// thread (OpenBLAS inside an OpenMP region), where they are fastest.
-constexpr int64_t kBlock = 64;
-
-struct Job {
-  int64_t e, begin, end;  // expert; range in plan order
-  bool contiguous;        // the block's rows form one run
-};
-
-std::vector<Job> make_jobs(const Plan& p) {
-  std::vector<Job> jobs;
-  for (int64_t e : p.active)
-    for (int64_t b = p.start[e]; b < p.start[e + 1]; b += kBlock) {
-      const int64_t end = std::min(b + kBlock, p.start[e + 1]);
-      jobs.push_back({e, b, end, p.rows[end - 1] - p.rows[b] == end - 1 - b});
-    }
-  return jobs;
-}
-
-}  // namespace
-
-Tensor lora_gather(const Tensor& x, const Tensor& base_out, const Tensor& A, const Tensor& B,
-                   const std::vector<int32_t>& ids, const std::vector<float>& scales) {
-  if (A.ndim() != 3 || B.ndim() != 3 || A.size(0) != B.size(0) || A.size(1) != B.size(2))
-    throw Error(str("lora_gather: A ", shape_str(A.shape()), " and B ", shape_str(B.shape()),
-                    " are not [E, r, in] and [E, out, r]"));
-  const int64_t E = A.size(0), r = A.size(1), in = A.size(2), out = B.size(1);
-  if (x.ndim() != 2 || x.size(1) != in || base_out.ndim() != 2 || base_out.size(1) != out ||
-      base_out.size(0) != x.size(0))
-    throw Error(str("lora_gather: x ", shape_str(x.shape()), " / base_out ",
-                    shape_str(base_out.shape()), " do not fit A ", shape_str(A.shape()), " and B ",
-                    shape_str(B.shape())));
-  const int64_t N = x.size(0), M = static_cast<int64_t>(ids.size());
-  if (M == 0 || N % M != 0)
-    throw Error(str("lora_gather: ", M, " expert ids cannot route ", N, " rows (need a divisor)"));
-  if (static_cast<int64_t>(scales.size()) != E)
-    throw Error(str("lora_gather: ", scales.size(), " scales for ", E, " experts"));
-  for (int64_t i = 0; i < M; ++i)
-    if (ids[i] < -1 || ids[i] >= E)
-      throw Error(
-          str("lora_gather: expert id ", ids[i], " at row group ", i, " is outside [-1, ", E, ")"));
-  for (const Tensor* t : {&x, &base_out, &A, &B})
-    if (t->device() != Device::CPU)
-      throw Error("op lora_gather has no CUDA kernel yet: keep this model on the CPU");
-
-  auto plan = std::make_shared<Plan>(make_plan(ids, N, E));
-  const int64_t R = static_cast<int64_t>(plan->rows.size());
-  bool rec = autograd::should_record({&x, &base_out, &A, &B});
-  Tensor y = base_out.clone();
-  if (rec) y.set_requires_grad(true);
-  Tensor H = Tensor::empty({std::max<int64_t>(R, 1), r});  // A_e·x of every routed row, plan order
-
-  auto jobs = std::make_shared<std::vector<Job>>(make_jobs(*plan));
-  const float* xp = x.data();
-  const float* ap = A.data();
-  const float* bp = B.data();
-  float* hp = H.data();
-  float* yp = y.data();
-  const int64_t J = static_cast<int64_t>(jobs->size());
-#pragma omp parallel if (J > 1)
-  {
-    std::vector<float> xg, yg;
-#pragma omp for schedule(static)
-    for (int64_t j = 0; j < J; ++j) {
-      const Job& jb = (*jobs)[j];
-      const int64_t n = jb.end - jb.begin;
-      const int64_t* rows = plan->rows.data() + jb.begin;
-      float* h = hp + jb.begin * r;
-      const float* a = ap + jb.e * r * in;
-      const float* b = bp + jb.e * out * r;
-      if (jb.contiguous) {
-        // Rows in one run (one adapter for the batch, or a batch split): read x
-        // and accumulate into y in place.
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r, in, 1.0f, xp + rows[0] * in, in,
-                    a, in, 0.0f, h, r);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, r, scales[jb.e], h, r, b, r,
-                    1.0f, yp + rows[0] * out, out);
-        continue;
-      }
-      xg.resize(n * in);
-      yg.resize(n * out);
-      gather_rows(xg.data(), xp, rows, n, in);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r, in, 1.0f, xg.data(), in, a, in,
-                  0.0f, h, r);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, r, scales[jb.e], h, r, b, r,
-                  0.0f, yg.data(), out);
-      for (int64_t i = 0; i < n; ++i) {
-        float* dst = yp + rows[i] * out;
-        const float* src = yg.data() + i * out;
-#pragma omp simd
-        for (int64_t c = 0; c < out; ++c) dst[c] += src[c];
-      }
-    }
-  }
-
-  if (rec) {
-    autograd::on_backward(
-        y, [x, base_out, A, B, H, plan, jobs, scales, r, in, out, N](const float* g) mutable {
-          if (base_out.requires_grad()) {
-            float* d = base_out.ensure_grad().data();
-            const int64_t n = N * out;
-#pragma omp parallel for simd if (n > 65536) schedule(static)
-            for (int64_t i = 0; i < n; ++i) d[i] += g[i];
-          }
-          float* dA = A.requires_grad() ? A.ensure_grad().data() : nullptr;
-          float* dB = B.requires_grad() ? B.ensure_grad().data() : nullptr;
-          float* dx = x.requires_grad() ? x.ensure_grad().data() : nullptr;
-          const float* xp = x.data();
-          const float* ap = A.data();
-          const float* bp = B.data();
-          const float* hp = H.data();
-          // Every block writes its own rows of dx. dA and dB of an expert collect
-          // its blocks into thread-private buffers, summed in a fixed order after
-          // (static schedule: the same thread count gives bit-identical gradients).
-          const int64_t J = static_cast<int64_t>(jobs->size());
-          const int64_t P = static_cast<int64_t>(plan->active.size());
-          std::vector<int64_t> slot(static_cast<size_t>(A.size(0)), -1);
-          for (int64_t k = 0; k < P; ++k) slot[plan->active[k]] = k;
-          const int threads = J > 1 ? std::max(1, omp_get_max_threads()) : 1;
-          const int64_t da_n = r * in, db_n = out * r, per = da_n + db_n;
-          std::vector<float> acc(static_cast<size_t>(threads * P * per), 0.0f);
-#pragma omp parallel num_threads(threads) if (threads > 1)
-          {
-            float* mine = acc.data() + static_cast<size_t>(omp_get_thread_num()) * P * per;
-            std::vector<float> xg, gg, dh(kBlock * r), dxg;
-#pragma omp for schedule(static)
-            for (int64_t j = 0; j < J; ++j) {
-              const Job& jb = (*jobs)[j];
-              const int64_t e = jb.e, n = jb.end - jb.begin;
-              const float s = scales[e];
-              const int64_t* rows = plan->rows.data() + jb.begin;
-              const float* gs = g + rows[0] * out;
-              const float* xs = xp + rows[0] * in;
-              if (!jb.contiguous) {
-                gg.resize(n * out);
-                gather_rows(gg.data(), g, rows, n, out);
-                gs = gg.data();
-                if (dA) {
-                  xg.resize(n * in);
-                  gather_rows(xg.data(), xp, rows, n, in);
-                  xs = xg.data();
-                }
-              }
-              const float* h = hp + jb.begin * r;
-              float* da = mine + slot[e] * per;
-              float* db = da + da_n;
-              if (dB)
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, n, s, gs, out, h, r,
-                            1.0f, db, r);
-              cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, out, s, gs, out,
-                          bp + e * out * r, r, 0.0f, dh.data(), r);
-              if (dA)
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, n, 1.0f, dh.data(), r,
-                            xs, in, 1.0f, da, in);
-              if (!dx) continue;
-              if (jb.contiguous) {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, r, 1.0f, dh.data(), r,
-                            ap + e * r * in, in, 1.0f, dx + rows[0] * in, in);
-                continue;
-              }
-              dxg.resize(n * in);
-              cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, r, 1.0f, dh.data(), r,
-                          ap + e * r * in, in, 0.0f, dxg.data(), in);
-              for (int64_t i = 0; i < n; ++i) {
-                float* dst = dx + rows[i] * in;
-                const float* src = dxg.data() + i * in;
-#pragma omp simd
-                for (int64_t c = 0; c < in; ++c) dst[c] += src[c];
-              }
-            }
-          }
-          for (int64_t k = 0; k < P; ++k) {
-            const int64_t e = plan->active[k];
-            for (int t = 0; t < threads; ++t) {
-              const float* src = acc.data() + (static_cast<size_t>(t) * P + k) * per;
-              if (dA)
-                for (int64_t i = 0; i < da_n; ++i) dA[e * da_n + i] += src[i];
-              if (dB)
-                for (int64_t i = 0; i < db_n; ++i) dB[e * db_n + i] += src[da_n + i];
-            }
-          }
-        });
-  }
-  return y;
-}
 
 // ---- LoraBank ----
 
@@ -250,7 +29,9 @@ Tensor LoraBank::forward(const Tensor& x, const Tensor& base_out, const nn::Line
   const int64_t in = base.in_features(), out = base.out_features();
   Tensor x2 = ops::reshape(x, {x.numel() / in, in});
   Tensor b2 = ops::reshape(base_out, {base_out.numel() / out, out});
-  return ops::reshape(lora_gather(x2, b2, A_, B_, routing_->ids, scales_), base_out.shape());
+  return ops::reshape(ops::lora_gather(x2, b2, A_, B_, routing_->ids, routing_->k,
+                                       routing_->weights, scales_, routing_->mix),
+                      base_out.shape());
 }
 
 void LoraBank::shift_base(nn::Linear& base, bool merge) {
@@ -292,7 +73,21 @@ void BankSet::route(std::vector<int32_t> ids) {
     if (ids[i] < -1 || ids[i] >= experts_)
       throw Error(str("expert id ", ids[i], " for example ", i, " is outside [-1, ", experts_,
                       ") (-1: the base alone)"));
-  routing_->ids = std::move(ids);
+  *routing_ = Routing{std::move(ids), 1, Tensor(), ops::LoraMix::Output};
+}
+
+void BankSet::route(std::vector<int32_t> ids, int64_t k, Tensor weights, ops::LoraMix mix) {
+  if (k < 1 || ids.size() % static_cast<size_t>(k) != 0)
+    throw Error(str(ids.size(), " expert ids are not k = ", k, " per row group"));
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] < -1 || ids[i] >= experts_)
+      throw Error(str("expert id ", ids[i], " for row group ", i / k, " slot ", i % k,
+                      " is outside [-1, ", experts_, ") (-1: an empty slot)"));
+  const int64_t M = static_cast<int64_t>(ids.size()) / k;
+  if (weights.defined() && (weights.ndim() != 2 || weights.size(0) != M || weights.size(1) != k))
+    throw Error(str("routing weights ", shape_str(weights.shape()), " are not [", M, ", ", k,
+                    "] (row groups, experts per group)"));
+  *routing_ = Routing{std::move(ids), k, std::move(weights), mix};
 }
 
 std::vector<std::pair<std::string, LoraFactors>> BankSet::expert(int64_t e) const {

@@ -1,11 +1,10 @@
 // Mixed-adapter batches: E LoRA experts of one module stacked into one bank,
 // A [E, r, in] and B [E, out, r], and a batch whose row group i uses expert
-// ids[i] (-1: the base alone). One gather kernel serves the whole batch — the
-// rows of each expert are gathered into contiguous blocks and each block runs
-// two small GEMMs against its own A and B (the SGMV idea of Punica and S-LoRA)
-// — instead of a loop of masked adapter passes. Unlike PEFT's mixed batches
-// (inference only) the kernel has a backward: each row's gradient reaches only
-// its own expert, so many experts train in one pass over the frozen base.
+// ids[i] (-1: the base alone), or k weighted experts per row group. The banks
+// hold the parameters and the routing; the work is the runtime's weighted
+// gather kernel (ops::lora_gather, runtime/kernels/cpu/lora.h), which has a
+// backward: each row's gradient reaches only its own experts, so many experts
+// train in one pass over the frozen base.
 #pragma once
 
 #include <memory>
@@ -14,19 +13,18 @@
 
 #include "adapters/lora.h"
 #include "adapters/merge.h"
+#include "runtime/autograd/ops.h"
 
 namespace tessera::adapters {
 
-// base_out + s_e · B_e·(A_e·x) for every row of x [N, in] whose group's expert
-// e = ids[row / (N / ids.size())] is >= 0; rows of expert -1 get base_out.
-// ids.size() must divide N (one id per example of T tokens: N = examples · T).
-// Gradients reach x, base_out, A and B.
-Tensor lora_gather(const Tensor& x, const Tensor& base_out, const Tensor& A, const Tensor& B,
-                   const std::vector<int32_t>& ids, const std::vector<float>& scales);
-
 // The expert of each row group, shared by every bank of a BankSet.
+// ids [M·k]: k experts per row group (-1: empty); weights [M, k] (undefined:
+// all 1) and how the experts of one row combine.
 struct Routing {
   std::vector<int32_t> ids;
+  int64_t k = 1;
+  Tensor weights;
+  ops::LoraMix mix = ops::LoraMix::Output;
 };
 
 class LoraBank : public Adapter {
@@ -67,6 +65,10 @@ class BankSet {
 
   // The expert of each row group (one id per example); each id in [-1, experts).
   void route(std::vector<int32_t> ids);
+  // k weighted experts per row group: ids [M·k] (-1: an empty slot), weights
+  // [M, k] (undefined: all 1; a tensor that requires a gradient gets one).
+  void route(std::vector<int32_t> ids, int64_t k, Tensor weights,
+             ops::LoraMix mix = ops::LoraMix::Output);
   int64_t experts() const { return experts_; }
   nn::ParameterSet& params() { return params_; }
   const std::vector<std::string>& modules() const { return names_; }

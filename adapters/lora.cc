@@ -6,7 +6,6 @@
 #include <optional>
 #include <regex>
 
-#include "adapters/bank.h"
 #include "adapters/base_weight.h"
 #include "adapters/kinds.h"
 #include "adapters/merge.h"
@@ -132,10 +131,10 @@ Tensor Lora::forward(const Tensor& x, const Tensor& base_out, const nn::Linear& 
     // a copy of the base output, and the thin rank-r GEMMs run on one thread
     // per row block (the single-adapter case of the mixed-batch kernel).
     const int64_t in = base.in_features(), out = base.out_features(), r = cfg_.r;
-    Tensor y =
-        lora_gather(ops::reshape(xd, {xd.numel() / in, in}),
-                    ops::reshape(base_out, {base_out.numel() / out, out}),
-                    ops::reshape(a_, {1, r, in}), ops::reshape(b_, {1, out, r}), {0}, {scale_});
+    Tensor y = ops::lora_gather(ops::reshape(xd, {xd.numel() / in, in}),
+                                ops::reshape(base_out, {base_out.numel() / out, out}),
+                                ops::reshape(a_, {1, r, in}), ops::reshape(b_, {1, out, r}), {0}, 1,
+                                Tensor(), {scale_});
     return ops::reshape(y, base_out.shape());
   }
   Tensor delta = ops::scale(ops::matmul_nt(ops::matmul_nt(xd, a_), b_), scale_);

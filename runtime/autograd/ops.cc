@@ -363,6 +363,68 @@ Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps) {
   return out;
 }
 
+Tensor lora_gather(const Tensor& x, const Tensor& base_out, const Tensor& A, const Tensor& B,
+                   const std::vector<int32_t>& ids, int64_t k, const Tensor& weights,
+                   const std::vector<float>& scales, LoraMix mix) {
+  if (A.ndim() != 3 || B.ndim() != 3 || A.size(0) != B.size(0) || A.size(1) != B.size(2))
+    throw Error(str("lora_gather: A ", shape_str(A.shape()), " and B ", shape_str(B.shape()),
+                    " are not [E, r, in] and [E, out, r]"));
+  const int64_t E = A.size(0), r = A.size(1), in = A.size(2), out = B.size(1);
+  if (x.ndim() != 2 || x.size(1) != in || base_out.ndim() != 2 || base_out.size(1) != out ||
+      base_out.size(0) != x.size(0))
+    throw Error(str("lora_gather: x ", shape_str(x.shape()), " / base_out ",
+                    shape_str(base_out.shape()), " do not fit A ", shape_str(A.shape()), " and B ",
+                    shape_str(B.shape())));
+  const int64_t N = x.size(0), n_ids = static_cast<int64_t>(ids.size());
+  if (k < 1 || n_ids % k != 0)
+    throw Error(str("lora_gather: ", n_ids, " expert ids are not k = ", k, " per row group"));
+  const int64_t M = n_ids / k;
+  if (M == 0 || N % M != 0)
+    throw Error(str("lora_gather: ", M, " row groups cannot route ", N, " rows (need a divisor)"));
+  if (static_cast<int64_t>(scales.size()) != E)
+    throw Error(str("lora_gather: ", scales.size(), " scales for ", E, " experts"));
+  if (weights.defined() && (weights.ndim() != 2 || weights.size(0) != M || weights.size(1) != k))
+    throw Error(str("lora_gather: weights ", shape_str(weights.shape()), " are not [", M, ", ", k,
+                    "] (row groups, experts per group)"));
+  for (int64_t i = 0; i < n_ids; ++i)
+    if (ids[i] < -1 || ids[i] >= E)
+      throw Error(str("lora_gather: expert id ", ids[i], " at row group ", i / k, " slot ", i % k,
+                      " is outside [-1, ", E, ")"));
+  same_device("lora_gather", {&x, &base_out, &A, &B, &weights});
+  if (x.device() != Device::CPU)
+    throw Error("op lora_gather has no CUDA kernel yet: keep this model on the CPU");
+
+  auto plan =
+      std::make_shared<kernels::cpu::LoraPlan>(kernels::cpu::lora_plan(ids.data(), M, k, N, E));
+  const kernels::cpu::LoraDims d{N, in, out, r, E};
+  const bool rec = should_record({&x, &base_out, &A, &B, &weights});
+  Tensor y = base_out.clone();
+  if (rec) y.set_requires_grad(true);
+  // A_e·x of every routed entry (plan order), and z for parameter mixing.
+  Tensor h = Tensor::empty({std::max<int64_t>(plan->entries(), 1), r});
+  Tensor z = mix == LoraMix::Parameter ? Tensor::empty({N, r}) : Tensor();
+  const float* wp = weights.defined() ? weights.data() : nullptr;
+  kernels::cpu::lora_forward(y.data(), h.data(), z.defined() ? z.data() : nullptr, x.data(),
+                             A.data(), B.data(), wp, scales.data(), *plan, d, mix);
+  if (rec) {
+    on_backward(y,
+                [x, base_out, A, B, weights, h, z, plan, scales, d, mix](const float* g) mutable {
+                  if (base_out.requires_grad()) {
+                    float* gb = base_out.ensure_grad().data();
+                    const int64_t n = d.N * d.out;
+#pragma omp parallel for simd if (n > 65536) schedule(static)
+                    for (int64_t i = 0; i < n; ++i) gb[i] += g[i];
+                  }
+                  const bool w_grad = weights.defined() && weights.requires_grad();
+                  kernels::cpu::lora_backward(
+                      grad_ptr(x), grad_ptr(A), grad_ptr(B), w_grad ? grad_ptr(weights) : nullptr,
+                      g, x.data(), A.data(), B.data(), weights.defined() ? weights.data() : nullptr,
+                      scales.data(), h.data(), z.defined() ? z.data() : nullptr, *plan, d, mix);
+                });
+  }
+  return y;
+}
+
 Tensor reshape(const Tensor& x, const Shape& shape) {
   Tensor out = x.view(shape);
   if (should_record({&x})) {

@@ -10,11 +10,13 @@
 
 #include "runtime/common/rng.h"
 #include "runtime/kernels/cpu/elementwise.h"
+#include "runtime/kernels/cpu/lora.h"
 #include "runtime/tensor/tensor.h"
 
 namespace tessera::ops {
 
 using kernels::cpu::Act;
+using kernels::cpu::LoraMix;
 
 // y = x · Wᵀ + b over the last dim of x; W [out, in] (or [in, out] with w_in_out,
 // the GPT-2 Conv1D layout); b may be undefined.
@@ -66,6 +68,16 @@ Tensor slice_cols(const Tensor& x, int64_t begin, int64_t end);
 // each head's first R dims (rot = 0: all D) and passing the rest through.
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B, int64_t T, int64_t H,
             int64_t rot = 0);
+// The weighted top-k LoRA gather (runtime/kernels/cpu/lora.h states both
+// mixing modes): base_out [N, out] plus the experts of a bank A [E, r, in],
+// B [E, out, r] (scales [E]) applied to x [N, in]. ids [M·k] names k experts
+// per row group (M must divide N: one group per token when M = N, per example
+// of N/M tokens otherwise; −1 leaves a slot empty) and weights [M, k] mixes
+// them (undefined: every weight 1). Gradients reach x, base_out, A, B and
+// weights. Throws Error naming the mismatch for bad shapes or ids.
+Tensor lora_gather(const Tensor& x, const Tensor& base_out, const Tensor& A, const Tensor& B,
+                   const std::vector<int32_t>& ids, int64_t k, const Tensor& weights,
+                   const std::vector<float>& scales, LoraMix mix = LoraMix::Output);
 // Mean softmax cross-entropy of logits [N, V] against targets (-1 = ignore) → [1].
 Tensor cross_entropy(const Tensor& logits, const std::vector<int32_t>& targets);
 

@@ -1,6 +1,6 @@
-// Mixed-adapter batches: the gather kernel against finite differences, a mixed
-// batch against running each row with its own adapter, and training several
-// experts in one pass against training each alone.
+// Mixed-adapter batches: a mixed batch against running each row with its own
+// adapter, and training several experts in one pass against training each
+// alone (the gather kernel's own tests: tests/runtime/kernels/lora_test.cc).
 #include "adapters/bank.h"
 
 #include <gtest/gtest.h>
@@ -15,36 +15,6 @@ namespace tessera::adapters {
 namespace {
 
 using testing::randn;
-
-TEST(LoraGather, GradientsMatchFiniteDifferences) {
-  struct Case {
-    int64_t N;
-    std::vector<int32_t> ids;
-  };
-  // Per-row ids with the base (-1) mixed in; per-group ids (3 rows each); one
-  // expert with more rows than a kernel block (64).
-  for (const Case& c :
-       {Case{6, {0, 2, -1, 2, 1, 0}}, Case{9, {1, -1, 1}}, Case{70, std::vector<int32_t>(70, 1)}}) {
-    Rng rng(1);
-    const int64_t E = 3, r = 2, in = 5, out = 4;
-    Tensor x = randn({c.N, in}, rng, 1.0f, true);
-    Tensor base = randn({c.N, out}, rng, 1.0f, true);
-    Tensor A = randn({E, r, in}, rng, 0.5f, true), B = randn({E, out, r}, rng, 0.5f, true);
-    std::vector<float> s = {0.5f, 2.0f, 1.5f};
-    testing::expect_gradients_match([&] { return lora_gather(x, base, A, B, c.ids, s); },
-                                    {x, base, A, B});
-  }
-}
-
-TEST(LoraGather, RefusesBadRouting) {
-  Rng rng(2);
-  Tensor x = randn({4, 3}, rng), base = randn({4, 2}, rng);
-  Tensor A = randn({2, 1, 3}, rng), B = randn({2, 2, 1}, rng);
-  EXPECT_THROW(lora_gather(x, base, A, B, {0, 2, 0, 0}, {1, 1}), Error);  // id out of range
-  EXPECT_THROW(lora_gather(x, base, A, B, {0, 1, 0}, {1, 1}), Error);     // 3 does not divide 4
-  EXPECT_THROW(lora_gather(x, base, A, B, {0, 1}, {1}), Error);           // scales per expert
-  EXPECT_THROW(lora_gather(x, base, B, A, {0, 1}, {1, 1}), Error);        // shapes
-}
 
 TEST(BankSet, MixedBatchEqualsEachRowWithItsOwnAdapter) {
   Rng rng(3);
