@@ -24,13 +24,14 @@ LoraBank::LoraBank(const nn::Linear& base, int64_t experts, const LoraConfig& cf
   B_ = ps.add(base.name() + ".lora_B.bank", Tensor::zeros({experts, out, cfg.r}));
 }
 
-Tensor LoraBank::forward(const Tensor& x, const Tensor& base_out, const nn::Linear& base) {
+Tensor LoraBank::apply(const Tensor& x, const Tensor& base_out, const nn::Linear& base,
+                       bool in_place) {
   if (routing_->ids.empty()) return base_out;
   const int64_t in = base.in_features(), out = base.out_features();
   Tensor x2 = ops::reshape(x, {x.numel() / in, in});
   Tensor b2 = ops::reshape(base_out, {base_out.numel() / out, out});
   return ops::reshape(ops::lora_gather(x2, b2, A_, B_, routing_->ids, routing_->k,
-                                       routing_->weights, scales_, routing_->mix),
+                                       routing_->weights, scales_, routing_->mix, in_place),
                       base_out.shape());
 }
 

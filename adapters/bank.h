@@ -33,7 +33,12 @@ class LoraBank : public Adapter {
   // and "<module>.lora_B.bank" [E, out, r] (zeros).
   LoraBank(const nn::Linear& base, int64_t experts, const LoraConfig& cfg, nn::ParameterSet& ps,
            Rng& rng, std::shared_ptr<const Routing> routing);
-  Tensor forward(const Tensor& x, const Tensor& base_out, const nn::Linear& base) override;
+  Tensor forward(const Tensor& x, const Tensor& base_out, const nn::Linear& base) override {
+    return apply(x, base_out, base, false);
+  }
+  Tensor forward_owned(const Tensor& x, const Tensor& base_out, const nn::Linear& base) override {
+    return apply(x, base_out, base, true);
+  }
   Kind kind() const override { return Kind::Lora; }
   // A mixed batch has no single merged weight.
   void shift_base(nn::Linear& base, bool merge) override;
@@ -46,6 +51,7 @@ class LoraBank : public Adapter {
   const std::vector<float>& scales() const { return scales_; }
 
  private:
+  Tensor apply(const Tensor& x, const Tensor& base_out, const nn::Linear& base, bool in_place);
   Tensor A_, B_;
   std::vector<float> scales_;
   std::shared_ptr<const Routing> routing_;

@@ -123,18 +123,18 @@ Tensor Lora::weight_norm(const nn::Linear& base, bool detach) const {
   return ops::row_norm(ops::add(w, d));
 }
 
-Tensor Lora::forward(const Tensor& x, const Tensor& base_out, const nn::Linear& base) {
+Tensor Lora::apply(const Tensor& x, const Tensor& base_out, const nn::Linear& base, bool in_place) {
   if (merged_) return base_out;
   Tensor xd = ops::dropout(x, dropout_, rng_);
   if (!dora_) {
     // base_out + s·(x·Aᵀ)·Bᵀ in one kernel: the up-projection accumulates into
-    // a copy of the base output, and the thin rank-r GEMMs run on one thread
-    // per row block (the single-adapter case of the mixed-batch kernel).
+    // the base output (a copy of it unless the Linear handed it over), and the thin rank-r GEMMs
+    // run on one thread per row block (the single-adapter case of the mixed-batch kernel).
     const int64_t in = base.in_features(), out = base.out_features(), r = cfg_.r;
     Tensor y = ops::lora_gather(ops::reshape(xd, {xd.numel() / in, in}),
                                 ops::reshape(base_out, {base_out.numel() / out, out}),
                                 ops::reshape(a_, {1, r, in}), ops::reshape(b_, {1, out, r}), {0}, 1,
-                                Tensor(), {scale_});
+                                Tensor(), {scale_}, ops::LoraMix::Output, in_place);
     return ops::reshape(y, base_out.shape());
   }
   Tensor delta = ops::scale(ops::matmul_nt(ops::matmul_nt(xd, a_), b_), scale_);

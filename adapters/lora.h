@@ -99,7 +99,12 @@ class Lora : public Adapter {
   // in `ps` (and for DoRA "<module>.lora_magnitude_vector" [out]).
   Lora(const nn::Linear& base, const LoraConfig& cfg, nn::ParameterSet& ps, Rng& rng,
        bool dora = false, float dropout = 0.0f, bool dora_exact_grad = false);
-  Tensor forward(const Tensor& x, const Tensor& base_out, const nn::Linear& base) override;
+  Tensor forward(const Tensor& x, const Tensor& base_out, const nn::Linear& base) override {
+    return apply(x, base_out, base, false);
+  }
+  Tensor forward_owned(const Tensor& x, const Tensor& base_out, const nn::Linear& base) override {
+    return apply(x, base_out, base, true);
+  }
   Kind kind() const override { return dora_ ? Kind::Dora : Kind::Lora; }
   void shift_base(nn::Linear& base, bool merge) override;
 
@@ -114,6 +119,7 @@ class Lora : public Adapter {
   Tensor weight_norm(const nn::Linear& base, bool detach) const;
 
  private:
+  Tensor apply(const Tensor& x, const Tensor& base_out, const nn::Linear& base, bool in_place);
   LoraConfig cfg_;
   Tensor a_, b_, m_;
   float scale_;

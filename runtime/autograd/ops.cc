@@ -7,6 +7,7 @@
 namespace tessera::ops {
 
 using autograd::on_backward;
+using autograd::on_backward_tensor;
 using autograd::should_record;
 using autograd::Tape;
 
@@ -83,9 +84,19 @@ Tensor add(const Tensor& a, const Tensor& b) {
   Tensor out = result(as, a.device(), rec);
   if (n > 0) TESSERA_DISPATCH(a.device(), add_forward, out.data(), a.data(), b.data(), n, nb);
   if (rec) {
-    on_backward(out, [a, b, n, nb](const float* g) mutable {
-      TESSERA_DISPATCH(a.device(), add_backward, grad_ptr(a), grad_ptr(b), g, n, nb);
-    });
+    if (n == nb && !a.same(b)) {
+      // Both gradients are dout: b gets a copy, a the buffer itself.
+      on_backward_tensor(out, [a, b, n](Tensor g) mutable {
+        if (b.requires_grad())
+          TESSERA_DISPATCH(a.device(), add_backward, nullptr, b.ensure_grad().data(), g.data(), n,
+                           n);
+        autograd::pass_grad(a, std::move(g));
+      });
+    } else {
+      on_backward(out, [a, b, n, nb](const float* g) mutable {
+        TESSERA_DISPATCH(a.device(), add_backward, grad_ptr(a), grad_ptr(b), g, n, nb);
+      });
+    }
   }
   return out;
 }
@@ -365,7 +376,7 @@ Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps) {
 
 Tensor lora_gather(const Tensor& x, const Tensor& base_out, const Tensor& A, const Tensor& B,
                    const std::vector<int32_t>& ids, int64_t k, const Tensor& weights,
-                   const std::vector<float>& scales, LoraMix mix) {
+                   const std::vector<float>& scales, LoraMix mix, bool in_place) {
   if (A.ndim() != 3 || B.ndim() != 3 || A.size(0) != B.size(0) || A.size(1) != B.size(2))
     throw Error(str("lora_gather: A ", shape_str(A.shape()), " and B ", shape_str(B.shape()),
                     " are not [E, r, in] and [E, out, r]"));
@@ -398,7 +409,7 @@ Tensor lora_gather(const Tensor& x, const Tensor& base_out, const Tensor& A, con
       std::make_shared<kernels::cpu::LoraPlan>(kernels::cpu::lora_plan(ids.data(), M, k, N, E));
   const kernels::cpu::LoraDims d{N, in, out, r, E};
   const bool rec = should_record({&x, &base_out, &A, &B, &weights});
-  Tensor y = base_out.clone();
+  Tensor y = in_place ? base_out.view(base_out.shape()) : base_out.clone();
   if (rec) y.set_requires_grad(true);
   // A_e·x of every routed entry (plan order), and z for parameter mixing.
   Tensor h = Tensor::empty({std::max<int64_t>(plan->entries(), 1), r});
@@ -429,11 +440,7 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
   Tensor out = x.view(shape);
   if (should_record({&x})) {
     out.set_requires_grad(true);
-    on_backward(out, [x](const float* g) mutable {
-      Tensor& gx = x.ensure_grad();
-      const int64_t n = x.numel();
-      TESSERA_DISPATCH(x.device(), add_backward, gx.data(), nullptr, g, n, n);
-    });
+    on_backward_tensor(out, [x](Tensor g) { autograd::pass_grad(x, std::move(g)); });
   }
   return out;
 }

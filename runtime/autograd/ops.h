@@ -74,10 +74,13 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B, in
 // per row group (M must divide N: one group per token when M = N, per example
 // of N/M tokens otherwise; −1 leaves a slot empty) and weights [M, k] mixes
 // them (undefined: every weight 1). Gradients reach x, base_out, A, B and
-// weights. Throws Error naming the mismatch for bad shapes or ids.
+// weights. Throws Error naming the mismatch for bad shapes or ids. With
+// in_place the result is written into base_out's buffer (for a base output
+// nothing else reads: its values are overwritten).
 Tensor lora_gather(const Tensor& x, const Tensor& base_out, const Tensor& A, const Tensor& B,
                    const std::vector<int32_t>& ids, int64_t k, const Tensor& weights,
-                   const std::vector<float>& scales, LoraMix mix = LoraMix::Output);
+                   const std::vector<float>& scales, LoraMix mix = LoraMix::Output,
+                   bool in_place = false);
 // Mean softmax cross-entropy of logits [N, V] against targets (-1 = ignore) → [1].
 Tensor cross_entropy(const Tensor& logits, const std::vector<int32_t>& targets);
 

@@ -1,5 +1,7 @@
 #include "runtime/autograd/tape.h"
 
+#include "runtime/kernels/dispatch.h"
+
 #include "runtime/common/error.h"
 
 #include <algorithm>
@@ -87,6 +89,18 @@ void Tape::note_uses(std::initializer_list<const Tensor*> inputs) {
     if (it != watched_.end() && it->first == t->impl() && first_use_[it->second] < 0)
       first_use_[it->second] = static_cast<int64_t>(nodes_.size());
   }
+}
+
+void pass_grad(const Tensor& x, Tensor g) {
+  if (!x.requires_grad()) return;
+  // use_count 1: no other tensor (the op's output, another input) holds the buffer.
+  if (!x.grad().defined() && g.impl_ptr().use_count() == 1 && g.impl()->storage.use_count() == 1) {
+    x.impl()->grad = g.view(x.shape());
+    return;
+  }
+  Tensor& gx = x.ensure_grad();
+  const int64_t n = x.numel();
+  TESSERA_DISPATCH(x.device(), add_backward, gx.data(), nullptr, g.data(), n, n);
 }
 
 bool should_record(std::initializer_list<const Tensor*> inputs) {

@@ -86,6 +86,25 @@ void on_backward(Tensor out, Fn fn) {
   });
 }
 
+// As on_backward, with the gradient as a Tensor, for ops whose backward passes
+// the gradient through unchanged to an input (reshape, add, the LoRA gather's
+// base output): pass_grad can then hand the buffer over instead of copying it.
+template <typename Fn>
+void on_backward_tensor(Tensor out, Fn fn) {
+  Tape::current()->record([out, fn]() mutable {
+    Tensor g = out.grad();
+    if (!g.defined()) return;
+    out.clear_grad();
+    fn(std::move(g));
+  });
+}
+
+// x.grad += g for an x that requires a gradient (g: x's numel, x's device).
+// When x has no gradient yet and g is the only handle on its buffer, x takes
+// the buffer (a view in x's shape) instead of a zeroed copy plus an add. Call
+// it with an op's own output gradient, once per input at most.
+void pass_grad(const Tensor& x, Tensor g);
+
 // True when a tape is recording and any of the inputs requires a gradient.
 bool should_record(std::initializer_list<const Tensor*> inputs);
 

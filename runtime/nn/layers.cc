@@ -54,7 +54,7 @@ Linear Linear::tied(const std::string& name, const Tensor& weight) {
 Tensor Linear::forward(const Tensor& x) const {
   if (adapter_ && !adapter_->needs_base_out()) return adapter_->forward(x, Tensor(), *this);
   Tensor y = ops::linear(x, weight_, bias_, w_in_out_);
-  if (adapter_) y = adapter_->forward(x, y, *this);
+  if (adapter_) y = adapter_->forward_owned(x, y, *this);
   return y;
 }
 

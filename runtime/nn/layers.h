@@ -21,6 +21,11 @@ class LinearAdapter {
   // x: the Linear's input; base_out: x·Wᵀ+b (undefined when needs_base_out()
   // is false: the adapter computes the whole output itself). Returns the adapted output.
   virtual Tensor forward(const Tensor& x, const Tensor& base_out, const Linear& base) = 0;
+  // The same, called by Linear::forward with a base_out that nothing else
+  // holds: an adapter may write its result into base_out's buffer.
+  virtual Tensor forward_owned(const Tensor& x, const Tensor& base_out, const Linear& base) {
+    return forward(x, base_out, base);
+  }
   virtual bool needs_base_out() const { return true; }
 };
 
