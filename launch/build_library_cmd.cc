@@ -20,6 +20,7 @@
 #include "runtime/common/error.h"
 #include "runtime/dist/process_group.h"
 #include "runtime/dist/work_queue.h"
+#include "runtime/io/fingerprint.h"
 #include "runtime/train/trainer.h"
 #include "store/library.h"
 #include "tessera/library.pb.h"
@@ -157,7 +158,7 @@ int run_build_library(const BuildLibraryOptions& o) {
   const int rank = world->rank(), size = world->size();
   if (rank == 0) warn_if_oversubscribed(cfgs.front());
   const bool remote = o.library.remote();
-  const std::string fingerprint = base_fingerprint(o.base);
+  const std::string fingerprint = io::base_fingerprint(o.base);
 
   // Rank 0 opens the library (a folder is one process's); with the lookup
   // service every rank talks to it and puts its own experts.

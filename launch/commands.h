@@ -169,12 +169,7 @@ std::string put_adapter_file(store::LibraryApi& library, const std::string& file
 int run_library(const LibraryOptions& o);
 // `tessera serve`: the lookup API over a library folder until SIGINT/SIGTERM.
 int run_serve(const ServeOptions& o);
-// SHA-256 of a base's parameters (names, shapes, F32 bytes; optimizer state
-// left out): a tessera checkpoint file, or a Hugging Face folder as loaded.
-// The same over parameters already loaded (a Hugging Face folder's model,
-// so that a command holding it does not read the folder twice).
-std::string params_fingerprint(const nn::ParameterSet& params);
-std::string base_fingerprint(const std::string& checkpoint);
+// Base fingerprints: runtime/io/fingerprint.h.
 // Refuses (Error naming both) an adapter recorded for base fingerprint `want`
 // on `base` unless `force`; `have` is base's fingerprint when already known.
 void check_base(const std::string& adapter, const std::string& want, const std::string& base,

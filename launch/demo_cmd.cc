@@ -13,6 +13,7 @@
 
 #include "launch/config.h"
 #include "runtime/common/error.h"
+#include "runtime/io/fingerprint.h"
 #include "runtime/train/trainer.h"
 #include "store/library.h"
 #include "store/service.h"
@@ -69,7 +70,7 @@ int run_demo(const DemoOptions& o) {
   LibraryTarget library_target;
   library_target.where = library_dir;
   std::unique_ptr<store::LibraryApi> library = open_library(library_target, true);
-  const std::string base_print = base_fingerprint(rows.front().checkpoint);
+  const std::string base_print = io::base_fingerprint(rows.front().checkpoint);
   for (const std::string task : {"permute:seed=1", "rotate:deg=90", "classes:0,2,4,6"}) {
     PretrainConfig ac = train::read_checkpoint_config(rows.front().checkpoint);
     ac.mutable_data()->set_task(task);

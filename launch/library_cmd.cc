@@ -18,6 +18,7 @@
 #include "adapters/adapter_file.h"
 #include "launch/commands.h"
 #include "runtime/common/error.h"
+#include "runtime/io/fingerprint.h"
 #include "runtime/io/hf.h"
 #include "runtime/io/safetensors.h"
 #include "store/adapter_io.h"
@@ -87,53 +88,9 @@ std::unique_ptr<store::LibraryApi> open_library(const LibraryTarget& t, bool cre
   return lib;
 }
 
-namespace {
-// SHA-256 over (name, shape, F32 bytes) of every tensor, in name order.
-struct Fingerprint {
-  std::vector<std::tuple<std::string, std::vector<int64_t>, std::string>> items;
-  std::string hex() {
-    std::sort(items.begin(), items.end(),
-              [](const auto& a, const auto& b) { return std::get<0>(a) < std::get<0>(b); });
-    std::string h;
-    for (const auto& [name, shape, bytes] : items) {
-      h += name + '\0';
-      for (int64_t d : shape) h += std::to_string(d) + ",";
-      h += '\0' + store::sha256_hex(bytes);
-    }
-    return store::sha256_hex(h);
-  }
-};
-}  // namespace
-
-std::string params_fingerprint(const nn::ParameterSet& params) {
-  Fingerprint fp;
-  for (const nn::Parameter& p : params.all())
-    fp.items.emplace_back(
-        p.name, p.tensor.shape(),
-        std::string(reinterpret_cast<const char*>(p.tensor.data()), p.tensor.numel() * 4));
-  return fp.hex();
-}
-
-std::string base_fingerprint(const std::string& checkpoint) {
-  // A Hugging Face folder: the parameters as loaded (F16/BF16 widened to
-  // F32, names as tessera's), so the folder tessera exports from a
-  // checkpoint has that checkpoint's fingerprint.
-  if (fs::is_directory(checkpoint))
-    return params_fingerprint(io::load_hf_decoder(checkpoint)->params());
-  Fingerprint fp;
-  // A tessera checkpoint: its model tensors as stored (F32), optimizer state left out.
-  auto f = io::SafetensorsFile::open(checkpoint);
-  for (const auto& t : f->tensors())
-    if (t.name.rfind("optimizer.", 0) != 0)
-      fp.items.emplace_back(
-          t.name, t.shape,
-          std::string(reinterpret_cast<const char*>(f->bytes(t)), t.end - t.begin));
-  return fp.hex();
-}
-
 void check_base(const std::string& adapter, const std::string& want, const std::string& base,
                 bool force, std::string have) {
-  if (have.empty()) have = base_fingerprint(base);
+  if (have.empty()) have = io::base_fingerprint(base);
   if (have == want || force) return;
   throw Error(str("adapter '", adapter, "' was trained on a base with fingerprint ",
                   want.substr(0, 16), "…, but '", base, "' has ", have.substr(0, 16),
@@ -188,7 +145,7 @@ int run_library(const LibraryOptions& o) {
     for (const auto& t : o.tags) r.add_tags(t);
     r.set_task(o.task);
     if (!o.base.empty()) {
-      const std::string fp = base_fingerprint(o.base);
+      const std::string fp = io::base_fingerprint(o.base);
       const std::string recorded = adapters::read_adapter(o.args[0]).base_fingerprint;
       if (!recorded.empty()) check_base(o.args[0], recorded, o.base, o.force, fp);
       r.mutable_base()->set_name(o.base);
@@ -207,7 +164,7 @@ int run_library(const LibraryOptions& o) {
     f.kind = o.kind;
     f.task = o.task;
     f.name_prefix = o.name;
-    if (!o.base.empty()) f.base_fingerprint = base_fingerprint(o.base);
+    if (!o.base.empty()) f.base_fingerprint = io::base_fingerprint(o.base);
     std::string token;
     int shown = 0;
     if (!o.json)
@@ -238,7 +195,7 @@ int run_library(const LibraryOptions& o) {
     std::vector<store::TensorData> ts;
     check(lib->Get(o.args[0], &r, cmd == "get" ? &ts : nullptr), str("library ", cmd));
     if (cmd == "get" && !o.base.empty() && !o.force)
-      check(store::CheckBase(r, base_fingerprint(o.base)), str("library get --base ", o.base));
+      check(store::CheckBase(r, io::base_fingerprint(o.base)), str("library get --base ", o.base));
     if (cmd == "show") {
       std::printf("%s\n", record_json(r).c_str());
       return 0;
@@ -254,7 +211,7 @@ int run_library(const LibraryOptions& o) {
     AdapterRecord r;
     check(lib->Get(o.args[0], &r), "library export-peft");
     if (!o.base.empty() && !o.force)
-      check(store::CheckBase(r, base_fingerprint(o.base)),
+      check(store::CheckBase(r, io::base_fingerprint(o.base)),
             str("library export-peft --base ", o.base));
     check(store::ExportPeft(*lib, r.id(), o.out), "library export-peft");
     std::printf("%s@%ld → PEFT folder %s\n", r.name().c_str(), static_cast<long>(r.version()),

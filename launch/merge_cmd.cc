@@ -9,16 +9,16 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <map>
 #include <sstream>
 
 #include "adapters/adapter_file.h"
 #include "adapters/lora.h"
+#include "adapters/merge_methods.h"
 #include "adapters/peft.h"
 #include "launch/base.h"
 #include "launch/config.h"
 #include "runtime/common/error.h"
-#include "runtime/common/rng.h"
+#include "runtime/io/fingerprint.h"
 #include "runtime/train/trainer.h"
 
 namespace tessera::launch {
@@ -47,50 +47,7 @@ int run_merge(const MergeOptions& o) {
   std::vector<float> w = o.weights.empty() ? std::vector<float>(o.inputs.size(), 1.0f) : o.weights;
   if (w.size() != o.inputs.size())
     throw Error(str("merge: ", w.size(), " weights for ", o.inputs.size(), " adapters"));
-  // method[:k=v,...]
-  const size_t colon = o.method.find(':');
-  const std::string method = o.method.substr(0, colon);
-  std::map<std::string, float> arg;
-  if (colon != std::string::npos) {
-    std::stringstream ss(o.method.substr(colon + 1));
-    std::string kv;
-    while (std::getline(ss, kv, ',')) {
-      const size_t eq = kv.find('=');
-      try {
-        if (eq == std::string::npos) throw std::invalid_argument(kv);
-        size_t pos = 0;
-        arg[kv.substr(0, eq)] = std::stof(kv.substr(eq + 1), &pos);
-        if (pos != kv.size() - eq - 1) throw std::invalid_argument(kv);
-      } catch (const std::logic_error&) {
-        throw Error(str("merge method '", o.method, "': '", kv, "' is not key=number"));
-      }
-    }
-  }
-  const std::map<std::string, std::vector<std::string>> keys = {{"cat", {}},
-                                                                {"linear", {"lambda"}},
-                                                                {"svd", {"lambda"}},
-                                                                {"ties", {"density"}},
-                                                                {"dare_linear", {"p"}},
-                                                                {"dare_ties", {"p", "density"}},
-                                                                {"magnitude_prune", {"density"}},
-                                                                {"lego", {"k"}},
-                                                                {"soup", {}}};
-  auto known = keys.find(method);
-  if (known == keys.end())
-    throw Error(
-        str("merge method '", method,
-            "': expected cat, linear, svd, ties, dare_linear, dare_ties, magnitude_prune, lego "
-            "or soup"));
-  for (const auto& [k, v] : arg)
-    if (std::find(known->second.begin(), known->second.end(), k) == known->second.end())
-      throw Error(str("merge method '", o.method, "': '", method, "' takes no '", k, "'"));
-  auto get = [&](const char* k, float d) { return arg.count(k) ? arg.at(k) : d; };
-
-  if (method == "soup") {  // the uniform soup: the weights' mean
-    float total = 0;
-    for (float x : w) total += x;
-    for (float& x : w) x /= total;
-  }
+  const adapters::MergeRecipe recipe = adapters::parse_merge_method(o.method);
   // Each input: a PEFT folder or a tessera adapter file (lora).
   struct Input {
     bool fan_in_fan_out = false;
@@ -107,7 +64,8 @@ int run_merge(const MergeOptions& o) {
     const BaseModel b = open_base(o.base, "--base");
     base_model = std::make_unique<train::Model>(b.config);
     if (!b.hf_folder) base_model->load_weights(b.path);
-    base_fp = b.hf_folder ? params_fingerprint(base_model->params()) : base_fingerprint(o.base);
+    base_fp =
+        b.hf_folder ? io::params_fingerprint(base_model->params()) : io::base_fingerprint(o.base);
   }
   for (const auto& in : o.inputs) {
     if (base_model) {
@@ -170,58 +128,11 @@ int run_merge(const MergeOptions& o) {
                       "… (adapters of different bases do not combine; --force merges anyway)"));
     if (fingerprint.empty()) fingerprint = fp;
   }
-  for (size_t i = 1; i < per.size(); ++i) {
+  for (size_t i = 1; i < per.size(); ++i)
     if (folders[i].fan_in_fan_out != folders[0].fan_in_fan_out)
       throw Error(
           str("merge: '", o.inputs[i], "' and '", o.inputs[0], "' disagree on fan_in_fan_out"));
-    if (per[i].size() != per[0].size())
-      throw Error(str("merge: '", o.inputs[i], "' adapts ", per[i].size(), " modules, '",
-                      o.inputs[0], "' ", per[0].size(), " (merge adapters of the same targets)"));
-  }
-  Rng rng(o.seed);
-  std::vector<std::pair<std::string, adapters::LoraFactors>> merged;
-  for (size_t m = 0; m < per[0].size(); ++m) {
-    const std::string& name = per[0][m].first;
-    std::vector<adapters::LoraFactors> fs;
-    std::vector<Tensor> deltas;
-    int64_t rmax = 0;
-    for (size_t i = 0; i < per.size(); ++i) {
-      auto it = std::find_if(per[i].begin(), per[i].end(),
-                             [&](const auto& p) { return p.first == name; });
-      if (it == per[i].end())
-        throw Error(str("merge: '", o.inputs[i], "' has no adapter for module ", name));
-      fs.push_back(it->second);
-      deltas.push_back(it->second.delta());
-      rmax = std::max(rmax, it->second.rank());
-    }
-    if (method == "cat") {
-      merged.push_back({name, adapters::merge_cat(fs, w)});
-      continue;
-    }
-    if (method == "lego") {
-      adapters::LegoOptions lo;
-      lo.k = arg.count("k") ? static_cast<int64_t>(arg.at("k")) : rmax;
-      lo.seed = o.seed;
-      merged.push_back({name, adapters::lego(fs, w, lo)});
-      continue;
-    }
-    Tensor d;
-    if (method == "linear" || method == "svd" || method == "soup")
-      d = adapters::task_arithmetic(deltas, w, get("lambda", 1.0f));
-    else if (method == "ties")
-      d = adapters::ties(deltas, w, get("density", 0.2f));
-    else if (method == "dare_linear")
-      d = adapters::dare(deltas, w, get("p", 0.5f), rng);
-    else if (method == "dare_ties")
-      d = adapters::dare(deltas, w, get("p", 0.5f), rng, true, get("density", 1.0f));
-    else {
-      for (size_t i = 0; i < deltas.size(); ++i)
-        deltas[i] = adapters::prune_magnitude(deltas[i], get("density", 0.2f));
-      d = adapters::task_arithmetic(deltas, w);
-    }
-    const int64_t r = std::min(o.rank > 0 ? o.rank : rmax, std::min(d.size(0), d.size(1)));
-    merged.push_back({name, adapters::svd_factor(d, r)});
-  }
+  const auto merged = adapters::merge_adapters(recipe, per, o.inputs, w, o.rank, o.seed);
   const bool file_out =
       o.out.size() > 12 && o.out.compare(o.out.size() - 12, 12, ".safetensors") == 0;
   if (file_out)

@@ -14,6 +14,7 @@
 #include "launch/base.h"
 #include "launch/config.h"
 #include "runtime/common/error.h"
+#include "runtime/io/fingerprint.h"
 #include "runtime/train/trainer.h"
 
 namespace tessera::launch {
@@ -41,7 +42,7 @@ int run_import_peft(const ImportPeftOptions& o) {
   train::Model model(base.config);
   if (!base.hf_folder) model.load_weights(base.path);
   const std::string fingerprint =
-      base.hf_folder ? params_fingerprint(model.params()) : base_fingerprint(o.base);
+      base.hf_folder ? io::params_fingerprint(model.params()) : io::base_fingerprint(o.base);
   const std::string want = adapters::read_peft(o.peft_dir).base_fingerprint;
   if (!want.empty()) check_base(o.peft_dir, want, o.base, o.force, fingerprint);
   adapters::PeftImport imp =

@@ -21,6 +21,7 @@
 #include "runtime/common/threads.h"
 #include "runtime/data/data.h"
 #include "runtime/dist/process_group.h"
+#include "runtime/io/fingerprint.h"
 #include "runtime/train/trainer.h"
 #include "store/library.h"
 #include "tessera/library.pb.h"
@@ -242,7 +243,7 @@ int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const Ad
   t.run(0, progress && rank == 0);
   world.barrier();
   if (rank != 0) return 0;  // rank 0 evaluates, writes and reports
-  const std::string fingerprint = base_fingerprint(base_ckpt);
+  const std::string fingerprint = io::base_fingerprint(base_ckpt);
   std::printf("\n%-24s %14s %14s  %s\n", "task", "base accuracy", "with expert", "adapter");
   fs::create_directories(cfg.out_dir());
   for (int k = 0; k < T; ++k) {

@@ -1,6 +1,7 @@
 // tessera train-adapter: one adapter on a frozen base, or a bank of LoRA experts for several tasks.
 #include "launch/commands.h"
 #include "launch/runs.h"
+#include "runtime/io/fingerprint.h"
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -29,7 +30,7 @@ int run_train_adapter(const TrainAdapterOptions& o) {
   std::unique_ptr<store::LibraryApi> lib;
   if (!o.library.empty() && world->rank() == 0) lib = open_library(o.library, true);
   // (rank 0 writes the files and the library record: only it needs this)
-  const std::string fingerprint = world->rank() == 0 ? base_fingerprint(o.base) : "";
+  const std::string fingerprint = world->rank() == 0 ? io::base_fingerprint(o.base) : "";
   AdapterRun r = train_adapter(cfg, o.base, fingerprint, a, !o.quiet, world.get());
   if (world->rank() != 0) return 0;  // rank 0 reports and writes
   std::printf("\n%-10s  %s\n%-10s  %s\n", "base", eval_text(r.before).c_str(), "adapter",

@@ -28,6 +28,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "runtime/io/fingerprint.h"
 #include "tessera/library.pb.h"
 
 namespace rocksdb {
@@ -230,6 +231,6 @@ class Library : public LibraryApi {
 size_t DtypeSize(const std::string& dtype);
 
 // SHA-256 hex of `data` (OpenSSL).
-std::string sha256_hex(const std::string& data);
+using io::sha256_hex;  // runtime/io/fingerprint.h
 
 }  // namespace tessera::store
