@@ -18,6 +18,7 @@
 
 #include "launch/config.h"
 #include "runtime/common/error.h"
+#include "runtime/dist/codec.h"
 #include "runtime/dist/process_group.h"
 #include "runtime/dist/work_queue.h"
 #include "runtime/io/fingerprint.h"
@@ -99,33 +100,6 @@ bool same_adapter_shape(const AdapterRecord& have, const AdapterArgs& want) {
   const nlohmann::json j = nlohmann::json::parse(have.config_json(), nullptr, false);
   if (!j.is_object() || !j.contains("r")) return true;  // kinds without a rank
   return j["r"].is_number_integer() && j["r"].get<int64_t>() == want.spec.lora.base.r;
-}
-
-// The fields one trained expert sends to rank 0, length-prefixed.
-std::string pack(const std::vector<std::string>& fields) {
-  std::string out;
-  for (const std::string& f : fields) {
-    const uint64_t n = f.size();
-    out.append(reinterpret_cast<const char*>(&n), sizeof n);
-    out += f;
-  }
-  return out;
-}
-std::vector<std::string> unpack(const std::string& in, size_t count, const std::string& what) {
-  std::vector<std::string> fields;
-  size_t at = 0;
-  while (fields.size() < count) {
-    uint64_t n = 0;
-    if (in.size() - at < sizeof n) break;
-    std::memcpy(&n, in.data() + at, sizeof n);
-    at += sizeof n;
-    if (n > in.size() - at) break;
-    fields.emplace_back(in.data() + at, n);
-    at += n;
-  }
-  if (fields.size() != count || at != in.size())
-    throw Error(str(what, ": a malformed result (", in.size(), " bytes)"));
-  return fields;
 }
 
 std::string slurp(const std::string& path) {
@@ -223,15 +197,16 @@ int run_build_library(const BuildLibraryOptions& o) {
       file_bytes = slurp(r.adapter_file);
     }
     if (!tmp.empty()) fs::remove_all(tmp);
-    return pack({rec.SerializeAsString(), file_bytes, stored, short_eval(r.before),
-                 short_eval(r.after), str(r.units_per_s)});
+    return dist::pack_fields({rec.SerializeAsString(), file_bytes, stored, short_eval(r.before),
+                              short_eval(r.after), str(r.units_per_s)});
   };
   // Rank 0, once per finished expert: write the file, commit it (folder
   // library), report.
   size_t finished = 0;
   auto done = [&](size_t i, int from, const std::string& bytes) {
     const size_t k = static_cast<size_t>(todo[i]);
-    std::vector<std::string> f = unpack(bytes, 6, str("rank ", from, ", task '", tasks[k], "'"));
+    std::vector<std::string> f =
+        dist::unpack_fields(bytes, 6, str("rank ", from, ", task '", tasks[k], "'"));
     AdapterRecord rec;
     if (!rec.ParseFromString(f[0]) || rec.name() != name_of(k))
       throw Error(str("rank ", from, ", task '", tasks[k], "': a malformed record"));

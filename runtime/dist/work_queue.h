@@ -20,11 +20,12 @@
 #include <vector>
 
 #include "runtime/dist/process_group.h"
+#include "runtime/dist/tags.h"
 
 namespace tessera::dist {
 
 struct WorkOptions {
-  uint32_t tag = 4000;  // the messages of the queue (keep clear of other calls' tags)
+  uint32_t tag = tags::kWorkQueue;  // the messages of the queue
   std::chrono::milliseconds item_timeout{std::chrono::hours(6)};
 };
 

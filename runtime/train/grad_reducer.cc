@@ -7,6 +7,7 @@
 #include "runtime/autograd/tape.h"
 #include "runtime/common/error.h"
 #include "runtime/dist/process_group.h"
+#include "runtime/dist/tags.h"
 
 namespace tessera::train {
 
@@ -89,6 +90,7 @@ void GradReducer::reduce(size_t bi) {
     at += n;
   }
   dist::CallOptions o;  // buckets go one after another: one tag serves
+  o.tag = dist::tags::kTrainStep;
   group_->allreduce(b.flat.data(), b.flat.size(), dist::DType::kF32, dist::ReduceOp::kMean, o);
   at = 0;
   for (size_t i : b.params) {
