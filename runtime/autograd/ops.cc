@@ -6,9 +6,9 @@
 
 namespace tessera::ops {
 
+using autograd::note_inputs;
 using autograd::on_backward;
 using autograd::on_backward_tensor;
-using autograd::should_record;
 using autograd::Tape;
 
 namespace {
@@ -54,7 +54,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, bool w_in_out) 
   const int64_t N = x.numel() / in;
   Shape os = x.shape();
   os.back() = outf;
-  bool rec = should_record({&x, &w, &b});
+  bool rec = note_inputs({&x, &w, &b});
   Tensor out = result(os, x.device(), rec);
   TESSERA_DISPATCH(x.device(), linear_forward, out.data(), x.data(), w.data(),
                    b.defined() ? b.data() : nullptr, N, in, outf, w_in_out);
@@ -80,7 +80,7 @@ Tensor add(const Tensor& a, const Tensor& b) {
     throw Error(str("add: shape ", shape_str(bs), " does not broadcast onto ", shape_str(as)));
   same_device("add", {&a, &b});
   const int64_t n = a.numel(), nb = b.numel();
-  bool rec = should_record({&a, &b});
+  bool rec = note_inputs({&a, &b});
   Tensor out = result(as, a.device(), rec);
   if (n > 0) TESSERA_DISPATCH(a.device(), add_forward, out.data(), a.data(), b.data(), n, nb);
   if (rec) {
@@ -109,7 +109,7 @@ Tensor mul(const Tensor& a, const Tensor& b) {
     throw Error(str("mul: shape ", shape_str(bs), " does not broadcast onto ", shape_str(as)));
   same_device("mul", {&a, &b});
   const int64_t n = a.numel(), nb = b.numel();
-  bool rec = should_record({&a, &b});
+  bool rec = note_inputs({&a, &b});
   Tensor out = result(as, a.device(), rec);
   if (n == nb) {
     TESSERA_DISPATCH(a.device(), mul_forward, out.data(), a.data(), b.data(), n);
@@ -136,7 +136,7 @@ Tensor div(const Tensor& a, const Tensor& b) {
         str("div: shapes ", shape_str(a.shape()), " and ", shape_str(b.shape()), " differ"));
   same_device("div", {&a, &b});
   const int64_t n = a.numel();
-  bool rec = should_record({&a, &b});
+  bool rec = note_inputs({&a, &b});
   Tensor out = result(a.shape(), a.device(), rec);
   TESSERA_DISPATCH_CPU_ONLY(a.device(), div_forward, out.data(), a.data(), b.data(), n);
   if (rec) {
@@ -151,7 +151,7 @@ Tensor div(const Tensor& a, const Tensor& b) {
 Tensor row_norm(const Tensor& x) {
   if (x.ndim() != 2) throw Error(str("row_norm: x must be 2-D, got ", shape_str(x.shape())));
   const int64_t N = x.size(0), C = x.size(1);
-  bool rec = should_record({&x});
+  bool rec = note_inputs({&x});
   Tensor out = result({N}, x.device(), rec);
   TESSERA_DISPATCH_CPU_ONLY(x.device(), row_norm_forward, out.data(), x.data(), N, C);
   if (rec) {
@@ -166,7 +166,7 @@ Tensor row_norm(const Tensor& x) {
 Tensor transpose(const Tensor& x) {
   if (x.ndim() != 2) throw Error(str("transpose: x must be 2-D, got ", shape_str(x.shape())));
   const int64_t R = x.size(0), C = x.size(1);
-  bool rec = should_record({&x});
+  bool rec = note_inputs({&x});
   Tensor out = Tensor::zeros({C, R}, x.device());
   if (rec) out.set_requires_grad(true);
   TESSERA_DISPATCH_CPU_ONLY(x.device(), transpose, out.data(), x.data(), R, C);
@@ -186,7 +186,7 @@ Tensor slice_rows(const Tensor& x, int64_t begin, int64_t end) {
   const int64_t C = x.size(0) ? x.numel() / x.size(0) : 0;
   Shape s = x.shape();
   s[0] = end - begin;
-  bool rec = should_record({&x});
+  bool rec = note_inputs({&x});
   Tensor out = result(s, x.device(), rec);
   std::copy_n(x.data() + begin * C, (end - begin) * C, out.data());
   if (rec) {
@@ -204,7 +204,7 @@ Tensor slice_cols(const Tensor& x, int64_t begin, int64_t end) {
   if (x.device() != Device::CPU)
     throw Error("op slice_cols has no CUDA kernel yet: keep this model on the CPU");
   const int64_t N = x.size(0), C = x.size(1), W = end - begin;
-  bool rec = should_record({&x});
+  bool rec = note_inputs({&x});
   Tensor out = result({N, W}, x.device(), rec);
   for (int64_t i = 0; i < N; ++i) std::copy_n(x.data() + i * C + begin, W, out.data() + i * W);
   if (rec) {
@@ -231,7 +231,8 @@ Tensor concat_rows(const std::vector<Tensor>& xs) {
     if (t.device() != Device::CPU)
       throw Error("op concat_rows has no CUDA kernel yet: keep this model on the CPU");
     rows += t.size(0);
-    rec = rec || should_record({&t});
+    const bool needs = note_inputs({&t});  // every input noted: no short-circuit
+    rec = rec || needs;
   }
   s[0] = rows;
   Tensor out = result(s, Device::CPU, rec);
@@ -269,7 +270,7 @@ Tensor dropout(const Tensor& x, float p, Rng& rng) {
 
 Tensor scale(const Tensor& a, float s) {
   const int64_t n = a.numel();
-  bool rec = should_record({&a});
+  bool rec = note_inputs({&a});
   Tensor out = result(a.shape(), a.device(), rec);
   TESSERA_DISPATCH(a.device(), scale_forward, out.data(), a.data(), s, n);
   if (rec) {
@@ -284,7 +285,7 @@ Tensor sum(const Tensor& a) {
   if (a.device() != Device::CPU)
     throw Error("op sum has no CUDA kernel yet: keep this model on the CPU");
   const int64_t n = a.numel();
-  bool rec = should_record({&a});
+  bool rec = note_inputs({&a});
   Tensor out = result({1}, Device::CPU, rec);
   double s = 0.0;
   const float* p = a.data();
@@ -302,7 +303,7 @@ Tensor sum(const Tensor& a) {
 
 Tensor activation(const Tensor& x, Act act) {
   const int64_t n = x.numel();
-  bool rec = should_record({&x});
+  bool rec = note_inputs({&x});
   Tensor out = result(x.shape(), x.device(), rec);
   TESSERA_DISPATCH(x.device(), act_forward, act, out.data(), x.data(), n);
   if (rec) {
@@ -319,7 +320,7 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
                     " differ"));
   same_device("swiglu", {&gate, &up});
   const int64_t n = gate.numel();
-  bool rec = should_record({&gate, &up});
+  bool rec = note_inputs({&gate, &up});
   Tensor out = result(gate.shape(), gate.device(), rec);
   TESSERA_DISPATCH(gate.device(), swiglu_forward, out.data(), gate.data(), up.data(), n);
   if (rec) {
@@ -338,7 +339,7 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps) {
                     shape_str(x.shape())));
   same_device("layernorm", {&x, &w, &b});
   const int64_t N = x.numel() / C;
-  bool rec = should_record({&x, &w, &b});
+  bool rec = note_inputs({&x, &w, &b});
   Tensor out = result(x.shape(), x.device(), rec);
   Tensor mean = Tensor::empty({N}, x.device()), rstd = Tensor::empty({N}, x.device());
   TESSERA_DISPATCH_CPU_ONLY(x.device(), layernorm_forward, out.data(), mean.data(), rstd.data(),
@@ -360,7 +361,7 @@ Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps) {
                     shape_str(x.shape())));
   same_device("rmsnorm", {&x, &w});
   const int64_t N = x.numel() / C;
-  bool rec = should_record({&x, &w});
+  bool rec = note_inputs({&x, &w});
   Tensor out = result(x.shape(), x.device(), rec);
   Tensor rstd = Tensor::empty({N}, x.device());
   TESSERA_DISPATCH_CPU_ONLY(x.device(), rmsnorm_forward, out.data(), rstd.data(), x.data(),
@@ -408,7 +409,7 @@ Tensor lora_gather(const Tensor& x, const Tensor& base_out, const Tensor& A, con
   auto plan =
       std::make_shared<kernels::cpu::LoraPlan>(kernels::cpu::lora_plan(ids.data(), M, k, N, E));
   const kernels::cpu::LoraDims d{N, in, out, r, E};
-  const bool rec = should_record({&x, &base_out, &A, &B, &weights});
+  const bool rec = note_inputs({&x, &base_out, &A, &B, &weights});
   Tensor y = in_place ? base_out.view(base_out.shape()) : base_out.clone();
   if (rec) y.set_requires_grad(true);
   // A_e·x of every routed entry (plan order), and z for parameter mixing.
@@ -438,7 +439,7 @@ Tensor lora_gather(const Tensor& x, const Tensor& base_out, const Tensor& A, con
 
 Tensor reshape(const Tensor& x, const Shape& shape) {
   Tensor out = x.view(shape);
-  if (should_record({&x})) {
+  if (note_inputs({&x})) {
     out.set_requires_grad(true);
     on_backward_tensor(out, [x](Tensor g) { autograd::pass_grad(x, std::move(g)); });
   }
@@ -453,7 +454,7 @@ Tensor embedding(const std::vector<int32_t>& ids, const Tensor& table) {
     if (ids[i] < 0 || ids[i] >= V)
       throw Error(str("embedding: id ", ids[i], " at position ", i,
                       " is outside the vocabulary [0, ", V, ")"));
-  bool rec = should_record({&table});
+  bool rec = note_inputs({&table});
   Tensor out = result({N, C}, table.device(), rec);
   TESSERA_DISPATCH_CPU_ONLY(table.device(), embedding_forward, out.data(), ids.data(), table.data(),
                             N, C);
@@ -478,7 +479,7 @@ Tensor attention_impl(const AttnView& q, const AttnView& k, const AttnView& v, i
                       int64_t Hq, int64_t Hkv, int64_t D, const AttnOptions& o) {
   if (o.window < 0) throw Error(str("attention: sliding window ", o.window, " (expected >= 0)"));
   kernels::cpu::AttnDims dims{B, T, Hq, Hkv, D, q.ld, k.ld, v.ld, Hq * D, o.scale, o.window};
-  bool rec = should_record({&q.t, &k.t, &v.t});
+  bool rec = note_inputs({&q.t, &k.t, &v.t});
   Tensor out = result({B * T, Hq * D}, q.t.device(), rec);
   Tensor att = Tensor::empty({B, Hq, T, T}, q.t.device());
   TESSERA_DISPATCH_CPU_ONLY(q.t.device(), attention_forward, out.data(), att.data(),
@@ -540,7 +541,7 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, int64_t B, in
     throw Error(str("rope: ", R, " rotated dims of a head of ", D, " (expected an even R <= D)"));
   if (cos.numel() < T * R / 2 || sin.numel() < T * R / 2)
     throw Error(str("rope: tables hold ", cos.numel(), " values, need T*R/2 = ", T * R / 2));
-  bool rec = should_record({&x});
+  bool rec = note_inputs({&x});
   Tensor out = result(x.shape(), x.device(), rec);
   TESSERA_DISPATCH_CPU_ONLY(x.device(), rope_forward, out.data(), x.data(), cos.data(), sin.data(),
                             B, T, H, D, R);
@@ -563,7 +564,7 @@ Tensor cross_entropy(const Tensor& logits, const std::vector<int32_t>& targets) 
     if (targets[i] >= V || targets[i] < -1)
       throw Error(str("cross_entropy: target ", targets[i], " at row ", i, " is outside [0, ", V,
                       ") (use -1 to ignore a row)"));
-  bool rec = should_record({&logits});
+  bool rec = note_inputs({&logits});
   Tensor out = result({1}, Device::CPU, rec);
   Tensor lse = Tensor::empty({N}, logits.device());
   int64_t count = 0;

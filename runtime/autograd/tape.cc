@@ -103,7 +103,7 @@ void pass_grad(const Tensor& x, Tensor g) {
   TESSERA_DISPATCH(x.device(), add_backward, gx.data(), nullptr, g.data(), n, n);
 }
 
-bool should_record(std::initializer_list<const Tensor*> inputs) {
+bool note_inputs(std::initializer_list<const Tensor*> inputs) {
   if (!t_current) return false;
   if (!t_current->watched_empty()) t_current->note_uses(inputs);
   for (const Tensor* t : inputs)

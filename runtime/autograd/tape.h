@@ -41,9 +41,9 @@ class Tape {
   // left to run can add to the gradient of `watched[k]`, i.e. that gradient
   // is final; tensors no recorded op used are ready at the end. Call before
   // the forward: a tensor's uses are noted as ops record (every op asks
-  // should_record() with its inputs first), the earliest use bounding it.
+  // note_inputs() with its inputs first), the earliest use bounding it.
   void watch(const std::vector<const Tensor*>& watched, std::function<void(size_t)> ready);
-  // (should_record's side: note uses of watched tensors by the next node)
+  // (note_inputs's side: note uses of watched tensors by the next node)
   void note_uses(std::initializer_list<const Tensor*> inputs);
   bool watched_empty() const { return watched_.empty(); }
 
@@ -105,7 +105,13 @@ void on_backward_tensor(Tensor out, Fn fn) {
 // it with an op's own output gradient, once per input at most.
 void pass_grad(const Tensor& x, Tensor g);
 
-// True when a tape is recording and any of the inputs requires a gradient.
-bool should_record(std::initializer_list<const Tensor*> inputs);
+// Every op calls this once, with every tensor it reads, before it records:
+// it notes that the node about to be recorded uses those inputs (what
+// Tape::watch's gradient readiness is built on: an input left out would be
+// declared final too early, and an overlapped gradient bucket would leave
+// without this op's share), and returns true when a tape is recording and
+// any input requires a gradient (undefined tensors are skipped).
+// runtime/autograd/ADDING_AN_OP.md has the whole contract.
+bool note_inputs(std::initializer_list<const Tensor*> inputs);
 
 }  // namespace tessera::autograd

@@ -1,0 +1,123 @@
+// The op contract (runtime/autograd/ADDING_AN_OP.md): every op notes every
+// tensor it reads (autograd::note_inputs), so that gradient readiness — what
+// lets a gradient bucket leave for the allreduce while backward still runs —
+// never declares a gradient final before the op has added its share.
+//
+// For each op and each of its differentiable inputs x: loss = Σ R ⊙ op(...)
+// + ½ Σ x, with the second term recorded after the op. Backward runs the
+// later term first; if the op had not noted x, x's first use would be that
+// term and x would be declared ready before the op's backward ran. The
+// gradient seen at the moment x is declared ready must equal the final one.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+
+#include "runtime/autograd/ops.h"
+#include "runtime/autograd/tape.h"
+#include "runtime/kernels/cpu/attention.h"
+#include "tests/testing.h"
+
+namespace tessera::ops {
+namespace {
+
+using testing::randn;
+
+struct OpCase {
+  std::string name;
+  std::vector<Tensor> inputs;  // all require a gradient
+  std::function<Tensor(const std::vector<Tensor>&)> op;
+};
+
+std::vector<OpCase> every_op() {
+  Rng rng(3);
+  auto r = [&](const Shape& s) { return randn(s, rng, 0.5f, true); };
+  const int64_t B = 2, T = 3, H = 2, D = 4;
+  Tensor cos = Tensor::empty({T, D / 2}), sin = Tensor::empty({T, D / 2});
+  kernels::cpu::rope_tables(cos.data(), sin.data(), T, D, 10000.0f);
+  std::vector<OpCase> c;
+  c.push_back(
+      {"linear", {r({4, 3}), r({5, 3}), r({5})}, [](auto& v) { return linear(v[0], v[1], v[2]); }});
+  c.push_back({"matmul_nt", {r({4, 3}), r({5, 3})}, [](auto& v) { return matmul_nt(v[0], v[1]); }});
+  c.push_back({"add", {r({4, 3}), r({4, 3})}, [](auto& v) { return add(v[0], v[1]); }});
+  c.push_back({"add broadcast", {r({4, 3}), r({3})}, [](auto& v) { return add(v[0], v[1]); }});
+  c.push_back({"mul", {r({4, 3}), r({4, 3})}, [](auto& v) { return mul(v[0], v[1]); }});
+  c.push_back({"mul broadcast", {r({4, 3}), r({3})}, [](auto& v) { return mul(v[0], v[1]); }});
+  c.push_back({"div", {r({4, 3}), testing::uniform({4, 3}, rng, 1.0f, 2.0f, true)}, [](auto& v) {
+                 return div(v[0], v[1]);
+               }});
+  c.push_back({"row_norm", {r({4, 3})}, [](auto& v) { return row_norm(v[0]); }});
+  c.push_back({"transpose", {r({4, 3})}, [](auto& v) { return transpose(v[0]); }});
+  c.push_back({"slice_rows", {r({4, 3})}, [](auto& v) { return slice_rows(v[0], 1, 3); }});
+  c.push_back(
+      {"concat_rows", {r({2, 3}), r({1, 3}), r({3, 3})}, [](auto& v) { return concat_rows(v); }});
+  c.push_back({"scale", {r({4, 3})}, [](auto& v) { return scale(v[0], 1.5f); }});
+  c.push_back({"sum", {r({4, 3})}, [](auto& v) { return sum(v[0]); }});
+  c.push_back({"activation", {r({4, 3})}, [](auto& v) { return activation(v[0], Act::Gelu); }});
+  c.push_back({"swiglu", {r({4, 3}), r({4, 3})}, [](auto& v) { return swiglu(v[0], v[1]); }});
+  c.push_back({"layernorm", {r({4, 3}), r({3}), r({3})}, [](auto& v) {
+                 return layernorm(v[0], v[1], v[2], 1e-5f);
+               }});
+  c.push_back({"rmsnorm", {r({4, 3}), r({3})}, [](auto& v) { return rmsnorm(v[0], v[1], 1e-5f); }});
+  c.push_back({"reshape", {r({4, 3})}, [](auto& v) { return reshape(v[0], {2, 6}); }});
+  c.push_back({"embedding", {r({5, 3})}, [](auto& v) { return embedding({4, 0, 4, 2}, v[0]); }});
+  c.push_back({"attention", {r({B * T, H * D}), r({B * T, D}), r({B * T, D})}, [=](auto& v) {
+                 return attention(v[0], v[1], v[2], B, T, H, 1);
+               }});
+  c.push_back({"attention_packed", {r({B * T, (H + 2) * D})}, [=](auto& v) {
+                 return attention_packed(v[0], B, T, H, 1);
+               }});
+  c.push_back({"slice_cols", {r({4, 5})}, [](auto& v) { return slice_cols(v[0], 1, 4); }});
+  c.push_back(
+      {"rope", {r({B * T, H * D})}, [=](auto& v) { return rope(v[0], cos, sin, B, T, H); }});
+  c.push_back({"cross_entropy", {r({4, 5})}, [](auto& v) {
+                 return cross_entropy(v[0], {1, -1, 4, 0});
+               }});
+  c.push_back({"dropout", {r({4, 3})}, [](auto& v) {
+                 Rng mask(1);
+                 return dropout(v[0], 0.5f, mask);
+               }});
+  c.push_back(
+      {"lora_gather", {r({4, 3}), r({4, 2}), r({2, 2, 3}), r({2, 2, 2}), r({4, 2})}, [](auto& v) {
+         return lora_gather(v[0], v[1], v[2], v[3], {0, 1, 1, -1, 0, 0, 1, 0}, 2, v[4],
+                            {1.0f, 0.5f});
+       }});
+  c.push_back({"lora_gather parameter mixing",
+               {r({4, 3}), r({4, 2}), r({2, 2, 3}), r({2, 2, 2}), r({4, 2})},
+               [](auto& v) {
+                 return lora_gather(v[0], v[1], v[2], v[3], {0, 1, 1, -1, 0, 0, 1, 0}, 2, v[4],
+                                    {1.0f, 0.5f}, LoraMix::Parameter);
+               }});
+  return c;
+}
+
+TEST(OpContract, EveryOpNotesEveryInputBeforeItsGradientIsDeclaredFinal) {
+  for (OpCase& c : every_op()) {
+    for (size_t k = 0; k < c.inputs.size(); ++k) {
+      SCOPED_TRACE(::testing::Message() << c.name << ", input " << k);
+      for (Tensor& t : c.inputs) t.clear_grad();
+      const Tensor& x = c.inputs[k];
+      std::vector<float> at_ready;
+      bool fired = false;
+      {
+        autograd::Tape tape;
+        tape.watch({&x}, [&](size_t) {
+          fired = true;
+          if (x.grad().defined()) at_ready = x.grad().to_vector();
+        });
+        Tensor y = c.op(c.inputs);
+        Rng rr(9);
+        Tensor R = randn(y.shape(), rr);
+        Tensor later = sum(scale(x, 0.5f));  // recorded after the op
+        tape.backward(add(sum(mul(y, R)), later));
+      }
+      ASSERT_TRUE(fired);
+      ASSERT_TRUE(x.grad().defined());
+      EXPECT_EQ(at_ready, x.grad().to_vector())
+          << "declared final before the op added its share: the op does not note this input";
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tessera::ops
