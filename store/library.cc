@@ -108,23 +108,6 @@ size_t DtypeSize(const std::string& d) {
   return 0;
 }
 
-std::string Status::ToString() const {
-  static const char* names[] = {"OK",
-                                "NotFound",
-                                "Corruption",
-                                "InvalidArgument",
-                                "IOError",
-                                "AlreadyExists",
-                                "Unauthenticated",
-                                "Unavailable",
-                                "ResourceExhausted",
-                                "DeadlineExceeded",
-                                "FailedPrecondition"};
-  std::string s = names[static_cast<int>(code_)];
-  if (!msg_.empty()) s += ": " + msg_;
-  return s;
-}
-
 Status CheckBase(const AdapterRecord& r, const std::string& base_fingerprint) {
   if (base_fingerprint.empty() || r.base().fingerprint().empty() ||
       r.base().fingerprint() == base_fingerprint)

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "runtime/io/fingerprint.h"
+#include "store/status.h"
 #include "tessera/library.pb.h"
 
 namespace rocksdb {
@@ -37,49 +38,6 @@ class ColumnFamilyHandle;
 }  // namespace rocksdb
 
 namespace tessera::store {
-
-class Status {
- public:
-  enum class Code {
-    kOk,
-    kNotFound,
-    kCorruption,
-    kInvalidArgument,
-    kIOError,
-    kAlreadyExists,
-    // The lookup API's (store/service.h) failures a caller may meet remotely.
-    kUnauthenticated,
-    kUnavailable,
-    kResourceExhausted,
-    kDeadlineExceeded,
-    kFailedPrecondition,
-  };
-  Status() = default;
-  static Status OK() { return Status(); }
-  static Status NotFound(std::string m) { return Status(Code::kNotFound, std::move(m)); }
-  static Status Corruption(std::string m) { return Status(Code::kCorruption, std::move(m)); }
-  static Status InvalidArgument(std::string m) {
-    return Status(Code::kInvalidArgument, std::move(m));
-  }
-  static Status IOError(std::string m) { return Status(Code::kIOError, std::move(m)); }
-  static Status AlreadyExists(std::string m) { return Status(Code::kAlreadyExists, std::move(m)); }
-  static Status FailedPrecondition(std::string m) {
-    return Status(Code::kFailedPrecondition, std::move(m));
-  }
-  static Status Make(Code c, std::string m) { return Status(c, std::move(m)); }
-  bool ok() const { return code_ == Code::kOk; }
-  bool IsNotFound() const { return code_ == Code::kNotFound; }
-  bool IsCorruption() const { return code_ == Code::kCorruption; }
-  bool IsInvalidArgument() const { return code_ == Code::kInvalidArgument; }
-  Code code() const { return code_; }
-  const std::string& message() const { return msg_; }
-  std::string ToString() const;
-
- private:
-  Status(Code c, std::string m) : code_(c), msg_(std::move(m)) {}
-  Code code_ = Code::kOk;
-  std::string msg_;
-};
 
 struct Options {
   // false: a path that holds no library is NotFound, and nothing is created
@@ -138,17 +96,38 @@ struct LibraryStats {
 class LibraryApi {
  public:
   virtual ~LibraryApi() = default;
+  // Stores `record` (its id, version, tensors and creation time are filled
+  // in here) with `tensors`; a SHA-256 given in `record.tensors` for a
+  // tensor of that name must match its bytes (Corruption otherwise). The
+  // same content stored again under the same name is not a new version: the
+  // existing record is returned; under another name it is AlreadyExists
+  // naming the record that holds it. `stored` may be null.
   virtual Status Put(const AdapterRecord& record, const std::vector<TensorData>& tensors,
                      AdapterRecord* stored) = 0;
+  // `key`: an id, "name" (latest), "name@latest" or "name@N"; NotFound
+  // naming it otherwise. Tensors are checked against their checksums
+  // (Corruption naming record and tensor); `tensors` may be null (record only).
   virtual Status Get(const std::string& key, AdapterRecord* record,
                      std::vector<TensorData>* tensors = nullptr) = 0;
+  // Records in id order matching `filter`, at most `limit` (1..1000), from
+  // a consistent snapshot; pass the returned token back for the next page.
   virtual Status List(const ListFilter& filter, int limit, const std::string& page_token,
                       ListPage* out) = 0;
+  // Soft delete: Get no longer finds it, Gc removes it.
   virtual Status Delete(const std::string& key) = 0;
+  // Recomputes every checksum and id; Corruption names the first bad record
+  // and tensor, `checked` counts the records read.
   virtual Status Verify(int64_t* checked = nullptr) = 0;
+  // The k records whose signature `signature` (the record's first when
+  // empty) is most cosine-similar to `query`, best first, among those
+  // passing `filter` (signatures: vectors stored with each record).
   virtual Status Search(const std::string& signature, const std::vector<float>& query, int k,
                         const ListFilter& filter, std::vector<SearchHit>* out) = 0;
+  // Removes soft-deleted records with their tensors and index entries
+  // (their name versions stay taken: a version number never names two
+  // adapters); `removed` counts them.
   virtual Status Gc(int64_t* removed = nullptr) = 0;
+  // Counts live and deleted records and their bytes.
   virtual Status Stat(LibraryStats* out) = 0;
 };
 
@@ -164,35 +143,20 @@ class Library : public LibraryApi {
   Library(const Library&) = delete;
   Library& operator=(const Library&) = delete;
 
-  // Stores `record` (its id, version, tensors and creation time are filled
-  // in here) with `tensors`; a SHA-256 given in `record.tensors` for a tensor
-  // of that name must match its bytes (Corruption otherwise). The same content stored again under
-  // the same name is not a new version: the existing record is returned; under another name it is
-  // AlreadyExists naming the record that holds it. `stored` may be null.
+  // LibraryApi, embedded. What differs from the interface's contract:
   Status Put(const AdapterRecord& record, const std::vector<TensorData>& tensors,
              AdapterRecord* stored) override;
-  // `key`: an id, "name" (latest), "name@latest" or "name@N". Tensors are
-  // checked against their checksums; `tensors` may be null (record only).
   Status Get(const std::string& key, AdapterRecord* record,
              std::vector<TensorData>* tensors = nullptr) override;
-  // Records in id order matching `filter`, at most `limit` (1..1000), from
-  // a consistent snapshot; pass the returned token back for the next page.
   Status List(const ListFilter& filter, int limit, const std::string& page_token,
               ListPage* out) override;
-  // Soft delete: Get no longer finds it, Gc removes it.
   Status Delete(const std::string& key) override;
-  // Recomputes every checksum and id; Corruption names the first bad record
-  // and tensor, `checked` counts the records read.
   Status Verify(int64_t* checked = nullptr) override;
-  // The k records whose signature `signature` (the record's first when
-  // empty) is most cosine-similar to `query`, best first, among those passing
-  // `filter`. Exact: every stored signature is scored (SIMD, in memory).
+  // Exact: every stored signature is scored (SIMD, in memory).
   Status Search(const std::string& signature, const std::vector<float>& query, int k,
                 const ListFilter& filter, std::vector<SearchHit>* out) override;
-  // Removes soft-deleted records with their tensors and index entries (their
-  // name versions stay taken: a version number never names two adapters).
   Status Gc(int64_t* removed = nullptr) override;
-  // Counts live and deleted records and their bytes (reads every record).
+  // Reads every record.
   Status Stat(LibraryStats* out) override;
 
  private:
