@@ -41,14 +41,6 @@ struct LoraFactors {
   Tensor delta(bool in_out = false) const;
 };
 
-// The Arrow routing prototype of a LoRA module (Ostapenko et al., 2024, as in
-// mttl): the top right singular vector of s·B·A, unit length, in the module's
-// input space, signed so that its largest-magnitude entry is positive (a
-// singular vector's sign is arbitrary; a fixed one makes cosine search
-// meaningful). Power iteration through the rank-r factors, never forming
-// B·A. A zero delta gives a zero vector.
-std::vector<float> arrow_prototype(const LoraFactors& f);
-
 LoraFactors merge_cat(const std::vector<LoraFactors>& loras, const std::vector<float>& weights);
 Tensor task_arithmetic(const std::vector<Tensor>& deltas, const std::vector<float>& weights,
                        float lambda = 1.0f);

@@ -6,7 +6,6 @@
 #include <filesystem>
 
 #include "adapters/adapter_file.h"
-#include "adapters/merge.h"
 #include "runtime/common/error.h"
 #include "runtime/io/safetensors.h"
 
@@ -50,7 +49,7 @@ Status guarded(const std::string& what, F&& body) {
 }  // namespace
 
 Status PutAdapterFile(LibraryApi& lib, const std::string& file, AdapterRecord record,
-                      AdapterRecord* stored) {
+                      AdapterRecord* stored, const SignatureFn& signatures) {
   return guarded("adapter file '" + file + "'", [&]() -> Status {
     adapters::AdapterFile info = adapters::read_adapter(file);  // validates the file
     auto f = io::SafetensorsFile::open(file);
@@ -63,14 +62,11 @@ Status PutAdapterFile(LibraryApi& lib, const std::string& file, AdapterRecord re
     if (record.base().name().empty()) record.mutable_base()->set_name(info.base_model);
     if (record.base().fingerprint().empty())
       record.mutable_base()->set_fingerprint(info.base_fingerprint);
-    if (record.signatures_size() == 0 &&
-        (info.spec.kind == adapters::Kind::Lora || info.spec.kind == adapters::Kind::Dora))
-      // (Arrow prototypes of the Linear modules' LoRAs; embedding LoRAs and
-      // modules_to_save copies are stored but get none.)
-      for (const auto& [module, factors] : info.linear_factors()) {
+    if (record.signatures_size() == 0 && signatures)
+      for (const auto& [name, vec] : signatures(info)) {
         Signature* sg = record.add_signatures();
-        sg->set_name("arrow/" + module);
-        for (float x : adapters::arrow_prototype(factors)) sg->add_vector(x);
+        sg->set_name(name);
+        for (float x : vec) sg->add_vector(x);
       }
     std::vector<TensorData> ts;
     for (const auto& t : f->tensors()) {
@@ -122,14 +118,14 @@ Status ExportPeft(LibraryApi& lib, const std::string& key, const std::string& di
 }
 
 Status ImportPeft(LibraryApi& lib, const std::string& dir, AdapterRecord record,
-                  AdapterRecord* stored) {
+                  AdapterRecord* stored, const SignatureFn& signatures) {
   Scratch tmp("import");
   Status s = guarded("PEFT folder '" + dir + "'", [&]() -> Status {
     adapters::peft_to_adapter_file(dir, tmp.path());
     return Status::OK();
   });
   if (!s.ok()) return s;
-  return PutAdapterFile(lib, tmp.path(), std::move(record), stored);
+  return PutAdapterFile(lib, tmp.path(), std::move(record), stored, signatures);
 }
 
 }  // namespace tessera::store

@@ -3,20 +3,30 @@
 //
 // An adapter going in takes its kind, spec, target modules and base (name and
 // fingerprint, unless the record names them) from the file, the rest (name,
-// tags, task, scores, provenance) from the caller's record; a LoRA or DoRA
-// adapter also gets routing signatures: each module's Arrow prototype
-// (`arrow/<module>`, the top right singular vector of its ΔW).
+// tags, task, scores, provenance) from the caller's record. Routing
+// signatures are data to the store: the record's own, or, when it has none,
+// what the caller's `signatures` function returns for the adapter (launch/
+// passes Arrow's, adapters/arrow.h); the store computes none itself.
 // A malformed file or folder is InvalidArgument naming it.
 #pragma once
 
+#include <functional>
 #include <string>
+#include <utility>
+#include <vector>
+
+#include "adapters/adapter_file.h"
 
 #include "store/library.h"
 
 namespace tessera::store {
 
+// (name, vector) signatures of an adapter read from its file.
+using SignatureFn = std::function<std::vector<std::pair<std::string, std::vector<float>>>(
+    const adapters::AdapterFile&)>;
+
 Status PutAdapterFile(LibraryApi& lib, const std::string& file, AdapterRecord record,
-                      AdapterRecord* stored);
+                      AdapterRecord* stored, const SignatureFn& signatures = {});
 // Writes a record and its tensors (as Get returns them) as tessera's adapter file.
 Status WriteAdapterFile(const AdapterRecord& r, const std::vector<TensorData>& tensors,
                         const std::string& file);
@@ -30,6 +40,6 @@ Status ExportPeft(LibraryApi& lib, const std::string& key, const std::string& di
 // checking it against a base model is the caller's: tessera library
 // import-peft --base does).
 Status ImportPeft(LibraryApi& lib, const std::string& dir, AdapterRecord record,
-                  AdapterRecord* stored);
+                  AdapterRecord* stored, const SignatureFn& signatures = {});
 
 }  // namespace tessera::store

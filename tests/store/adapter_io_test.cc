@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "adapters/adapter_file.h"
+#include "adapters/arrow.h"
 #include "adapters/peft.h"
 #include "runtime/io/hf.h"
 #include "runtime/io/safetensors.h"
@@ -48,7 +49,9 @@ TEST(AdapterIo, PeftInAndOutOfEmbeddedAndRemoteLibraries) {
       EXPECT_EQ(dup.code(), Status::Code::kAlreadyExists) << dup.ToString();
       ASSERT_TRUE(api->Delete("gpt2-0").ok());
     }
-    Status st = ImportPeft(*api, fixture("gpt2"), r, &stored);
+    // The signatures are the caller's (launch/ passes Arrow's); the store
+    // keeps what it is given.
+    Status st = ImportPeft(*api, fixture("gpt2"), r, &stored, adapters::arrow_signatures);
     ASSERT_TRUE(st.ok()) << st.ToString();
     EXPECT_EQ(stored.kind(), "lora");
     EXPECT_EQ(stored.task(), "fixture");
@@ -110,9 +113,16 @@ TEST(AdapterIo, EmbeddingLorasAndModuleCopiesRoundTrip) {
     ASSERT_TRUE(Library::Open(Options(), dir + "/lib_" + name, &lib).ok());
     AdapterRecord rec, stored;
     rec.set_name(name);
-    Status put = PutAdapterFile(*lib, file, rec, &stored);
+    Status put = PutAdapterFile(*lib, file, rec, &stored, adapters::arrow_signatures);
     ASSERT_TRUE(put.ok()) << put.ToString();
     EXPECT_GT(stored.signatures_size(), 0) << name;
+    // Without a signature function the store computes none.
+    AdapterRecord bare, bare_stored;
+    bare.set_name(std::string(name) + "-bare");
+    std::unique_ptr<Library> bare_lib;
+    ASSERT_TRUE(Library::Open(Options(), dir + "/lib_bare_" + name, &bare_lib).ok());
+    ASSERT_TRUE(PutAdapterFile(*bare_lib, file, bare, &bare_stored).ok());
+    EXPECT_EQ(bare_stored.signatures_size(), 0) << name;
     ASSERT_TRUE(GetAdapterFile(*lib, name, dir + "/back.safetensors").ok());
     const adapters::AdapterFile a = adapters::read_adapter(file),
                                 b = adapters::read_adapter(dir + "/back.safetensors");
