@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
         return &e.bank->params();
       });
       adapters::BankSet* b = e.bank.get();
-      e.t->set_router([b](const std::vector<int32_t>& rows) { b->route(rows); });
+      e.t->set_row_task_hook([b](const std::vector<int32_t>& rows) { b->route(rows); });
       return e;
     };
     Evaluator test = make({});

@@ -64,7 +64,7 @@ int main(int argc, char** argv) {
         return &bank->params();
       });
       adapters::BankSet* b = bank.get();
-      tr.set_router([b](const std::vector<int32_t>& rows) { b->route(rows); });
+      tr.set_row_task_hook([b](const std::vector<int32_t>& rows) { b->route(rows); });
       auto t0 = std::chrono::steady_clock::now();
       tr.run();
       const double secs =

@@ -233,7 +233,7 @@ int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const Ad
     return &bank->params();
   });
   adapters::BankSet* b = bank.get();
-  t.set_router([b](const std::vector<int32_t>& rows) { b->route(rows); });
+  t.set_row_task_hook([b](const std::vector<int32_t>& rows) { b->route(rows); });
   t.set_process_group(&world);
   if (rank == 0)
     spdlog::info("{}: {} LoRA experts r={} trained together on {} modules, {} trainable{}",

@@ -14,17 +14,12 @@
 #include "runtime/nn/layers.h"
 #include "runtime/nn/models.h"
 #include "runtime/nn/parameters.h"
+#include "runtime/train/classifier_workload.h"
+#include "runtime/train/lm_workload.h"
+#include "runtime/train/workload.h"
 #include "tessera/config.pb.h"
 
 namespace tessera::train {
-
-struct EvalResult {
-  double loss = 0.0;
-  double accuracy = -1.0;        // classifier
-  double bits_per_token = -1.0;  // LM (bits per byte for byte-level text)
-  int64_t count = 0;             // examples (classifier) or tokens (LM) evaluated
-  std::string summary() const;
-};
 
 struct StepStats {
   int64_t step = 0;
@@ -36,7 +31,6 @@ struct StepStats {
   double comm_s = 0.0;       // data parallel: time the reductions took (hidden or not)
 };
 
-class Task;
 class GradReducer;
 
 }  // namespace tessera::train
@@ -79,10 +73,10 @@ class Trainer {
   // evaluates one of them and task < 0 their mean.
   EvalResult evaluate(int64_t max_batches = -1, int task = -1);
   int num_tasks() const;
-  // Called with the task of every row before each forward (training and
-  // evaluation) — how a LoRA bank learns which expert serves which row.
-  using RouteFn = std::function<void(const std::vector<int32_t>& row_task)>;
-  void set_router(RouteFn fn);
+  // The per-row hook (Workload::set_row_task_hook): called with the task of
+  // every row group before each forward, training and evaluation — how a
+  // LoRA bank learns which expert serves which row.
+  void set_row_task_hook(Workload::RowTaskFn fn);
   // Data parallel: `group` (not owned) is the world this trainer is rank
   // rank() of. Trainable gradients are averaged over it in buckets of
   // dist.bucket_mb (GradReducer: during backward unless dist.overlap is
@@ -116,7 +110,7 @@ class Trainer {
   dist::ProcessGroup* group_ = nullptr;
   std::unique_ptr<GradReducer> reducer_;  // built at the first step after attach()
   double step_s_ = 0, comm_wait_s_ = 0, comm_s_ = 0;
-  std::unique_ptr<Task> task_;
+  std::unique_ptr<Workload> task_;
   nn::ParameterSet* trained_ = nullptr;
   void build_optimizer();
   int64_t step_ = 0, total_steps_ = 0;
@@ -125,12 +119,6 @@ class Trainer {
   struct State;
   std::unique_ptr<State> st_;
 };
-
-// The decoder a config describes, and back: every field that changes the
-// forward. set_decoder_config writes them all (n_kv_head and d_ff resolved),
-// leaving init_from as it is.
-nn::DecoderSpec decoder_spec(const DecoderConfig& d);
-void set_decoder_config(const nn::DecoderSpec& s, DecoderConfig* d);
 
 // The model a config describes — no data, no optimizer — for commands that
 // only read or check a base (import-peft): random weights, or the
