@@ -56,6 +56,8 @@ std::string config_text(const PretrainConfig& c) {
 struct Trainer::State {
   Rng rng;
   std::unique_ptr<data::Sampler> sampler;
+  std::vector<int64_t> subset;  // empty: every training example
+  std::vector<std::pair<std::string, Trainer::LossTermFn>> terms;
   std::unique_ptr<optim::Optimizer> opt;
   optim::Schedule schedule;
   std::unique_ptr<metrics::JsonlWriter> log;
@@ -73,21 +75,54 @@ Trainer::Trainer(const PretrainConfig& cfg, int rank, int world)
   st_->rng.reseed(cfg.seed());
   task_ = make_workload(cfg, st_->rng);
 
-  st_->sampler = std::make_unique<data::Sampler>(task_->train_examples(), cfg.batch_size(),
-                                                 cfg.seed(), rank, world);
-  const int64_t per_epoch = st_->sampler->batches_per_epoch();
-  total_steps_ =
-      cfg.steps() > 0
-          ? cfg.steps()
-          : static_cast<int64_t>(std::ceil(cfg.epochs() * static_cast<double>(per_epoch)));
-  if (total_steps_ <= 0) throw Error("steps and epochs are both 0: nothing to train");
-
+  plan_steps(task_->train_examples());
   task_->record_architecture(&cfg_);
   trained_ = &task_->params();
   build_optimizer();
-  const OptimConfig& o = cfg.optim();
+}
+
+// The sampler over `examples` training examples, the step count and the
+// learning-rate schedule.
+void Trainer::plan_steps(int64_t examples) {
+  st_->sampler =
+      std::make_unique<data::Sampler>(examples, cfg_.batch_size(), cfg_.seed(), rank_, world_);
+  const int64_t per_epoch = st_->sampler->batches_per_epoch();
+  total_steps_ =
+      cfg_.steps() > 0
+          ? cfg_.steps()
+          : static_cast<int64_t>(std::ceil(cfg_.epochs() * static_cast<double>(per_epoch)));
+  if (total_steps_ <= 0) throw Error("steps and epochs are both 0: nothing to train");
+  const OptimConfig& o = cfg_.optim();
   st_->schedule = {o.lr(), o.warmup_steps(), total_steps_, o.min_lr_ratio(),
                    o.schedule() == "cosine"};
+}
+
+void Trainer::add_loss_term(const std::string& name, LossTermFn term) {
+  if (name.empty() || !term) throw Error("add_loss_term: a name and a function are required");
+  for (const auto& t : st_->terms)
+    if (t.first == name) throw Error(str("add_loss_term: a term named '", name, "' exists"));
+  st_->terms.push_back({name, std::move(term)});
+}
+
+void Trainer::clear_loss_terms() {
+  st_->terms.clear();
+}
+
+void Trainer::set_train_subset(std::vector<int64_t> examples) {
+  if (step_ > 0) throw Error("set_train_subset: before the first training step");
+  const int64_t n = task_->train_examples();
+  std::vector<char> seen(static_cast<size_t>(n), 0);
+  for (size_t i = 0; i < examples.size(); ++i) {
+    const int64_t e = examples[i];
+    if (e < 0 || e >= n)
+      throw Error(str("training subset: example ", e, " (entry ", i, ") is outside [0, ", n, ")"));
+    if (seen[e]++) throw Error(str("training subset: example ", e, " appears twice"));
+  }
+  if (static_cast<int64_t>(examples.size()) < cfg_.batch_size())
+    throw Error(str("training subset of ", examples.size(), " examples is smaller than one batch (",
+                    cfg_.batch_size(), ")"));
+  plan_steps(static_cast<int64_t>(examples.size()));
+  st_->subset = std::move(examples);
 }
 
 Trainer::~Trainer() = default;
@@ -142,6 +177,8 @@ const char* Trainer::unit() const {
 StepStats Trainer::train_step() {
   auto t0 = std::chrono::steady_clock::now();
   std::vector<int64_t> idx = st_->sampler->next();
+  if (!st_->subset.empty())
+    for (int64_t& i : idx) i = st_->subset[static_cast<size_t>(i)];
   const int64_t epoch = st_->sampler->epoch();
   nn::ParameterSet& ps = *trained_;
   ps.zero_grad();
@@ -157,6 +194,14 @@ StepStats Trainer::train_step() {
     autograd::Tape tape;
     if (reducer_) reducer_->begin(tape);
     Tensor loss = task_->loss(idx, epoch);
+    for (auto& [name, term] : st_->terms) {
+      Tensor t = term();
+      if (!t.defined() || t.numel() != 1)
+        throw Error(str("loss term '", name, "' returned ",
+                        t.defined() ? shape_str(t.shape()) : "nothing", ", expected one value"));
+      s.terms.push_back({name, t.item()});
+      loss = ops::add(loss, t);
+    }
     s.loss = loss.item();
     tape.backward(loss);
   }
@@ -165,8 +210,13 @@ StepStats Trainer::train_step() {
     s.comm_s = reducer_->comm_seconds();
     const auto tl = std::chrono::steady_clock::now();
     group_->allreduce(&s.loss, 1, dist::DType::kF32, dist::ReduceOp::kMean);
+    for (auto& t : s.terms)
+      group_->allreduce(&t.second, 1, dist::DType::kF32, dist::ReduceOp::kMean);
     s.comm_wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - tl).count();
   }
+  for (const auto& [name, v] : s.terms)
+    if (!std::isfinite(v))
+      throw Error(str("loss term '", name, "' is ", v, " at step ", step_, ": training diverged"));
   if (!std::isfinite(s.loss))
     throw Error(
         str("loss is ", s.loss, " at step ", step_, ": training diverged (lower optim.lr?)"));
@@ -222,6 +272,7 @@ std::vector<float> Trainer::run(int64_t max_steps, bool progress) {
                             {std::string(unit()) + "_per_s", s.units_per_s},
                             {"mfu", s.mfu}};
       row["step_s"] = s.seconds;
+      for (const auto& [name, v] : s.terms) row["term/" + name] = v;
       if (group_) {
         row["comm_wait_s"] = s.comm_wait_s;
         row["comm_s"] = s.comm_s;

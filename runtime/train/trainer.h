@@ -29,6 +29,9 @@ struct StepStats {
   double seconds = 0.0;      // the whole step
   double comm_wait_s = 0.0;  // data parallel: waited for gradient averaging after backward
   double comm_s = 0.0;       // data parallel: time the reductions took (hidden or not)
+  // The extra loss terms (Trainer::add_loss_term), by name, in the order added;
+  // `loss` includes them.
+  std::vector<std::pair<std::string, float>> terms;
 };
 
 class GradReducer;
@@ -62,6 +65,23 @@ class Trainer {
   // The model's embeddings (empty for the classifier), for an AttachFn that
   // also adapts them.
   std::vector<nn::Embedding*> embeddings();
+
+  // An extra term of the training loss, from an attached adapter or router
+  // (a load-balancing loss, say): `term()` runs under the step's tape after
+  // the workload's loss and returns a one-element tensor, which is added to
+  // the loss (its gradient flows like the loss's). Its value is reported per
+  // step (StepStats::terms, metrics.jsonl "term/<name>"); a non-finite value
+  // stops training naming the term. Terms are evaluated in the order added.
+  using LossTermFn = std::function<Tensor()>;
+  void add_loss_term(const std::string& name, LossTermFn term);
+  void clear_loss_terms();
+  // Trains on these training examples only (each in [0, n) of the
+  // workload's training set, no repeats) — a federated client's partition,
+  // say. The sampler restarts over them (an epoch is a pass over the subset)
+  // and, when the run is measured in epochs, total_steps() follows. Before
+  // the first step only; an Error names a bad index or a subset smaller than
+  // one global batch.
+  void set_train_subset(std::vector<int64_t> examples);
 
   // One optimisation step; returns its loss.
   StepStats train_step();
@@ -113,6 +133,7 @@ class Trainer {
   std::unique_ptr<Workload> task_;
   nn::ParameterSet* trained_ = nullptr;
   void build_optimizer();
+  void plan_steps(int64_t examples);
   int64_t step_ = 0, total_steps_ = 0;
   double units_per_s_ = 0.0;
   double peak_gflops_ = 0.0;

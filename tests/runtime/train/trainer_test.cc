@@ -133,3 +133,91 @@ TEST(FashionMnist, MlpReachesEightyPercentOnASubset) {
 
 }  // namespace
 }  // namespace tessera::train
+
+namespace tessera::train {
+namespace {
+
+PretrainConfig sgd_decoder(const std::string& dir) {
+  PretrainConfig c = tiny_decoder(dir, "gpt2");
+  c.set_steps(3);
+  c.mutable_optim()->set_kind("sgd");
+  c.mutable_optim()->set_momentum(0.0f);
+  c.mutable_optim()->set_weight_decay(0.0f);
+  c.mutable_optim()->set_warmup_steps(0);
+  c.mutable_optim()->set_schedule("constant");
+  c.mutable_optim()->set_grad_clip(0.0f);
+  return c;
+}
+
+// An extra term λ·Σ p² on one parameter: the reported loss is the workload's
+// plus λ·Σ p², and SGD moves p by −lr·2λp on top of the plain step — by hand.
+TEST(LossTerms, AddTheirValueAndTheirGradient) {
+  const std::string dir = testing::temp_dir("loss_terms");
+  const PretrainConfig cfg = sgd_decoder(dir);
+  const float lambda = 0.25f, lr = cfg.optim().lr();
+  Trainer plain(cfg), with(cfg);
+  Tensor* p = with.params().find("transformer.h.0.mlp.c_fc.weight");
+  ASSERT_NE(p, nullptr);
+  const Tensor w = *p;
+  const std::vector<float> before = w.to_vector();
+  double sq = 0;
+  for (float v : before) sq += double(v) * v;
+  with.add_loss_term("l2", [&] { return ops::scale(ops::sum(ops::mul(w, w)), lambda); });
+  EXPECT_THROW(with.add_loss_term("l2", [&] { return ops::sum(w); }), Error);  // one per name
+  const StepStats a = plain.train_step(), b = with.train_step();
+  ASSERT_EQ(b.terms.size(), 1u);
+  EXPECT_EQ(b.terms[0].first, "l2");
+  EXPECT_NEAR(b.terms[0].second, lambda * sq, 1e-3 * lambda * sq);
+  EXPECT_NEAR(b.loss, a.loss + lambda * sq, 1e-4 * (a.loss + lambda * sq));
+  const std::vector<float> got = w.to_vector();
+  const std::vector<float> want_plain =
+      plain.params().find("transformer.h.0.mlp.c_fc.weight")->to_vector();
+  for (size_t i = 0; i < got.size(); ++i)
+    ASSERT_NEAR(got[i], want_plain[i] - lr * 2.0f * lambda * before[i], 1e-6f) << i;
+  // A term that returns no single value, or a non-finite one, stops naming itself.
+  with.clear_loss_terms();
+  with.add_loss_term("bad", [&] { return w; });
+  EXPECT_THROW(with.train_step(), Error);
+  with.clear_loss_terms();
+  with.add_loss_term("nan", [&] { return ops::scale(ops::sum(w), NAN); });
+  try {
+    with.train_step();
+    FAIL() << "a NaN term trained on";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'nan'"), std::string::npos) << e.what();
+  }
+}
+
+// A subset of the training examples: with a subset of exactly one batch,
+// the first step's batch is that subset whatever its order (the same loss up
+// to summation order), and another subset gives another loss.
+TEST(TrainSubset, SamplesOnlyTheGivenExamples) {
+  const std::string dir = testing::temp_dir("subset");
+  PretrainConfig cfg = sgd_decoder(dir);  // batch_size 4
+  auto first_loss = [&](std::vector<int64_t> subset) {
+    Trainer t(cfg);
+    t.set_train_subset(std::move(subset));
+    return t.train_step().loss;
+  };
+  const float a = first_loss({7, 3, 11, 5}), b = first_loss({5, 11, 3, 7});
+  EXPECT_NEAR(a, b, 1e-5f * std::abs(a));
+  EXPECT_GT(std::abs(first_loss({0, 1, 2, 4}) - a), 1e-3f);
+  // Epochs pass over the subset: 8 examples in batches of 4 are 2 steps an epoch.
+  PretrainConfig by_epoch = cfg;
+  by_epoch.set_steps(0);
+  by_epoch.set_epochs(3);
+  Trainer e(by_epoch);
+  e.set_train_subset({0, 1, 2, 3, 4, 5, 6, 7});
+  EXPECT_EQ(e.total_steps(), 6);
+  // Refusals: out of range, repeated, smaller than one batch, after a step.
+  Trainer t(cfg);
+  EXPECT_THROW(t.set_train_subset({0, 1, 2, -1}), Error);
+  EXPECT_THROW(t.set_train_subset({0, 1, 2, 2}), Error);
+  EXPECT_THROW(t.set_train_subset({0, 1}), Error);
+  EXPECT_THROW(t.set_train_subset({0, 1, 2, 1 << 30}), Error);
+  t.train_step();
+  EXPECT_THROW(t.set_train_subset({7, 3, 11, 5}), Error);
+}
+
+}  // namespace
+}  // namespace tessera::train
