@@ -58,9 +58,9 @@ Loaded open(const std::string& path) {
   a.path = path;
   AdapterSpec& s = a.spec;
   s.kind = parse_kind(get<std::string>(j, "kind", path));
-  s.lora.base.r = get<int64_t>(j, "r", path);
-  s.lora.base.alpha = get<float>(j, "alpha", path);
-  s.lora.base.rslora = get<bool>(j, "rslora", path);
+  s.lora.defaults.r = get<int64_t>(j, "r", path);
+  s.lora.defaults.alpha = get<float>(j, "alpha", path);
+  s.lora.defaults.rslora = get<bool>(j, "rslora", path);
   s.dropout = get<float>(j, "dropout", path);
   s.dora_exact_grad = get<bool>(j, "dora_exact_grad", path);
   s.vera_d_init = get<float>(j, "vera_d_init", path);
@@ -129,9 +129,9 @@ json spec_json(const AdapterSpec& s, const std::vector<std::string>& targets,
   for (const auto& [k, v] : s.lora.alpha_pattern) ap[k] = v;
   return {{"format", kFormat},
           {"kind", kind_name(s.kind)},
-          {"r", s.lora.base.r},
-          {"alpha", s.lora.base.alpha},
-          {"rslora", s.lora.base.rslora},
+          {"r", s.lora.defaults.r},
+          {"alpha", s.lora.defaults.alpha},
+          {"rslora", s.lora.defaults.rslora},
           {"dropout", s.dropout},
           {"dora_exact_grad", s.dora_exact_grad},
           {"vera_d_init", s.vera_d_init},

@@ -38,7 +38,7 @@ std::string regex_escape(const std::string& s) {
 }
 
 LoraConfig LoraSpec::for_module(const std::string& name) const {
-  LoraConfig c = base;
+  LoraConfig c = defaults;
   for (const auto& [k, r] : rank_pattern)
     if (peft_pattern_matches(k, name)) {
       c.r = r;
@@ -277,7 +277,7 @@ AdapterSet::AdapterSet(std::vector<nn::Linear*> linears, nn::ParameterSet& base,
       throw Error(str("module ", l->name(), " already has an adapter attached"));
   base.set_trainable("*", false);
   Rng rng(seed);
-  const int64_t r = spec.lora.base.r;
+  const int64_t r = spec.lora.defaults.r;
   Tensor vera_a, vera_b;
   if (spec.kind == Kind::Vera) {
     // One frozen random pair for the whole set, as large as the largest module.

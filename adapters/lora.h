@@ -44,11 +44,13 @@ struct LoraConfig {
 // Per-module overrides as PEFT writes them: a key matches a module when the
 // regex (.*\.)?(key)$ matches its whole name.
 struct LoraSpec {
-  LoraConfig base;
+  // Every module's options unless a pattern below names it. For the kinds
+  // that are not LoRA, r is VeRA's shared rank and the bottleneck's width.
+  LoraConfig defaults;
   std::vector<std::pair<std::string, int64_t>> rank_pattern;
   std::vector<std::pair<std::string, float>> alpha_pattern;
   LoraSpec() = default;
-  LoraSpec(const LoraConfig& c) : base(c) {}  // NOLINT: a plain config is a spec
+  LoraSpec(const LoraConfig& c) : defaults(c) {}  // NOLINT: a plain config is a spec
   LoraConfig for_module(const std::string& name) const;
 };
 bool peft_pattern_matches(const std::string& key, const std::string& module);
@@ -60,7 +62,8 @@ const char* kind_name(Kind k);
 Kind parse_kind(const std::string& s);  // throws Error listing the kinds
 
 // Everything that configures one AdapterSet. `lora` carries r (the rank, the
-// VeRA rank, or the bottleneck width), α and the per-module patterns.
+// VeRA rank, or the bottleneck width: lora.defaults.r), α and the per-module
+// patterns. The command line's shorthand for it: adapters/spec.h.
 struct AdapterSpec {
   Kind kind = Kind::Lora;
   LoraSpec lora;

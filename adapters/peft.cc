@@ -353,9 +353,9 @@ PeftFolder read_peft(const std::string& dir) {
         str("'", cpath, "': bias = ", c["bias"].dump(), " is not supported (expected \"none\")"));
 
   LoraSpec& spec = out.spec;
-  spec.base.r = field<int64_t>(c, "r", cpath);
-  spec.base.alpha = field<float>(c, "lora_alpha", cpath);
-  spec.base.rslora =
+  spec.defaults.r = field<int64_t>(c, "r", cpath);
+  spec.defaults.alpha = field<float>(c, "lora_alpha", cpath);
+  spec.defaults.rslora =
       c.contains("use_rslora") && !c["use_rslora"].is_null() && field<bool>(c, "use_rslora", cpath);
   for (const char* key : {"rank_pattern", "alpha_pattern"}) {
     if (!c.contains(key) || c[key].is_null()) continue;

@@ -95,11 +95,11 @@ std::vector<std::string> expand_tasks(const std::vector<std::string>& specs) {
 
 // Whether a stored expert is of the kind and rank asked for (a build with
 // --adapter lora:r=16 does not skip the r=8 experts of an earlier one).
-bool same_adapter_shape(const AdapterRecord& have, const AdapterArgs& want) {
+bool same_adapter_shape(const AdapterRecord& have, const adapters::AdapterArgs& want) {
   if (have.kind() != adapters::kind_name(want.spec.kind)) return false;
   const nlohmann::json j = nlohmann::json::parse(have.config_json(), nullptr, false);
   if (!j.is_object() || !j.contains("r")) return true;  // kinds without a rank
-  return j["r"].is_number_integer() && j["r"].get<int64_t>() == want.spec.lora.base.r;
+  return j["r"].is_number_integer() && j["r"].get<int64_t>() == want.spec.lora.defaults.r;
 }
 
 std::string slurp(const std::string& path) {
@@ -111,7 +111,7 @@ std::string slurp(const std::string& path) {
 }  // namespace
 
 int run_build_library(const BuildLibraryOptions& o) {
-  const AdapterArgs a = parse_adapter_spec(o.adapter);
+  const adapters::AdapterArgs a = adapters::parse_adapter_spec(o.adapter);
   if (o.library.empty())
     throw Error("--library: name the library to build (a folder, or grpc://HOST:PORT)");
   const std::string out_dir = o.out_dir.empty() ? "runs/library" : o.out_dir;

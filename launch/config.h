@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "adapters/lora.h"
+#include "adapters/spec.h"
 #include "tessera/config.pb.h"
 
 namespace tessera::launch {
@@ -26,18 +26,5 @@ void validate_config(const PretrainConfig& cfg);
 PretrainConfig resolve_config(const std::string& path, const std::vector<std::string>& overrides,
                               const std::string& model_if_no_file = "");
 std::string to_text(const PretrainConfig& cfg);
-
-// An adapter on the command line: KIND[:key=value,...] with KIND one of lora,
-// dora, vera, ia3, bottleneck. Keys: r (rank; the bottleneck width), alpha,
-// rslora=true|false, dropout, targets=a|b|re:... (default all-linear; for a
-// bottleneck its placement's sublayer outputs), placement=houlsby|pfeiffer,
-// act=relu|gelu|gelu_tanh|silu (bottleneck), d_init (vera), feedforward=a|b
-// (ia3: modules whose input is scaled), exact_grad=true|false (dora).
-// Unknown keys and bad values name themselves.
-struct AdapterArgs {
-  adapters::AdapterSpec spec;
-  std::vector<std::string> targets = {"all-linear"};
-};
-AdapterArgs parse_adapter_spec(const std::string& spec);
 
 }  // namespace tessera::launch

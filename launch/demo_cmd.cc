@@ -78,7 +78,8 @@ int run_demo(const DemoOptions& o) {
     ac.clear_steps();
     ac.set_epochs(o.quick ? 0.05f : 1.0f);
     ac.mutable_optim()->set_lr(3e-3f);
-    AdapterRun r = train_adapter(ac, rows.front().checkpoint, base_print, AdapterArgs{}, true);
+    AdapterRun r =
+        train_adapter(ac, rows.front().checkpoint, base_print, adapters::AdapterArgs{}, true);
     put_trained(*library, r.adapter_file, task.substr(0, task.find(':')), task,
                 rows.front().checkpoint, base_print, r.after, ac);
     char b[32], a2[32];

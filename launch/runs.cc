@@ -127,8 +127,8 @@ RunSummary train_and_save(const PretrainConfig& cfg, const std::string& resume, 
 }
 
 AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt,
-                         const std::string& fingerprint, const AdapterArgs& a, bool progress,
-                         dist::ProcessGroup* world) {
+                         const std::string& fingerprint, const adapters::AdapterArgs& a,
+                         bool progress, dist::ProcessGroup* world) {
   const int rank = world ? world->rank() : 0, size = world ? world->size() : 1;
   if (rank == 0 && world) warn_if_oversubscribed(cfg);
   train::Trainer t(cfg, rank, size);
@@ -156,7 +156,7 @@ AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt
   t.set_process_group(world);
   if (rank == 0 && progress)
     spdlog::info("{}: {} r={} on {} modules, {} trainable of {} parameters{}", t.kind(),
-                 adapters::kind_name(a.spec.kind), a.spec.lora.base.r, r.modules,
+                 adapters::kind_name(a.spec.kind), a.spec.lora.defaults.r, r.modules,
                  human_count(r.trainable), human_count(t.params().count()),
                  size > 1 ? str(", ", size, " ranks") : std::string());
   t.run(0, progress && rank == 0);
@@ -203,9 +203,9 @@ std::string put_trained(store::LibraryApi& library, const std::string& file,
                           trained_record(name, task, base_ckpt, fingerprint, after, cfg));
 }
 
-int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const AdapterArgs& a,
-               const std::vector<std::string>& tasks, bool progress, const LibraryTarget& library,
-               const std::string& name, dist::ProcessGroup& world) {
+int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt,
+               const adapters::AdapterArgs& a, const std::vector<std::string>& tasks, bool progress,
+               const LibraryTarget& library, const std::string& name, dist::ProcessGroup& world) {
   if (a.spec.kind != adapters::Kind::Lora)
     throw Error(str("several tasks at once train a bank of LoRA experts; ",
                     adapters::kind_name(a.spec.kind), " is trained one task at a time"));
@@ -237,7 +237,7 @@ int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const Ad
   t.set_process_group(&world);
   if (rank == 0)
     spdlog::info("{}: {} LoRA experts r={} trained together on {} modules, {} trainable{}",
-                 t.kind(), T, a.spec.lora.base.r, bank->modules().size(),
+                 t.kind(), T, a.spec.lora.defaults.r, bank->modules().size(),
                  human_count(bank->params().count(true)),
                  size > 1 ? str(", ", size, " ranks") : std::string());
   t.run(0, progress && rank == 0);

@@ -64,8 +64,8 @@ struct AdapterRun {
 // (several ranks) data parallel, rank 0 writing the files; the other ranks
 // return a run without files.
 AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt,
-                         const std::string& fingerprint, const AdapterArgs& a, bool progress,
-                         dist::ProcessGroup* world = nullptr);
+                         const std::string& fingerprint, const adapters::AdapterArgs& a,
+                         bool progress, dist::ProcessGroup* world = nullptr);
 // The library record of a trained adapter: task, base, test score, provenance.
 AdapterRecord trained_record(const std::string& name, const std::string& task,
                              const std::string& base_ckpt, const std::string& fingerprint,
@@ -78,9 +78,9 @@ std::string put_trained(store::LibraryApi& library, const std::string& file,
 // Several tasks at once on the MLP base: one LoRA expert per task in a bank,
 // every batch holding rows of each task routed to its expert, one pass over
 // the frozen base. Writes one adapter file (and PEFT folder) per task.
-int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt, const AdapterArgs& a,
-               const std::vector<std::string>& tasks, bool progress, const LibraryTarget& library,
-               const std::string& name, dist::ProcessGroup& world);
+int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt,
+               const adapters::AdapterArgs& a, const std::vector<std::string>& tasks, bool progress,
+               const LibraryTarget& library, const std::string& name, dist::ProcessGroup& world);
 // The training config of an adapter on `base_path` (a tessera checkpoint or
 // a Hugging Face folder) for `tasks` (one, or several for a bank on the MLP
 // base): the base's config with the task's data, a schedule for adapters,

@@ -20,7 +20,7 @@ namespace tessera::launch {
 namespace fs = std::filesystem;
 
 int run_train_adapter(const TrainAdapterOptions& o) {
-  AdapterArgs a = parse_adapter_spec(o.adapter);
+  adapters::AdapterArgs a = adapters::parse_adapter_spec(o.adapter);
   const PretrainConfig cfg =
       adapter_config(o.base, o.tasks, o.out_dir.empty() ? "runs/adapter" : o.out_dir, o.overrides);
   const std::string& task = o.tasks.front();
