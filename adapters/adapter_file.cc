@@ -8,6 +8,7 @@
 #include "adapters/kinds.h"
 #include "runtime/common/error.h"
 #include "runtime/io/safetensors.h"
+#include "runtime/nn/models.h"
 
 namespace tessera::adapters {
 
@@ -99,23 +100,11 @@ Loaded open(const std::string& path) {
 }  // namespace
 
 const char* act_name(Act a) {
-  switch (a) {
-    case Act::Gelu:
-      return "gelu";
-    case Act::GeluTanh:
-      return "gelu_tanh";
-    case Act::Relu:
-      return "relu";
-    case Act::Silu:
-      return "silu";
-  }
-  return "?";
+  return nn::act_names().name(a);
 }
 
 Act parse_act(const std::string& s) {
-  for (Act a : {Act::Gelu, Act::GeluTanh, Act::Relu, Act::Silu})
-    if (s == act_name(a)) return a;
-  throw Error(str("activation '", s, "': expected one of gelu, gelu_tanh, relu, silu"));
+  return nn::act_names().parse(s, "activation");
 }
 
 namespace {

@@ -52,26 +52,21 @@ LoraConfig LoraSpec::for_module(const std::string& name) const {
   return c;
 }
 
+const NameTable<Kind>& kind_names() {
+  static const NameTable<Kind> t = {{Kind::Lora, "lora"},
+                                    {Kind::Dora, "dora"},
+                                    {Kind::Vera, "vera"},
+                                    {Kind::Ia3, "ia3"},
+                                    {Kind::Bottleneck, "bottleneck"}};
+  return t;
+}
+
 const char* kind_name(Kind k) {
-  switch (k) {
-    case Kind::Lora:
-      return "lora";
-    case Kind::Dora:
-      return "dora";
-    case Kind::Vera:
-      return "vera";
-    case Kind::Ia3:
-      return "ia3";
-    case Kind::Bottleneck:
-      return "bottleneck";
-  }
-  return "?";
+  return kind_names().name(k);
 }
 
 Kind parse_kind(const std::string& s) {
-  for (Kind k : {Kind::Lora, Kind::Dora, Kind::Vera, Kind::Ia3, Kind::Bottleneck})
-    if (s == kind_name(k)) return k;
-  throw Error(str("adapter kind '", s, "': expected one of lora, dora, vera, ia3, bottleneck"));
+  return kind_names().parse(s, "adapter kind");
 }
 
 std::vector<std::string> placement_targets(const std::string& placement) {

@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/common/names.h"
 #include "runtime/common/rng.h"
 #include "runtime/nn/layers.h"
 #include "runtime/nn/parameters.h"
@@ -58,6 +59,7 @@ bool peft_pattern_matches(const std::string& key, const std::string& module);
 std::string regex_escape(const std::string& s);
 
 enum class Kind { Lora, Dora, Vera, Ia3, Bottleneck };
+const NameTable<Kind>& kind_names();
 const char* kind_name(Kind k);
 Kind parse_kind(const std::string& s);  // throws Error listing the kinds
 

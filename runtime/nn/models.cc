@@ -44,20 +44,31 @@ double MlpClassifier::train_flops_per_example() const {
   return f;
 }
 
-namespace {
-const char* const kFlavorNames[] = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma"};
+namespace {}
+
+const NameTable<Act>& act_names() {
+  static const NameTable<Act> t = {
+      {Act::Gelu, "gelu"}, {Act::GeluTanh, "gelu_tanh"}, {Act::Relu, "relu"}, {Act::Silu, "silu"}};
+  return t;
+}
+
+const NameTable<Flavor>& flavor_names() {
+  static const NameTable<Flavor> t = {{Flavor::Gpt2, "gpt2"},       {Flavor::Llama, "llama"},
+                                      {Flavor::Mistral, "mistral"}, {Flavor::Qwen2, "qwen2"},
+                                      {Flavor::Qwen3, "qwen3"},     {Flavor::Phi3, "phi3"},
+                                      {Flavor::Gemma, "gemma"}};
+  return t;
 }
 
 const char* flavor_name(Flavor f) {
-  return kFlavorNames[static_cast<int>(f)];
+  return flavor_names().name(f);
 }
 
 Flavor flavor_of(const std::string& model_type) {
-  for (int i = 0; i < 7; ++i)
-    if (model_type == kFlavorNames[i]) return static_cast<Flavor>(i);
+  Flavor f{};
+  if (flavor_names().find(model_type, &f)) return f;
   throw Error(
-      str("model_type '", model_type,
-          "' is not supported (expected gpt2, llama, mistral, qwen2, qwen3, phi3 or gemma)"));
+      str("model_type '", model_type, "' is not supported (expected ", flavor_names().list(), ")"));
 }
 
 int64_t DecoderSpec::ff() const {

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "runtime/autograd/ops.h"
+#include "runtime/common/names.h"
 #include "runtime/common/rng.h"
 #include "runtime/nn/layers.h"
 #include "runtime/nn/parameters.h"
@@ -27,6 +28,8 @@
 namespace tessera::nn {
 
 using kernels::cpu::Act;
+// gelu, gelu_tanh, relu, silu (transformers' ACT2FN names).
+const NameTable<Act>& act_names();
 
 struct MlpSpec {
   int64_t in_features = 784;
@@ -55,6 +58,7 @@ class MlpClassifier {
 
 enum class Flavor { Gpt2, Llama, Mistral, Qwen2, Qwen3, Phi3, Gemma };
 // transformers' model_type of the flavour ("gpt2", "llama", "qwen2", ...).
+const NameTable<Flavor>& flavor_names();
 const char* flavor_name(Flavor f);
 // The flavour of a model_type; throws Error listing the supported ones.
 Flavor flavor_of(const std::string& model_type);

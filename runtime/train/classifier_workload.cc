@@ -16,14 +16,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-nn::Act parse_act(const std::string& a) {
-  if (a == "gelu") return nn::Act::Gelu;
-  if (a == "gelu_tanh") return nn::Act::GeluTanh;
-  if (a == "relu") return nn::Act::Relu;
-  if (a == "silu") return nn::Act::Silu;
-  throw Error(str("mlp.activation '", a, "': expected gelu, gelu_tanh, relu or silu"));
-}
-
 // Fashion-MNIST under one image task, or several at once ("permute:seed=1;
 // rotate:deg=90"): then every sampled index yields one row per task, the loss
 // is the sum of the per-task mean losses (each task's gradient is exactly its
@@ -190,7 +182,7 @@ nn::MlpSpec mlp_spec(const MlpConfig& m) {
   spec.in_features = m.in_features();
   spec.hidden.assign(m.hidden().begin(), m.hidden().end());
   spec.num_classes = m.num_classes();
-  spec.activation = parse_act(m.activation());
+  spec.activation = nn::act_names().parse(m.activation(), "mlp.activation");
   return spec;
 }
 
