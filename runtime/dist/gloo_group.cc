@@ -1,5 +1,7 @@
-// The Gloo backend: Gloo's TCP transport, rendezvous through its FileStore
-// (a shared folder) or RedisStore, Gloo's own collective algorithms.
+// The Gloo backend: Gloo's TCP transport and its own collective algorithms.
+// Ranks meet through a rendezvous store (gloo_stores.h: a shared folder,
+// Redis, or MPI under mpirun); a failed call names the peers that are gone
+// (liveness.h).
 #include <gloo/allgatherv.h>
 #include <gloo/allreduce.h>
 #include <gloo/barrier.h>
@@ -12,11 +14,7 @@
 #include <gloo/rendezvous/redis_store.h>
 #include <gloo/scatter.h>
 #include <gloo/transport/tcp/device.h>
-#include <mpi.h>
-#include <netdb.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -26,6 +24,8 @@
 #include <map>
 #include <thread>
 
+#include "runtime/dist/gloo_stores.h"
+#include "runtime/dist/liveness.h"
 #include "runtime/dist/process_group.h"
 
 namespace tessera::dist {
@@ -64,246 +64,6 @@ void with_type(DType d, F&& f) {
       return f(uint8_t{});
   }
 }
-
-// Gloo's rendezvous Store over MPI, for Gloo launched by mpirun (Debian's
-// Gloo is built without its own MPI support): rank 0 keeps the keys in a
-// service thread; every rank's set/get/wait is a request to it on a
-// communicator of its own. A get or wait is answered once the key is set, or
-// fails at the timeout naming the key. The store lives only while Gloo
-// connects; each rank says goodbye and rank 0's service ends when all have.
-class MpiStore final : public gloo::rendezvous::Store {
- public:
-  explicit MpiStore(std::chrono::milliseconds timeout)
-      : mpi_(make_mpi()), timeout_(timeout) {  // make_mpi initialises MPI
-    MPI_Comm_dup(MPI_COMM_WORLD, &comm_);
-    MPI_Comm_rank(comm_, &rank_);
-    MPI_Comm_size(comm_, &size_);
-    if (rank_ == 0) service_ = std::thread([this] { Serve(); });
-  }
-  ~MpiStore() override {
-    try {
-      Request(kBye, "", {});
-    } catch (const std::exception&) {
-    }
-    if (service_.joinable()) service_.join();
-    MPI_Comm_free(&comm_);
-  }
-  void set(const std::string& key, const std::vector<char>& data) override {
-    Request(kSet, key, data);
-  }
-  std::vector<char> get(const std::string& key) override { return Request(kGet, key, {}); }
-  void wait(const std::vector<std::string>& keys) override {
-    for (const auto& k : keys) Request(kWait, k, {});
-  }
-  void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds&) override {
-    wait(keys);
-  }
-
- private:
-  enum Op : char { kSet = 'S', kGet = 'G', kWait = 'W', kBye = 'B' };
-  static constexpr int kAsk = 1, kAnswer = 2;
-
-  // Sends one request to rank 0 and waits for its answer (polled, so the
-  // timeout holds even when rank 0 is gone).
-  std::vector<char> Request(Op op, const std::string& key, const std::vector<char>& data) {
-    std::string msg(1, static_cast<char>(op));
-    const uint32_t kl = static_cast<uint32_t>(key.size());
-    msg.append(reinterpret_cast<const char*>(&kl), 4).append(key).append(data.data(), data.size());
-    MPI_Request sreq;
-    MPI_Isend(msg.data(), static_cast<int>(msg.size()), MPI_BYTE, 0, kAsk, comm_, &sreq);
-    const auto deadline = std::chrono::steady_clock::now() + timeout_;
-    Poll(&sreq, deadline, key);
-    // The answer: its size first (probe), then the bytes.
-    MPI_Status st;
-    for (int flag = 0;;) {
-      MPI_Iprobe(0, kAnswer, comm_, &flag, &st);
-      if (flag) break;
-      if (std::chrono::steady_clock::now() > deadline)
-        throw Error(str("gloo rendezvous over MPI: no answer for key '", key,
-                        "' from rank 0 within ", timeout_.count(), " ms"));
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-    int n = 0;
-    MPI_Get_count(&st, MPI_BYTE, &n);
-    std::vector<char> out(static_cast<size_t>(n));
-    MPI_Recv(out.data(), n, MPI_BYTE, 0, kAnswer, comm_, MPI_STATUS_IGNORE);
-    return out;
-  }
-
-  void Poll(MPI_Request* req, std::chrono::steady_clock::time_point deadline,
-            const std::string& key) {
-    for (int done = 0;;) {
-      MPI_Test(req, &done, MPI_STATUS_IGNORE);
-      if (done) return;
-      if (std::chrono::steady_clock::now() > deadline)
-        throw Error(str("gloo rendezvous over MPI: rank 0 did not take the request for key '", key,
-                        "' within ", timeout_.count(), " ms"));
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-  }
-
-  // Rank 0's service: answers set/get/wait until every rank said goodbye (or
-  // the timeout passed since the last request).
-  void Serve() {
-    std::map<std::string, std::vector<char>> kv;
-    std::vector<std::pair<int, std::string>> waiting;  // (rank, key) of unanswered get/wait
-    std::vector<std::pair<int, Op>> waiting_op;
-    std::vector<std::unique_ptr<std::vector<char>>> sent;
-    std::vector<MPI_Request> sends;
-    int byes = 0;
-    auto last = std::chrono::steady_clock::now();
-    auto answer = [&](int to, std::vector<char> bytes) {
-      sent.push_back(std::make_unique<std::vector<char>>(std::move(bytes)));
-      MPI_Request r;
-      MPI_Isend(sent.back()->data(), static_cast<int>(sent.back()->size()), MPI_BYTE, to, kAnswer,
-                comm_, &r);
-      sends.push_back(r);
-    };
-    while (byes < size_ && std::chrono::steady_clock::now() - last < timeout_) {
-      int flag = 0;
-      MPI_Status st;
-      MPI_Iprobe(MPI_ANY_SOURCE, kAsk, comm_, &flag, &st);
-      if (!flag) {
-        std::this_thread::sleep_for(std::chrono::microseconds(200));
-        continue;
-      }
-      last = std::chrono::steady_clock::now();
-      int n = 0;
-      MPI_Get_count(&st, MPI_BYTE, &n);
-      std::vector<char> msg(static_cast<size_t>(n));
-      MPI_Recv(msg.data(), n, MPI_BYTE, st.MPI_SOURCE, kAsk, comm_, MPI_STATUS_IGNORE);
-      if (n < 5) continue;  // not a request of ours
-      const Op op = static_cast<Op>(msg[0]);
-      uint32_t kl = 0;
-      std::memcpy(&kl, msg.data() + 1, 4);
-      if (5 + static_cast<size_t>(kl) > msg.size()) continue;
-      const std::string key(msg.data() + 5, kl);
-      if (op == kSet) {
-        kv[key].assign(msg.begin() + 5 + kl, msg.end());
-        answer(st.MPI_SOURCE, {});
-        for (size_t i = 0; i < waiting.size();) {
-          if (waiting[i].second == key) {
-            answer(waiting[i].first, waiting_op[i].second == kGet ? kv[key] : std::vector<char>{});
-            waiting.erase(waiting.begin() + static_cast<long>(i));
-            waiting_op.erase(waiting_op.begin() + static_cast<long>(i));
-          } else {
-            ++i;
-          }
-        }
-      } else if (op == kGet || op == kWait) {
-        auto it = kv.find(key);
-        if (it != kv.end()) {
-          answer(st.MPI_SOURCE, op == kGet ? it->second : std::vector<char>{});
-        } else {
-          waiting.emplace_back(st.MPI_SOURCE, key);
-          waiting_op.emplace_back(st.MPI_SOURCE, op);
-        }
-      } else if (op == kBye) {
-        ++byes;
-        answer(st.MPI_SOURCE, {});
-      }
-    }
-    MPI_Waitall(static_cast<int>(sends.size()), sends.data(), MPI_STATUSES_IGNORE);
-  }
-
-  std::unique_ptr<ProcessGroup> mpi_;
-  std::chrono::milliseconds timeout_;
-  MPI_Comm comm_;
-  int rank_ = 0, size_ = 1;
-  std::thread service_;
-};
-
-// A TCP connection to host:port within `ms`: 1 made, 0 refused or timed out,
-// -1 the name does not resolve.
-int try_connect(const std::string& host, const std::string& port, int ms) {
-  addrinfo hints{}, *res = nullptr;
-  hints.ai_socktype = SOCK_STREAM;
-  if (getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0 || !res) return -1;
-  const int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  bool made = false;
-  if (fd >= 0) {
-    const int rc = connect(fd, res->ai_addr, res->ai_addrlen);
-    if (rc == 0) {
-      made = true;
-    } else if (errno == EINPROGRESS) {
-      pollfd p{fd, POLLOUT, 0};
-      if (poll(&p, 1, ms) > 0) {
-        int err = 0;
-        socklen_t l = sizeof err;
-        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
-        made = err == 0;
-      }
-    }
-    close(fd);
-  }
-  freeaddrinfo(res);
-  return made ? 1 : 0;
-}
-
-// A tiny TCP listener per rank whose only job is to be there: when a
-// collective fails, a rank connects to each peer's listener to tell the
-// ranks that are gone (connection refused or no answer) from those alive.
-class Liveness {
- public:
-  explicit Liveness(const std::string& host) {
-    addrinfo hints{}, *res = nullptr;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    if (getaddrinfo(host.c_str(), "0", &hints, &res) != 0 || !res) return;
-    fd_ = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd_ >= 0 && (bind(fd_, res->ai_addr, res->ai_addrlen) != 0 || listen(fd_, 64) != 0)) {
-      close(fd_);
-      fd_ = -1;
-    }
-    freeaddrinfo(res);
-    if (fd_ < 0) return;
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&ss), &len);
-    const int port =
-        ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
-                                       : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-    address_ = host + " " + std::to_string(port);
-    thread_ = std::thread([this] {
-      while (!stop_) {
-        pollfd p{fd_, POLLIN, 0};
-        if (poll(&p, 1, 100) > 0) {
-          const int c = accept(fd_, nullptr, nullptr);
-          if (c >= 0) close(c);
-        }
-      }
-    });
-  }
-  ~Liveness() {
-    stop_ = true;
-    if (thread_.joinable()) thread_.join();
-    if (fd_ >= 0) close(fd_);
-  }
-  const std::string& address() const { return address_; }  // "host port"; "" if none
-
-  // Whether something listens at `address` ("host port"), within `ms`.
-  static bool Alive(const std::string& address, int ms) {
-    const auto sp = address.rfind(' ');
-    if (sp == std::string::npos) return true;  // unknown: do not accuse it
-    // Unresolvable: unknown too.
-    return try_connect(address.substr(0, sp), address.substr(sp + 1), ms) != 0;
-  }
-
- private:
-  int fd_ = -1;
-  std::string address_;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-};
-
-// Gloo's FileStore, with its key check public. Its files outlive the job:
-// the next job in the folder finds them.
-class FileStore final : public gloo::rendezvous::FileStore {
- public:
-  using gloo::rendezvous::FileStore::FileStore;
-  bool has(const std::string& key) { return check({key}); }
-};
 
 class GlooGroup final : public ProcessGroup {
  public:
@@ -345,7 +105,7 @@ class GlooGroup final : public ProcessGroup {
         throw Error(str("gloo rendezvous '", r, "': ", e.what()));
       }
     } else if (r == "mpi://") {
-      base_store_ = std::make_unique<MpiStore>(o.timeout);
+      base_store_ = make_mpi_store(o.timeout);
     } else {
       throw Error(str("gloo rendezvous '", r,
                       "': expected file:///shared/folder, redis://host:port or mpi:// (under "
