@@ -35,18 +35,11 @@ T get(const json& j, const char* key, const std::string& path) {
   }
 }
 
-Loaded open(const std::string& path) {
-  if (!std::filesystem::is_regular_file(path))
-    throw Error(str("adapter file '", path, "' does not exist"));
-  Loaded l;
-  l.file = io::SafetensorsFile::open(path);
-  auto it = l.file->metadata().find(kMetaKey);
-  if (it == l.file->metadata().end())
-    throw Error(str("'", path, "' is a safetensors file without '", kMetaKey,
-                    "' metadata: not a tessera adapter (a PEFT folder? use import-peft)"));
+// The metadata's JSON read field by field; `path` names it in messages.
+AdapterFile parse_metadata(const std::string& text, const std::string& path) {
   json j;
   try {
-    j = json::parse(it->second);
+    j = json::parse(text);
   } catch (const json::exception& e) {
     throw Error(str("adapter file '", path, "': metadata is not valid JSON: ", e.what()));
   }
@@ -55,7 +48,7 @@ Loaded open(const std::string& path) {
   if (format != kFormat)
     throw Error(
         str("adapter file '", path, "' has format ", format, "; this tessera reads ", kFormat));
-  AdapterFile& a = l.info;
+  AdapterFile a;
   a.path = path;
   AdapterSpec& s = a.spec;
   s.kind = parse_kind(get<std::string>(j, "kind", path));
@@ -95,9 +88,26 @@ Loaded open(const std::string& path) {
   if (a.conv1d.size() != a.modules.size())
     throw Error(str("adapter file '", path, "': ", a.modules.size(), " modules but ",
                     a.conv1d.size(), " conv1d flags"));
+  return a;
+}
+
+Loaded open(const std::string& path) {
+  if (!std::filesystem::is_regular_file(path))
+    throw Error(str("adapter file '", path, "' does not exist"));
+  Loaded l;
+  l.file = io::SafetensorsFile::open(path);
+  auto it = l.file->metadata().find(kMetaKey);
+  if (it == l.file->metadata().end())
+    throw Error(str("'", path, "' is a safetensors file without '", kMetaKey,
+                    "' metadata: not a tessera adapter (a PEFT folder? use import-peft)"));
+  l.info = parse_metadata(it->second, path);
   return l;
 }
 }  // namespace
+
+AdapterFile read_adapter_metadata(const std::string& json, const std::string& source) {
+  return parse_metadata(json, source);
+}
 
 const char* act_name(Act a) {
   return nn::act_names().name(a);

@@ -54,6 +54,10 @@ void save_lora_factors(const std::string& path,
                        const std::vector<bool>& conv1d, const std::string& base_model,
                        const std::string& base_fingerprint = "");
 AdapterFile read_adapter(const std::string& path);
+// The same from the metadata JSON alone (a library record's config_json,
+// which is the file's metadata); `source` names it in messages. Tensors are
+// not there: factors() and the like need the file.
+AdapterFile read_adapter_metadata(const std::string& json, const std::string& source);
 
 // tessera's adapter file (lora or dora) as a PEFT folder, base fingerprint
 // kept; other kinds are refused naming the file. A file with Conv1D and

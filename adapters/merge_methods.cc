@@ -17,7 +17,7 @@ const std::vector<MergeMethod>& merge_methods() {
       {"dare_linear", {{"p", 0.5f}}},
       {"dare_ties", {{"p", 0.5f}, {"density", 1.0f}}},
       {"magnitude_prune", {{"density", 0.2f}}},
-      {"lego", {{"k", 0.0f}}},  // 0: the largest input rank
+      {"lego", {{"k", 0.0f}}},  // default: the largest input rank
       {"soup", {}},
   };
   return methods;
@@ -83,8 +83,9 @@ LoraFactors merge_module(const MergeRecipe& recipe, const std::vector<LoraFactor
   if (method == "cat") return merge_cat(loras, weights);
   if (method == "lego") {
     LegoOptions lo;
-    const float k = default_of(recipe, "k");
-    lo.k = k > 0 ? static_cast<int64_t>(k) : rmax;
+    // No k: the largest input rank. A k given is passed on as it is (lego
+    // refuses k < 1, naming it).
+    lo.k = recipe.args.count("k") ? static_cast<int64_t>(recipe.args.at("k")) : rmax;
     lo.seed = seed;
     return lego(loras, weights, lo);
   }

@@ -1,4 +1,5 @@
 // tessera build-library: one expert per task over the ranks, committed to a library.
+#include "adapters/adapter_file.h"
 #include "launch/commands.h"
 #include "launch/runs.h"
 
@@ -96,10 +97,13 @@ std::vector<std::string> expand_tasks(const std::vector<std::string>& specs) {
 // Whether a stored expert is of the kind and rank asked for (a build with
 // --adapter lora:r=16 does not skip the r=8 experts of an earlier one).
 bool same_adapter_shape(const AdapterRecord& have, const adapters::AdapterArgs& want) {
-  if (have.kind() != adapters::kind_name(want.spec.kind)) return false;
-  const nlohmann::json j = nlohmann::json::parse(have.config_json(), nullptr, false);
-  if (!j.is_object() || !j.contains("r")) return true;  // kinds without a rank
-  return j["r"].is_number_integer() && j["r"].get<int64_t>() == want.spec.lora.defaults.r;
+  try {
+    const adapters::AdapterFile a =
+        adapters::read_adapter_metadata(have.config_json(), have.name());
+    return a.spec.kind == want.spec.kind && a.spec.lora.defaults.r == want.spec.lora.defaults.r;
+  } catch (const Error&) {
+    return false;  // a record this tessera cannot read is trained again
+  }
 }
 
 std::string slurp(const std::string& path) {

@@ -75,9 +75,8 @@ int run_demo(const DemoOptions& o) {
     PretrainConfig ac = train::read_checkpoint_config(rows.front().checkpoint);
     ac.mutable_data()->set_task(task);
     ac.set_out_dir(o.out_dir + "/adapters/" + task.substr(0, task.find(':')));
-    ac.clear_steps();
-    ac.set_epochs(o.quick ? 0.05f : 1.0f);
-    ac.mutable_optim()->set_lr(3e-3f);
+    train::set_adapter_schedule(&ac);
+    ac.set_epochs(o.quick ? 0.05f : 1.0f);  // the demo's: one epoch
     AdapterRun r =
         train_adapter(ac, rows.front().checkpoint, base_print, adapters::AdapterArgs{}, true);
     put_trained(*library, r.adapter_file, task.substr(0, task.find(':')), task,

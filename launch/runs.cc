@@ -298,9 +298,6 @@ PretrainConfig adapter_config(const std::string& base_path, const std::vector<st
       joined += (joined.empty() ? "" : ";") + t;
     }
     cfg.mutable_data()->set_task(joined);
-    cfg.set_epochs(3);
-    cfg.clear_steps();
-    cfg.mutable_optim()->set_lr(3e-3f);  // LoRA wants a larger step than full training
   } else {
     // text:GLOB (raw bytes as tokens) or tokens:GLOB (token-id .bin files,
     // e.g. written with a Hugging Face model's own tokenizer).
@@ -315,9 +312,8 @@ PretrainConfig adapter_config(const std::string& base_path, const std::vector<st
     std::string g;
     while (std::getline(ss, g, '|')) cfg.mutable_data()->add_files(g);
     data::expand_globs({cfg.data().files().begin(), cfg.data().files().end()});  // they match
-    cfg.set_steps(200);
-    cfg.mutable_optim()->set_lr(2e-3f);
   }
+  train::set_adapter_schedule(&cfg);
   apply_base_overrides(&cfg, overrides, base);
   validate_config(cfg);
   return cfg;

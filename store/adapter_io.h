@@ -21,12 +21,14 @@
 
 namespace tessera::store {
 
-// (name, vector) signatures of an adapter read from its file.
+// (name, vector) signatures of an adapter read from its file. Required on
+// every put, so that no caller stores a record without them by forgetting:
+// nullptr says "none" explicitly.
 using SignatureFn = std::function<std::vector<std::pair<std::string, std::vector<float>>>(
     const adapters::AdapterFile&)>;
 
 Status PutAdapterFile(LibraryApi& lib, const std::string& file, AdapterRecord record,
-                      AdapterRecord* stored, const SignatureFn& signatures = {});
+                      AdapterRecord* stored, const SignatureFn& signatures);
 // Writes a record and its tensors (as Get returns them) as tessera's adapter file.
 Status WriteAdapterFile(const AdapterRecord& r, const std::vector<TensorData>& tensors,
                         const std::string& file);
@@ -40,6 +42,6 @@ Status ExportPeft(LibraryApi& lib, const std::string& key, const std::string& di
 // checking it against a base model is the caller's: tessera library
 // import-peft --base does).
 Status ImportPeft(LibraryApi& lib, const std::string& dir, AdapterRecord record,
-                  AdapterRecord* stored, const SignatureFn& signatures = {});
+                  AdapterRecord* stored, const SignatureFn& signatures);
 
 }  // namespace tessera::store

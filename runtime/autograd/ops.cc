@@ -403,8 +403,6 @@ Tensor lora_gather(const Tensor& x, const Tensor& base_out, const Tensor& A, con
       throw Error(str("lora_gather: expert id ", ids[i], " at row group ", i / k, " slot ", i % k,
                       " is outside [-1, ", E, ")"));
   same_device("lora_gather", {&x, &base_out, &A, &B, &weights});
-  if (x.device() != Device::CPU)
-    throw Error("op lora_gather has no CUDA kernel yet: keep this model on the CPU");
 
   auto plan =
       std::make_shared<kernels::cpu::LoraPlan>(kernels::cpu::lora_plan(ids.data(), M, k, N, E));
@@ -416,23 +414,20 @@ Tensor lora_gather(const Tensor& x, const Tensor& base_out, const Tensor& A, con
   Tensor h = Tensor::empty({std::max<int64_t>(plan->entries(), 1), r});
   Tensor z = mix == LoraMix::Parameter ? Tensor::empty({N, r}) : Tensor();
   const float* wp = weights.defined() ? weights.data() : nullptr;
-  kernels::cpu::lora_forward(y.data(), h.data(), z.defined() ? z.data() : nullptr, x.data(),
-                             A.data(), B.data(), wp, scales.data(), *plan, d, mix);
+  TESSERA_DISPATCH_CPU_ONLY(x.device(), lora_forward, y.data(), h.data(),
+                            z.defined() ? z.data() : nullptr, x.data(), A.data(), B.data(), wp,
+                            scales.data(), *plan, d, mix);
   if (rec) {
-    on_backward(y,
-                [x, base_out, A, B, weights, h, z, plan, scales, d, mix](const float* g) mutable {
-                  if (base_out.requires_grad()) {
-                    float* gb = base_out.ensure_grad().data();
-                    const int64_t n = d.N * d.out;
-#pragma omp parallel for simd if (n > 65536) schedule(static)
-                    for (int64_t i = 0; i < n; ++i) gb[i] += g[i];
-                  }
-                  const bool w_grad = weights.defined() && weights.requires_grad();
-                  kernels::cpu::lora_backward(
-                      grad_ptr(x), grad_ptr(A), grad_ptr(B), w_grad ? grad_ptr(weights) : nullptr,
-                      g, x.data(), A.data(), B.data(), weights.defined() ? weights.data() : nullptr,
-                      scales.data(), h.data(), z.defined() ? z.data() : nullptr, *plan, d, mix);
-                });
+    on_backward_tensor(y, [x, base_out, A, B, weights, h, z, plan, scales, d, mix](Tensor gt) {
+      const bool w_grad = weights.defined() && weights.requires_grad();
+      TESSERA_DISPATCH_CPU_ONLY(x.device(), lora_backward, grad_ptr(x), grad_ptr(A), grad_ptr(B),
+                                w_grad ? grad_ptr(weights) : nullptr, gt.data(), x.data(), A.data(),
+                                B.data(), weights.defined() ? weights.data() : nullptr,
+                                scales.data(), h.data(), z.defined() ? z.data() : nullptr, *plan, d,
+                                mix);
+      // d base_out = dy: the buffer itself is handed on (read above, not after).
+      autograd::pass_grad(base_out, std::move(gt));
+    });
   }
   return y;
 }

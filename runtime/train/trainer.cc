@@ -20,6 +20,7 @@
 #include "runtime/common/rng.h"
 #include "runtime/common/threads.h"
 #include "runtime/data/data.h"
+#include "runtime/io/fingerprint.h"
 #include "runtime/io/hf.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/kernels/cpu/matmul.h"
@@ -108,8 +109,16 @@ void Trainer::clear_loss_terms() {
   st_->terms.clear();
 }
 
+std::string Trainer::subset_id() const {
+  if (st_->subset.empty()) return "";
+  std::string bytes(reinterpret_cast<const char*>(st_->subset.data()),
+                    st_->subset.size() * sizeof(int64_t));
+  return str(st_->subset.size(), " examples, sha256 ", io::sha256_hex(bytes).substr(0, 16));
+}
+
 void Trainer::set_train_subset(std::vector<int64_t> examples) {
-  if (step_ > 0) throw Error("set_train_subset: before the first training step");
+  if (step_ > 0)
+    throw Error("set_train_subset: before the first training step (and before load_checkpoint)");
   const int64_t n = task_->train_examples();
   std::vector<char> seen(static_cast<size_t>(n), 0);
   for (size_t i = 0; i < examples.size(); ++i) {
@@ -343,6 +352,7 @@ void Trainer::save_checkpoint(const std::string& path) const {
       {"tessera.sampler", st_->sampler->state()},
       {"tessera.rng", st_->rng.state()},
   };
+  if (!st_->subset.empty()) meta["tessera.subset"] = subset_id();
   fs::path dir = fs::path(path).parent_path();
   if (!dir.empty()) fs::create_directories(dir);
   io::save_safetensors(path, e, meta);
@@ -417,6 +427,17 @@ void Model::load_weights(const std::string& checkpoint) {
   load_params(*io::SafetensorsFile::open(checkpoint), params(), checkpoint);
 }
 
+void set_adapter_schedule(PretrainConfig* cfg) {
+  if (cfg->model() == "mlp") {
+    cfg->set_epochs(3);
+    cfg->clear_steps();
+    cfg->mutable_optim()->set_lr(3e-3f);
+  } else {
+    cfg->set_steps(200);
+    cfg->mutable_optim()->set_lr(2e-3f);
+  }
+}
+
 PretrainConfig read_checkpoint_config(const std::string& path) {
   auto f = io::SafetensorsFile::open(path);
   PretrainConfig c;
@@ -430,6 +451,20 @@ void Trainer::load_checkpoint(const std::string& path, bool weights_only) {
   if (meta_at(*f, "tessera.kind") != task_->kind())
     throw Error(str("'", path, "' holds a ", meta_at(*f, "tessera.kind"),
                     " model, this run trains a ", task_->kind()));
+  if (!weights_only) {
+    // A run on an example subset resumes only on the same subset (the sampler's
+    // position counts through it); checkpoints from before subsets have none.
+    const auto saved_subset = f->metadata().find("tessera.subset");
+    const std::string have = saved_subset == f->metadata().end() ? "" : saved_subset->second;
+    if (have != subset_id())
+      throw Error(
+          str("checkpoint '", path, "' was trained on ",
+              have.empty() ? std::string("every training example") : "training subset " + have,
+              ", this run on ",
+              subset_id().empty() ? std::string("every training example")
+                                  : "training subset " + subset_id(),
+              ": call set_train_subset with the same examples before load_checkpoint"));
+  }
   // Every parameter of what this trainer trains (model, or attached adapters), by name and shape.
   load_params(*f, *trained_, path);
   if (weights_only) return;

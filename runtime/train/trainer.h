@@ -80,7 +80,9 @@ class Trainer {
   // say. The sampler restarts over them (an epoch is a pass over the subset)
   // and, when the run is measured in epochs, total_steps() follows. Before
   // the first step only; an Error names a bad index or a subset smaller than
-  // one global batch.
+  // one global batch. Checkpoints record the subset (size and hash):
+  // load_checkpoint refuses one written on another subset, so call this
+  // first when resuming.
   void set_train_subset(std::vector<int64_t> examples);
 
   // One optimisation step; returns its loss.
@@ -134,6 +136,7 @@ class Trainer {
   nn::ParameterSet* trained_ = nullptr;
   void build_optimizer();
   void plan_steps(int64_t examples);
+  std::string subset_id() const;  // "" for every example; else its size and hash
   int64_t step_ = 0, total_steps_ = 0;
   double units_per_s_ = 0.0;
   double peak_gflops_ = 0.0;
@@ -158,6 +161,13 @@ class Model {
   std::unique_ptr<nn::MlpClassifier> mlp_;
   std::unique_ptr<nn::Decoder> decoder_;
 };
+
+// The schedule an adapter trains on over a frozen base, written into `cfg`
+// (its model chosen): the MLP 3 epochs at lr 3e-3, the decoder 200 steps at
+// lr 2e-3 — a LoRA wants a larger step than full training. The one place
+// these defaults live (train-adapter, build-library, the demo); a user's
+// overrides are applied after.
+void set_adapter_schedule(PretrainConfig* cfg);
 
 // The config stored in a checkpoint (text format in its metadata).
 PretrainConfig read_checkpoint_config(const std::string& path);

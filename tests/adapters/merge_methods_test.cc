@@ -57,6 +57,18 @@ TEST(MergeMethods, EachMethodIsTheFunctionItNames) {
   Rng a(9), b(9);
   EXPECT_EQ(dense(merge_module(parse_merge_method("dare_linear"), loras, w, 0, a, 0)),
             dense(svd_factor(dare(deltas, w, 0.5f, b), 3)));
+  EXPECT_EQ(dense(merge_module(parse_merge_method("svd:lambda=2"), loras, w, 0, rng, 0)),
+            dense(svd_factor(task_arithmetic(deltas, w, 2.0f), 3)));
+  Rng c(5), d(5);
+  EXPECT_EQ(dense(merge_module(parse_merge_method("dare_ties:p=0.3"), loras, w, 0, c, 0)),
+            dense(svd_factor(dare(deltas, w, 0.3f, d, true, 1.0f), 3)));
+  std::vector<Tensor> pruned;
+  for (const Tensor& t : deltas) pruned.push_back(prune_magnitude(t, 0.5f));
+  EXPECT_EQ(
+      dense(merge_module(parse_merge_method("magnitude_prune:density=0.5"), loras, w, 0, rng, 0)),
+      dense(svd_factor(task_arithmetic(pruned, w), 3)));
+  // lego:k as given (k < 1 refused by lego, naming it), else the largest rank.
+  EXPECT_THROW(merge_module(parse_merge_method("lego:k=0"), loras, w, 0, rng, 0), Error);
   LegoOptions lo;
   lo.k = 3;
   lo.seed = 4;

@@ -45,7 +45,7 @@ TEST(AdapterIo, PeftInAndOutOfEmbeddedAndRemoteLibraries) {
     if (round == 2) {
       // The same content under another name is refused; once the first copy
       // is deleted it goes in again.
-      Status dup = ImportPeft(*api, fixture("gpt2"), r, &stored);
+      Status dup = ImportPeft(*api, fixture("gpt2"), r, &stored, adapters::arrow_signatures);
       EXPECT_EQ(dup.code(), Status::Code::kAlreadyExists) << dup.ToString();
       ASSERT_TRUE(api->Delete("gpt2-0").ok());
     }
@@ -86,13 +86,13 @@ TEST(AdapterIo, PeftInAndOutOfEmbeddedAndRemoteLibraries) {
   // Mistakes: a DoRA folder without a base, a missing folder, a missing file.
   AdapterRecord r;
   r.set_name("x");
-  Status st = ImportPeft(*lib, fixture("gpt2_dora"), r, nullptr);
+  Status st = ImportPeft(*lib, fixture("gpt2_dora"), r, nullptr, nullptr);
   EXPECT_TRUE(st.IsInvalidArgument()) << st.ToString();
   EXPECT_NE(st.message().find("DoRA"), std::string::npos) << st.message();
-  st = ImportPeft(*remote, dir + "/nowhere", r, nullptr);
+  st = ImportPeft(*remote, dir + "/nowhere", r, nullptr, nullptr);
   EXPECT_TRUE(st.IsInvalidArgument()) << st.ToString();
   EXPECT_NE(st.message().find("nowhere"), std::string::npos) << st.message();
-  st = PutAdapterFile(*lib, dir + "/none.safetensors", r, nullptr);
+  st = PutAdapterFile(*lib, dir + "/none.safetensors", r, nullptr, nullptr);
   EXPECT_TRUE(st.IsInvalidArgument()) << st.ToString();
   EXPECT_TRUE(ExportPeft(*remote, "no-such", dir + "/y").IsNotFound());
 }
@@ -121,7 +121,7 @@ TEST(AdapterIo, EmbeddingLorasAndModuleCopiesRoundTrip) {
     bare.set_name(std::string(name) + "-bare");
     std::unique_ptr<Library> bare_lib;
     ASSERT_TRUE(Library::Open(Options(), dir + "/lib_bare_" + name, &bare_lib).ok());
-    ASSERT_TRUE(PutAdapterFile(*bare_lib, file, bare, &bare_stored).ok());
+    ASSERT_TRUE(PutAdapterFile(*bare_lib, file, bare, &bare_stored, nullptr).ok());
     EXPECT_EQ(bare_stored.signatures_size(), 0) << name;
     ASSERT_TRUE(GetAdapterFile(*lib, name, dir + "/back.safetensors").ok());
     const adapters::AdapterFile a = adapters::read_adapter(file),

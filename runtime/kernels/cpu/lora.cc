@@ -221,10 +221,14 @@ void lora_backward(float* dx, float* dA, float* dB, float* dw, const float* dy, 
           for (int64_t i = 0; i < n; ++i)
             dw_entry[b.begin + i] += s * dot(gb.data() + i * r, hb + i * r, r);
         if (dB) {
-          hw.resize(static_cast<size_t>(n * r));
-          scale_rows(hw.data(), hb, w, slot, 1.0f, n, r);
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, n, s, gs, out, hw.data(), r,
-                      1.0f, mine + active[e] * per + da_n, r);
+          const float* hs = hb;  // w ⊙ h' (h' itself when unweighted)
+          if (w) {
+            hw.resize(static_cast<size_t>(n * r));
+            scale_rows(hw.data(), hb, w, slot, 1.0f, n, r);
+            hs = hw.data();
+          }
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, n, s, gs, out, hs, r, 1.0f,
+                      mine + active[e] * per + da_n, r);
         }
         // dh = w s gb: the gradient of this entry's rank-r term.
         scale_rows(gb.data(), gb.data(), w, slot, s, n, r);

@@ -21,8 +21,8 @@
 // count. Unlike PEFT's mixed batches (inference only) there is a backward, to
 // x, A, B and the weights.
 //
-// How to call: lora_plan once per routing, lora_forward, then lora_backward
-// with the same plan and the h / z the forward filled.
+// How to call: lora_plan (the op makes one per call, O(rows)), lora_forward,
+// then lora_backward with the same plan and the h / z the forward filled.
 #pragma once
 
 #include <cstdint>

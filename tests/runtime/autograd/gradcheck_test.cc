@@ -354,5 +354,23 @@ TEST(OpErrors, ShapeMismatchesNameTheOp) {
   EXPECT_THROW(ops::mul(x, randn({3, 2}, rng)), Error);
 }
 
+// Gradients that pass through unchanged hand their buffer on (pass_grad):
+// one tensor reshaped twice and used directly, an add whose first input is
+// used again after it, and an add of a tensor to itself — each gradient must
+// still be the sum of every use.
+TEST(PassGrad, HandedOnBuffersStillSumEveryUse) {
+  Rng rng(21);
+  Tensor x = randn({4, 6}, rng, 1.0f, true), b = randn({4, 6}, rng, 1.0f, true);
+  testing::expect_gradients_match(
+      [&] {
+        Tensor y = ops::reshape(x, {6, 4}), z = ops::reshape(x, {24});
+        Tensor s = ops::add(x, b);  // x and b get dout: b a copy, x the buffer
+        Tensor again = ops::mul(x, x);
+        return ops::concat_rows(
+            {ops::reshape(y, {4, 6}), ops::reshape(z, {4, 6}), s, again, ops::add(b, b)});
+      },
+      {x, b});
+}
+
 }  // namespace
 }  // namespace tessera

@@ -10,7 +10,11 @@
 // gradient seen at the moment x is declared ready must equal the final one.
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <functional>
+#include <regex>
+#include <set>
+#include <sstream>
 #include <string>
 
 #include "runtime/autograd/ops.h"
@@ -89,6 +93,21 @@ std::vector<OpCase> every_op() {
                                     {1.0f, 0.5f}, LoraMix::Parameter);
                }});
   return c;
+}
+
+// Every op ops.h declares is in every_op(): a new op without a case fails here.
+TEST(OpContract, EveryDeclaredOpHasACase) {
+  std::ifstream f(testing::source_dir() + "/runtime/autograd/ops.h");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  const std::string h = ss.str();
+  std::set<std::string> cased;
+  for (const OpCase& c : every_op()) cased.insert(c.name.substr(0, c.name.find(' ')));
+  const std::regex decl(R"(\nTensor ([a-z_]+)\()");
+  int declared = 0;
+  for (std::sregex_iterator it(h.begin(), h.end(), decl), end; it != end; ++it, ++declared)
+    EXPECT_TRUE(cased.count((*it)[1])) << "op " << (*it)[1] << " has no case in every_op()";
+  EXPECT_GT(declared, 20);
 }
 
 TEST(OpContract, EveryOpNotesEveryInputBeforeItsGradientIsDeclaredFinal) {

@@ -175,6 +175,29 @@ TEST(LoraGather, IsBitIdenticalAcrossCalls) {
   EXPECT_EQ(runs[0], runs[1]);
 }
 
+TEST(LoraGather, InPlaceWritesIntoTheBaseOutputWithTheSameValuesAndGradients) {
+  Rng rng(6);
+  const std::vector<int32_t> ids = {0, 2, 1, -1, 2, 2};
+  Tensor x = randn({6, 5}, rng, 1.0f, true);
+  Tensor A = randn({3, 2, 5}, rng, 0.5f, true), B = randn({3, 4, 2}, rng, 0.5f, true);
+  Tensor w = testing::uniform({3, 2}, rng, 0.1f, 1.0f, true);
+  const Tensor base0 = randn({6, 4}, rng);
+  const std::vector<float> s = {1.0f, 0.5f, 2.0f};
+  const std::vector<float> want =
+      lora_gather(x, base0, A, B, ids, 2, w, s, LoraMix::Output).to_vector();
+  Tensor base = base0.clone();
+  Tensor y = lora_gather(x, base, A, B, ids, 2, w, s, LoraMix::Output, true);
+  EXPECT_EQ(y.to_vector(), want);
+  EXPECT_EQ(base.to_vector(), want) << "in place: the base output's buffer holds the result";
+  // Gradients as the copying op's (base_out needs none: it is fresh each time).
+  testing::expect_gradients_match(
+      [&] {
+        Tensor b = base0.clone();
+        return lora_gather(x, b, A, B, ids, 2, w, s, LoraMix::Output, true);
+      },
+      {x, A, B, w});
+}
+
 TEST(LoraGather, RefusesBadRouting) {
   Rng rng(2);
   Tensor x = randn({4, 3}, rng), base = randn({4, 2}, rng);
