@@ -91,17 +91,28 @@ AdapterFile parse_metadata(const std::string& text, const std::string& path) {
   return a;
 }
 
-Loaded open(const std::string& path) {
-  if (!std::filesystem::is_regular_file(path))
-    throw Error(str("adapter file '", path, "' does not exist"));
+// An adapter from its safetensors image (a mapped file or bytes).
+Loaded from_image(std::shared_ptr<io::SafetensorsFile> file, const std::string& path) {
   Loaded l;
-  l.file = io::SafetensorsFile::open(path);
+  l.file = std::move(file);
   auto it = l.file->metadata().find(kMetaKey);
   if (it == l.file->metadata().end())
     throw Error(str("'", path, "' is a safetensors file without '", kMetaKey,
                     "' metadata: not a tessera adapter (a PEFT folder? use import-peft)"));
   l.info = parse_metadata(it->second, path);
+  l.info.image = l.file;
   return l;
+}
+
+Loaded open(const std::string& path) {
+  if (!std::filesystem::is_regular_file(path))
+    throw Error(str("adapter file '", path, "' does not exist"));
+  return from_image(io::SafetensorsFile::open(path), path);
+}
+
+// The image's tensors, opening the file again only for a value built by hand.
+std::shared_ptr<const io::SafetensorsFile> image_of(const AdapterFile& a) {
+  return a.image ? a.image : io::SafetensorsFile::open(a.path);
 }
 }  // namespace
 
@@ -147,10 +158,35 @@ json spec_json(const AdapterSpec& s, const std::vector<std::string>& targets,
           {"modules_to_save", copied_modules}};
 }
 
+std::map<std::string, std::string> file_metadata(const json& meta) {
+  return {{kMetaKey, meta.dump()}, {"format", "pt"}};
+}
+
 void write(const std::string& path, const std::vector<io::WriteEntry>& e, const json& meta) {
   std::filesystem::path parent = std::filesystem::path(path).parent_path();
   if (!parent.empty()) std::filesystem::create_directories(parent);
-  io::save_safetensors(path, e, {{kMetaKey, meta.dump()}, {"format", "pt"}});
+  io::save_safetensors(path, e, file_metadata(meta));
+}
+
+// The entries and metadata of a plain LoRA given as factors: each module's
+// own rank and scale, as rank/alpha patterns on its exact name.
+json lora_factors_json(const std::vector<std::pair<std::string, LoraFactors>>& modules,
+                       const std::vector<bool>& conv1d, const std::string& base_model,
+                       const std::string& base_fingerprint, std::vector<io::WriteEntry>* e) {
+  if (modules.empty() || conv1d.size() != modules.size())
+    throw Error(
+        str("save_lora_factors: ", modules.size(), " modules, ", conv1d.size(), " layout flags"));
+  AdapterSpec s(Kind::Lora, LoraConfig{modules.front().second.rank(), 1.0f, false});
+  std::vector<std::string> targets, names;
+  for (const auto& [m, f] : modules) {
+    s.lora.rank_pattern.push_back({regex_escape(m), f.rank()});
+    s.lora.alpha_pattern.push_back({regex_escape(m), f.scale * static_cast<float>(f.rank())});
+    targets.push_back("re:" + regex_escape(m));
+    names.push_back(m);
+    e->push_back(io::WriteEntry::f32(m + ".lora_A.weight", f.A));
+    e->push_back(io::WriteEntry::f32(m + ".lora_B.weight", f.B));
+  }
+  return spec_json(s, targets, names, conv1d, base_model, base_fingerprint);
 }
 
 }  // namespace
@@ -170,22 +206,17 @@ void save_lora_factors(const std::string& path,
                        const std::vector<std::pair<std::string, LoraFactors>>& modules,
                        const std::vector<bool>& conv1d, const std::string& base_model,
                        const std::string& base_fingerprint) {
-  if (modules.empty() || conv1d.size() != modules.size())
-    throw Error(
-        str("save_lora_factors: ", modules.size(), " modules, ", conv1d.size(), " layout flags"));
-  // Each module's own rank and scale, as rank/alpha patterns on its exact name.
-  AdapterSpec s(Kind::Lora, LoraConfig{modules.front().second.rank(), 1.0f, false});
-  std::vector<std::string> targets, names;
   std::vector<io::WriteEntry> e;
-  for (const auto& [m, f] : modules) {
-    s.lora.rank_pattern.push_back({regex_escape(m), f.rank()});
-    s.lora.alpha_pattern.push_back({regex_escape(m), f.scale * static_cast<float>(f.rank())});
-    targets.push_back("re:" + regex_escape(m));
-    names.push_back(m);
-    e.push_back(io::WriteEntry::f32(m + ".lora_A.weight", f.A));
-    e.push_back(io::WriteEntry::f32(m + ".lora_B.weight", f.B));
-  }
-  write(path, e, spec_json(s, targets, names, conv1d, base_model, base_fingerprint));
+  const json meta = lora_factors_json(modules, conv1d, base_model, base_fingerprint, &e);
+  write(path, e, meta);
+}
+
+AdapterFile lora_factors_adapter(const std::vector<std::pair<std::string, LoraFactors>>& modules,
+                                 const std::vector<bool>& conv1d, const std::string& base_model,
+                                 const std::string& base_fingerprint) {
+  std::vector<io::WriteEntry> e;
+  const json meta = lora_factors_json(modules, conv1d, base_model, base_fingerprint, &e);
+  return read_adapter_bytes(io::serialize_safetensors(e, file_metadata(meta)), "merged LoRA");
 }
 
 AdapterFile read_adapter(const std::string& path) {
@@ -193,8 +224,20 @@ AdapterFile read_adapter(const std::string& path) {
   return l.info;
 }
 
+AdapterFile read_adapter_bytes(std::vector<uint8_t> bytes, const std::string& source) {
+  return from_image(io::SafetensorsFile::parse(std::move(bytes), source), source).info;
+}
+
+std::vector<uint8_t> adapter_bytes(const AdapterFile& a) {
+  const auto f = image_of(a);
+  std::vector<io::WriteEntry> e;
+  for (const auto& t : f->tensors())
+    e.push_back({t.name, t.dtype, t.shape, f->bytes(t), static_cast<size_t>(t.end - t.begin)});
+  return io::serialize_safetensors(e, f->metadata());
+}
+
 Tensor AdapterFile::tensor(const std::string& name) const {
-  auto f = io::SafetensorsFile::open(path);
+  auto f = image_of(*this);
   if (!f->find(name)) throw Error(str("adapter file '", path, "' lacks tensor ", name));
   return f->load_f32(name);
 }
@@ -214,7 +257,7 @@ std::vector<std::pair<std::string, LoraFactors>> AdapterFile::factors() const {
 }
 
 std::vector<std::pair<std::string, LoraFactors>> AdapterFile::linear_factors() const {
-  auto f = io::SafetensorsFile::open(path);
+  auto f = image_of(*this);
   std::vector<std::pair<std::string, LoraFactors>> out;
   for (const std::string& m : modules) {
     for (const char* ab : {".lora_A.weight", ".lora_B.weight"})
@@ -273,7 +316,11 @@ std::unique_ptr<AdapterSet> load_adapter(const std::string& path, std::vector<nn
 }
 
 void adapter_file_to_peft(const std::string& file, const std::string& dir) {
-  AdapterFile f = read_adapter(file);
+  adapter_to_peft(read_adapter(file), dir);
+}
+
+void adapter_to_peft(const AdapterFile& f, const std::string& dir) {
+  const std::string& file = f.path;
   if (f.spec.kind != Kind::Lora && f.spec.kind != Kind::Dora)
     throw Error(str("'", file, "' is a ", kind_name(f.spec.kind),
                     " adapter; PEFT's LoRA format holds only lora and dora"));
@@ -287,7 +334,7 @@ void adapter_file_to_peft(const std::string& file, const std::string& dir) {
                         f.spec.lora.for_module(m).scale()}});
   std::vector<std::pair<std::string, Tensor>> saved;
   {
-    auto file_tensors = io::SafetensorsFile::open(file);
+    auto file_tensors = image_of(f);
     for (const auto& t : file_tensors->tensors()) {
       const size_t at = t.name.find(".modules_to_save.");
       if (at != std::string::npos)
@@ -300,14 +347,23 @@ void adapter_file_to_peft(const std::string& file, const std::string& dir) {
 }
 
 void peft_to_adapter_file(const std::string& dir, const std::string& file) {
+  const std::vector<uint8_t> bytes = adapter_bytes(peft_to_adapter(dir));
+  std::filesystem::path parent = std::filesystem::path(file).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
+  io::write_file_atomic(file, bytes.data(), bytes.size());
+}
+
+AdapterFile peft_to_adapter(const std::string& dir) {
   PeftFolder p = read_peft(dir);
   if (p.dora)
     throw Error(str("'", dir,
                     "' is a DoRA adapter: its magnitudes are checked against a base; import it "
                     "with the base (tessera library import-peft --base CKPT)"));
   auto factors = p.factors();
-  save_lora_factors(file, factors, std::vector<bool>(factors.size(), p.fan_in_fan_out),
-                    p.base_model, p.base_fingerprint);
+  AdapterFile a = lora_factors_adapter(factors, std::vector<bool>(factors.size(), p.fan_in_fan_out),
+                                       p.base_model, p.base_fingerprint);
+  a.path = "PEFT folder '" + dir + "'";
+  return a;
 }
 
 }  // namespace tessera::adapters

@@ -23,10 +23,14 @@
 
 #include "adapters/lora.h"
 #include "adapters/merge.h"
+#include "runtime/io/safetensors.h"
 
 namespace tessera::adapters {
 
-// What the file says, read without a model.
+// An adapter as a value: what the file says, read without a model, and its
+// tensors (`image`: the file mapped, or its bytes in memory). It converts to
+// and from the file's bytes, a PEFT folder and (store/adapter_io.h) a
+// library record without scratch files.
 struct AdapterFile {
   AdapterSpec spec;
   std::vector<std::string> targets, modules;
@@ -35,7 +39,8 @@ struct AdapterFile {
   std::vector<bool> conv1d;                    // per module: the base weight is [in, out]
   std::string base_model;
   std::string base_fingerprint;  // "" when unknown
-  std::string path;
+  std::string path;              // the file, or what the bytes came from (in messages)
+  std::shared_ptr<const io::SafetensorsFile> image;
   // LoRA kinds: per-module factors (for PEFT export and merging without a base).
   std::vector<std::pair<std::string, LoraFactors>> factors() const;
   std::vector<Tensor> magnitudes() const;  // DoRA
@@ -54,6 +59,15 @@ void save_lora_factors(const std::string& path,
                        const std::vector<bool>& conv1d, const std::string& base_model,
                        const std::string& base_fingerprint = "");
 AdapterFile read_adapter(const std::string& path);
+// The same from the file's bytes in memory; `source` names them in messages.
+AdapterFile read_adapter_bytes(std::vector<uint8_t> bytes, const std::string& source);
+// The adapter file's bytes (its tensors and metadata exactly as held).
+std::vector<uint8_t> adapter_bytes(const AdapterFile& adapter);
+// A plain LoRA given as per-module factors, as a value (save_lora_factors
+// writes the same bytes to a file).
+AdapterFile lora_factors_adapter(const std::vector<std::pair<std::string, LoraFactors>>& modules,
+                                 const std::vector<bool>& conv1d, const std::string& base_model,
+                                 const std::string& base_fingerprint = "");
 // The same from the metadata JSON alone (a library record's config_json,
 // which is the file's metadata); `source` names it in messages. Tensors are
 // not there: factors() and the like need the file.
@@ -64,12 +78,14 @@ AdapterFile read_adapter_metadata(const std::string& json, const std::string& so
 // Linear modules writes fan_in_fan_out = true: peft decides it per module
 // from the layer's type, and the saved factors do not depend on it.
 void adapter_file_to_peft(const std::string& file, const std::string& dir);
+void adapter_to_peft(const AdapterFile& adapter, const std::string& dir);
 // A PEFT LoRA folder as tessera's adapter file, without a base (checked for
 // consistency of config and tensors only; DoRA folders need a base: use
 // import_peft with the model). Without a base each module's layout is not
 // known: every module records the folder's fan_in_fan_out (the layout flags
 // only decide the flag a later PEFT export writes).
 void peft_to_adapter_file(const std::string& dir, const std::string& file);
+AdapterFile peft_to_adapter(const std::string& dir);
 // Rebuilds the set on `linears` (base frozen) and loads its tensors.
 // `embeddings`: the model's tables, for a file with LoRA on embeddings.
 std::unique_ptr<AdapterSet> load_adapter(const std::string& path, std::vector<nn::Linear*> linears,

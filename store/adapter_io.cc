@@ -1,38 +1,12 @@
 #include "store/adapter_io.h"
 
-#include <unistd.h>
-
-#include <atomic>
-#include <filesystem>
-
 #include "adapters/adapter_file.h"
 #include "runtime/common/error.h"
 #include "runtime/io/safetensors.h"
 
 namespace tessera::store {
 
-namespace fs = std::filesystem;
-
 namespace {
-
-// A scratch adapter file, removed when it goes out of scope.
-class Scratch {
- public:
-  explicit Scratch(const std::string& what) {
-    static std::atomic<int> n{0};
-    path_ = (fs::temp_directory_path() / ("tessera_" + what + "_" + std::to_string(::getpid()) +
-                                          "_" + std::to_string(n++) + ".safetensors"))
-                .string();
-  }
-  ~Scratch() {
-    std::error_code ec;
-    fs::remove(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // Runs `body`, turning a tessera::Error (a user's bad file) into InvalidArgument.
 template <typename F>
@@ -50,9 +24,20 @@ Status guarded(const std::string& what, F&& body) {
 
 Status PutAdapterFile(LibraryApi& lib, const std::string& file, AdapterRecord record,
                       AdapterRecord* stored, const SignatureFn& signatures) {
-  return guarded("adapter file '" + file + "'", [&]() -> Status {
-    adapters::AdapterFile info = adapters::read_adapter(file);  // validates the file
-    auto f = io::SafetensorsFile::open(file);
+  adapters::AdapterFile info;
+  Status s = guarded("adapter file '" + file + "'", [&]() -> Status {
+    info = adapters::read_adapter(file);  // validates the file
+    return Status::OK();
+  });
+  if (!s.ok()) return s;
+  return PutAdapter(lib, info, std::move(record), stored, signatures);
+}
+
+Status PutAdapter(LibraryApi& lib, const adapters::AdapterFile& info, AdapterRecord record,
+                  AdapterRecord* stored, const SignatureFn& signatures) {
+  return guarded("adapter '" + info.path + "'", [&]() -> Status {
+    if (!info.image) return Status::InvalidArgument("adapter '" + info.path + "' holds no tensors");
+    const io::SafetensorsFile* f = info.image.get();
     record.set_kind(adapters::kind_name(info.spec.kind));
     record.set_config_json(f->metadata().at("tessera.adapter"));
     record.clear_target_modules();
@@ -97,6 +82,30 @@ Status WriteAdapterFile(const AdapterRecord& r, const std::vector<TensorData>& t
   });
 }
 
+Status GetAdapter(LibraryApi& lib, const std::string& key, adapters::AdapterFile* adapter,
+                  AdapterRecord* record) {
+  AdapterRecord r;
+  std::vector<TensorData> ts;
+  Status s = lib.Get(key, &r, &ts);
+  if (!s.ok()) return s;
+  s = guarded("adapter " + key, [&]() -> Status {
+    std::vector<io::WriteEntry> e;
+    for (const auto& t : ts) {
+      io::DType d;
+      if (!io::parse_dtype(t.dtype, &d))
+        return Status::Corruption("adapter " + r.name() + ": tensor " + t.name + " has dtype " +
+                                  t.dtype);
+      e.push_back({t.name, d, t.shape, t.bytes.data(), t.bytes.size()});
+    }
+    *adapter = adapters::read_adapter_bytes(
+        io::serialize_safetensors(e, {{"tessera.adapter", r.config_json()}, {"format", "pt"}}),
+        "library adapter " + r.name() + "@" + std::to_string(r.version()));
+    return Status::OK();
+  });
+  if (s.ok() && record) *record = std::move(r);
+  return s;
+}
+
 Status GetAdapterFile(LibraryApi& lib, const std::string& key, const std::string& file,
                       AdapterRecord* record) {
   AdapterRecord r;
@@ -108,24 +117,24 @@ Status GetAdapterFile(LibraryApi& lib, const std::string& key, const std::string
 }
 
 Status ExportPeft(LibraryApi& lib, const std::string& key, const std::string& dir) {
-  Scratch tmp("export");
-  Status s = GetAdapterFile(lib, key, tmp.path());
+  adapters::AdapterFile a;
+  Status s = GetAdapter(lib, key, &a);
   if (!s.ok()) return s;
   return guarded("adapter " + key, [&]() -> Status {
-    adapters::adapter_file_to_peft(tmp.path(), dir);
+    adapters::adapter_to_peft(a, dir);
     return Status::OK();
   });
 }
 
 Status ImportPeft(LibraryApi& lib, const std::string& dir, AdapterRecord record,
                   AdapterRecord* stored, const SignatureFn& signatures) {
-  Scratch tmp("import");
+  adapters::AdapterFile a;
   Status s = guarded("PEFT folder '" + dir + "'", [&]() -> Status {
-    adapters::peft_to_adapter_file(dir, tmp.path());
+    a = adapters::peft_to_adapter(dir);
     return Status::OK();
   });
   if (!s.ok()) return s;
-  return PutAdapterFile(lib, tmp.path(), std::move(record), stored, signatures);
+  return PutAdapter(lib, a, std::move(record), stored, signatures);
 }
 
 }  // namespace tessera::store

@@ -29,6 +29,13 @@ using SignatureFn = std::function<std::vector<std::pair<std::string, std::vector
 
 Status PutAdapterFile(LibraryApi& lib, const std::string& file, AdapterRecord record,
                       AdapterRecord* stored, const SignatureFn& signatures);
+// The same for an adapter value in memory (adapters::AdapterFile with its
+// image): no file involved.
+Status PutAdapter(LibraryApi& lib, const adapters::AdapterFile& adapter, AdapterRecord record,
+                  AdapterRecord* stored, const SignatureFn& signatures);
+// Adapter `key` as a value in memory (its tensors and spec; `record` may be null).
+Status GetAdapter(LibraryApi& lib, const std::string& key, adapters::AdapterFile* adapter,
+                  AdapterRecord* record = nullptr);
 // Writes a record and its tensors (as Get returns them) as tessera's adapter file.
 Status WriteAdapterFile(const AdapterRecord& r, const std::vector<TensorData>& tensors,
                         const std::string& file);

@@ -66,6 +66,11 @@ TEST(AdapterIo, PeftInAndOutOfEmbeddedAndRemoteLibraries) {
       for (float x : sg.vector()) n += double(x) * x;
       EXPECT_NEAR(n, 1.0, 1e-5);
     }
+    // As a value in memory: the same factors as went in.
+    adapters::AdapterFile value;
+    ASSERT_TRUE(GetAdapter(*api, name, &value).ok());
+    ASSERT_EQ(value.factors().size(), want.size());
+    EXPECT_EQ(value.factors()[0].second.B.to_vector(), want[0].second.B.to_vector());
     // Out again as PEFT: the same factors, bit for bit; and as an adapter file.
     ASSERT_TRUE(ExportPeft(*api, name, dir + "/out" + name).ok());
     const auto got = adapters::read_peft(dir + "/out" + name).factors();
