@@ -80,6 +80,10 @@ class MemoryLibrary : public store::LibraryApi {
   }
   store::Status Gc(int64_t*) override { return store::Status::OK(); }
   store::Status Stat(store::LibraryStats*) override { return store::Status::OK(); }
+  store::Status AddSignatures(const std::string&, const std::vector<Signature>&,
+                              AdapterRecord*) override {
+    return store::Status::InvalidArgument("read-only");
+  }
 };
 
 struct Load {

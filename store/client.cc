@@ -274,6 +274,21 @@ Status RemoteLibrary::Gc(int64_t* removed) {
   return s;
 }
 
+Status RemoteLibrary::AddSignatures(const std::string& key,
+                                    const std::vector<Signature>& signatures,
+                                    AdapterRecord* stored) {
+  grpc::ClientContext ctx;
+  impl_->Prepare(&ctx);
+  AddSignaturesRequest req;
+  req.set_key(key);
+  for (const Signature& sg : signatures) *req.add_signatures() = sg;
+  AddSignaturesResponse resp;
+  Status s = from_grpc(impl_->stub->AddSignatures(&ctx, req, &resp),
+                       impl_->Where() + ": AddSignatures " + key);
+  if (s.ok() && stored) *stored = resp.record();
+  return s;
+}
+
 Status RemoteLibrary::Stat(LibraryStats* out) {
   grpc::ClientContext ctx;
   impl_->Prepare(&ctx);

@@ -40,6 +40,8 @@ class RemoteLibrary : public LibraryApi {
                 const ListFilter& filter, std::vector<SearchHit>* out) override;
   Status Gc(int64_t* removed = nullptr) override;
   Status Stat(LibraryStats* out) override;
+  Status AddSignatures(const std::string& key, const std::vector<Signature>& signatures,
+                       AdapterRecord* stored) override;
   Status Health();
   struct Impl;
 

@@ -582,6 +582,79 @@ void Library::IndexSignatures(const AdapterRecord& r) {
   }
 }
 
+void Library::UnindexSignatures(const std::string& id) {
+  for (auto& [name, ix] : sigs_) {
+    size_t keep = 0;
+    for (size_t i = 0; i < ix.ids.size(); ++i) {
+      if (ix.ids[i] == id) continue;
+      if (keep != i) {
+        ix.ids[keep] = ix.ids[i];
+        std::copy_n(ix.rows.begin() + static_cast<int64_t>(i) * ix.dim, ix.dim,
+                    ix.rows.begin() + static_cast<int64_t>(keep) * ix.dim);
+      }
+      ++keep;
+    }
+    ix.ids.resize(keep);
+    ix.rows.resize(keep * static_cast<size_t>(ix.dim));
+  }
+}
+
+Status Library::AddSignatures(const std::string& key, const std::vector<Signature>& signatures,
+                              AdapterRecord* stored) {
+  if (options_.read_only)
+    return Status::FailedPrecondition("library opened read-only: cannot add signatures to " + key);
+  std::string id;
+  Status s = Resolve(key, &id);
+  if (!s.ok()) return s;
+  std::lock_guard<std::mutex> lock(write_mu_);
+  AdapterRecord r;
+  s = ReadRecord(id, &r, nullptr, /*keep_inline=*/true);  // written back whole
+  if (!s.ok()) return s;
+  if (r.deleted()) return Status::NotFound("adapter " + key + " is deleted");
+  {
+    std::shared_lock<std::shared_mutex> sl(sig_mu_);
+    std::set<std::string> names;
+    for (const Signature& sg : signatures) {
+      if (sg.name().empty() || sg.vector_size() == 0 || !names.insert(sg.name()).second)
+        return Status::InvalidArgument("adding signatures to " + key + ": signature '" + sg.name() +
+                                       "' is unnamed, empty or repeated");
+      auto ix = sigs_.find(sg.name());
+      bool others = false;  // the index holds this name for other records
+      if (ix != sigs_.end())
+        for (const std::string& other : ix->second.ids) others = others || other != id;
+      if (others && ix->second.dim != sg.vector_size())
+        return Status::InvalidArgument("adding signatures to " + key + ": signature '" + sg.name() +
+                                       "' has " + std::to_string(sg.vector_size()) +
+                                       " dimensions, the library's have " +
+                                       std::to_string(ix->second.dim));
+    }
+  }
+  for (const Signature& sg : signatures) {
+    Signature* slot = nullptr;
+    for (Signature& have : *r.mutable_signatures())
+      if (have.name() == sg.name()) slot = &have;
+    if (!slot) slot = r.add_signatures();
+    *slot = sg;
+  }
+  std::string v;
+  r.SerializeToString(&v);
+  rocksdb::WriteOptions wo;
+  wo.sync = options_.sync;
+  s = from_rocks(db_->Put(wo, cf_[kRecords], id, v), "adding signatures to " + key);
+  if (!s.ok()) return s;
+  {
+    std::unique_lock<std::shared_mutex> ul(sig_mu_);
+    UnindexSignatures(id);
+    IndexSignatures(r);
+  }
+  if (stored) {
+    // As Get returns records: inline tensor values stripped.
+    s = ReadRecord(id, stored);
+    if (!s.ok()) return s;
+  }
+  return Status::OK();
+}
+
 Status Library::RebuildSignatures() {
   std::unique_lock<std::shared_mutex> lock(sig_mu_);
   sigs_.clear();

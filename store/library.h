@@ -129,6 +129,13 @@ class LibraryApi {
   virtual Status Gc(int64_t* removed = nullptr) = 0;
   // Counts live and deleted records and their bytes.
   virtual Status Stat(LibraryStats* out) = 0;
+  // Adds `signatures` to the stored adapter `key` (a name it already has is
+  // replaced; the record's id, which hashes its content, does not change).
+  // Each must be non-empty, named once, and of the dimension the library's
+  // signatures of that name have (InvalidArgument naming it); a deleted or
+  // unknown adapter is NotFound. `stored` (may be null) receives the record.
+  virtual Status AddSignatures(const std::string& key, const std::vector<Signature>& signatures,
+                               AdapterRecord* stored) = 0;
 };
 
 // Refuses `r` for a base whose fingerprint is `base_fingerprint` (empty: no
@@ -158,6 +165,8 @@ class Library : public LibraryApi {
   Status Gc(int64_t* removed = nullptr) override;
   // Reads every record.
   Status Stat(LibraryStats* out) override;
+  Status AddSignatures(const std::string& key, const std::vector<Signature>& signatures,
+                       AdapterRecord* stored) override;
 
  private:
   Library() = default;
@@ -175,7 +184,8 @@ class Library : public LibraryApi {
     std::vector<std::string> ids;
     std::vector<float> rows;  // ids.size() × dim
   };
-  void IndexSignatures(const AdapterRecord& r);  // caller holds sig_mu_ exclusively
+  void IndexSignatures(const AdapterRecord& r);   // caller holds sig_mu_ exclusively
+  void UnindexSignatures(const std::string& id);  // the same
   Status RebuildSignatures();
   bool Passes(const AdapterRecord& r, const ListFilter& f) const;
 

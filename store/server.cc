@@ -291,6 +291,21 @@ class Service final : public LibraryService::WithCallbackMethod_Get<LibraryServi
     });
   }
 
+  grpc::Status AddSignatures(grpc::ServerContext* ctx, const AddSignaturesRequest* req,
+                             AddSignaturesResponse* resp) override {
+    return Call(ctx, [&]() -> grpc::Status {
+      if (req->key().empty() || req->key().size() > 1024)
+        return invalid("key", "expected an id, name, name@latest or name@N");
+      if (req->signatures_size() == 0 || req->signatures_size() > 4096)
+        return invalid("signatures", "expected 1..4096 signatures");
+      for (const Signature& sg : req->signatures())
+        if (sg.name().empty() || sg.name().size() > 1024)
+          return invalid("signatures.name", "expected 1..1024 characters");
+      const std::vector<Signature> sigs(req->signatures().begin(), req->signatures().end());
+      return to_grpc(lib_->AddSignatures(req->key(), sigs, resp->mutable_record()));
+    });
+  }
+
   grpc::Status Stat(grpc::ServerContext* ctx, const StatRequest*, StatResponse* resp) override {
     return Call(ctx, [&]() -> grpc::Status {
       LibraryStats st;

@@ -242,6 +242,59 @@ TEST(Library, SearchRanksLikeBruteForceCosine) {
   EXPECT_TRUE(lib->Put(wrong, {f32("w", {1}, 9)}, nullptr).IsInvalidArgument());
 }
 
+// Signatures added to stored adapters: new names appended, a name there
+// replaced, the id unchanged, Search finds the new vectors at once and after
+// reopening; bad signatures and deleted adapters refused.
+TEST(Library, AddSignaturesToStoredAdapters) {
+  const std::string dir = testing::temp_dir("library_add_signatures");
+  auto sig = [](const std::string& name, std::vector<float> v) {
+    Signature s;
+    s.set_name(name);
+    for (float x : v) s.add_vector(x);
+    return s;
+  };
+  std::string a_id, b_id;
+  {
+    auto lib = open(dir);
+    AdapterRecord a = rec("a"), b = rec("b"), st;
+    *a.add_signatures() = sig("arrow/q", {1, 0, 0});
+    ASSERT_TRUE(lib->Put(a, {f32("w", {1}, 1)}, &st).ok());
+    a_id = st.id();
+    ASSERT_TRUE(lib->Put(b, {f32("w", {1}, 2)}, &st).ok());
+    b_id = st.id();
+    // b had none: it gains two; a's arrow/q is replaced and it gains centroid.
+    ASSERT_TRUE(
+        lib->AddSignatures("b", {sig("arrow/q", {0, 1, 0}), sig("centroid", {1, 1})}, &st).ok());
+    EXPECT_EQ(st.id(), b_id);
+    EXPECT_EQ(st.signatures_size(), 2);
+    ASSERT_TRUE(
+        lib->AddSignatures(a_id, {sig("arrow/q", {0, 0, 1}), sig("centroid", {1, -1})}, &st).ok());
+    EXPECT_EQ(st.id(), a_id);
+    ASSERT_EQ(st.signatures_size(), 2);
+    EXPECT_EQ(st.signatures(0).name(), "arrow/q");
+    EXPECT_EQ(st.signatures(0).vector(2), 1.0f);
+    std::vector<SearchHit> hits;
+    ASSERT_TRUE(lib->Search("arrow/q", {0, 0.1f, 1}, 2, {}, &hits).ok());
+    ASSERT_EQ(hits.size(), 2u);
+    EXPECT_EQ(hits[0].id, a_id);  // the replaced vector, not the old (1, 0, 0)
+    // Refused: a dimension the library's signatures of that name do not have,
+    // an empty or repeated one, a deleted or unknown adapter.
+    EXPECT_TRUE(lib->AddSignatures("a", {sig("centroid", {1, 2, 3})}, nullptr).IsInvalidArgument());
+    EXPECT_TRUE(lib->AddSignatures("a", {sig("x", {})}, nullptr).IsInvalidArgument());
+    EXPECT_TRUE(
+        lib->AddSignatures("a", {sig("x", {1}), sig("x", {2})}, nullptr).IsInvalidArgument());
+    EXPECT_TRUE(lib->AddSignatures("nobody", {sig("x", {1})}, nullptr).IsNotFound());
+    ASSERT_TRUE(lib->Delete("b").ok());
+    EXPECT_TRUE(lib->AddSignatures("b", {sig("x", {1})}, nullptr).IsNotFound());
+  }
+  auto lib = open(dir);  // persisted, and the index rebuilt from the records
+  std::vector<SearchHit> hits;
+  ASSERT_TRUE(lib->Search("centroid", {1, -1}, 5, {}, &hits).ok());
+  ASSERT_EQ(hits.size(), 1u);  // b is deleted
+  EXPECT_EQ(hits[0].id, a_id);
+  EXPECT_NEAR(hits[0].score, 1.0f, 1e-6);
+}
+
 TEST(Library, AFlippedTensorByteIsCorruptionNamingRecordAndTensor) {
   // Damage on disk: a byte of a blob file. Get (RocksDB's checksum of what
   // it reads) and Verify (ours) both report it, naming record and tensor.

@@ -184,6 +184,29 @@ TEST(LookupApi, RemoteCallsGiveWhatTheEmbeddedLibraryGives) {
   EXPECT_EQ(n, 1);
 }
 
+// AddSignatures through the API: the record the library stores, codes kept,
+// and the server's own checks on the request.
+TEST(LookupApi, AddSignaturesRemotelyAsEmbedded) {
+  Served s("svc_sigs", ServerOptions());
+  auto c = s.client(kToken);
+  AdapterRecord stored;
+  ASSERT_TRUE(c->Put(rec("x"), {f32("w", {2}, 1.0f)}, &stored).ok());
+  Signature sg;
+  sg.set_name("centroid");
+  for (float v : {1.0f, 2.0f}) sg.add_vector(v);
+  AdapterRecord after, local;
+  Status st = c->AddSignatures("x", {sg}, &after);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  ASSERT_TRUE(s.lib->Get("x", &local).ok());
+  EXPECT_EQ(after.SerializeAsString(), local.SerializeAsString());
+  EXPECT_EQ(after.signatures_size(), 1);
+  EXPECT_TRUE(c->AddSignatures("nope", {sg}, nullptr).IsNotFound());
+  EXPECT_TRUE(c->AddSignatures("x", {}, nullptr).IsInvalidArgument());  // the server's check
+  Signature unnamed = sg;
+  unnamed.clear_name();
+  EXPECT_TRUE(c->AddSignatures("x", {unnamed}, nullptr).IsInvalidArgument());
+}
+
 TEST(LookupApi, TokensAreCheckedOnEveryCall) {
   Served s("svc_auth");
   ClientOptions co;
