@@ -19,6 +19,7 @@
 
 #include "launch/config.h"
 #include "runtime/common/error.h"
+#include "runtime/common/file.h"
 #include "runtime/dist/codec.h"
 #include "runtime/dist/process_group.h"
 #include "runtime/dist/work_queue.h"
@@ -104,12 +105,6 @@ bool same_adapter_shape(const AdapterRecord& have, const adapters::AdapterArgs& 
   } catch (const Error&) {
     return false;  // a record this tessera cannot read is trained again
   }
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(str("cannot read ", path));
-  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 }  // namespace
@@ -198,7 +193,7 @@ int run_build_library(const BuildLibraryOptions& o) {
     if (remote) {
       stored = put_adapter_file(*lib, r.adapter_file, rec);
     } else if (rank != 0) {
-      file_bytes = slurp(r.adapter_file);
+      file_bytes = read_file(r.adapter_file, "adapter file");
     }
     if (!tmp.empty()) fs::remove_all(tmp);
     return dist::pack_fields({rec.SerializeAsString(), file_bytes, stored, short_eval(r.before),

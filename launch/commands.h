@@ -110,7 +110,7 @@ struct BuildLibraryOptions {
 
 struct MergeOptions {
   std::string method = "linear";    // name[:key=value,...], see run_merge
-  std::vector<std::string> inputs;  // PEFT LoRA folders
+  std::vector<std::string> inputs;  // PEFT LoRA folders or tessera adapter files
   std::string out;
   std::vector<float> weights;  // default: 1 each
   int64_t rank = 0;            // 0: the largest input rank

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "runtime/common/error.h"
+#include "runtime/common/file.h"
 #include "tessera/options.pb.h"
 
 namespace tessera::launch {
@@ -193,11 +194,7 @@ PretrainConfig parse_config_text(const std::string& text, const std::string& sou
 }
 
 PretrainConfig load_config_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(str("cannot open config file '", path, "'"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse_config_text(ss.str(), path);
+  return parse_config_text(read_file(path, "config file"), path);
 }
 
 void apply_overrides(PretrainConfig* cfg, const std::vector<std::string>& overrides) {

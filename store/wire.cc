@@ -1,5 +1,8 @@
 #include "store/wire.h"
 
+#include "runtime/common/error.h"
+#include "runtime/common/file.h"
+
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -87,12 +90,12 @@ grpc::Status invalid(const std::string& field, const std::string& what) {
 }
 
 bool read_file(const std::string& path, std::string* out) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return false;
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  *out = ss.str();
-  return true;
+  try {
+    *out = tessera::read_file(path);
+    return true;
+  } catch (const tessera::Error&) {
+    return false;
+  }
 }
 
 // The bytes a tensor header declares, checked against its dtype and shape;

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "runtime/common/error.h"
+#include "runtime/common/file.h"
 #include "runtime/common/rng.h"
 #include "runtime/io/safetensors.h"
 
@@ -20,10 +21,9 @@ namespace fs = std::filesystem;
 namespace {
 
 json read_json(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(str("cannot open '", path, "'"));
+  const std::string text = read_file(path);
   try {
-    return json::parse(in);
+    return json::parse(text);
   } catch (const json::exception& e) {
     throw Error(str("'", path, "' is not valid JSON: ", e.what()));
   }

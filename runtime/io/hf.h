@@ -12,15 +12,17 @@
 
 namespace tessera::io {
 
-// Reads config.json into a DecoderSpec (model_type "gpt2" or "llama").
+// Reads config.json into a DecoderSpec (model_type gpt2, llama, mistral,
+// qwen2, qwen3, phi3 or gemma; nn::flavor_names()).
 nn::DecoderSpec read_hf_config(const std::string& dir);
 std::unique_ptr<nn::Decoder> load_hf_decoder(const std::string& dir);
 // Copies tensors named as in `model` from the folder's safetensors into it.
 void load_hf_weights(const std::string& dir, nn::Decoder& model);
 void save_hf_decoder(const std::string& dir, const nn::Decoder& model);
 
-// Strict name/shape load of `file` tensors into `params`, with `prefix_map`
-// applied to file names first. Lists every missing / unexpected / mis-shaped name.
+// Strict name/shape load of the tensors of `files` (a model.safetensors or
+// its shards) into `params`, by name; `what` names the source in messages.
+// Lists every missing / unexpected / mis-shaped name.
 class SafetensorsFile;
 void load_into(nn::ParameterSet& params, const std::vector<std::shared_ptr<SafetensorsFile>>& files,
                const std::string& what);

@@ -85,7 +85,8 @@ class Trainer {
   // first when resuming.
   void set_train_subset(std::vector<int64_t> examples);
 
-  // One optimisation step; returns its loss.
+  // One optimisation step; returns its statistics (loss, lr, gradient norm,
+  // throughput, loss terms, communication time).
   StepStats train_step();
   // Trains until total_steps() (or at most max_steps more when > 0), with a
   // progress line when `progress`, metrics rows every log_every steps, and

@@ -1,0 +1,14 @@
+// The one way tessera reads a small whole file (a config, a token file, a
+// task list, an adapter's bytes): an Error that names the file and why
+// ("cannot read config file 'x': No such file or directory") instead of each
+// caller's own ifstream and message.
+#pragma once
+
+#include <string>
+
+namespace tessera {
+
+// The whole file; `what` says what it is in the message ("config file").
+std::string read_file(const std::string& path, const std::string& what = "file");
+
+}  // namespace tessera
