@@ -162,4 +162,12 @@ void load_base_weights(train::Trainer& t, const std::string& path) {
   if (!fs::is_directory(path)) t.load_checkpoint(path, /*weights_only=*/true);
 }
 
+PretrainConfig resolve_config(const std::string& path, const std::vector<std::string>& overrides,
+                              const std::string& model_if_no_file) {
+  PretrainConfig user;
+  PretrainConfig cfg = train::resolve_config(path, overrides, model_if_no_file, &user);
+  complete_architecture(&cfg, user);
+  return cfg;
+}
+
 }  // namespace tessera::launch

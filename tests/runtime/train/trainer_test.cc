@@ -6,8 +6,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include "launch/config.h"
 #include "runtime/common/error.h"
+#include "runtime/train/config.h"
 #include "tests/testing.h"
 
 namespace tessera::train {
@@ -23,7 +23,7 @@ std::string make_corpus(const std::string& dir) {
 }
 
 PretrainConfig tiny_decoder(const std::string& dir, const std::string& flavor) {
-  PretrainConfig c = launch::resolve_config(
+  PretrainConfig c = resolve_config(
       "",
       {"decoder.flavor=" + flavor, "decoder.d_model=32", "decoder.n_layer=2", "decoder.n_head=4",
        "decoder.n_kv_head=" + std::string(flavor == "llama" ? "2" : "4"), "decoder.n_ctx=16",
@@ -99,7 +99,7 @@ TEST(Tokens, TrainsOnPreTokenisedBins) {
   std::ofstream(dir + "/train.bin", std::ios::binary)
       .write(reinterpret_cast<const char*>(toks.data()),
              static_cast<std::streamsize>(toks.size() * 2));
-  PretrainConfig cfg = launch::resolve_config(
+  PretrainConfig cfg = resolve_config(
       "",
       {"data.kind=tokens", "data.files=" + dir + "/train.bin", "data.token_bytes=2",
        "decoder.vocab_size=300", "decoder.d_model=32", "decoder.n_layer=1", "decoder.n_head=2",
@@ -119,11 +119,10 @@ TEST(Tokens, TrainsOnPreTokenisedBins) {
 }
 
 TEST(FashionMnist, MlpReachesEightyPercentOnASubset) {
-  PretrainConfig cfg =
-      launch::resolve_config("",
-                             {"data.limit_train=8192", "data.limit_test=2000", "epochs=0",
-                              "steps=192", "batch_size=128", "out_dir=", "threads=2"},
-                             "mlp");
+  PretrainConfig cfg = resolve_config("",
+                                      {"data.limit_train=8192", "data.limit_test=2000", "epochs=0",
+                                       "steps=192", "batch_size=128", "out_dir=", "threads=2"},
+                                      "mlp");
   Trainer t(cfg);
   t.run();
   EvalResult e = t.evaluate();

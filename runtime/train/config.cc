@@ -1,7 +1,4 @@
-#include "launch/config.h"
-
-#include "adapters/adapter_file.h"
-#include "launch/base.h"
+#include "runtime/train/config.h"
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/io/tokenizer.h>
@@ -14,7 +11,7 @@
 #include "runtime/common/file.h"
 #include "tessera/options.pb.h"
 
-namespace tessera::launch {
+namespace tessera::train {
 
 namespace pb = google::protobuf;
 
@@ -259,7 +256,7 @@ void validate_config(const PretrainConfig& cfg) {
 }
 
 PretrainConfig resolve_config(const std::string& path, const std::vector<std::string>& overrides,
-                              const std::string& model_if_no_file) {
+                              const std::string& model_if_no_file, PretrainConfig* user_out) {
   PretrainConfig user;
   if (!path.empty()) user = load_config_file(path);
   std::string model = user.model().empty() ? model_if_no_file : user.model();
@@ -276,7 +273,7 @@ PretrainConfig resolve_config(const std::string& path, const std::vector<std::st
   clear_overridden_repeated(&cfg, user);
   cfg.MergeFrom(user);
   validate_config(cfg);
-  complete_architecture(&cfg, user);
+  if (user_out) *user_out = std::move(user);
   return cfg;
 }
 
@@ -286,4 +283,4 @@ std::string to_text(const PretrainConfig& cfg) {
   return s;
 }
 
-}  // namespace tessera::launch
+}  // namespace tessera::train
