@@ -194,7 +194,7 @@ json lora_factors_json(const std::vector<std::pair<std::string, LoraFactors>>& m
 void save_adapter(const AdapterSet& set, const std::string& path, const std::string& base_model,
                   const std::string& base_fingerprint) {
   std::vector<bool> conv;
-  for (const nn::Linear* l : set.linears()) conv.push_back(l->w_in_out());
+  for (const nn::Linear* l : set.linears()) conv.push_back(l->conv1d());
   std::vector<io::WriteEntry> e;
   for (const auto& p : set.params().all()) e.push_back(io::WriteEntry::f32(p.name, p.tensor));
   write(path, e,

@@ -16,7 +16,7 @@ void scale_base_weight(const nn::Linear& base, F f, bool divide = false) {
   float* p = w.data();
   for (int64_t o = 0; o < out; ++o)
     for (int64_t i = 0; i < in; ++i) {
-      float& v = p[base.w_in_out() ? i * out + o : o * in + i];
+      float& v = p[base.conv1d() ? i * out + o : o * in + i];
       v = divide ? v / f(o, i) : v * f(o, i);
     }
 }

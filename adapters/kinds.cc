@@ -52,7 +52,7 @@ Tensor Vera::delta_weight(const nn::Linear& base) const {
   Tensor bs = b_slice();  // → diag(λ_b)·B·diag(λ_d)
   for (int64_t o = 0; o < out_; ++o)
     for (int64_t k = 0; k < r; ++k) bs.data()[o * r + k] *= lb_.data()[o] * ld_.data()[k];
-  return LoraFactors{a_slice(), bs, 1.0f}.delta(base.w_in_out());
+  return LoraFactors{a_slice(), bs, 1.0f}.delta(base.conv1d());
 }
 
 void Vera::shift_base(nn::Linear& base, bool merge) {
@@ -70,7 +70,7 @@ Ia3::Ia3(const nn::Linear& base, bool feedforward, nn::ParameterSet& ps) : ff_(f
 
 Tensor Ia3::forward(const Tensor& x, const Tensor& base_out, const nn::Linear& base) {
   if (merged_) return base_out;
-  if (ff_) return ops::linear(ops::mul(x, l_), base.weight(), base.bias(), base.w_in_out());
+  if (ff_) return ops::linear(ops::mul(x, l_), base.weight(), base.bias(), base.conv1d());
   return ops::mul(base_out, l_);
 }
 

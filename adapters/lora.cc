@@ -113,8 +113,8 @@ Lora::Lora(const nn::Linear& base, const LoraConfig& cfg, nn::ParameterSet& ps, 
 Tensor Lora::weight_norm(const nn::Linear& base, bool detach) const {
   std::optional<autograd::NoGrad> ng;
   if (detach) ng.emplace();
-  Tensor w = base.w_in_out() ? ops::transpose(base.weight()) : base.weight();  // [out, in]
-  Tensor d = ops::scale(ops::linear(b_, a_, Tensor(), /*w_in_out=*/true), scale_);
+  Tensor w = base.conv1d() ? ops::transpose(base.weight()) : base.weight();  // [out, in]
+  Tensor d = ops::scale(ops::linear(b_, a_, Tensor(), /*conv1d=*/true), scale_);
   return ops::row_norm(ops::add(w, d));
 }
 
@@ -141,7 +141,7 @@ Tensor Lora::apply(const Tensor& x, const Tensor& base_out, const nn::Linear& ba
 }
 
 Tensor Lora::delta_weight(const nn::Linear& base) const {
-  return LoraFactors{a_, b_, scale_}.delta(base.w_in_out());
+  return LoraFactors{a_, b_, scale_}.delta(base.conv1d());
 }
 
 void Lora::shift_base(nn::Linear& base, bool merge) {
@@ -435,8 +435,8 @@ LinearCopy::LinearCopy(const nn::Linear& base, nn::ParameterSet& ps) {
 }
 
 Tensor LinearCopy::forward(const Tensor& x, const Tensor&, const nn::Linear& base) {
-  if (merged_) return ops::linear(x, base.weight(), base.bias(), base.w_in_out());
-  return ops::linear(x, w_, b_, base.w_in_out());
+  if (merged_) return ops::linear(x, base.weight(), base.bias(), base.conv1d());
+  return ops::linear(x, w_, b_, base.conv1d());
 }
 
 void LinearCopy::shift_base(nn::Linear& base, bool merge) {

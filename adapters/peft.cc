@@ -284,24 +284,24 @@ LoraFactors init_correction(const std::string& init, const nn::Linear& lin, int6
                             const std::string& cpath) {
   const int64_t in = lin.in_features(), out = lin.out_features();
   if (init == "pissa") {
-    Tensor w = lin.w_in_out() ? ops::transpose(lin.weight()) : lin.weight();
+    Tensor w = lin.conv1d() ? ops::transpose(lin.weight()) : lin.weight();
     autograd::NoGrad ng;
     LoraFactors top = svd_factor(w.clone(), r);  // B0·A0: the top-r part
     for (int64_t k = 0; k < top.B.numel(); ++k) top.B.data()[k] *= -1.0f / s;
     top.scale = s;
     return top;
   }
-  if (lin.w_in_out() && in != out)
+  if (lin.conv1d() && in != out)
     throw Error(str("'", cpath, "': init_lora_weights = \"olora\" on ", lin.name(),
                     ", a non-square Conv1D: peft's olora_init takes the QR of the weight as "
                     "stored ([in, out]), which does not fit the LoRA shapes there"));
-  const int64_t rows = lin.w_in_out() ? in : out, cols = lin.w_in_out() ? out : in;
+  const int64_t rows = lin.conv1d() ? in : out, cols = lin.conv1d() ? out : in;
   std::vector<float> Q, R;
   qr_reduced(lin.weight().data(), rows, cols, &Q, &R);
   const int64_t k = std::min(rows, cols);
   if (r > k) throw Error(str("olora: rank ", r, " exceeds min(out, in) = ", k, " of ", lin.name()));
   LoraFactors f{Tensor::empty({r, in}), Tensor::empty({out, r}), s};
-  if (!lin.w_in_out()) {  // W [out, in] = Q R: A = R_r, B = −Q_r
+  if (!lin.conv1d()) {  // W [out, in] = Q R: A = R_r, B = −Q_r
     for (int64_t c = 0; c < r; ++c)
       for (int64_t j = 0; j < in; ++j) f.A.data()[c * in + j] = R[c * cols + j];
     for (int64_t o = 0; o < out; ++o)
@@ -623,10 +623,10 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
     // PEFT decides fan_in_fan_out per module from its type (Conv1D: true,
     // Linear: false, with a warning when the config says otherwise); the
     // saved factors are the same either way.
-    if (lin.w_in_out() != folder.fan_in_fan_out)
+    if (lin.conv1d() != folder.fan_in_fan_out)
       out.notes.push_back(str("fan_in_fan_out = ", folder.fan_in_fan_out ? "true" : "false",
                               " in the config, but ", m,
-                              lin.w_in_out() ? " is a Conv1D ([in, out])" : " is a plain Linear",
+                              lin.conv1d() ? " is a Conv1D ([in, out])" : " is a plain Linear",
                               ": its own layout is used, as peft does"));
     auto it = folder.modules.find(m);
     if (it == folder.modules.end() || it->second.embedding) {
@@ -667,7 +667,7 @@ PeftImport import_peft(const std::string& dir, std::vector<nn::Linear*> linears,
     if (const io::TensorInfo* bl = it->second.base_layer) {
       Tensor w = lin.weight().clone();
       if (convert) {  // the correction peft itself applies at load
-        Tensor d = corr.delta(lin.w_in_out());
+        Tensor d = corr.delta(lin.conv1d());
         for (int64_t k = 0; k < w.numel(); ++k) w.data()[k] += d.data()[k];
       }
       out.notes.push_back(check_base_layer(dir, *f, *bl, m, w));
@@ -824,7 +824,7 @@ void export_peft(const AdapterSet& set, const std::string& dir, const std::strin
     const Lora& l = *set.loras()[i];
     modules.push_back({set.modules()[i], LoraFactors{l.A(), l.B(), l.scale()}});
     if (set.kind() == Kind::Dora) magnitudes.push_back(l.magnitude());
-    conv1d = conv1d || set.linears()[i]->w_in_out();
+    conv1d = conv1d || set.linears()[i]->conv1d();
   }
   std::vector<std::pair<std::string, Tensor>> saved;
   for (const auto& p : set.params().all()) {

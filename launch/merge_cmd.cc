@@ -50,7 +50,7 @@ int run_merge(const MergeOptions& o) {
   const adapters::MergeRecipe recipe = adapters::parse_merge_method(o.method);
   // Each input: a PEFT folder or a tessera adapter file (lora).
   struct Input {
-    bool fan_in_fan_out = false;
+    bool conv1d = false;  // PEFT calls it fan_in_fan_out
     std::string base_model, base_fingerprint;
   };
   std::vector<Input> folders;
@@ -95,7 +95,7 @@ int run_merge(const MergeOptions& o) {
         const adapters::Lora& l = *set->loras()[i];
         f.push_back(
             {set->modules()[i], adapters::LoraFactors{l.A().clone(), l.B().clone(), l.scale()}});
-        conv = conv || set->linears()[i]->w_in_out();
+        conv = conv || set->linears()[i]->conv1d();
       }
       set->detach();
       per.push_back(std::move(f));
@@ -129,19 +129,17 @@ int run_merge(const MergeOptions& o) {
     if (fingerprint.empty()) fingerprint = fp;
   }
   for (size_t i = 1; i < per.size(); ++i)
-    if (folders[i].fan_in_fan_out != folders[0].fan_in_fan_out)
+    if (folders[i].conv1d != folders[0].conv1d)
       throw Error(
           str("merge: '", o.inputs[i], "' and '", o.inputs[0], "' disagree on fan_in_fan_out"));
   const auto merged = adapters::merge_adapters(recipe, per, o.inputs, w, o.rank, o.seed);
   const bool file_out =
       o.out.size() > 12 && o.out.compare(o.out.size() - 12, 12, ".safetensors") == 0;
   if (file_out)
-    adapters::save_lora_factors(o.out, merged,
-                                std::vector<bool>(merged.size(), folders[0].fan_in_fan_out),
+    adapters::save_lora_factors(o.out, merged, std::vector<bool>(merged.size(), folders[0].conv1d),
                                 folders[0].base_model, fingerprint);
   else
-    adapters::write_peft(o.out, merged, folders[0].fan_in_fan_out, folders[0].base_model, {},
-                         fingerprint);
+    adapters::write_peft(o.out, merged, folders[0].conv1d, folders[0].base_model, {}, fingerprint);
   std::printf("merged %zu adapters with %s into %s (%zu modules)\n", o.inputs.size(),
               o.method.c_str(), o.out.c_str(), merged.size());
   return 0;

@@ -229,7 +229,7 @@ int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt,
         std::make_unique<adapters::BankSet>(linears, base, a.targets, T, a.spec.lora, cfg.seed());
     for (nn::Linear* l : linears)
       for (const std::string& m : bank->modules())
-        if (l->name() == m) conv1d.push_back(l->w_in_out());
+        if (l->name() == m) conv1d.push_back(l->conv1d());
     return &bank->params();
   });
   adapters::BankSet* b = bank.get();

@@ -40,14 +40,14 @@ Tensor result(const Shape& shape, Device device, bool grad) {
 
 }  // namespace
 
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, bool w_in_out) {
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, bool conv1d) {
   if (w.ndim() != 2) throw Error(str("linear: weight must be 2-D, got ", shape_str(w.shape())));
-  const int64_t in = w_in_out ? w.size(0) : w.size(1);
-  const int64_t outf = w_in_out ? w.size(1) : w.size(0);
+  const int64_t in = conv1d ? w.size(0) : w.size(1);
+  const int64_t outf = conv1d ? w.size(1) : w.size(0);
   if (x.ndim() < 1 || x.size(-1) != in)
     throw Error(str("linear: input ", shape_str(x.shape()), " does not end in ", in,
-                    " features (weight ", shape_str(w.shape()),
-                    w_in_out ? " [in,out]" : " [out,in]", ")"));
+                    " features (weight ", shape_str(w.shape()), conv1d ? " [in,out]" : " [out,in]",
+                    ")"));
   if (b.defined() && (b.ndim() != 1 || b.size(0) != outf))
     throw Error(str("linear: bias ", shape_str(b.shape()), " does not match ", outf, " outputs"));
   same_device("linear", {&x, &w, &b});
@@ -57,12 +57,12 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, bool w_in_out) 
   bool rec = note_inputs({&x, &w, &b});
   Tensor out = result(os, x.device(), rec);
   TESSERA_DISPATCH(x.device(), linear_forward, out.data(), x.data(), w.data(),
-                   b.defined() ? b.data() : nullptr, N, in, outf, w_in_out);
+                   b.defined() ? b.data() : nullptr, N, in, outf, conv1d);
   if (rec) {
-    on_backward(out, [x, w, b, N, in, outf, w_in_out](const float* g) mutable {
+    on_backward(out, [x, w, b, N, in, outf, conv1d](const float* g) mutable {
       TESSERA_DISPATCH(x.device(), linear_backward, grad_ptr(x), grad_ptr(w),
                        b.defined() ? grad_ptr(b) : nullptr, g, x.data(), w.data(), N, in, outf,
-                       w_in_out);
+                       conv1d);
     });
   }
   return out;

@@ -18,9 +18,9 @@ namespace tessera::ops {
 using kernels::cpu::Act;
 using kernels::cpu::LoraMix;
 
-// y = x · Wᵀ + b over the last dim of x; W [out, in] (or [in, out] with w_in_out,
+// y = x · Wᵀ + b over the last dim of x; W [out, in] (or [in, out] with conv1d,
 // the GPT-2 Conv1D layout); b may be undefined.
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, bool w_in_out = false);
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, bool conv1d = false);
 Tensor matmul_nt(const Tensor& x, const Tensor& w);  // linear without bias
 // a + b with b broadcast over the leading dims of a (b's shape is a suffix of a's).
 Tensor add(const Tensor& a, const Tensor& b);

@@ -7,11 +7,11 @@
 
 namespace tessera::kernels {
 
-// out[N,OC] = inp[N,C] · op(W) + beta·out, W [OC,C] (op = ᵀ) or [C,OC] (w_in_out).
+// out[N,OC] = inp[N,C] · op(W) + beta·out, W [OC,C] (op = ᵀ) or [C,OC] (conv1d).
 template <typename Gemm>
 void linear_gemm_forward(Gemm gemm, float* out, const float* inp, const float* weight, float beta,
-                         int64_t N, int64_t C, int64_t OC, bool w_in_out) {
-  if (w_in_out)
+                         int64_t N, int64_t C, int64_t OC, bool conv1d) {
+  if (conv1d)
     gemm(false, false, N, OC, C, 1.0f, inp, C, weight, OC, beta, out, OC);
   else
     gemm(false, true, N, OC, C, 1.0f, inp, C, weight, C, beta, out, OC);
@@ -21,15 +21,15 @@ void linear_gemm_forward(Gemm gemm, float* out, const float* inp, const float* w
 template <typename Gemm>
 void linear_gemm_backward(Gemm gemm, float* dinp, float* dweight, const float* dout,
                           const float* inp, const float* weight, int64_t N, int64_t C, int64_t OC,
-                          bool w_in_out) {
+                          bool conv1d) {
   if (dinp) {
-    if (w_in_out)
+    if (conv1d)
       gemm(false, true, N, C, OC, 1.0f, dout, OC, weight, OC, 1.0f, dinp, C);
     else
       gemm(false, false, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dinp, C);
   }
   if (dweight) {
-    if (w_in_out)
+    if (conv1d)
       gemm(true, false, C, OC, N, 1.0f, inp, C, dout, OC, 1.0f, dweight, OC);
     else
       gemm(true, false, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);

@@ -31,9 +31,9 @@ Tensor init_tensor(const Shape& s, Init init, Rng& rng, float std, int64_t fan_i
 }  // namespace
 
 Linear::Linear(ParameterSet& ps, const std::string& prefix, int64_t in, int64_t out, bool bias,
-               bool w_in_out, Rng& rng, Init init, float std)
-    : name_(prefix), in_(in), out_(out), w_in_out_(w_in_out) {
-  Shape ws = w_in_out ? Shape{in, out} : Shape{out, in};
+               bool conv1d, Rng& rng, Init init, float std)
+    : name_(prefix), in_(in), out_(out), conv1d_(conv1d) {
+  Shape ws = conv1d ? Shape{in, out} : Shape{out, in};
   weight_ = ps.add(prefix + ".weight", init_tensor(ws, init, rng, std, in));
   if (bias) {
     Init binit = init == Init::TorchDefault ? Init::TorchDefault : Init::Zeros;
@@ -53,7 +53,7 @@ Linear Linear::tied(const std::string& name, const Tensor& weight) {
 
 Tensor Linear::forward(const Tensor& x) const {
   if (adapter_ && !adapter_->needs_base_out()) return adapter_->forward(x, Tensor(), *this);
-  Tensor y = ops::linear(x, weight_, bias_, w_in_out_);
+  Tensor y = ops::linear(x, weight_, bias_, conv1d_);
   if (adapter_) y = adapter_->forward_owned(x, y, *this);
   return y;
 }

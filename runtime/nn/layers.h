@@ -34,9 +34,9 @@ enum class Init { Zeros, Ones, Normal, TorchDefault };
 class Linear {
  public:
   Linear() = default;
-  // w_in_out: GPT-2's Conv1D layout (weight [in, out]).
+  // conv1d: GPT-2's Conv1D layout (weight [in, out]).
   Linear(ParameterSet& ps, const std::string& prefix, int64_t in, int64_t out, bool bias,
-         bool w_in_out, Rng& rng, Init init, float std = 0.02f);
+         bool conv1d, Rng& rng, Init init, float std = 0.02f);
 
   // A Linear over a weight another layer owns ([out, in], no bias), e.g. an
   // lm_head tied to the input embeddings: nothing is registered; tied() is
@@ -49,7 +49,7 @@ class Linear {
   bool tied() const { return tied_; }
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
-  bool w_in_out() const { return w_in_out_; }
+  bool conv1d() const { return conv1d_; }
   const Tensor& weight() const { return weight_; }
   const Tensor& bias() const { return bias_; }
 
@@ -67,7 +67,7 @@ class Linear {
   int merged_adapters_ = 0;
   bool tied_ = false;
   int64_t in_ = 0, out_ = 0;
-  bool w_in_out_ = false;
+  bool conv1d_ = false;
   Tensor weight_, bias_;
   std::shared_ptr<LinearAdapter> adapter_;
 };

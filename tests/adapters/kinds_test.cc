@@ -42,10 +42,10 @@ class AdapterGrad : public ::testing::TestWithParam<KindCase> {};
 
 TEST_P(AdapterGrad, AdapterAndInputGradientsMatchFiniteDifferences) {
   const KindCase c = GetParam();
-  for (bool w_in_out : {false, true}) {
+  for (bool conv1d : {false, true}) {
     Rng rng(11);
     nn::ParameterSet ps;
-    nn::Linear base(ps, c.module, 7, 5, true, w_in_out, rng, nn::Init::Normal, 0.5f);
+    nn::Linear base(ps, c.module, 7, 5, true, conv1d, rng, nn::Init::Normal, 0.5f);
     AdapterSet set({&base}, ps, {c.module}, spec_of(c.kind), 2);
     perturb(set, rng);
     Tensor x = randn({4, 7}, rng, 1.0f, true);
@@ -191,7 +191,7 @@ TEST(Ia3, HandComputedScalingOfOutputsAndInputs) {
 
 struct MergeCase {
   Kind kind;
-  bool w_in_out;
+  bool conv1d;
 };
 class AdapterMerge : public ::testing::TestWithParam<MergeCase> {};
 
@@ -200,7 +200,7 @@ TEST_P(AdapterMerge, HotEqualsMergedAndUnmergeRestoresTheBase) {
   for (const char* module : {"proj", "ff"}) {
     Rng rng(21);
     nn::ParameterSet ps;
-    nn::Linear base(ps, module, 9, 6, true, c.w_in_out, rng, nn::Init::Normal, 0.5f);
+    nn::Linear base(ps, module, 9, 6, true, c.conv1d, rng, nn::Init::Normal, 0.5f);
     const std::vector<float> w0 = base.weight().to_vector(), b0 = base.bias().to_vector();
     Tensor x = randn({5, 9}, rng);
     AdapterSet set({&base}, ps, {module}, spec_of(c.kind), 4);
@@ -224,7 +224,7 @@ INSTANTIATE_TEST_SUITE_P(
                       MergeCase{Kind::Vera, true}, MergeCase{Kind::Ia3, false},
                       MergeCase{Kind::Ia3, true}),
     [](const auto& info) {
-      return str(kind_name(info.param.kind), info.param.w_in_out ? "_conv1d" : "");
+      return str(kind_name(info.param.kind), info.param.conv1d ? "_conv1d" : "");
     });
 
 TEST(Bottleneck, RefusesToMergeAndStaysUsable) {

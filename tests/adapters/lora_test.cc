@@ -22,10 +22,10 @@ void randomise_B(AdapterSet& set, Rng& rng) {
 }
 
 TEST(Lora, GradientsOfAdapterAndInputMatchFiniteDifferences) {
-  for (bool w_in_out : {false, true}) {
+  for (bool conv1d : {false, true}) {
     Rng rng(1);
     nn::ParameterSet ps;
-    nn::Linear base(ps, "proj", 7, 5, true, w_in_out, rng, nn::Init::Normal, 0.5f);
+    nn::Linear base(ps, "proj", 7, 5, true, conv1d, rng, nn::Init::Normal, 0.5f);
     AdapterSet set({&base}, ps, {"proj"}, LoraConfig{3, 6.0f, false}, 2);
     randomise_B(set, rng);
     Tensor x = randn({4, 7}, rng, 1.0f, true);

@@ -25,19 +25,19 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
 }
 
 void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N,
-                    int64_t C, int64_t OC, bool w_in_out) {
+                    int64_t C, int64_t OC, bool conv1d) {
   float beta = 0.0f;
   if (bias) {
 #pragma omp parallel for if (N * OC > 65536) schedule(static)
     for (int64_t i = 0; i < N; ++i) std::copy(bias, bias + OC, out + i * OC);
     beta = 1.0f;
   }
-  linear_gemm_forward(gemm, out, inp, weight, beta, N, C, OC, w_in_out);
+  linear_gemm_forward(gemm, out, inp, weight, beta, N, C, OC, conv1d);
 }
 
 void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int64_t N, int64_t C, int64_t OC, bool w_in_out) {
-  linear_gemm_backward(gemm, dinp, dweight, dout, inp, weight, N, C, OC, w_in_out);
+                     const float* weight, int64_t N, int64_t C, int64_t OC, bool conv1d) {
+  linear_gemm_backward(gemm, dinp, dweight, dout, inp, weight, N, C, OC, conv1d);
   if (dbias) {
     // Column sums; each thread owns a block of columns so no reduction races.
 #pragma omp parallel for if (N * OC > 65536) schedule(static)

@@ -13,9 +13,9 @@ using cpu::Act;
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N,
-                    int64_t C, int64_t OC, bool w_in_out);
+                    int64_t C, int64_t OC, bool conv1d);
 void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int64_t N, int64_t C, int64_t OC, bool w_in_out);
+                     const float* weight, int64_t N, int64_t C, int64_t OC, bool conv1d);
 
 void add_forward(float* out, const float* a, const float* b, int64_t n, int64_t nb);
 void add_backward(float* da, float* db, const float* dout, int64_t n, int64_t nb);

@@ -46,19 +46,19 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
 }
 
 void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int64_t N,
-                    int64_t C, int64_t OC, bool w_in_out) {
+                    int64_t C, int64_t OC, bool conv1d) {
   float beta = 0.0f;
   if (bias) {
     int64_t n = N * OC;
     bias_rows<<<static_cast<unsigned>((n + 255) / 256), 256>>>(out, bias, N, OC);
     beta = 1.0f;
   }
-  linear_gemm_forward(gemm, out, inp, weight, beta, N, C, OC, w_in_out);
+  linear_gemm_forward(gemm, out, inp, weight, beta, N, C, OC, conv1d);
 }
 
 void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int64_t N, int64_t C, int64_t OC, bool w_in_out) {
-  linear_gemm_backward(gemm, dinp, dweight, dout, inp, weight, N, C, OC, w_in_out);
+                     const float* weight, int64_t N, int64_t C, int64_t OC, bool conv1d) {
+  linear_gemm_backward(gemm, dinp, dweight, dout, inp, weight, N, C, OC, conv1d);
   if (dbias) column_sums<<<static_cast<unsigned>((OC + 255) / 256), 256>>>(dbias, dout, N, OC);
 }
 

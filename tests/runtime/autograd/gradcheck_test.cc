@@ -16,7 +16,7 @@ using testing::uniform;
 
 struct LinearCase {
   int64_t N, in, out;
-  bool bias, w_in_out;
+  bool bias, conv1d;
 };
 
 class LinearGrad : public ::testing::TestWithParam<LinearCase> {};
@@ -25,11 +25,11 @@ TEST_P(LinearGrad, MatchesFiniteDifferences) {
   auto c = GetParam();
   Rng rng(1);
   Tensor x = randn({c.N, c.in}, rng, 1.0f, true);
-  Tensor w = randn(c.w_in_out ? Shape{c.in, c.out} : Shape{c.out, c.in}, rng, 0.5f, true);
+  Tensor w = randn(c.conv1d ? Shape{c.in, c.out} : Shape{c.out, c.in}, rng, 0.5f, true);
   Tensor b = c.bias ? randn({c.out}, rng, 0.5f, true) : Tensor();
   std::vector<Tensor> in = {x, w};
   if (c.bias) in.push_back(b);
-  expect_gradients_match([&] { return ops::linear(x, w, b, c.w_in_out); }, in);
+  expect_gradients_match([&] { return ops::linear(x, w, b, c.conv1d); }, in);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, LinearGrad,
@@ -41,7 +41,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, LinearGrad,
                          [](const auto& info) {
                            const LinearCase& c = info.param;
                            return str("N", c.N, "_in", c.in, "_out", c.out, c.bias ? "_bias" : "",
-                                      c.w_in_out ? "_conv1d" : "");
+                                      c.conv1d ? "_conv1d" : "");
                          });
 
 TEST(LinearGrad, FrozenWeightGetsNoGradientAndNoWork) {

@@ -39,9 +39,9 @@ TEST(Cuda, DeviceQueriesNeverCrash) {
 TEST(Cuda, LinearForwardBackwardMatchesCpu) {
   REQUIRE_GPU();
   Rng rng(1);
-  for (bool w_in_out : {false, true}) {
+  for (bool conv1d : {false, true}) {
     Tensor x = randn({37, 29}, rng, 1.0f, true),
-           w = randn(w_in_out ? Shape{29, 53} : Shape{53, 29}, rng, 0.3f, true),
+           w = randn(conv1d ? Shape{29, 53} : Shape{53, 29}, rng, 0.3f, true),
            b = randn({53}, rng, 0.3f, true);
     Tensor xg = x.to(Device::CUDA).set_requires_grad(true),
            wg = w.to(Device::CUDA).set_requires_grad(true),
@@ -50,12 +50,12 @@ TEST(Cuda, LinearForwardBackwardMatchesCpu) {
     Tensor y, yg;
     {
       autograd::Tape tape;
-      y = ops::linear(x, w, b, w_in_out);
+      y = ops::linear(x, w, b, conv1d);
       tape.backward(y, dy);
     }
     {
       autograd::Tape tape;
-      yg = ops::linear(xg, wg, bg, w_in_out);
+      yg = ops::linear(xg, wg, bg, conv1d);
       tape.backward(yg, dy.to(Device::CUDA));
     }
     EXPECT_LT(nmse(xg.grad().to_vector(), x.grad().to_vector()), 1e-10);
