@@ -7,18 +7,16 @@
 
 namespace tessera::adapters {
 
+const NameTable<Compose>& compose_names() {
+  static const NameTable<Compose> t = {{Compose::Stack, "stack"},
+                                       {Compose::Average, "average"},
+                                       {Compose::BatchSplit, "batch_split"},
+                                       {Compose::Parallel, "parallel"}};
+  return t;
+}
+
 const char* compose_name(Compose c) {
-  switch (c) {
-    case Compose::Stack:
-      return "stack";
-    case Compose::Average:
-      return "average";
-    case Compose::BatchSplit:
-      return "batch_split";
-    case Compose::Parallel:
-      return "parallel";
-  }
-  return "?";
+  return compose_names().name(c);
 }
 
 namespace {

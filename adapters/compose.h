@@ -25,6 +25,7 @@
 namespace tessera::adapters {
 
 enum class Compose { Stack, Average, BatchSplit, Parallel };
+const NameTable<Compose>& compose_names();
 const char* compose_name(Compose c);
 
 class Composite : public Adapter {

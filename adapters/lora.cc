@@ -70,11 +70,13 @@ Kind parse_kind(const std::string& s) {
 }
 
 std::vector<std::string> placement_targets(const std::string& placement) {
+  enum class Placement { Houlsby, Pfeiffer };
+  static const NameTable<Placement> names = {{Placement::Houlsby, "houlsby"},
+                                             {Placement::Pfeiffer, "pfeiffer"}};
   // The MLP classifier's hidden layers ("layers.N") are its feed-forward blocks.
-  if (placement == "houlsby")
+  if (names.parse(placement, "bottleneck placement") == Placement::Houlsby)
     return {"re:(.*(attn\\.c_proj|o_proj|mlp\\.c_proj|down_proj)|layers\\.[0-9]+)"};
-  if (placement == "pfeiffer") return {"re:(.*(mlp\\.c_proj|down_proj)|layers\\.[0-9]+)"};
-  throw Error(str("bottleneck placement '", placement, "': expected houlsby or pfeiffer"));
+  return {"re:(.*(mlp\\.c_proj|down_proj)|layers\\.[0-9]+)"};
 }
 
 namespace {
