@@ -20,6 +20,21 @@ Status guarded(const std::string& what, F&& body) {
   }
 }
 
+// A record and its tensors (as Get returns them) as the adapter file's bytes.
+Status file_bytes(const AdapterRecord& r, const std::vector<TensorData>& ts,
+                  std::vector<uint8_t>* out) {
+  std::vector<io::WriteEntry> e;
+  for (const auto& t : ts) {
+    io::DType d;
+    if (!io::parse_dtype(t.dtype, &d))
+      return Status::Corruption("adapter " + r.name() + ": tensor " + t.name + " has dtype " +
+                                t.dtype);
+    e.push_back({t.name, d, t.shape, t.bytes.data(), t.bytes.size()});
+  }
+  *out = io::serialize_safetensors(e, {{"tessera.adapter", r.config_json()}, {"format", "pt"}});
+  return Status::OK();
+}
+
 }  // namespace
 
 Status PutAdapterFile(LibraryApi& lib, const std::string& file, AdapterRecord record,
@@ -69,16 +84,10 @@ Status PutAdapter(LibraryApi& lib, const adapters::AdapterFile& info, AdapterRec
 Status WriteAdapterFile(const AdapterRecord& r, const std::vector<TensorData>& ts,
                         const std::string& file) {
   return guarded("writing '" + file + "'", [&]() -> Status {
-    std::vector<io::WriteEntry> e;
-    for (const auto& t : ts) {
-      io::DType d;
-      if (!io::parse_dtype(t.dtype, &d))
-        return Status::Corruption("adapter " + r.name() + ": tensor " + t.name + " has dtype " +
-                                  t.dtype);
-      e.push_back({t.name, d, t.shape, t.bytes.data(), t.bytes.size()});
-    }
-    io::save_safetensors(file, e, {{"tessera.adapter", r.config_json()}, {"format", "pt"}});
-    return Status::OK();
+    std::vector<uint8_t> bytes;
+    Status s = file_bytes(r, ts, &bytes);
+    if (s.ok()) io::write_file_atomic(file, bytes.data(), bytes.size());
+    return s;
   });
 }
 
@@ -89,18 +98,12 @@ Status GetAdapter(LibraryApi& lib, const std::string& key, adapters::AdapterFile
   Status s = lib.Get(key, &r, &ts);
   if (!s.ok()) return s;
   s = guarded("adapter " + key, [&]() -> Status {
-    std::vector<io::WriteEntry> e;
-    for (const auto& t : ts) {
-      io::DType d;
-      if (!io::parse_dtype(t.dtype, &d))
-        return Status::Corruption("adapter " + r.name() + ": tensor " + t.name + " has dtype " +
-                                  t.dtype);
-      e.push_back({t.name, d, t.shape, t.bytes.data(), t.bytes.size()});
-    }
-    *adapter = adapters::read_adapter_bytes(
-        io::serialize_safetensors(e, {{"tessera.adapter", r.config_json()}, {"format", "pt"}}),
-        "library adapter " + r.name() + "@" + std::to_string(r.version()));
-    return Status::OK();
+    std::vector<uint8_t> bytes;
+    Status fs = file_bytes(r, ts, &bytes);
+    if (fs.ok())
+      *adapter = adapters::read_adapter_bytes(
+          std::move(bytes), "library adapter " + r.name() + "@" + std::to_string(r.version()));
+    return fs;
   });
   if (s.ok() && record) *record = std::move(r);
   return s;

@@ -648,9 +648,8 @@ Status Library::AddSignatures(const std::string& key, const std::vector<Signatur
     IndexSignatures(r);
   }
   if (stored) {
-    // As Get returns records: inline tensor values stripped.
-    s = ReadRecord(id, stored);
-    if (!s.ok()) return s;
+    *stored = std::move(r);  // as Get returns records: inline tensor values stripped
+    strip_inline(stored);
   }
   return Status::OK();
 }

@@ -59,11 +59,30 @@ const float* rows_of(const LoraPlan& p, const LoraPlan::Block& b, const float* m
   return buf.data();
 }
 
-// out[rows of block] += src (n × C), in place when the rows are one run.
+// m[rows of block] += src (n × C).
 void add_to_rows(const LoraPlan& p, const LoraPlan::Block& b, float* m, const float* src,
                  int64_t C) {
   const int64_t* rows = p.row.data() + b.begin;
   scatter_add_rows(m, src, rows, b.end - b.begin, C);
+}
+
+// m[rows of block] (n × C) += alpha · a (n × K) · op(bm), op(bm) = bmᵀ of a
+// row-major [C, K] when trans_b, else bm itself, [K, C]: one GEMM straight
+// into the rows when they are one run, else into `buf` and added row by row.
+void gemm_into_rows(const LoraPlan& p, const LoraPlan::Block& b, float* m, int64_t C, int64_t K,
+                    float alpha, const float* a, const float* bm, bool trans_b,
+                    std::vector<float>& buf) {
+  const int64_t n = b.end - b.begin;
+  const CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
+  const int64_t ldb = trans_b ? K : C;
+  if (b.contiguous) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, n, C, K, alpha, a, K, bm, ldb, 1.0f,
+                m + p.row[b.begin] * C, C);
+    return;
+  }
+  buf.resize(static_cast<size_t>(n * C));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, n, C, K, alpha, a, K, bm, ldb, 0.0f, buf.data(), C);
+  add_to_rows(p, b, m, buf.data(), C);
 }
 
 int64_t block_count(const LoraPlan& p) {
@@ -141,17 +160,7 @@ void lora_forward(float* y, float* h, float* z, const float* x, const float* A, 
           scale_rows(hw.data(), hb, w, slot, 1.0f, n, r);
           hs = hw.data();
         }
-        const float s = scales[b.expert];
-        const float* Be = B + b.expert * out * r;
-        if (b.contiguous) {
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, r, s, hs, r, Be, r, 1.0f,
-                      y + p.row[b.begin] * out, out);
-        } else {
-          yg.resize(static_cast<size_t>(n * out));
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, r, s, hs, r, Be, r, 0.0f,
-                      yg.data(), out);
-          add_to_rows(p, b, y, yg.data(), out);
-        }
+        gemm_into_rows(p, b, y, out, r, scales[b.expert], hs, B + b.expert * out * r, true, yg);
       }
     }
     if (param) {
@@ -165,10 +174,8 @@ void lora_forward(float* y, float* h, float* z, const float* x, const float* A, 
           hw.resize(static_cast<size_t>(n * r));
           const float* zs = rows_of(p, b, z, r, xg);
           scale_rows(hw.data(), zs, w, p.slot.data() + b.begin, 1.0f, n, r);
-          yg.resize(static_cast<size_t>(n * out));
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, r, scales[b.expert],
-                      hw.data(), r, B + b.expert * out * r, r, 0.0f, yg.data(), out);
-          add_to_rows(p, b, y, yg.data(), out);
+          gemm_into_rows(p, b, y, out, r, scales[b.expert], hw.data(), B + b.expert * out * r, true,
+                         yg);
         }
       }
     }
@@ -240,17 +247,7 @@ void lora_backward(float* dx, float* dA, float* dB, float* dw, const float* dy, 
         if (dA)
           cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, n, 1.0f, gb.data(), r, xs, in,
                       1.0f, mine + active[e] * per, in);
-        if (!dx) continue;
-        const float* Ae = A + e * r * in;
-        if (b.contiguous) {
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, r, 1.0f, gb.data(), r, Ae,
-                      in, 1.0f, dx + p.row[b.begin] * in, in);
-        } else {
-          tmp.resize(static_cast<size_t>(n * in));
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, r, 1.0f, gb.data(), r, Ae,
-                      in, 0.0f, tmp.data(), in);
-          add_to_rows(p, b, dx, tmp.data(), in);
-        }
+        if (dx) gemm_into_rows(p, b, dx, in, r, 1.0f, gb.data(), A + e * r * in, false, tmp);
       }
     }
     if (param) {
@@ -274,11 +271,7 @@ void lora_backward(float* dx, float* dA, float* dB, float* dw, const float* dy, 
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, n, 1.0f, gb.data(), r, xs,
                         in, 1.0f, mine + active[e] * per, in);
           }
-          if (!dx) continue;
-          tmp.resize(static_cast<size_t>(n * in));
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, r, 1.0f, gb.data(), r,
-                      A + e * r * in, in, 0.0f, tmp.data(), in);
-          add_to_rows(p, b, dx, tmp.data(), in);
+          if (dx) gemm_into_rows(p, b, dx, in, r, 1.0f, gb.data(), A + e * r * in, false, tmp);
         }
       }
     }
