@@ -1,7 +1,8 @@
 // The Gloo backend: Gloo's TCP transport and its own collective algorithms.
 // Ranks meet through a rendezvous store (gloo_stores.h: a shared folder,
-// Redis, or MPI under mpirun); a failed call names the peers that are gone
-// (liveness.h).
+// Redis, or MPI under mpirun); sub-groups from split() meet through the
+// parent group itself (SplitStore). A failed call names the peers that are
+// gone (liveness.h).
 #include <gloo/allgatherv.h>
 #include <gloo/allreduce.h>
 #include <gloo/barrier.h>
@@ -65,8 +66,93 @@ void with_type(DType d, F&& f) {
   }
 }
 
+// The rendezvous of a sub-group made by split(), held by the parent group.
+// Gloo's connectFullMesh meets in rounds: each rank sets one key (its host
+// name, then its pair addresses) and reads the other members' keys of that
+// round. Here every set is one allgatherv over the parent, so after it each
+// rank holds its own sub-group's keys of the round and the reads are local.
+// Every parent rank must join every round: a rank of no sub-group runs the
+// same meeting for a group of one (which sets the same keys), keeping its
+// own keys to itself. No store outlives the meeting; nothing touches disk.
+class SplitStore final : public gloo::rendezvous::Store {
+ public:
+  SplitStore(ProcessGroup& parent, int color, const CallOptions& o)
+      : parent_(parent), color_(color), o_(o) {}
+
+  void set(const std::string& key, const std::vector<char>& data) override {
+    std::string mine;
+    if (color_ == ProcessGroup::kNoColor) {
+      keys_[key] = data;
+    } else {
+      const int32_t c = color_;
+      const uint32_t kl = static_cast<uint32_t>(key.size());
+      mine.append(reinterpret_cast<const char*>(&c), 4);
+      mine.append(reinterpret_cast<const char*>(&kl), 4);
+      mine.append(key).append(data.data(), data.size());
+    }
+    const int W = parent_.size();
+    int64_t n = static_cast<int64_t>(mine.size());
+    std::vector<int64_t> sizes(static_cast<size_t>(W));
+    parent_.allgather(&n, sizes.data(), 1, DType::kI64, o_);
+    std::vector<size_t> counts(sizes.begin(), sizes.end());
+    size_t total = 0;
+    for (size_t c : counts) total += c;
+    std::string all(total, '\0');
+    parent_.allgatherv(mine.data(), all.data(), counts, DType::kU8, o_);
+    size_t at = 0;
+    for (size_t c : counts) {
+      if (c >= 8) {
+        int32_t color;
+        uint32_t kl;
+        std::memcpy(&color, all.data() + at, 4);
+        std::memcpy(&kl, all.data() + at + 4, 4);
+        if (color == color_ && 8 + static_cast<size_t>(kl) <= c)
+          keys_[all.substr(at + 8, kl)] =
+              std::vector<char>(all.begin() + static_cast<std::ptrdiff_t>(at + 8 + kl),
+                                all.begin() + static_cast<std::ptrdiff_t>(at + c));
+      }
+      at += c;
+    }
+  }
+  std::vector<char> get(const std::string& key) override {
+    auto it = keys_.find(key);
+    if (it == keys_.end())
+      throw Error(
+          str("gloo split: no member of sub-group ", color_, " set key '", key, "' in this round"));
+    return it->second;
+  }
+  void wait(const std::vector<std::string>& keys) override {
+    for (const auto& k : keys) (void)get(k);
+  }
+  void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds&) override {
+    wait(keys);
+  }
+
+ private:
+  ProcessGroup& parent_;
+  int color_;
+  CallOptions o_;
+  std::map<std::string, std::vector<char>> keys_;
+};
+
 class GlooGroup final : public ProcessGroup {
  public:
+  // A sub-group (split()): meets through `store` on the parent's device;
+  // `alive` holds the members' liveness addresses in sub-group rank order.
+  GlooGroup(int rank, int size, std::shared_ptr<gloo::transport::Device> device,
+            std::shared_ptr<Liveness> liveness, std::vector<std::string> alive,
+            gloo::rendezvous::Store& store, std::chrono::milliseconds timeout)
+      : rank_(rank),
+        size_(size),
+        device_(std::move(device)),
+        liveness_(std::move(liveness)),
+        alive_address_(std::move(alive)) {
+    auto ctx = std::make_shared<gloo::rendezvous::Context>(rank, size);
+    ctx->setTimeout(timeout);
+    ctx->connectFullMesh(store, device_);
+    ctx_ = ctx;
+  }
+
   GlooGroup(int rank, int size, const GlooOptions& o) : rank_(rank), size_(size) {
     if (size < 1) throw Error(str("gloo: world size ", size, " (expected at least 1)"));
     if (rank < 0 || rank >= size) throw Error(str("gloo: rank ", rank, " of a world of ", size));
@@ -122,7 +208,7 @@ class GlooGroup final : public ProcessGroup {
     const auto t0 = std::chrono::steady_clock::now();
     try {
       device_ = gloo::transport::tcp::CreateDevice(attr);
-      liveness_ = std::make_unique<Liveness>(attr.hostname);
+      liveness_ = std::make_shared<Liveness>(attr.hostname);
       const std::string me = liveness_->address();
       store_->set("alive/" + std::to_string(rank), std::vector<char>(me.begin(), me.end()));
       auto ctx = std::make_shared<gloo::rendezvous::Context>(rank, size);
@@ -319,6 +405,24 @@ class GlooGroup final : public ProcessGroup {
     });
   }
 
+  std::unique_ptr<ProcessGroup> split(int color, int key, const CallOptions& o) override {
+    const SplitPlan plan = plan_split(color, key, o);
+    SplitStore store(*this, color, o);
+    std::unique_ptr<ProcessGroup> sub;
+    guarded("split", o, [&] {
+      if (plan.rank >= 0) {
+        std::vector<std::string> alive;
+        for (int r : plan.members) alive.push_back(alive_address_.at(static_cast<size_t>(r)));
+        sub = std::make_unique<GlooGroup>(plan.rank, static_cast<int>(plan.members.size()), device_,
+                                          liveness_, std::move(alive), store, o.timeout);
+      } else {  // the meeting of a group of one, only for its rounds
+        GlooGroup(0, 1, device_, liveness_, {alive_address_.at(static_cast<size_t>(rank_))}, store,
+                  o.timeout);
+      }
+    });
+    return sub;
+  }
+
   void send(const void* data, size_t bytes, int dst, const CallOptions& o) override {
     check_rank(dst, "send", "destination");
     if (dst == rank_) throw Error(where("send", o) + ": to itself");
@@ -374,7 +478,7 @@ class GlooGroup final : public ProcessGroup {
   std::unique_ptr<gloo::rendezvous::Store> base_store_, store_;
   std::shared_ptr<gloo::transport::Device> device_;
   std::shared_ptr<gloo::Context> ctx_;
-  std::unique_ptr<Liveness> liveness_;
+  std::shared_ptr<Liveness> liveness_;      // shared with sub-groups
   std::vector<std::string> alive_address_;  // rank → its liveness listener ("host port")
 };
 

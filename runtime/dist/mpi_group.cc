@@ -5,7 +5,8 @@
 // still running at its deadline prints an error naming the operation and
 // rank and aborts the job (MPI_Abort), so a hung peer never hangs it. (A
 // peer that dies is noticed sooner: mpirun ends the job naming its rank.)
-// Each tag gets its own duplicate of the world communicator for collectives,
+// Each tag gets its own duplicate of the group's communicator (the world's,
+// or a sub-group's from split(): MPI_Comm_split) for collectives,
 // so calls with different tags never match each other; send/recv use one
 // point-to-point communicator (made with the group) with the tag as MPI's
 // message tag, since two ranks alone cannot create a communicator.
@@ -88,16 +89,18 @@ MpiRuntime& runtime() {
 
 class MpiGroup final : public ProcessGroup {
  public:
-  MpiGroup() {
+  // `base`: MPI_COMM_WORLD, or a communicator from MPI_Comm_split that this
+  // group then owns and frees.
+  explicit MpiGroup(MPI_Comm base = MPI_COMM_WORLD) : base_(base) {
     runtime();
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
-    MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    MPI_Comm_rank(base_, &rank_);
+    MPI_Comm_size(base_, &size_);
     // Errors come back as codes, not as an abort of the whole job.
-    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm_set_errhandler(base_, MPI_ERRORS_RETURN);
     multiple_ = runtime().level >= MPI_THREAD_MULTIPLE;
-    MPI_Comm_dup(MPI_COMM_WORLD, &p2p_);
+    MPI_Comm_dup(base_, &p2p_);
     MPI_Comm_set_errhandler(p2p_, MPI_ERRORS_RETURN);
-    MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &tag_ub_, &has_tag_ub_);
+    MPI_Comm_get_attr(base_, MPI_TAG_UB, &tag_ub_, &has_tag_ub_);
   }
   ~MpiGroup() override {
     int finalized = 0;
@@ -105,6 +108,7 @@ class MpiGroup final : public ProcessGroup {
     if (!finalized) {
       for (auto& [tag, c] : comms_) MPI_Comm_free(&c);
       MPI_Comm_free(&p2p_);
+      if (base_ != MPI_COMM_WORLD) MPI_Comm_free(&base_);
     }
   }
 
@@ -210,6 +214,18 @@ class MpiGroup final : public ProcessGroup {
                   std::to_string(got) + " bytes, " + std::to_string(n) + " expected");
   }
 
+  // MPI's own split, on the tag's communicator (the color is checked first
+  // by the same rule as every backend's).
+  std::unique_ptr<ProcessGroup> split(int color, int key, const CallOptions& o) override {
+    if (color < kNoColor) (void)plan_split(color, key, o);  // throws, naming the color
+    MPI_Comm sub = MPI_COMM_NULL;
+    run("split", o, [&](MPI_Comm c) {
+      return MPI_Comm_split(c, color == kNoColor ? MPI_UNDEFINED : color, key, &sub);
+    });
+    if (sub == MPI_COMM_NULL) return nullptr;
+    return std::make_unique<MpiGroup>(sub);
+  }
+
  private:
   int count_of(size_t n, const char* op, const CallOptions& o) const {
     if (n > static_cast<size_t>(INT_MAX))
@@ -233,7 +249,7 @@ class MpiGroup final : public ProcessGroup {
     auto it = comms_.find(tag);
     if (it != comms_.end()) return it->second;
     MPI_Comm c;
-    if (MPI_Comm_dup(MPI_COMM_WORLD, &c) != MPI_SUCCESS)
+    if (MPI_Comm_dup(base_, &c) != MPI_SUCCESS)
       throw Error(str("mpi: could not create the communicator of tag ", tag));
     MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN);
     comms_[tag] = c;
@@ -325,6 +341,7 @@ class MpiGroup final : public ProcessGroup {
     return std::string(msg, static_cast<size_t>(len));
   }
 
+  MPI_Comm base_;
   int rank_ = 0, size_ = 1;
   std::map<uint32_t, MPI_Comm> comms_;
   MPI_Comm p2p_ = MPI_COMM_NULL;

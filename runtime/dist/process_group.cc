@@ -1,5 +1,6 @@
 #include "runtime/dist/process_group.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -74,6 +75,25 @@ void ProcessGroup::finish_mean(void* data, size_t count, DType dtype, ReduceOp o
   }
 }
 
+ProcessGroup::SplitPlan ProcessGroup::plan_split(int color, int key, const CallOptions& o) {
+  if (color < kNoColor)
+    throw Error(where("split", o) + ": color " + std::to_string(color) +
+                " (expected a color >= 0, or kNoColor = -1 to join no sub-group)");
+  const int W = size();
+  std::vector<int64_t> mine = {color, key}, all(2 * static_cast<size_t>(W));
+  allgather(mine.data(), all.data(), 2, DType::kI64, o);
+  SplitPlan p;
+  p.color = color;
+  if (color == kNoColor) return p;
+  for (int r = 0; r < W; ++r)
+    if (all[2 * r] == color) p.members.push_back(r);
+  std::stable_sort(p.members.begin(), p.members.end(),
+                   [&](int a, int b) { return all[2 * a + 1] < all[2 * b + 1]; });
+  for (size_t i = 0; i < p.members.size(); ++i)
+    if (p.members[i] == rank()) p.rank = static_cast<int>(i);
+  return p;
+}
+
 std::string ProcessGroup::where(const char* op, const CallOptions& o) const {
   return str(backend(), " ", op, " (tag ", o.tag, ", rank ", rank(), " of ", size(), ")");
 }
@@ -121,6 +141,10 @@ class LocalGroup final : public ProcessGroup {
   void recv(void*, size_t, int src, const CallOptions& o) override {
     check_rank(src, "recv", "source");
     throw Error(where("recv", o) + ": a world of one has no peer to receive from");
+  }
+  std::unique_ptr<ProcessGroup> split(int color, int key, const CallOptions& o) override {
+    if (plan_split(color, key, o).rank < 0) return nullptr;
+    return std::make_unique<LocalGroup>();
   }
 
  private:

@@ -70,6 +70,17 @@ class ProcessGroup {
   virtual void send(const void* data, size_t bytes, int dst, const CallOptions& o = {}) = 0;
   virtual void recv(void* data, size_t bytes, int src, const CallOptions& o = {}) = 0;
 
+  // Sub-groups, as MPI_Comm_split: a collective call of every rank of this
+  // group (in the same order as its other calls). Ranks passing the same
+  // `color` >= 0 form one new group of the same backend, ranked by (`key`,
+  // rank in this group); a rank passing kNoColor joins none and gets nullptr.
+  // The new group's calls never match this group's (or another sub-group's),
+  // and it may outlive this group. Error: color below kNoColor; a peer that
+  // does not take part fails the call at `o.timeout` like any collective.
+  // (Federated rounds run a cohort of clients as one sub-group.)
+  static constexpr int kNoColor = -1;
+  virtual std::unique_ptr<ProcessGroup> split(int color, int key, const CallOptions& o = {}) = 0;
+
   // Equal contributions: every rank `count` elements.
   void allgather(const void* in, void* out, size_t count, DType dtype, const CallOptions& o = {}) {
     allgatherv(in, out, std::vector<size_t>(static_cast<size_t>(size()), count), dtype, o);
@@ -84,6 +95,15 @@ class ProcessGroup {
   // rounding, the same in every backend).
   void finish_mean(void* data, size_t count, DType dtype, ReduceOp op) const;
   std::string where(const char* op, const CallOptions& o) const;
+
+  // The sub-group this rank joins in split(): every rank's (color, key)
+  // gathered, members ordered by (key, parent rank). Error on a bad color.
+  struct SplitPlan {
+    int color = kNoColor;
+    int rank = -1;             // in the sub-group (-1: kNoColor)
+    std::vector<int> members;  // parent ranks, sub-group rank order
+  };
+  SplitPlan plan_split(int color, int key, const CallOptions& o);
 };
 
 // One process: every collective is a copy (or nothing).

@@ -209,4 +209,44 @@ inline void check_work_queue(ProcessGroup& g) {
   }
 }
 
+// split(): even and odd ranks form two sub-groups ranked in reverse (key =
+// -rank) and the last rank of a world of three or more joins none. Each
+// sub-group's sums name exactly its own members (two sub-groups run at once
+// without cross-talk), every collective works inside it, a sub-group splits
+// again, the parent still works afterwards, and a bad color is refused by name.
+inline void check_split(ProcessGroup& g) {
+  const int W = g.size(), R = g.rank();
+  const bool out = W >= 3 && R == W - 1;
+  const int color = out ? ProcessGroup::kNoColor : R % 2;
+  auto sub = g.split(color, -R);
+  if (out) {
+    EXPECT_EQ(sub, nullptr);
+  } else {
+    ASSERT_NE(sub, nullptr);
+    std::vector<int> members;  // parent ranks of my color, by key = -rank
+    for (int r = W - 1; r >= 0; --r)
+      if (!(W >= 3 && r == W - 1) && r % 2 == color) members.push_back(r);
+    EXPECT_EQ(sub->backend(), g.backend());
+    ASSERT_EQ(sub->size(), static_cast<int>(members.size()));
+    EXPECT_EQ(members[static_cast<size_t>(sub->rank())], R);
+    int64_t sum = R, want = 0;
+    for (int r : members) want += r;
+    sub->allreduce(&sum, 1, DType::kI64, ReduceOp::kSum);
+    EXPECT_EQ(sum, want) << "color " << color;
+    check_collectives(*sub);
+    // Split again: every member alone.
+    auto alone = sub->split(sub->rank(), 0);
+    ASSERT_NE(alone, nullptr);
+    EXPECT_EQ(alone->size(), 1);
+    EXPECT_EQ(alone->rank(), 0);
+    float x = 5;
+    alone->allreduce(&x, 1, DType::kF32, ReduceOp::kSum);
+    EXPECT_EQ(x, 5.0f);
+  }
+  int64_t n = 1;
+  g.allreduce(&n, 1, DType::kI64, ReduceOp::kSum);
+  EXPECT_EQ(n, W);
+  EXPECT_NE(testing::error_of([&] { g.split(-2, 0); }).find("color -2"), std::string::npos);
+}
+
 }  // namespace tessera::dist

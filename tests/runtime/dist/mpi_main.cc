@@ -15,6 +15,7 @@ TEST(Mpi, EveryCollectiveOnEveryRank) {
   ASSERT_GE(g->size(), 2);
   check_collectives(*g);
   check_work_queue(*g);
+  check_split(*g);
   // Calls with different tags run on different communicators.
   float a = 1, b = 2;
   CallOptions t1, t2;
@@ -36,6 +37,7 @@ TEST(Mpi, GlooRendezvousOverMpi) {
   ASSERT_GE(g->size(), 2);
   check_collectives(*g);
   check_work_queue(*g);
+  check_split(*g);
 }
 
 }  // namespace

@@ -36,6 +36,8 @@ TEST(ProcessGroup, LocalIsExact) {
   EXPECT_EQ(g->size(), 1);
   check_collectives(*g);
   check_work_queue(*g);
+  check_split(*g);
+  EXPECT_EQ(g->split(ProcessGroup::kNoColor, 0), nullptr);
   EXPECT_NE(testing::error_of([&] { g->broadcast(nullptr, 0, 1); }).find("root 1"),
             std::string::npos);
   int32_t x = 3;
@@ -48,6 +50,10 @@ TEST(ProcessGroup, LocalIsExact) {
 
 TEST(ProcessGroup, GlooEveryCollectiveAtWorldSizesOneToEight) {
   for (int world : {1, 2, 3, 4, 5, 8}) on_gloo(world, "all", check_collectives);
+}
+
+TEST(ProcessGroup, GlooSplitsIntoSubGroupsThatMeetThroughTheParent) {
+  for (int world : {1, 2, 3, 5}) on_gloo(world, "split", check_split);
 }
 
 TEST(WorkQueue, GlooEveryItemOnceAtWorldSizesOneToFive) {
