@@ -6,18 +6,17 @@
 #include <mutex>
 #include <thread>
 
+#include "runtime/dist/codec.h"
+
 namespace tessera::dist {
 
 namespace {
 
-// Worker → rank 0: a header, then `bytes` of payload (the result, or the
-// error text). Rank 0 → worker: the next item, or kStop.
+// Messages in the one framing (codec.h). Worker → rank 0: {kind, item,
+// microseconds, payload (the result, or the error text)}; the first only
+// asks for work. Rank 0 → worker: {the next item, or kStop}.
 enum Kind : int64_t { kReady = 1, kDone = 2, kFailed = 3 };
-struct Header {
-  int64_t kind = kReady, item = -1, bytes = 0, micros = 0;
-};
 constexpr int64_t kStop = -1;
-constexpr int64_t kMaxPayload = int64_t{1} << 40;
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -84,22 +83,21 @@ class Coordinator {
     co.timeout = o_.item_timeout;
     int64_t cur = kStop;
     try {
+      const std::string what = str("work queue: rank ", r);
       for (;;) {
-        Header h;
-        g_.recv(&h, sizeof h, r, co);
-        if (h.kind == kDone || h.kind == kFailed) {
-          if (cur == kStop || h.item != cur || h.bytes < 0 || h.bytes > kMaxPayload)
-            throw Error(str("work queue: rank ", r, " sent a malformed result (item ", h.item, ", ",
-                            h.bytes, " bytes; it was given item ", cur, ")"));
-          std::string payload(static_cast<size_t>(h.bytes), '\0');
-          if (h.bytes > 0) g_.recv(payload.data(), payload.size(), r, co);
-          finish(static_cast<size_t>(cur), r, h.kind == kDone, payload, h.micros * 1e-6);
+        const std::vector<std::string> m = recv_message(g_, r, 4, what, co);
+        const int64_t kind = i64_of(m[0], what), item = i64_of(m[1], what);
+        if (kind == kDone || kind == kFailed) {
+          if (cur == kStop || item != cur)
+            throw Error(str("work queue: rank ", r, " sent a malformed result (item ", item,
+                            "; it was given item ", cur, ")"));
+          finish(static_cast<size_t>(cur), r, kind == kDone, m[3], i64_of(m[2], what) * 1e-6);
           cur = kStop;
-        } else if (h.kind != kReady || cur != kStop) {
-          throw Error(str("work queue: rank ", r, " sent a malformed message (kind ", h.kind, ")"));
+        } else if (kind != kReady || cur != kStop) {
+          throw Error(str("work queue: rank ", r, " sent a malformed message (kind ", kind, ")"));
         }
         cur = take();
-        g_.send(&cur, sizeof cur, r, co);
+        send_message(g_, r, {i64_field(cur)}, co);
         if (cur == kStop) return;
       }
     } catch (const std::exception& e) {
@@ -177,21 +175,20 @@ WorkSummary distribute(ProcessGroup& g, size_t n, const std::function<std::strin
   co.tag = o.tag;
   co.timeout = o.item_timeout;
   WorkSummary mine;
-  Header h;  // the first message only asks for work; later ones carry a result
-  std::string out;
+  const std::string what = "work queue: rank 0";
+  std::vector<std::string> m = {i64_field(kReady), i64_field(-1), i64_field(0), ""};
   for (;;) {
-    g.send(&h, sizeof h, 0, co);
-    if (h.bytes > 0) g.send(out.data(), out.size(), 0, co);
-    int64_t item = kStop;
-    g.recv(&item, sizeof item, 0, co);
+    send_message(g, 0, m, co);
+    const int64_t item = i64_of(recv_message(g, 0, 1, what, co)[0], what);
     if (item == kStop) break;
     if (item < 0 || static_cast<size_t>(item) >= n)
       throw Error(str("work queue: rank 0 handed out item ", item, " of ", n));
+    std::string out;
     double secs = 0;
     const bool ok = run_item(work, static_cast<size_t>(item), &out, &secs);
     mine.items.push_back(WorkReport{static_cast<size_t>(item), g.rank(), ok, ok ? "" : out, secs});
-    h = Header{ok ? kDone : kFailed, item, static_cast<int64_t>(out.size()),
-               static_cast<int64_t>(secs * 1e6)};
+    m = {i64_field(ok ? kDone : kFailed), i64_field(item),
+         i64_field(static_cast<int64_t>(secs * 1e6)), std::move(out)};
   }
   return mine;
 }

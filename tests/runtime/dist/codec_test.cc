@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "runtime/common/error.h"
+#include "tests/runtime/dist/collectives_check.h"
 
 namespace tessera::dist {
 namespace {
@@ -35,6 +36,43 @@ TEST(FieldCodec, RefusesMalformedMessagesNamingThem) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("rank 3, task 'x'"), std::string::npos) << e.what();
   }
+}
+
+TEST(FieldCodec, IntegerFieldsRoundTripAndRefuseOtherWidths) {
+  for (int64_t v : {int64_t{0}, int64_t{-1}, int64_t{1} << 40, INT64_MIN})
+    EXPECT_EQ(i64_of(i64_field(v), "f"), v);
+  EXPECT_NE(testing::error_of([] { i64_of("1234", "rank 2, item"); }).find("rank 2, item"),
+            std::string::npos);
+}
+
+// Between two Gloo ranks: messages arrive whole and in order, a message of
+// no fields is one send, and a length past the receiver's bound is refused
+// before anything that large is allocated (the stream stays in step).
+TEST(Messages, CrossRanksWholeAndRefuseALengthPastTheBound) {
+  const std::string blob(300000, '\x7f');
+  on_gloo(2, "messages", [&](ProcessGroup& g) {
+    CallOptions o;
+    o.tag = 7;
+    if (g.rank() == 0) {
+      send_message(g, 1, {"a", blob, "", i64_field(-5)}, o);
+      send_message(g, 1, {}, o);
+      const uint64_t lie = uint64_t{1} << 50;
+      g.send(&lie, sizeof lie, 1, o);
+      send_message(g, 1, {"after"}, o);
+    } else {
+      const auto m = recv_message(g, 0, 4, "rank 0", o);
+      EXPECT_EQ(m[0], "a");
+      EXPECT_EQ(m[1], blob);
+      EXPECT_EQ(m[2], "");
+      EXPECT_EQ(i64_of(m[3], "rank 0"), -5);
+      EXPECT_TRUE(recv_message(g, 0, 0, "rank 0", o).empty());
+      const std::string err =
+          testing::error_of([&] { recv_message(g, 0, 1, "rank 0's update", o, 1 << 20); });
+      EXPECT_NE(err.find("rank 0's update: a message of 1125899906842624 bytes"), std::string::npos)
+          << err;
+      EXPECT_EQ(recv_message(g, 0, 1, "rank 0", o), std::vector<std::string>{"after"});
+    }
+  });
 }
 
 }  // namespace
