@@ -3,9 +3,9 @@
 #include "adapters/peft.h"
 
 #include <filesystem>
-#include <nlohmann/json.hpp>
 
 #include "adapters/kinds.h"
+#include "adapters/spec.h"
 #include "runtime/common/error.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/nn/models.h"
@@ -13,82 +13,18 @@
 namespace tessera::adapters {
 
 using kernels::cpu::Act;
-// Ordered: rank/alpha patterns resolve to their first matching key, in order.
-using json = nlohmann::ordered_json;
 
 namespace {
 constexpr const char* kMetaKey = "tessera.adapter";
-constexpr int kFormat = 1;
 
 struct Loaded {
   AdapterFile info;
   std::shared_ptr<io::SafetensorsFile> file;
 };
 
-template <typename T>
-T get(const json& j, const char* key, const std::string& path) {
-  try {
-    return j.at(key).get<T>();
-  } catch (const json::exception&) {
-    throw Error(str("adapter file '", path, "': metadata field '", key,
-                    "' is missing or has the wrong type"));
-  }
-}
-
-// The metadata's JSON read field by field; `path` names it in messages.
+// The metadata's JSON, read and validated through the AdapterConfig message.
 AdapterFile parse_metadata(const std::string& text, const std::string& path) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    throw Error(str("adapter file '", path, "': metadata is not valid JSON: ", e.what()));
-  }
-  if (!j.is_object()) throw Error(str("adapter file '", path, "': metadata is not a JSON object"));
-  const int format = get<int>(j, "format", path);
-  if (format != kFormat)
-    throw Error(
-        str("adapter file '", path, "' has format ", format, "; this tessera reads ", kFormat));
-  AdapterFile a;
-  a.path = path;
-  AdapterSpec& s = a.spec;
-  s.kind = parse_kind(get<std::string>(j, "kind", path));
-  s.lora.defaults.r = get<int64_t>(j, "r", path);
-  s.lora.defaults.alpha = get<float>(j, "alpha", path);
-  s.lora.defaults.rslora = get<bool>(j, "rslora", path);
-  s.dropout = get<float>(j, "dropout", path);
-  s.dora_exact_grad = get<bool>(j, "dora_exact_grad", path);
-  s.vera_d_init = get<float>(j, "vera_d_init", path);
-  s.feedforward = get<std::vector<std::string>>(j, "feedforward", path);
-  s.act = parse_act(get<std::string>(j, "act", path));
-  for (const char* key : {"rank_pattern", "alpha_pattern"}) {
-    if (!j.contains(key) || !j[key].is_object())
-      throw Error(str("adapter file '", path, "': metadata field '", key, "' is not an object"));
-    for (auto it = j[key].begin(); it != j[key].end(); ++it) {
-      if (!it.value().is_number())
-        throw Error(
-            str("adapter file '", path, "': ", key, " value of '", it.key(), "' is not a number"));
-      if (std::string(key) == "rank_pattern")
-        s.lora.rank_pattern.push_back({it.key(), it.value().get<int64_t>()});
-      else
-        s.lora.alpha_pattern.push_back({it.key(), it.value().get<float>()});
-    }
-  }
-  a.targets = get<std::vector<std::string>>(j, "targets", path);
-  a.modules = get<std::vector<std::string>>(j, "modules", path);
-  a.conv1d = get<std::vector<bool>>(j, "conv1d", path);
-  a.base_model = get<std::string>(j, "base_model", path);
-  if (j.contains("base_fingerprint"))
-    a.base_fingerprint = get<std::string>(j, "base_fingerprint", path);
-  if (j.contains("embedding_modules"))
-    a.embedding_modules = get<std::vector<std::string>>(j, "embedding_modules", path);
-  if (j.contains("modules_to_save"))
-    a.modules_to_save = get<std::vector<std::string>>(j, "modules_to_save", path);
-  if (a.modules.empty() && a.embedding_modules.empty() && a.modules_to_save.empty())
-    throw Error(str("adapter file '", path, "' adapts no module"));
-  if (a.conv1d.size() != a.modules.size())
-    throw Error(str("adapter file '", path, "': ", a.modules.size(), " modules but ",
-                    a.conv1d.size(), " conv1d flags"));
-  return a;
+  return adapter_from_config(parse_config_json(text, path), path);
 }
 
 // An adapter from its safetensors image (a mapped file or bytes).
@@ -129,40 +65,29 @@ Act parse_act(const std::string& s) {
 }
 
 namespace {
-json spec_json(const AdapterSpec& s, const std::vector<std::string>& targets,
-               const std::vector<std::string>& modules, const std::vector<bool>& conv1d,
-               const std::string& base_model, const std::string& fingerprint,
-               const std::vector<std::string>& embedding_modules = {},
-               const std::vector<std::string>& copied_modules = {}) {
-  json rp = json::object(), ap = json::object();
-  for (const auto& [k, v] : s.lora.rank_pattern) rp[k] = v;
-  for (const auto& [k, v] : s.lora.alpha_pattern) ap[k] = v;
-  return {{"format", kFormat},
-          {"kind", kind_name(s.kind)},
-          {"r", s.lora.defaults.r},
-          {"alpha", s.lora.defaults.alpha},
-          {"rslora", s.lora.defaults.rslora},
-          {"dropout", s.dropout},
-          {"dora_exact_grad", s.dora_exact_grad},
-          {"vera_d_init", s.vera_d_init},
-          {"feedforward", s.feedforward},
-          {"act", act_name(s.act)},
-          {"rank_pattern", rp},
-          {"alpha_pattern", ap},
-          {"targets", targets},
-          {"modules", modules},
-          {"conv1d", conv1d},
-          {"base_model", base_model},
-          {"base_fingerprint", fingerprint},
-          {"embedding_modules", embedding_modules},
-          {"modules_to_save", copied_modules}};
+// The metadata's JSON, written from the AdapterConfig message.
+std::string spec_json(const AdapterSpec& s, const std::vector<std::string>& targets,
+                      const std::vector<std::string>& modules, const std::vector<bool>& conv1d,
+                      const std::string& base_model, const std::string& fingerprint,
+                      const std::vector<std::string>& embedding_modules = {},
+                      const std::vector<std::string>& copied_modules = {}) {
+  AdapterFile a;
+  a.spec = s;
+  a.targets = targets;
+  a.modules = modules;
+  a.conv1d = conv1d;
+  a.base_model = base_model;
+  a.base_fingerprint = fingerprint;
+  a.embedding_modules = embedding_modules;
+  a.modules_to_save = copied_modules;
+  return config_json(adapter_config(a));
 }
 
-std::map<std::string, std::string> file_metadata(const json& meta) {
-  return {{kMetaKey, meta.dump()}, {"format", "pt"}};
+std::map<std::string, std::string> file_metadata(const std::string& meta) {
+  return {{kMetaKey, meta}, {"format", "pt"}};
 }
 
-void write(const std::string& path, const std::vector<io::WriteEntry>& e, const json& meta) {
+void write(const std::string& path, const std::vector<io::WriteEntry>& e, const std::string& meta) {
   std::filesystem::path parent = std::filesystem::path(path).parent_path();
   if (!parent.empty()) std::filesystem::create_directories(parent);
   io::save_safetensors(path, e, file_metadata(meta));
@@ -170,9 +95,9 @@ void write(const std::string& path, const std::vector<io::WriteEntry>& e, const 
 
 // The entries and metadata of a plain LoRA given as factors: each module's
 // own rank and scale, as rank/alpha patterns on its exact name.
-json lora_factors_json(const std::vector<std::pair<std::string, LoraFactors>>& modules,
-                       const std::vector<bool>& conv1d, const std::string& base_model,
-                       const std::string& base_fingerprint, std::vector<io::WriteEntry>* e) {
+std::string lora_factors_json(const std::vector<std::pair<std::string, LoraFactors>>& modules,
+                              const std::vector<bool>& conv1d, const std::string& base_model,
+                              const std::string& base_fingerprint, std::vector<io::WriteEntry>* e) {
   if (modules.empty() || conv1d.size() != modules.size())
     throw Error(
         str("save_lora_factors: ", modules.size(), " modules, ", conv1d.size(), " layout flags"));
@@ -207,7 +132,7 @@ void save_lora_factors(const std::string& path,
                        const std::vector<bool>& conv1d, const std::string& base_model,
                        const std::string& base_fingerprint) {
   std::vector<io::WriteEntry> e;
-  const json meta = lora_factors_json(modules, conv1d, base_model, base_fingerprint, &e);
+  const std::string meta = lora_factors_json(modules, conv1d, base_model, base_fingerprint, &e);
   write(path, e, meta);
 }
 
@@ -215,7 +140,7 @@ AdapterFile lora_factors_adapter(const std::vector<std::pair<std::string, LoraFa
                                  const std::vector<bool>& conv1d, const std::string& base_model,
                                  const std::string& base_fingerprint) {
   std::vector<io::WriteEntry> e;
-  const json meta = lora_factors_json(modules, conv1d, base_model, base_fingerprint, &e);
+  const std::string meta = lora_factors_json(modules, conv1d, base_model, base_fingerprint, &e);
   return read_adapter_bytes(io::serialize_safetensors(e, file_metadata(meta)), "merged LoRA");
 }
 

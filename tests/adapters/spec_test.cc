@@ -1,10 +1,14 @@
-// The command line's adapter shorthand: keys, per-kind defaults and refusals.
+// The adapter spec: the command line's shorthand (keys, per-kind defaults and
+// refusals) and the AdapterConfig message's JSON form.
 #include "adapters/spec.h"
 
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include "runtime/common/error.h"
 #include "runtime/nn/models.h"
+#include "tests/testing.h"
 
 namespace tessera::adapters {
 namespace {
@@ -39,6 +43,79 @@ TEST(AdapterSpec, ParsesAndNamesMistakes) {
       EXPECT_NE(std::string(e.what()).find(bad), std::string::npos) << e.what();
     }
   }
+}
+
+// The AdapterConfig message's JSON form, pinned: field-number order, the
+// patterns as ordered objects (first match wins, so order is kept through a
+// round trip even against sorting), and the optional late fields.
+TEST(AdapterConfigMessage, JsonFormIsPinnedAndRoundTripsInOrder) {
+  AdapterConfig c;
+  c.set_format(1);
+  c.set_kind("lora");
+  c.set_r(4);
+  c.set_alpha(8.0f);
+  c.set_dropout(0.5f);
+  c.set_vera_d_init(0.5f);
+  c.add_feedforward("fc2");
+  c.set_act("relu");
+  for (auto [p, r] : {std::pair{"z.*", 2}, std::pair{"a.*", 6}}) {
+    RankPattern* x = c.add_rank_pattern();
+    x->set_pattern(p);
+    x->set_r(r);
+  }
+  AlphaPattern* ap = c.add_alpha_pattern();
+  ap->set_pattern("q");
+  ap->set_alpha(1.5f);
+  c.add_targets("all-linear");
+  c.add_modules("h.0.attn.c_attn");
+  c.add_conv1d(true);
+  c.set_base_model("gpt2");
+  const std::string j = config_json(c);
+  EXPECT_EQ(
+      j, R"({"format":1,"kind":"lora","r":4,"alpha":8.0,"rslora":false,"dropout":0.5,)"
+         R"("dora_exact_grad":false,"vera_d_init":0.5,"feedforward":["fc2"],"act":"relu",)"
+         R"("rank_pattern":{"z.*":2,"a.*":6},"alpha_pattern":{"q":1.5},"targets":["all-linear"],)"
+         R"("modules":["h.0.attn.c_attn"],"conv1d":[true],"base_model":"gpt2",)"
+         R"("base_fingerprint":"","embedding_modules":[],"modules_to_save":[]})");
+  const AdapterConfig back = parse_config_json(j, "j");
+  EXPECT_EQ(back.SerializeAsString(), c.SerializeAsString());
+  // Through the value and back: the spec keeps the patterns' order.
+  const AdapterFile a = adapter_from_config(back, "j");
+  ASSERT_EQ(a.spec.lora.rank_pattern.size(), 2u);
+  EXPECT_EQ(a.spec.lora.rank_pattern[0].first, "z.*");
+  EXPECT_EQ(adapter_config(a).SerializeAsString(), c.SerializeAsString());
+}
+
+TEST(AdapterConfigMessage, RefusesWhatItCannotFollowNamingTheSourceAndField) {
+  AdapterConfig c = parse_config_json(
+      R"({"format":1,"kind":"dora","r":8,"alpha":16,"rslora":true,"dropout":0,)"
+      R"("dora_exact_grad":true,"vera_d_init":0.1,"feedforward":[],"act":"gelu",)"
+      R"("rank_pattern":{},"alpha_pattern":{},"targets":[],"modules":["m"],"conv1d":[false],)"
+      R"("base_model":"b"})",
+      "old.safetensors");
+  EXPECT_EQ(c.base_fingerprint(), "");  // absent in files written before it
+  EXPECT_EQ(adapter_from_config(c, "x").spec.kind, Kind::Dora);
+  auto err = [](const std::function<void()>& f) { return testing::error_of(f); };
+  EXPECT_NE(err([] { parse_config_json(R"({"format":2})", "f.st"); }).find("'f.st' has format 2"),
+            std::string::npos);
+  EXPECT_NE(err([] {
+              parse_config_json(R"({"format":1,"kind":"lora"})", "f.st");
+            }).find("'f.st': metadata field 'r' is missing"),
+            std::string::npos);
+  EXPECT_NE(err([] { parse_config_json("[1]", "f.st"); }).find("not a JSON object"),
+            std::string::npos);
+  AdapterConfig bad = c;
+  bad.add_conv1d(true);
+  EXPECT_NE(err([&] { adapter_from_config(bad, "rec"); }).find("1 modules but 2 conv1d flags"),
+            std::string::npos);
+  bad = c;
+  bad.set_kind("lorax");
+  EXPECT_NE(err([&] { adapter_from_config(bad, "rec"); }).find("lorax"), std::string::npos);
+  bad = c;
+  bad.clear_modules();
+  bad.clear_conv1d();
+  EXPECT_NE(err([&] { adapter_from_config(bad, "rec"); }).find("adapts no module"),
+            std::string::npos);
 }
 
 }  // namespace
