@@ -4,11 +4,15 @@
 // caller's own ifstream and message.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace tessera {
 
 // The whole file; `what` says what it is in the message ("config file").
 std::string read_file(const std::string& path, const std::string& what = "file");
+// The same as bytes (token files, IDX data).
+std::vector<uint8_t> read_file_bytes(const std::string& path, const std::string& what = "file");
 
 }  // namespace tessera

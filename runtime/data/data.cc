@@ -7,13 +7,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <list>
 #include <memory>
 #include <mutex>
 #include <sstream>
 
 #include "runtime/common/error.h"
+#include "runtime/common/file.h"
 
 namespace tessera::data {
 
@@ -42,13 +42,6 @@ std::vector<uint8_t> read_maybe_gzip(const std::string& path) {
   }
   gzclose(f);
   return out;
-}
-
-std::vector<uint8_t> read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(str("cannot open '", path, "'"));
-  return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)),
-                              std::istreambuf_iterator<char>());
 }
 
 uint32_t be32(const uint8_t* p) {
@@ -275,7 +268,7 @@ TokenCorpus load_text(const std::vector<std::string>& patterns) {
   c.vocab = 256;
   c.files = expand_globs(patterns);
   for (const auto& f : c.files) {
-    std::vector<uint8_t> b = read_file(f);
+    std::vector<uint8_t> b = read_file_bytes(f, "text file");
     c.tokens.insert(c.tokens.end(), b.begin(), b.end());
   }
   if (c.tokens.size() < 2) throw Error("text corpus has fewer than 2 bytes");
@@ -289,7 +282,7 @@ TokenCorpus load_token_bins(const std::vector<std::string>& patterns, int token_
   c.files = expand_globs(patterns);
   int64_t max_id = 0;
   for (const auto& f : c.files) {
-    std::vector<uint8_t> b = read_file(f);
+    std::vector<uint8_t> b = read_file_bytes(f, "token file");
     size_t off = 0;
     int tb = token_bytes;
     if (b.size() >= 1024) {

@@ -26,6 +26,19 @@ TEST(ReadFile, ReturnsTheBytesOrNamesTheFileAndWhy) {
     EXPECT_NE(m.find("config file '" + dir + "/missing.pbtxt'"), std::string::npos) << m;
     EXPECT_NE(m.find("No such file"), std::string::npos) << m;
   }
+  // Bytes of a file larger than one read buffer; a folder is not a file.
+  std::string big(200000, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 7);
+  {
+    std::ofstream f(dir + "/big.bin", std::ios::binary);
+    f << big;
+  }
+  const std::vector<uint8_t> b = read_file_bytes(dir + "/big.bin", "token file");
+  EXPECT_EQ(std::string(b.begin(), b.end()), big);
+  EXPECT_NE(testing::error_of([&] {
+              read_file_bytes(dir, "token file");
+            }).find("cannot read token file '" + dir + "': a read failed: Is a directory"),
+            std::string::npos);
 }
 
 }  // namespace
