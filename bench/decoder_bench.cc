@@ -31,7 +31,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   const std::string peer_script = std::string(TESSERA_SOURCE_DIR) + "/bench/peers/torch_decoder.py";
   try {
-    PretrainConfig cfg = launch::resolve_config(
+    RunConfig cfg = launch::resolve_config(
         "",
         {"decoder.flavor=" + flavor, "threads=" + std::to_string(threads),
          "out_dir=", "batch_size=16", "steps=" + std::to_string(warmup + steps),

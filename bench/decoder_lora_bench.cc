@@ -61,7 +61,7 @@ int main(int argc, char** argv) {
                    {"prose_val_loss", base.evaluate().loss}});
     }
     auto cfg_on = [&](const std::string& files, int total_steps) {
-      PretrainConfig c = train::read_checkpoint_config(ckpt);
+      RunConfig c = train::read_checkpoint_config(ckpt);
       std::vector<std::string> ov = {"threads=" + t,
                                      "out_dir=",
                                      "data.files=" + files,

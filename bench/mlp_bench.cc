@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
   const std::string peer_script = std::string(TESSERA_SOURCE_DIR) + "/bench/peers/torch_mlp.py";
 
   try {
-    PretrainConfig cfg = launch::resolve_config(
+    RunConfig cfg = launch::resolve_config(
         "",
         {"epochs=" + std::to_string(points.back()), "threads=" + std::to_string(threads),
          "out_dir=", "data.dir=" + data_dir, "optim.schedule=" + schedule, "optim.min_lr_ratio=0"},

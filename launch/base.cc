@@ -49,14 +49,14 @@ std::string field_text(const pb::Message& m, const pb::FieldDescriptor* f) {
 
 // Fields of `sub` (mlp or decoder) that `user` sets and that change the model
 // built from `arch`.
-void check_sub(const PretrainConfig& arch, const PretrainConfig& user, const char* sub,
+void check_sub(const RunConfig& arch, const RunConfig& user, const char* sub,
                const std::string& source) {
-  const pb::FieldDescriptor* sf = PretrainConfig::descriptor()->FindFieldByName(sub);
+  const pb::FieldDescriptor* sf = RunConfig::descriptor()->FindFieldByName(sub);
   const pb::Reflection* pr = user.GetReflection();
   if (!pr->HasField(user, sf)) return;
   const pb::Message& um = pr->GetMessage(user, sf);
   const bool decoder = std::string(sub) == "decoder";
-  PretrainConfig want = arch;
+  RunConfig want = arch;
   if (decoder) normalise(want.mutable_decoder());
   const pb::Message& wm = want.GetReflection()->GetMessage(want, sf);
   std::vector<const pb::FieldDescriptor*> fields;
@@ -64,7 +64,7 @@ void check_sub(const PretrainConfig& arch, const PretrainConfig& user, const cha
   for (const pb::FieldDescriptor* f : fields) {
     if (f->name() == "init_from") continue;
     // `got`: the base's architecture with this one field as the user set it.
-    PretrainConfig got = arch, mine = user;
+    RunConfig got = arch, mine = user;
     pb::Message* gm = got.GetReflection()->MutableMessage(&got, sf);
     pb::Message* mm = mine.GetReflection()->MutableMessage(&mine, sf);
     gm->GetReflection()->SwapFields(gm, mm, {f});
@@ -81,8 +81,7 @@ void check_sub(const PretrainConfig& arch, const PretrainConfig& user, const cha
 
 }  // namespace
 
-void check_architecture(const PretrainConfig& arch, const PretrainConfig& user,
-                        const std::string& source) {
+void check_architecture(const RunConfig& arch, const RunConfig& user, const std::string& source) {
   if (user.has_model() && user.model() != arch.model())
     throw Error(str("model = ", user.model(), " contradicts the base '", source, "', which is a ",
                     arch.model(), " (drop the setting)"));
@@ -90,14 +89,14 @@ void check_architecture(const PretrainConfig& arch, const PretrainConfig& user,
   check_sub(arch, user, "decoder", source);
 }
 
-void complete_architecture(PretrainConfig* cfg, const PretrainConfig& user) {
+void complete_architecture(RunConfig* cfg, const RunConfig& user) {
   const std::string folder = cfg->decoder().init_from();
   if (cfg->model() != "decoder" || folder.empty()) return;
   if (!fs::is_directory(folder) || !fs::exists(folder + "/config.json"))
     throw Error(str("decoder.init_from '", folder,
                     "' is not a Hugging Face folder (expected config.json and model.safetensors "
                     "in it)"));
-  PretrainConfig arch = *cfg;
+  RunConfig arch = *cfg;
   train::set_decoder_config(io::read_hf_config(folder), arch.mutable_decoder());
   check_architecture(arch, user, folder);
   *cfg->mutable_decoder() = arch.decoder();
@@ -146,9 +145,9 @@ BaseModel open_base(const std::string& path, const std::string& flag) {
   return b;
 }
 
-void apply_base_overrides(PretrainConfig* cfg, const std::vector<std::string>& overrides,
+void apply_base_overrides(RunConfig* cfg, const std::vector<std::string>& overrides,
                           const BaseModel& base) {
-  PretrainConfig user;
+  RunConfig user;
   apply_overrides(&user, overrides);
   check_architecture(base.config, user, base.path);
   apply_overrides(cfg, overrides);
@@ -162,10 +161,10 @@ void load_base_weights(train::Trainer& t, const std::string& path) {
   if (!fs::is_directory(path)) t.load_checkpoint(path, /*weights_only=*/true);
 }
 
-PretrainConfig resolve_config(const std::string& path, const std::vector<std::string>& overrides,
-                              const std::string& model_if_no_file) {
-  PretrainConfig user;
-  PretrainConfig cfg = train::resolve_config(path, overrides, model_if_no_file, &user);
+RunConfig resolve_config(const std::string& path, const std::vector<std::string>& overrides,
+                         const std::string& model_if_no_file) {
+  RunConfig user;
+  RunConfig cfg = train::resolve_config(path, overrides, model_if_no_file, &user);
   complete_architecture(&cfg, user);
   return cfg;
 }

@@ -22,7 +22,7 @@ struct BaseModel {
   // The complete architecture (decoder fields resolved: n_kv_head, d_ff); for
   // a folder, the decoder defaults around it with decoder.init_from = path,
   // so a Trainer built on it loads the folder's weights.
-  PretrainConfig config;
+  RunConfig config;
 };
 
 // Reads what `path` is and its architecture. `flag` names the option in
@@ -33,7 +33,7 @@ BaseModel open_base(const std::string& path, const std::string& flag);
 
 // Applies key=value overrides to `cfg` (a config built on `base`), first
 // refusing any that contradicts the base's architecture, naming both values.
-void apply_base_overrides(PretrainConfig* cfg, const std::vector<std::string>& overrides,
+void apply_base_overrides(RunConfig* cfg, const std::vector<std::string>& overrides,
                           const BaseModel& base);
 
 // Puts the base's weights into a Trainer built on a config from `base` (a
@@ -45,11 +45,10 @@ void load_base_weights(train::Trainer& t, const std::string& path);
 // other than init_from) that differs from `arch`, naming the field, both
 // values and `source`. Values are compared as the model reads them
 // (n_kv_head 0 is n_head, d_ff 0 the flavour's default).
-void check_architecture(const PretrainConfig& arch, const PretrainConfig& user,
-                        const std::string& source);
+void check_architecture(const RunConfig& arch, const RunConfig& user, const std::string& source);
 
 // pretrain with decoder.init_from = FOLDER: the folder's architecture goes
 // into `cfg`; a field `user` set that contradicts it is refused.
-void complete_architecture(PretrainConfig* cfg, const PretrainConfig& user);
+void complete_architecture(RunConfig* cfg, const RunConfig& user);
 
 }  // namespace tessera::launch

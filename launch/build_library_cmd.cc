@@ -117,7 +117,7 @@ int run_build_library(const BuildLibraryOptions& o) {
   // Every rank expands and checks every task's config the same way, so a
   // mistake fails the whole world at once, before any training.
   const std::vector<std::string> tasks = expand_tasks(o.tasks);
-  std::vector<PretrainConfig> cfgs;
+  std::vector<RunConfig> cfgs;
   for (size_t k = 0; k < tasks.size(); ++k) {
     try {
       cfgs.push_back(
@@ -180,7 +180,7 @@ int run_build_library(const BuildLibraryOptions& o) {
   std::vector<std::string> lines(tasks.size());
   auto work = [&](size_t i) -> std::string {
     const size_t k = static_cast<size_t>(todo[i]);
-    PretrainConfig cfg = cfgs[k];
+    RunConfig cfg = cfgs[k];
     std::string tmp;
     if (rank != 0) {
       tmp = (fs::temp_directory_path() / str("tessera_build_", ::getpid(), "_", rank, "_", k))

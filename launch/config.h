@@ -16,7 +16,7 @@ using train::validate_config;
 
 // train::resolve_config, then the architecture a decoder.init_from folder
 // fixes (launch/base.h complete_architecture: contradicting settings refused).
-PretrainConfig resolve_config(const std::string& path, const std::vector<std::string>& overrides,
-                              const std::string& model_if_no_file = "");
+RunConfig resolve_config(const std::string& path, const std::vector<std::string>& overrides,
+                         const std::string& model_if_no_file = "");
 
 }  // namespace tessera::launch

@@ -27,7 +27,7 @@ int run_demo(const DemoOptions& o) {
   std::printf("tessera demo: pretraining the base models into %s\n", o.out_dir.c_str());
   std::vector<RunSummary> rows;
 
-  PretrainConfig mlp = default_config("mlp");
+  RunConfig mlp = default_config("mlp");
   mlp.set_out_dir(o.out_dir + "/mlp");
   mlp.set_threads(o.threads);
   mlp.mutable_data()->set_dir(o.data_dir);
@@ -42,7 +42,7 @@ int run_demo(const DemoOptions& o) {
   validate_config(mlp);
   rows.push_back(train_and_save(mlp, "", 0, true));
 
-  PretrainConfig lm = default_config("decoder");
+  RunConfig lm = default_config("decoder");
   lm.set_out_dir(o.out_dir + "/decoder");
   lm.set_threads(o.threads);
   if (o.quick) {
@@ -72,7 +72,7 @@ int run_demo(const DemoOptions& o) {
   std::unique_ptr<store::LibraryApi> library = open_library(library_target, true);
   const std::string base_print = io::base_fingerprint(rows.front().checkpoint);
   for (const std::string task : {"permute:seed=1", "rotate:deg=90", "classes:0,2,4,6"}) {
-    PretrainConfig ac = train::read_checkpoint_config(rows.front().checkpoint);
+    RunConfig ac = train::read_checkpoint_config(rows.front().checkpoint);
     ac.mutable_data()->set_task(task);
     ac.set_out_dir(o.out_dir + "/adapters/" + task.substr(0, task.find(':')));
     train::set_adapter_schedule(&ac);

@@ -22,7 +22,7 @@ namespace fs = std::filesystem;
 
 int run_eval(const EvalOptions& o) {
   const BaseModel base = open_base(o.checkpoint, "--checkpoint");
-  PretrainConfig cfg = base.config;
+  RunConfig cfg = base.config;
   apply_base_overrides(&cfg, o.overrides, base);
   validate_config(cfg);
   train::Trainer t(cfg);

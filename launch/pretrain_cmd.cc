@@ -15,7 +15,7 @@ namespace tessera::launch {
 namespace fs = std::filesystem;
 
 int run_pretrain(const PretrainOptions& o) {
-  PretrainConfig cfg = resolve_config(o.config, o.overrides, o.model);
+  RunConfig cfg = resolve_config(o.config, o.overrides, o.model);
   RunSummary s = train_and_save(cfg, o.resume, o.max_steps, !o.quiet);
   if (!s.checkpoint.empty())  // rank 0 (the others return an empty summary)
     std::printf("%s: %ld steps, %s, checkpoint %s\n", s.model.c_str(), static_cast<long>(s.steps),

@@ -61,7 +61,7 @@ std::string short_eval(const train::EvalResult& e) {
   return buf;
 }
 
-void warn_if_oversubscribed(const PretrainConfig& cfg) {
+void warn_if_oversubscribed(const RunConfig& cfg) {
   const int machine = static_cast<int>(std::thread::hardware_concurrency());
   if (cfg.threads() > 0 && machine > 0 && local_ranks() > 1 &&
       cfg.threads() * local_ranks() > machine)
@@ -81,7 +81,7 @@ std::string comm_text(const train::Trainer& t, int ranks) {
   return buf;
 }
 
-RunSummary train_and_save(const PretrainConfig& cfg, const std::string& resume, int64_t max_steps,
+RunSummary train_and_save(const RunConfig& cfg, const std::string& resume, int64_t max_steps,
                           bool progress) {
   auto t0 = std::chrono::steady_clock::now();
   // The world this process belongs to (mpirun, tessera launch, TESSERA_* by
@@ -126,7 +126,7 @@ RunSummary train_and_save(const PretrainConfig& cfg, const std::string& resume, 
   return s;
 }
 
-AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt,
+AdapterRun train_adapter(const RunConfig& cfg, const std::string& base_ckpt,
                          const std::string& fingerprint, const adapters::AdapterArgs& a,
                          bool progress, dist::ProcessGroup* world) {
   const int rank = world ? world->rank() : 0, size = world ? world->size() : 1;
@@ -178,7 +178,7 @@ AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt
 
 AdapterRecord trained_record(const std::string& name, const std::string& task,
                              const std::string& base_ckpt, const std::string& fingerprint,
-                             const train::EvalResult& after, const PretrainConfig& cfg) {
+                             const train::EvalResult& after, const RunConfig& cfg) {
   AdapterRecord rec;
   rec.set_name(name);
   rec.set_task(task);
@@ -198,14 +198,14 @@ AdapterRecord trained_record(const std::string& name, const std::string& task,
 std::string put_trained(store::LibraryApi& library, const std::string& file,
                         const std::string& name, const std::string& task,
                         const std::string& base_ckpt, const std::string& fingerprint,
-                        const train::EvalResult& after, const PretrainConfig& cfg) {
+                        const train::EvalResult& after, const RunConfig& cfg) {
   return put_adapter_file(library, file,
                           trained_record(name, task, base_ckpt, fingerprint, after, cfg));
 }
 
-int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt,
-               const adapters::AdapterArgs& a, const std::vector<std::string>& tasks, bool progress,
-               const LibraryTarget& library, const std::string& name, dist::ProcessGroup& world) {
+int train_bank(const RunConfig& cfg, const std::string& base_ckpt, const adapters::AdapterArgs& a,
+               const std::vector<std::string>& tasks, bool progress, const LibraryTarget& library,
+               const std::string& name, dist::ProcessGroup& world) {
   if (a.spec.kind != adapters::Kind::Lora)
     throw Error(str("several tasks at once train a bank of LoRA experts; ",
                     adapters::kind_name(a.spec.kind), " is trained one task at a time"));
@@ -257,7 +257,7 @@ int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt,
                 before[k].accuracy * 100, after.accuracy * 100, dir.c_str());
     if (lib) {
       // Each expert is evaluated on its own task: record that as its score.
-      PretrainConfig one = cfg;
+      RunConfig one = cfg;
       one.mutable_data()->set_task(tasks[k]);
       std::printf("%24s library %s: %s\n", "", library.where.c_str(),
                   put_trained(*lib, dir + "/adapter.safetensors",
@@ -272,11 +272,10 @@ int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt,
   return 0;
 }
 
-PretrainConfig adapter_config(const std::string& base_path, const std::vector<std::string>& tasks,
-                              const std::string& out_dir,
-                              const std::vector<std::string>& overrides) {
+RunConfig adapter_config(const std::string& base_path, const std::vector<std::string>& tasks,
+                         const std::string& out_dir, const std::vector<std::string>& overrides) {
   const BaseModel base = open_base(base_path, "--base");
-  PretrainConfig cfg = base.config;
+  RunConfig cfg = base.config;
   cfg.set_out_dir(out_dir);
   // The thread count the base was trained with belongs to that run, not to
   // the model: here it is this machine's cores over its ranks unless set.

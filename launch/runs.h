@@ -31,7 +31,7 @@ std::string eval_text(const train::EvalResult& e);
 std::string short_eval(const train::EvalResult& e);
 // Warns when explicit threads × local ranks exceed the machine's cores: the
 // ranks' OpenMP and BLAS threads spin against each other (measured 5x slower).
-void warn_if_oversubscribed(const PretrainConfig& cfg);
+void warn_if_oversubscribed(const RunConfig& cfg);
 // "gradient averaging over 2 ranks: 4.1% of step time waited, 62% of it
 // hidden behind backward"; "" on one rank.
 std::string comm_text(const train::Trainer& t, int ranks);
@@ -45,7 +45,7 @@ struct RunSummary {
 // Trains `cfg` over the world the environment names (rank 0 writes the
 // checkpoint and the exported model); rank 0 returns the summary, the others
 // an empty one.
-RunSummary train_and_save(const PretrainConfig& cfg, const std::string& resume, int64_t max_steps,
+RunSummary train_and_save(const RunConfig& cfg, const std::string& resume, int64_t max_steps,
                           bool progress);
 
 struct AdapterRun {
@@ -63,30 +63,29 @@ struct AdapterRun {
 // `fingerprint` is the base's, computed once by the caller. With `world`
 // (several ranks) data parallel, rank 0 writing the files; the other ranks
 // return a run without files.
-AdapterRun train_adapter(const PretrainConfig& cfg, const std::string& base_ckpt,
+AdapterRun train_adapter(const RunConfig& cfg, const std::string& base_ckpt,
                          const std::string& fingerprint, const adapters::AdapterArgs& a,
                          bool progress, dist::ProcessGroup* world = nullptr);
 // The library record of a trained adapter: task, base, test score, provenance.
 AdapterRecord trained_record(const std::string& name, const std::string& task,
                              const std::string& base_ckpt, const std::string& fingerprint,
-                             const train::EvalResult& after, const PretrainConfig& cfg);
+                             const train::EvalResult& after, const RunConfig& cfg);
 // Puts a trained adapter file into `library`; returns "name@version id".
 std::string put_trained(store::LibraryApi& library, const std::string& file,
                         const std::string& name, const std::string& task,
                         const std::string& base_ckpt, const std::string& fingerprint,
-                        const train::EvalResult& after, const PretrainConfig& cfg);
+                        const train::EvalResult& after, const RunConfig& cfg);
 // Several tasks at once on the MLP base: one LoRA expert per task in a bank,
 // every batch holding rows of each task routed to its expert, one pass over
 // the frozen base. Writes one adapter file (and PEFT folder) per task.
-int train_bank(const PretrainConfig& cfg, const std::string& base_ckpt,
-               const adapters::AdapterArgs& a, const std::vector<std::string>& tasks, bool progress,
-               const LibraryTarget& library, const std::string& name, dist::ProcessGroup& world);
+int train_bank(const RunConfig& cfg, const std::string& base_ckpt, const adapters::AdapterArgs& a,
+               const std::vector<std::string>& tasks, bool progress, const LibraryTarget& library,
+               const std::string& name, dist::ProcessGroup& world);
 // The training config of an adapter on `base_path` (a tessera checkpoint or
 // a Hugging Face folder) for `tasks` (one, or several for a bank on the MLP
 // base): the base's config with the task's data, a schedule for adapters,
 // and the user's overrides; validated.
-PretrainConfig adapter_config(const std::string& base_path, const std::vector<std::string>& tasks,
-                              const std::string& out_dir,
-                              const std::vector<std::string>& overrides);
+RunConfig adapter_config(const std::string& base_path, const std::vector<std::string>& tasks,
+                         const std::string& out_dir, const std::vector<std::string>& overrides);
 
 }  // namespace tessera::launch

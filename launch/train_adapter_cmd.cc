@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 
 int run_train_adapter(const TrainAdapterOptions& o) {
   adapters::AdapterArgs a = adapters::parse_adapter_spec(o.adapter);
-  const PretrainConfig cfg =
+  const RunConfig cfg =
       adapter_config(o.base, o.tasks, o.out_dir.empty() ? "runs/adapter" : o.out_dir, o.overrides);
   const std::string& task = o.tasks.front();
   std::unique_ptr<dist::ProcessGroup> world = dist::make_process_group();

@@ -36,7 +36,7 @@ std::vector<std::string> split_tasks(const std::string& spec) {
 
 class ClassifierWorkload : public Workload {
  public:
-  ClassifierWorkload(const PretrainConfig& cfg, Rng& rng) {
+  ClassifierWorkload(const RunConfig& cfg, Rng& rng) {
     if (cfg.data().kind() != "fashion_mnist")
       throw Error(
           str("model 'mlp' trains on data.kind 'fashion_mnist', got '", cfg.data().kind(), "'"));
@@ -186,7 +186,7 @@ nn::MlpSpec mlp_spec(const MlpConfig& m) {
   return spec;
 }
 
-std::unique_ptr<Workload> make_classifier_workload(const PretrainConfig& cfg, Rng& rng) {
+std::unique_ptr<Workload> make_classifier_workload(const RunConfig& cfg, Rng& rng) {
   return std::make_unique<ClassifierWorkload>(cfg, rng);
 }
 

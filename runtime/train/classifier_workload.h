@@ -13,6 +13,6 @@ namespace tessera::train {
 // The MLP a config describes; an unknown activation is an Error naming it.
 nn::MlpSpec mlp_spec(const MlpConfig& m);
 
-std::unique_ptr<Workload> make_classifier_workload(const PretrainConfig& cfg, Rng& rng);
+std::unique_ptr<Workload> make_classifier_workload(const RunConfig& cfg, Rng& rng);
 
 }  // namespace tessera::train

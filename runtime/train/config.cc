@@ -15,8 +15,8 @@ namespace tessera::train {
 
 namespace pb = google::protobuf;
 
-PretrainConfig default_config(const std::string& model) {
-  PretrainConfig c;
+RunConfig default_config(const std::string& model) {
+  RunConfig c;
   c.set_seed(1234);
   c.set_log_every(10);
   c.set_threads(0);
@@ -180,8 +180,8 @@ void validate_message(const pb::Message& m, const std::string& prefix) {
 
 }  // namespace
 
-PretrainConfig parse_config_text(const std::string& text, const std::string& source) {
-  PretrainConfig c;
+RunConfig parse_config_text(const std::string& text, const std::string& source) {
+  RunConfig c;
   pb::TextFormat::Parser p;
   Collector errors(source);
   p.RecordErrorsTo(&errors);
@@ -190,11 +190,11 @@ PretrainConfig parse_config_text(const std::string& text, const std::string& sou
   return c;
 }
 
-PretrainConfig load_config_file(const std::string& path) {
+RunConfig load_config_file(const std::string& path) {
   return parse_config_text(read_file(path, "config file"), path);
 }
 
-void apply_overrides(PretrainConfig* cfg, const std::vector<std::string>& overrides) {
+void apply_overrides(RunConfig* cfg, const std::vector<std::string>& overrides) {
   for (const std::string& ov : overrides) {
     size_t eq = ov.find('=');
     if (eq == std::string::npos || eq == 0)
@@ -251,13 +251,13 @@ void apply_overrides(PretrainConfig* cfg, const std::vector<std::string>& overri
   }
 }
 
-void validate_config(const PretrainConfig& cfg) {
+void validate_config(const RunConfig& cfg) {
   validate_message(cfg, "");
 }
 
-PretrainConfig resolve_config(const std::string& path, const std::vector<std::string>& overrides,
-                              const std::string& model_if_no_file, PretrainConfig* user_out) {
-  PretrainConfig user;
+RunConfig resolve_config(const std::string& path, const std::vector<std::string>& overrides,
+                         const std::string& model_if_no_file, RunConfig* user_out) {
+  RunConfig user;
   if (!path.empty()) user = load_config_file(path);
   std::string model = user.model().empty() ? model_if_no_file : user.model();
   // The model may also be picked by an override.
@@ -269,7 +269,7 @@ PretrainConfig resolve_config(const std::string& path, const std::vector<std::st
   // What the user set (file, then overrides), apart from the defaults: an
   // architecture field of it must agree with a decoder.init_from folder.
   apply_overrides(&user, overrides);
-  PretrainConfig cfg = default_config(model);
+  RunConfig cfg = default_config(model);
   clear_overridden_repeated(&cfg, user);
   cfg.MergeFrom(user);
   validate_config(cfg);
@@ -277,7 +277,7 @@ PretrainConfig resolve_config(const std::string& path, const std::vector<std::st
   return cfg;
 }
 
-std::string to_text(const PretrainConfig& cfg) {
+std::string to_text(const RunConfig& cfg) {
   std::string s;
   pb::TextFormat::PrintToString(cfg, &s);
   return s;

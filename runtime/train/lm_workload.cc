@@ -18,7 +18,7 @@ constexpr int64_t kDefaultMaxWindow = 1024;
 
 class LmWorkload : public Workload {
  public:
-  LmWorkload(const PretrainConfig& cfg, Rng& rng) {
+  LmWorkload(const RunConfig& cfg, Rng& rng) {
     const DecoderConfig& d = cfg.decoder();
     if (cfg.data().files().empty())
       throw Error("data.files is empty: name the text files or globs");
@@ -100,7 +100,7 @@ class LmWorkload : public Workload {
   }
 
   void export_model(const std::string& dir) const override { io::save_hf_decoder(dir, *model_); }
-  void record_architecture(PretrainConfig* cfg) const override {
+  void record_architecture(RunConfig* cfg) const override {
     set_decoder_config(model_->spec(), cfg->mutable_decoder());
   }
 
@@ -172,7 +172,7 @@ void set_decoder_config(const nn::DecoderSpec& s, DecoderConfig* d) {
   d->set_partial_rotary_factor(s.partial_rotary_factor);
 }
 
-std::unique_ptr<Workload> make_lm_workload(const PretrainConfig& cfg, Rng& rng) {
+std::unique_ptr<Workload> make_lm_workload(const RunConfig& cfg, Rng& rng) {
   return std::make_unique<LmWorkload>(cfg, rng);
 }
 

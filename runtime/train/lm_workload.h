@@ -15,6 +15,6 @@ namespace tessera::train {
 nn::DecoderSpec decoder_spec(const DecoderConfig& d);
 void set_decoder_config(const nn::DecoderSpec& s, DecoderConfig* d);
 
-std::unique_ptr<Workload> make_lm_workload(const PretrainConfig& cfg, Rng& rng);
+std::unique_ptr<Workload> make_lm_workload(const RunConfig& cfg, Rng& rng);
 
 }  // namespace tessera::train

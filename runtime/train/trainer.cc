@@ -46,7 +46,7 @@ std::string status_text(float loss, double rate, const char* unit) {
   return buf;
 }
 
-std::string config_text(const PretrainConfig& c) {
+std::string config_text(const RunConfig& c) {
   std::string s;
   google::protobuf::TextFormat::PrintToString(c, &s);
   return s;
@@ -64,7 +64,7 @@ struct Trainer::State {
   std::unique_ptr<metrics::JsonlWriter> log;
 };
 
-Trainer::Trainer(const PretrainConfig& cfg, int rank, int world)
+Trainer::Trainer(const RunConfig& cfg, int rank, int world)
     : cfg_(cfg), rank_(rank), world_(world), st_(std::make_unique<State>()) {
   // Each rank takes batch_size / world rows of every global batch.
   if (world < 1 || rank < 0 || rank >= world)
@@ -324,7 +324,7 @@ void Trainer::set_row_task_hook(Workload::RowTaskFn fn) {
   task_->set_row_task_hook(std::move(fn));
 }
 
-std::unique_ptr<Workload> make_workload(const PretrainConfig& cfg, Rng& rng) {
+std::unique_ptr<Workload> make_workload(const RunConfig& cfg, Rng& rng) {
   if (cfg.model() == "mlp") return make_classifier_workload(cfg, rng);
   if (cfg.model() == "decoder") return make_lm_workload(cfg, rng);
   throw Error(str("model '", cfg.model(), "': expected 'mlp' or 'decoder'"));
@@ -338,7 +338,7 @@ void Trainer::save_checkpoint(const std::string& path) const {
   // A checkpoint that holds the model needs nothing else: its config carries
   // the whole architecture (record_architecture) and not the folder the
   // weights first came from. One that holds adapters keeps naming its base.
-  PretrainConfig saved = cfg_;
+  RunConfig saved = cfg_;
   if (trained_ == &task_->params() && saved.has_decoder())
     saved.mutable_decoder()->clear_init_from();
   std::map<std::string, std::string> meta = {
@@ -397,7 +397,7 @@ int64_t parse_i64(const std::string& s, const std::string& what) {
 }
 }  // namespace
 
-Model::Model(const PretrainConfig& cfg) {
+Model::Model(const RunConfig& cfg) {
   Rng rng(cfg.seed());
   if (cfg.model() == "mlp")
     mlp_ = std::make_unique<nn::MlpClassifier>(mlp_spec(cfg.mlp()), rng);
@@ -427,7 +427,7 @@ void Model::load_weights(const std::string& checkpoint) {
   load_params(*io::SafetensorsFile::open(checkpoint), params(), checkpoint);
 }
 
-void set_adapter_schedule(PretrainConfig* cfg) {
+void set_adapter_schedule(RunConfig* cfg) {
   if (cfg->model() == "mlp") {
     cfg->set_epochs(3);
     cfg->clear_steps();
@@ -438,9 +438,9 @@ void set_adapter_schedule(PretrainConfig* cfg) {
   }
 }
 
-PretrainConfig read_checkpoint_config(const std::string& path) {
+RunConfig read_checkpoint_config(const std::string& path) {
   auto f = io::SafetensorsFile::open(path);
-  PretrainConfig c;
+  RunConfig c;
   if (!google::protobuf::TextFormat::ParseFromString(meta_at(*f, "tessera.config"), &c))
     throw Error(str("'", path, "': stored config does not parse"));
   return c;

@@ -1,5 +1,5 @@
 // The training loop shared by every training command: builds the model and
-// data a PretrainConfig describes, runs seeded steps (forward under a tape,
+// data a RunConfig describes, runs seeded steps (forward under a tape,
 // backward, clipping, scheduled optimizer step), evaluates, logs metrics, and
 // writes checkpoints that resume bit-identically (model, optimizer state,
 // step, data position, RNG).
@@ -44,10 +44,10 @@ namespace tessera::train {
 
 class Trainer {
  public:
-  explicit Trainer(const PretrainConfig& cfg, int rank = 0, int world = 1);
+  explicit Trainer(const RunConfig& cfg, int rank = 0, int world = 1);
   ~Trainer();
 
-  const PretrainConfig& config() const { return cfg_; }
+  const RunConfig& config() const { return cfg_; }
   const std::string& kind() const;  // "mlp" or "decoder"
   nn::ParameterSet& params();
   int64_t step() const { return step_; }
@@ -128,7 +128,7 @@ class Trainer {
   double peak_gflops();
 
  private:
-  PretrainConfig cfg_;
+  RunConfig cfg_;
   int rank_, world_;
   dist::ProcessGroup* group_ = nullptr;
   std::unique_ptr<GradReducer> reducer_;  // built at the first step after attach()
@@ -151,7 +151,7 @@ class Trainer {
 // tensors (by name and shape, every one required).
 class Model {
  public:
-  explicit Model(const PretrainConfig& cfg);
+  explicit Model(const RunConfig& cfg);
   ~Model();
   void load_weights(const std::string& checkpoint);
   std::vector<nn::Linear*> linears();
@@ -168,9 +168,9 @@ class Model {
 // lr 2e-3 — a LoRA wants a larger step than full training. The one place
 // these defaults live (train-adapter, build-library, the demo); a user's
 // overrides are applied after.
-void set_adapter_schedule(PretrainConfig* cfg);
+void set_adapter_schedule(RunConfig* cfg);
 
 // The config stored in a checkpoint (text format in its metadata).
-PretrainConfig read_checkpoint_config(const std::string& path);
+RunConfig read_checkpoint_config(const std::string& path);
 
 }  // namespace tessera::train

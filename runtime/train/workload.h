@@ -54,11 +54,11 @@ class Workload {
   virtual void export_model(const std::string& dir) const = 0;
   // Writes the architecture of the model as built into `cfg` (a decoder
   // loaded from decoder.init_from has the folder's sizes, not the config's).
-  virtual void record_architecture(PretrainConfig*) const {}
+  virtual void record_architecture(RunConfig*) const {}
 };
 
 // The workload cfg.model names ("mlp" or "decoder"), its data read and its
 // model built (weights initialised from `rng`).
-std::unique_ptr<Workload> make_workload(const PretrainConfig& cfg, Rng& rng);
+std::unique_ptr<Workload> make_workload(const RunConfig& cfg, Rng& rng);
 
 }  // namespace tessera::train

@@ -24,7 +24,7 @@ TEST(Config, FileOverridesDefaultsAndReplacesLists) {
   const std::string dir = testing::temp_dir("cfg");
   std::ofstream(dir + "/a.pbtxt")
       << "model: \"mlp\"\nmlp { hidden: 64 }\noptim { lr: 0.01 weight_decay: 0 }\n";
-  PretrainConfig c = resolve_config(dir + "/a.pbtxt", {});
+  RunConfig c = resolve_config(dir + "/a.pbtxt", {});
   ASSERT_EQ(c.mlp().hidden_size(), 1);  // replaced, not appended to [512, 512]
   EXPECT_EQ(c.mlp().hidden(0), 64);
   EXPECT_FLOAT_EQ(c.optim().lr(), 0.01f);
@@ -33,7 +33,7 @@ TEST(Config, FileOverridesDefaultsAndReplacesLists) {
 }
 
 TEST(Config, OverridesSetNestedScalarsAndLists) {
-  PretrainConfig c =
+  RunConfig c =
       resolve_config("", {"optim.lr=3e-4", "mlp.hidden=32,16", "seed=7", "data.dir=/x y"}, "mlp");
   EXPECT_FLOAT_EQ(c.optim().lr(), 3e-4f);
   ASSERT_EQ(c.mlp().hidden_size(), 2);

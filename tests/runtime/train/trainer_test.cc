@@ -22,8 +22,8 @@ std::string make_corpus(const std::string& dir) {
   return dir + "/corpus.txt";
 }
 
-PretrainConfig tiny_decoder(const std::string& dir, const std::string& flavor) {
-  PretrainConfig c = resolve_config(
+RunConfig tiny_decoder(const std::string& dir, const std::string& flavor) {
+  RunConfig c = resolve_config(
       "",
       {"decoder.flavor=" + flavor, "decoder.d_model=32", "decoder.n_layer=2", "decoder.n_head=4",
        "decoder.n_kv_head=" + std::string(flavor == "llama" ? "2" : "4"), "decoder.n_ctx=16",
@@ -37,7 +37,7 @@ class Determinism : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Determinism, SameSeedSameLossesOver50Steps) {
   const std::string dir = testing::temp_dir("det_" + GetParam());
-  PretrainConfig cfg = tiny_decoder(dir, GetParam());
+  RunConfig cfg = tiny_decoder(dir, GetParam());
   std::vector<float> a = Trainer(cfg).run();
   std::vector<float> b = Trainer(cfg).run();
   ASSERT_EQ(a.size(), 50u);
@@ -49,7 +49,7 @@ TEST_P(Determinism, SameSeedSameLossesOver50Steps) {
 
 TEST_P(Determinism, ResumeEqualsUninterrupted) {
   const std::string dir = testing::temp_dir("resume_" + GetParam());
-  PretrainConfig cfg = tiny_decoder(dir, GetParam());
+  RunConfig cfg = tiny_decoder(dir, GetParam());
   cfg.set_steps(30);
   std::vector<float> full = Trainer(cfg).run();
   Trainer first(cfg);
@@ -74,12 +74,12 @@ INSTANTIATE_TEST_SUITE_P(Flavors, Determinism, ::testing::Values("gpt2", "llama"
 
 TEST(Checkpoint, RefusesAMismatchedModel) {
   const std::string dir = testing::temp_dir("mismatch");
-  PretrainConfig cfg = tiny_decoder(dir, "gpt2");
+  RunConfig cfg = tiny_decoder(dir, "gpt2");
   cfg.set_steps(2);
   Trainer t(cfg);
   t.run();
   t.save_checkpoint(dir + "/c.safetensors");
-  PretrainConfig other = cfg;
+  RunConfig other = cfg;
   other.mutable_decoder()->set_d_model(64);
   Trainer u(other);
   try {
@@ -99,7 +99,7 @@ TEST(Tokens, TrainsOnPreTokenisedBins) {
   std::ofstream(dir + "/train.bin", std::ios::binary)
       .write(reinterpret_cast<const char*>(toks.data()),
              static_cast<std::streamsize>(toks.size() * 2));
-  PretrainConfig cfg = resolve_config(
+  RunConfig cfg = resolve_config(
       "",
       {"data.kind=tokens", "data.files=" + dir + "/train.bin", "data.token_bytes=2",
        "decoder.vocab_size=300", "decoder.d_model=32", "decoder.n_layer=1", "decoder.n_head=2",
@@ -119,10 +119,10 @@ TEST(Tokens, TrainsOnPreTokenisedBins) {
 }
 
 TEST(FashionMnist, MlpReachesEightyPercentOnASubset) {
-  PretrainConfig cfg = resolve_config("",
-                                      {"data.limit_train=8192", "data.limit_test=2000", "epochs=0",
-                                       "steps=192", "batch_size=128", "out_dir=", "threads=2"},
-                                      "mlp");
+  RunConfig cfg = resolve_config("",
+                                 {"data.limit_train=8192", "data.limit_test=2000", "epochs=0",
+                                  "steps=192", "batch_size=128", "out_dir=", "threads=2"},
+                                 "mlp");
   Trainer t(cfg);
   t.run();
   EvalResult e = t.evaluate();
@@ -136,8 +136,8 @@ TEST(FashionMnist, MlpReachesEightyPercentOnASubset) {
 namespace tessera::train {
 namespace {
 
-PretrainConfig sgd_decoder(const std::string& dir) {
-  PretrainConfig c = tiny_decoder(dir, "gpt2");
+RunConfig sgd_decoder(const std::string& dir) {
+  RunConfig c = tiny_decoder(dir, "gpt2");
   c.set_steps(3);
   c.mutable_optim()->set_kind("sgd");
   c.mutable_optim()->set_momentum(0.0f);
@@ -152,7 +152,7 @@ PretrainConfig sgd_decoder(const std::string& dir) {
 // plus λ·Σ p², and SGD moves p by −lr·2λp on top of the plain step — by hand.
 TEST(LossTerms, AddTheirValueAndTheirGradient) {
   const std::string dir = testing::temp_dir("loss_terms");
-  const PretrainConfig cfg = sgd_decoder(dir);
+  const RunConfig cfg = sgd_decoder(dir);
   const float lambda = 0.25f, lr = cfg.optim().lr();
   Trainer plain(cfg), with(cfg);
   Tensor* p = with.params().find("transformer.h.0.mlp.c_fc.weight");
@@ -192,7 +192,7 @@ TEST(LossTerms, AddTheirValueAndTheirGradient) {
 // up to summation order — and another subset gives another update.
 TEST(TrainSubset, SamplesOnlyTheGivenExamples) {
   const std::string dir = testing::temp_dir("subset");
-  PretrainConfig cfg = sgd_decoder(dir);  // batch_size 4
+  RunConfig cfg = sgd_decoder(dir);  // batch_size 4
   const std::string name = "transformer.h.1.mlp.c_proj.weight";
   auto update = [&](std::vector<int64_t> subset) {
     Trainer t(cfg);
@@ -207,7 +207,7 @@ TEST(TrainSubset, SamplesOnlyTheGivenExamples) {
   EXPECT_LT(testing::rel_err(update({5, 11, 3, 7}), a), 1e-4);
   EXPECT_GT(testing::rel_err(update({0, 1, 2, 4}), a), 0.05);
   // Epochs pass over the subset: 8 examples in batches of 4 are 2 steps an epoch.
-  PretrainConfig by_epoch = cfg;
+  RunConfig by_epoch = cfg;
   by_epoch.set_steps(0);
   by_epoch.set_epochs(3);
   Trainer e(by_epoch);
@@ -227,7 +227,7 @@ TEST(TrainSubset, SamplesOnlyTheGivenExamples) {
 // checkpoint is refused by a run on every example or on another subset.
 TEST(TrainSubset, ResumesOnlyOnTheSameSubset) {
   const std::string dir = testing::temp_dir("subset_resume");
-  PretrainConfig cfg = sgd_decoder(dir);
+  RunConfig cfg = sgd_decoder(dir);
   cfg.set_steps(6);
   const std::vector<int64_t> subset = {1, 4, 9, 16, 25, 36, 49, 64};
   Trainer whole(cfg);
