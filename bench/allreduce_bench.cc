@@ -68,7 +68,7 @@ int main(int argc, char** argv) {
       std::vector<float> x(mb * (1u << 20) / 4, 1.0f);
       const double s = median_seconds(
           iters,
-          [&] { gloo->allreduce(x.data(), x.size(), dist::DType::kF32, dist::ReduceOp::kSum); },
+          [&] { gloo->allreduce(x.data(), x.size(), dist::DType::F32, dist::ReduceOp::kSum); },
           [&] { gloo->barrier(); });
       if (gloo->rank() == 0) bench::emit({{"mb", mb}, {"median_s", s}});
     }
@@ -119,10 +119,10 @@ int main(int argc, char** argv) {
         },
         mpi_barrier);
     const double pg_mpi = median_seconds(
-        iters, [&] { mpi->allreduce(x.data(), n, dist::DType::kF32, dist::ReduceOp::kSum); },
+        iters, [&] { mpi->allreduce(x.data(), n, dist::DType::F32, dist::ReduceOp::kSum); },
         mpi_barrier);
     const double pg_gloo = median_seconds(
-        iters, [&] { gloo->allreduce(x.data(), n, dist::DType::kF32, dist::ReduceOp::kSum); },
+        iters, [&] { gloo->allreduce(x.data(), n, dist::DType::F32, dist::ReduceOp::kSum); },
         mpi_barrier);
     if (rank == 0) {
       bench::emit(row("raw_mpi_allreduce", mpi->size(), mb, raw, raw));

@@ -1,5 +1,6 @@
 #include "store/library.h"
 
+#include "runtime/common/dtype.h"
 #include "store/crc32c.h"
 
 #include <openssl/evp.h>
@@ -103,9 +104,9 @@ void strip_inline(AdapterRecord* r) {
 }  // namespace
 
 size_t DtypeSize(const std::string& d) {
-  if (d == "F32") return 4;
-  if (d == "F16" || d == "BF16") return 2;
-  return 0;
+  DType t;
+  if (!parse_dtype(d, &t) || (t != DType::F32 && t != DType::F16 && t != DType::BF16)) return 0;
+  return dtype_size(t);
 }
 
 Status CheckBase(const AdapterRecord& r, const std::string& base_fingerprint) {

@@ -201,7 +201,8 @@ class Library : public LibraryApi {
   std::shared_mutex latest_mu_;
 };
 
-// Bytes per element of a stored dtype ("F32" 4, "F16"/"BF16" 2), 0 if unknown.
+// Bytes per element of a dtype the store keeps (names from common/dtype.h:
+// "F32" 4, "F16"/"BF16" 2), 0 for any other.
 size_t DtypeSize(const std::string& dtype);
 
 // SHA-256 hex of `data` (OpenSSL).

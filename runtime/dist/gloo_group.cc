@@ -53,16 +53,18 @@ ReduceFn reduce_fn(ReduceOp op) {
 template <typename F>
 void with_type(DType d, F&& f) {
   switch (d) {
-    case DType::kF32:
+    case DType::F32:
       return f(float{});
-    case DType::kF64:
+    case DType::F64:
       return f(double{});
-    case DType::kI32:
+    case DType::I32:
       return f(int32_t{});
-    case DType::kI64:
+    case DType::I64:
       return f(int64_t{});
-    case DType::kU8:
+    case DType::U8:
       return f(uint8_t{});
+    default:  // refused by check_dtype before any call gets here
+      throw Error(str("gloo: dtype ", dtype_name(d), " is not one collectives take"));
   }
 }
 
@@ -93,12 +95,12 @@ class SplitStore final : public gloo::rendezvous::Store {
     const int W = parent_.size();
     int64_t n = static_cast<int64_t>(mine.size());
     std::vector<int64_t> sizes(static_cast<size_t>(W));
-    parent_.allgather(&n, sizes.data(), 1, DType::kI64, o_);
+    parent_.allgather(&n, sizes.data(), 1, DType::I64, o_);
     std::vector<size_t> counts(sizes.begin(), sizes.end());
     size_t total = 0;
     for (size_t c : counts) total += c;
     std::string all(total, '\0');
-    parent_.allgatherv(mine.data(), all.data(), counts, DType::kU8, o_);
+    parent_.allgatherv(mine.data(), all.data(), counts, DType::U8, o_);
     size_t at = 0;
     for (size_t c : counts) {
       if (c >= 8) {
@@ -312,6 +314,7 @@ class GlooGroup final : public ProcessGroup {
 
   void allgatherv(const void* in, void* out, const std::vector<size_t>& counts, DType dtype,
                   const CallOptions& o) override {
+    check_dtype(dtype, "allgatherv", o);
     if (counts.size() != static_cast<size_t>(size_))
       throw Error(where("allgatherv", o) + ": " + std::to_string(counts.size()) +
                   " counts for a world of " + std::to_string(size_));
@@ -343,6 +346,7 @@ class GlooGroup final : public ProcessGroup {
 
   void gather(const void* in, void* out, size_t count, DType dtype, int root,
               const CallOptions& o) override {
+    check_dtype(dtype, "gather", o);
     check_rank(root, "gather", "root");
     const size_t es = dtype_size(dtype);
     if (size_ == 1 || count == 0) {
@@ -362,6 +366,7 @@ class GlooGroup final : public ProcessGroup {
 
   void scatter(const void* in, void* out, size_t count, DType dtype, int root,
                const CallOptions& o) override {
+    check_dtype(dtype, "scatter", o);
     check_rank(root, "scatter", "root");
     const size_t es = dtype_size(dtype);
     if (size_ == 1 || count == 0) {

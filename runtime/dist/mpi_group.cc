@@ -28,16 +28,18 @@ namespace {
 
 MPI_Datatype mpi_type(DType d) {
   switch (d) {
-    case DType::kF32:
+    case DType::F32:
       return MPI_FLOAT;
-    case DType::kF64:
+    case DType::F64:
       return MPI_DOUBLE;
-    case DType::kI32:
+    case DType::I32:
       return MPI_INT32_T;
-    case DType::kI64:
+    case DType::I64:
       return MPI_INT64_T;
-    case DType::kU8:
+    case DType::U8:
       return MPI_UINT8_T;
+    default:  // refused by check_dtype before any call gets here
+      throw Error(str("mpi: dtype ", dtype_name(d), " is not one collectives take"));
   }
   return MPI_BYTE;
 }
@@ -137,6 +139,7 @@ class MpiGroup final : public ProcessGroup {
 
   void allgatherv(const void* in, void* out, const std::vector<size_t>& counts, DType dtype,
                   const CallOptions& o) override {
+    check_dtype(dtype, "allgatherv", o);
     if (counts.size() != static_cast<size_t>(size_))
       throw Error(where("allgatherv", o) + ": " + std::to_string(counts.size()) +
                   " counts for a world of " + std::to_string(size_));
@@ -156,6 +159,7 @@ class MpiGroup final : public ProcessGroup {
 
   void gather(const void* in, void* out, size_t count, DType dtype, int root,
               const CallOptions& o) override {
+    check_dtype(dtype, "gather", o);
     check_rank(root, "gather", "root");
     if (count == 0) return;
     const int n = count_of(count * static_cast<size_t>(size_), "gather", o) / size_;
@@ -166,6 +170,7 @@ class MpiGroup final : public ProcessGroup {
 
   void scatter(const void* in, void* out, size_t count, DType dtype, int root,
                const CallOptions& o) override {
+    check_dtype(dtype, "scatter", o);
     check_rank(root, "scatter", "root");
     if (count == 0) return;
     const int n = count_of(count * static_cast<size_t>(size_), "scatter", o) / size_;

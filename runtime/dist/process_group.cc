@@ -6,38 +6,6 @@
 
 namespace tessera::dist {
 
-size_t dtype_size(DType d) {
-  switch (d) {
-    case DType::kF32:
-      return 4;
-    case DType::kF64:
-      return 8;
-    case DType::kI32:
-      return 4;
-    case DType::kI64:
-      return 8;
-    case DType::kU8:
-      return 1;
-  }
-  return 0;
-}
-
-const char* dtype_name(DType d) {
-  switch (d) {
-    case DType::kF32:
-      return "f32";
-    case DType::kF64:
-      return "f64";
-    case DType::kI32:
-      return "i32";
-    case DType::kI64:
-      return "i64";
-    case DType::kU8:
-      return "u8";
-  }
-  return "?";
-}
-
 const char* op_name(ReduceOp op) {
   switch (op) {
     case ReduceOp::kSum:
@@ -58,18 +26,26 @@ void ProcessGroup::check_rank(int r, const char* what, const char* arg) const {
         str(backend(), " ", what, ": ", arg, " ", r, " is not a rank of a world of ", size()));
 }
 
+void ProcessGroup::check_dtype(DType dtype, const char* what, const CallOptions& o) const {
+  if (dtype != DType::F32 && dtype != DType::F64 && dtype != DType::I32 && dtype != DType::I64 &&
+      dtype != DType::U8)
+    throw Error(where(what, o) + ": dtype " + dtype_name(dtype) +
+                " (expected one of F32, F64, I32, I64 or U8)");
+}
+
 void ProcessGroup::check_reduce(DType dtype, ReduceOp op, const char* what,
                                 const CallOptions& o) const {
-  if (op == ReduceOp::kMean && dtype != DType::kF32 && dtype != DType::kF64)
+  check_dtype(dtype, what, o);
+  if (op == ReduceOp::kMean && dtype != DType::F32 && dtype != DType::F64)
     throw Error(where(what, o) + ": mean needs a floating type, not " + dtype_name(dtype));
 }
 
 void ProcessGroup::finish_mean(void* data, size_t count, DType dtype, ReduceOp op) const {
   if (op != ReduceOp::kMean) return;
-  if (dtype == DType::kF32) {
+  if (dtype == DType::F32) {
     float* p = static_cast<float*>(data);
     for (size_t i = 0; i < count; ++i) p[i] /= static_cast<float>(size());
-  } else if (dtype == DType::kF64) {
+  } else if (dtype == DType::F64) {
     double* p = static_cast<double*>(data);
     for (size_t i = 0; i < count; ++i) p[i] /= static_cast<double>(size());
   }
@@ -81,7 +57,7 @@ ProcessGroup::SplitPlan ProcessGroup::plan_split(int color, int key, const CallO
                 " (expected a color >= 0, or kNoColor = -1 to join no sub-group)");
   const int W = size();
   std::vector<int64_t> mine = {color, key}, all(2 * static_cast<size_t>(W));
-  allgather(mine.data(), all.data(), 2, DType::kI64, o);
+  allgather(mine.data(), all.data(), 2, DType::I64, o);
   SplitPlan p;
   p.color = color;
   if (color == kNoColor) return p;
@@ -113,18 +89,21 @@ class LocalGroup final : public ProcessGroup {
   }
   void allgatherv(const void* in, void* out, const std::vector<size_t>& counts, DType dtype,
                   const CallOptions& o) override {
+    check_dtype(dtype, "allgatherv", o);
     if (counts.size() != 1)
       throw Error(where("allgatherv", o) + ": " + std::to_string(counts.size()) +
                   " counts for a world of 1");
     copy(in, out, counts[0] * dtype_size(dtype));
   }
   void gather(const void* in, void* out, size_t count, DType dtype, int root,
-              const CallOptions&) override {
+              const CallOptions& o) override {
+    check_dtype(dtype, "gather", o);
     check_rank(root, "gather", "root");
     copy(in, out, count * dtype_size(dtype));
   }
   void scatter(const void* in, void* out, size_t count, DType dtype, int root,
-               const CallOptions&) override {
+               const CallOptions& o) override {
+    check_dtype(dtype, "scatter", o);
     check_rank(root, "scatter", "root");
     copy(in, out, count * dtype_size(dtype));
   }

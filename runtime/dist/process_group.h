@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/common/dtype.h"
 #include "runtime/common/error.h"
 
 namespace tessera::dist {
@@ -25,11 +26,13 @@ class Error : public tessera::Error {
   using tessera::Error::Error;
 };
 
-enum class DType { kF32, kF64, kI32, kI64, kU8 };
+// Buffers' element types: tessera's one dtype vocabulary (common/dtype.h);
+// collectives take F32, F64, I32, I64 and U8 (check_dtype refuses the rest).
+using tessera::DType;
+using tessera::dtype_name;
+using tessera::dtype_size;
 enum class ReduceOp { kSum, kMean, kMax, kMin };
 
-size_t dtype_size(DType d);
-const char* dtype_name(DType d);
 const char* op_name(ReduceOp op);
 
 struct CallOptions {
@@ -89,6 +92,8 @@ class ProcessGroup {
  protected:
   // Shared argument checks: Error naming the call when a rank or size is off.
   void check_rank(int r, const char* what, const char* arg) const;
+  // A dtype collectives take (Error naming the call and the dtype otherwise).
+  void check_dtype(DType dtype, const char* what, const CallOptions& o) const;
   // kMean only on floating types (Error naming the call otherwise).
   void check_reduce(DType dtype, ReduceOp op, const char* what, const CallOptions& o) const;
   // After a sum for kMean: every element divided by the world size (one

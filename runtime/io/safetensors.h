@@ -10,30 +10,16 @@
 #include <string>
 #include <vector>
 
+#include "runtime/common/dtype.h"
 #include "runtime/tensor/tensor.h"
 
 namespace tessera::io {
 
-enum class DType {
-  BOOL,
-  U8,
-  I8,
-  I16,
-  U16,
-  F16,
-  BF16,
-  I32,
-  U32,
-  F32,
-  F64,
-  I64,
-  U64,
-  F8_E4M3,
-  F8_E5M2
-};
-const char* dtype_name(DType d);
-size_t dtype_size(DType d);
-bool parse_dtype(const std::string& s, DType* out);
+// The dtype vocabulary is tessera's one (runtime/common/dtype.h).
+using tessera::DType;
+using tessera::dtype_name;
+using tessera::dtype_size;
+using tessera::parse_dtype;
 
 struct TensorInfo {
   std::string name;

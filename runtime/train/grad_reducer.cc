@@ -91,7 +91,7 @@ void GradReducer::reduce(size_t bi) {
   }
   dist::CallOptions o;  // buckets go one after another: one tag serves
   o.tag = dist::tags::kDefault;
-  group_->allreduce(b.flat.data(), b.flat.size(), dist::DType::kF32, dist::ReduceOp::kMean, o);
+  group_->allreduce(b.flat.data(), b.flat.size(), dist::DType::F32, dist::ReduceOp::kMean, o);
   at = 0;
   for (size_t i : b.params) {
     float* g = params_[i]->tensor.ensure_grad().data();

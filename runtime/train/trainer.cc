@@ -218,9 +218,9 @@ StepStats Trainer::train_step() {
     s.comm_wait_s = reducer_->finish();
     s.comm_s = reducer_->comm_seconds();
     const auto tl = std::chrono::steady_clock::now();
-    group_->allreduce(&s.loss, 1, dist::DType::kF32, dist::ReduceOp::kMean);
+    group_->allreduce(&s.loss, 1, dist::DType::F32, dist::ReduceOp::kMean);
     for (auto& t : s.terms)
-      group_->allreduce(&t.second, 1, dist::DType::kF32, dist::ReduceOp::kMean);
+      group_->allreduce(&t.second, 1, dist::DType::F32, dist::ReduceOp::kMean);
     s.comm_wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - tl).count();
   }
   for (const auto& [name, v] : s.terms)

@@ -61,7 +61,7 @@ inline void check_collectives(ProcessGroup& g) {
     for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMean, ReduceOp::kMax, ReduceOp::kMin}) {
       std::vector<float> x(n);
       for (size_t i = 0; i < n; ++i) x[i] = value(R, i);
-      g.allreduce(x.data(), n, DType::kF32, op);
+      g.allreduce(x.data(), n, DType::F32, op);
       for (size_t i = 0; i < n; ++i) {
         const float base = static_cast<float>(i % 7 + 1);
         const float want = op == ReduceOp::kSum    ? tri * base
@@ -76,14 +76,14 @@ inline void check_collectives(ProcessGroup& g) {
     }
     // Doubles and 64-bit integers too.
     std::vector<int64_t> k(n, static_cast<int64_t>(R) << 33);
-    g.allreduce(k.data(), n, DType::kI64, ReduceOp::kSum);
+    g.allreduce(k.data(), n, DType::I64, ReduceOp::kSum);
     for (size_t i = 0; i < n; ++i)
       if (k[i] != (static_cast<int64_t>(W) * (W - 1) / 2) << 33) {
         ADD_FAILURE() << "i64 sum n=" << n;
         break;
       }
     std::vector<double> d(n, 0.5 * R);
-    g.allreduce(d.data(), n, DType::kF64, ReduceOp::kMax);
+    g.allreduce(d.data(), n, DType::F64, ReduceOp::kMax);
     for (size_t i = 0; i < n; ++i)
       if (d[i] != 0.5 * (W - 1)) {
         ADD_FAILURE() << "f64 max n=" << n;
@@ -101,18 +101,18 @@ inline void check_collectives(ProcessGroup& g) {
     const size_t blk = n / static_cast<size_t>(W);
     std::vector<float> mine(blk), all(blk * W, -1.0f);
     for (size_t i = 0; i < blk; ++i) mine[i] = value(R, i);
-    g.gather(mine.data(), all.data(), blk, DType::kF32, 0);
+    g.gather(mine.data(), all.data(), blk, DType::F32, 0);
     if (R == 0) {
       for (int r = 0; r < W; ++r)
         for (size_t i = 0; i < blk; ++i) EXPECT_EQ(all[r * blk + i], value(r, i)) << "gather";
     }
     std::vector<float> src(blk * W), got(blk, -1.0f);
     for (size_t j = 0; j < src.size(); ++j) src[j] = static_cast<float>(j);
-    g.scatter(src.data(), got.data(), blk, DType::kF32, 0);
+    g.scatter(src.data(), got.data(), blk, DType::F32, 0);
     for (size_t i = 0; i < blk; ++i) EXPECT_EQ(got[i], static_cast<float>(R * blk + i));
     std::vector<float> rs_in(blk * W), rs_out(blk, -1.0f);
     for (size_t j = 0; j < rs_in.size(); ++j) rs_in[j] = value(R, j);
-    g.reduce_scatter(rs_in.data(), rs_out.data(), blk, DType::kF32, ReduceOp::kSum);
+    g.reduce_scatter(rs_in.data(), rs_out.data(), blk, DType::F32, ReduceOp::kSum);
     for (size_t i = 0; i < blk; ++i)
       EXPECT_EQ(rs_out[i], tri * static_cast<float>((R * blk + i) % 7 + 1)) << "reduce_scatter";
   }
@@ -125,12 +125,12 @@ inline void check_collectives(ProcessGroup& g) {
   }
   std::vector<int32_t> in(counts[R]), out(total, -1);
   for (size_t i = 0; i < in.size(); ++i) in[i] = R * 100 + static_cast<int32_t>(i);
-  g.allgatherv(in.data(), out.data(), counts, DType::kI32);
+  g.allgatherv(in.data(), out.data(), counts, DType::I32);
   size_t at = 0;
   for (int r = 0; r < W; ++r)
     for (size_t i = 0; i < counts[r]; ++i) EXPECT_EQ(out[at++], r * 100 + static_cast<int>(i));
   std::vector<int32_t> eq(W * 2, -1), one = {R, -R};
-  g.allgather(one.data(), eq.data(), 2, DType::kI32);
+  g.allgather(one.data(), eq.data(), 2, DType::I32);
   for (int r = 0; r < W; ++r) {
     EXPECT_EQ(eq[2 * r], r);
     EXPECT_EQ(eq[2 * r + 1], -r);
@@ -231,7 +231,7 @@ inline void check_split(ProcessGroup& g) {
     EXPECT_EQ(members[static_cast<size_t>(sub->rank())], R);
     int64_t sum = R, want = 0;
     for (int r : members) want += r;
-    sub->allreduce(&sum, 1, DType::kI64, ReduceOp::kSum);
+    sub->allreduce(&sum, 1, DType::I64, ReduceOp::kSum);
     EXPECT_EQ(sum, want) << "color " << color;
     check_collectives(*sub);
     // Split again: every member alone.
@@ -240,11 +240,11 @@ inline void check_split(ProcessGroup& g) {
     EXPECT_EQ(alone->size(), 1);
     EXPECT_EQ(alone->rank(), 0);
     float x = 5;
-    alone->allreduce(&x, 1, DType::kF32, ReduceOp::kSum);
+    alone->allreduce(&x, 1, DType::F32, ReduceOp::kSum);
     EXPECT_EQ(x, 5.0f);
   }
   int64_t n = 1;
-  g.allreduce(&n, 1, DType::kI64, ReduceOp::kSum);
+  g.allreduce(&n, 1, DType::I64, ReduceOp::kSum);
   EXPECT_EQ(n, W);
   EXPECT_NE(testing::error_of([&] { g.split(-2, 0); }).find("color -2"), std::string::npos);
 }

@@ -21,8 +21,8 @@ TEST(Mpi, EveryCollectiveOnEveryRank) {
   CallOptions t1, t2;
   t1.tag = 1;
   t2.tag = 2;
-  g->allreduce(&a, 1, DType::kF32, ReduceOp::kSum, t1);
-  g->allreduce(&b, 1, DType::kF32, ReduceOp::kSum, t2);
+  g->allreduce(&a, 1, DType::F32, ReduceOp::kSum, t1);
+  g->allreduce(&b, 1, DType::F32, ReduceOp::kSum, t2);
   EXPECT_EQ(a, static_cast<float>(g->size()));
   EXPECT_EQ(b, 2.0f * g->size());
   EXPECT_NE(testing::error_of([&] { g->broadcast(&a, 4, g->size()); }).find("root"),

@@ -42,10 +42,20 @@ TEST(ProcessGroup, LocalIsExact) {
             std::string::npos);
   int32_t x = 3;
   EXPECT_NE(testing::error_of([&] {
-              g->allreduce(&x, 1, DType::kI32, ReduceOp::kMean);
+              g->allreduce(&x, 1, DType::I32, ReduceOp::kMean);
             }).find("mean needs a floating type"),
             std::string::npos);
   EXPECT_NE(testing::error_of([&] { g->send(&x, 4, 0); }).find("no peer"), std::string::npos);
+  // One dtype vocabulary: collectives take five of its dtypes and name the rest.
+  uint16_t h = 0;
+  EXPECT_NE(testing::error_of([&] {
+              g->allreduce(&h, 1, DType::F16, ReduceOp::kSum);
+            }).find("dtype F16 (expected one of F32, F64, I32, I64 or U8)"),
+            std::string::npos);
+  EXPECT_NE(testing::error_of([&] {
+              g->gather(&h, &h, 1, DType::BF16, 0);
+            }).find("gather (tag 0, rank 0 of 1): dtype BF16"),
+            std::string::npos);
 }
 
 TEST(ProcessGroup, GlooEveryCollectiveAtWorldSizesOneToEight) {
@@ -248,7 +258,7 @@ TEST(ProcessGroup, GlooMistakesAndTimeoutsNameTheCall) {
     CallOptions o;
     o.timeout = std::chrono::milliseconds(300);
     const auto t0 = std::chrono::steady_clock::now();
-    err = testing::error_of([&] { g.allreduce(&v, 1, DType::kF32, ReduceOp::kSum, o); });
+    err = testing::error_of([&] { g.allreduce(&v, 1, DType::F32, ReduceOp::kSum, o); });
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     EXPECT_LT(s, 5.0);
     done = true;
@@ -259,7 +269,7 @@ TEST(ProcessGroup, GlooMistakesAndTimeoutsNameTheCall) {
     float v = 0;
     EXPECT_NE(testing::error_of([&] { g.broadcast(&v, 4, 5); }).find("root 5"), std::string::npos);
     EXPECT_NE(testing::error_of([&] {
-                g.allgatherv(&v, &v, {1}, DType::kF32);
+                g.allgatherv(&v, &v, {1}, DType::F32);
               }).find("1 counts for a world of 2"),
               std::string::npos);
     g.barrier();

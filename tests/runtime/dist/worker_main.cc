@@ -33,8 +33,7 @@ int main() {
         for (;;) sleep(1);  // hung: alive, never answering
       }
       for (float& v : x) v = 1.0f;
-      g->allreduce(x.data(), x.size(), tessera::dist::DType::kF32, tessera::dist::ReduceOp::kSum,
-                   o);
+      g->allreduce(x.data(), x.size(), tessera::dist::DType::F32, tessera::dist::ReduceOp::kSum, o);
       if (x[0] != static_cast<float>(g->size())) {
         std::fprintf(stderr, "rank %d: wrong sum %g\n", g->rank(), x[0]);
         return 1;
