@@ -1,13 +1,9 @@
 // tessera's own adapter file: one safetensors file holding every tensor of an
 // AdapterSet (trainable and frozen, e.g. VeRA's shared projections) under its
-// module-qualified name, and in the metadata "tessera.adapter" a JSON object
-// with everything needed to rebuild the set on a base:
-//
-//   {"format": 1, "kind": "dora", "r": 8, "alpha": 16, "rslora": false,
-//    "dropout": 0.0, "dora_exact_grad": false, "vera_d_init": 0.1,
-//    "feedforward": [...], "act": "relu", "rank_pattern": {...},
-//    "alpha_pattern": {...}, "targets": [...], "modules": [...],
-//    "conv1d": [...], "base_model": "...", "base_fingerprint": "..."}
+// module-qualified name, and in the metadata "tessera.adapter" everything
+// needed to rebuild the set on a base: the AdapterConfig message
+// (proto/tessera/adapter.proto, which shows its JSON form; adapters/spec.h
+// converts it).
 //
 // base_fingerprint (SHA-256 of the base's model tensors, when the trainer knew
 // it) lets a loader refuse an adapter meant for another base.

@@ -231,6 +231,7 @@ AdapterConfig parse_config_json(const std::string& text, const std::string& sour
   c.set_format(get<int>(j, "format", source));
   check_format(c.format(), source);
   c.set_kind(get<std::string>(j, "kind", source));
+  (void)parse_kind(c.kind());  // refused here, before the fields after it
   c.set_r(get<int64_t>(j, "r", source));
   c.set_alpha(get<float>(j, "alpha", source));
   c.set_rslora(get<bool>(j, "rslora", source));
@@ -239,6 +240,7 @@ AdapterConfig parse_config_json(const std::string& text, const std::string& sour
   c.set_vera_d_init(get<float>(j, "vera_d_init", source));
   set_strings(c.mutable_feedforward(), get<std::vector<std::string>>(j, "feedforward", source));
   c.set_act(get<std::string>(j, "act", source));
+  (void)parse_act(c.act());
   for (const char* key : {"rank_pattern", "alpha_pattern"}) {
     if (!j.contains(key) || !j[key].is_object())
       throw Error(str("adapter file '", source, "': metadata field '", key, "' is not an object"));

@@ -121,7 +121,7 @@ int run_build_library(const BuildLibraryOptions& o) {
   for (size_t k = 0; k < tasks.size(); ++k) {
     try {
       cfgs.push_back(
-          adapter_config(o.base, {tasks[k]}, out_dir + "/" + std::to_string(k), o.overrides));
+          adapter_run_config(o.base, {tasks[k]}, out_dir + "/" + std::to_string(k), o.overrides));
     } catch (const Error& e) {
       throw Error(str("--tasks: task '", tasks[k], "': ", e.what()));
     }

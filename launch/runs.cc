@@ -272,8 +272,9 @@ int train_bank(const RunConfig& cfg, const std::string& base_ckpt, const adapter
   return 0;
 }
 
-RunConfig adapter_config(const std::string& base_path, const std::vector<std::string>& tasks,
-                         const std::string& out_dir, const std::vector<std::string>& overrides) {
+RunConfig adapter_run_config(const std::string& base_path, const std::vector<std::string>& tasks,
+                             const std::string& out_dir,
+                             const std::vector<std::string>& overrides) {
   const BaseModel base = open_base(base_path, "--base");
   RunConfig cfg = base.config;
   cfg.set_out_dir(out_dir);

@@ -85,7 +85,7 @@ int train_bank(const RunConfig& cfg, const std::string& base_ckpt, const adapter
 // a Hugging Face folder) for `tasks` (one, or several for a bank on the MLP
 // base): the base's config with the task's data, a schedule for adapters,
 // and the user's overrides; validated.
-RunConfig adapter_config(const std::string& base_path, const std::vector<std::string>& tasks,
-                         const std::string& out_dir, const std::vector<std::string>& overrides);
+RunConfig adapter_run_config(const std::string& base_path, const std::vector<std::string>& tasks,
+                             const std::string& out_dir, const std::vector<std::string>& overrides);
 
 }  // namespace tessera::launch

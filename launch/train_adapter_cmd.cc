@@ -21,8 +21,8 @@ namespace fs = std::filesystem;
 
 int run_train_adapter(const TrainAdapterOptions& o) {
   adapters::AdapterArgs a = adapters::parse_adapter_spec(o.adapter);
-  const RunConfig cfg =
-      adapter_config(o.base, o.tasks, o.out_dir.empty() ? "runs/adapter" : o.out_dir, o.overrides);
+  const RunConfig cfg = adapter_run_config(
+      o.base, o.tasks, o.out_dir.empty() ? "runs/adapter" : o.out_dir, o.overrides);
   const std::string& task = o.tasks.front();
   std::unique_ptr<dist::ProcessGroup> world = dist::make_process_group();
   if (o.tasks.size() > 1)

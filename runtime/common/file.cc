@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 
 #include "runtime/common/error.h"
 
@@ -17,7 +18,8 @@ namespace {
 template <typename Out>
 Out read_all(const std::string& path, const std::string& what) {
   errno = 0;
-  FILE* f = std::fopen(path.c_str(), "rb");
+  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
+  FILE* f = file.get();
   if (!f)
     throw Error(str("cannot read ", what, " '", path,
                     "': ", errno ? std::strerror(errno) : "cannot open it"));
@@ -29,7 +31,6 @@ Out read_all(const std::string& path, const std::string& what) {
   size_t n;
   while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.insert(out.end(), buf, buf + n);
   const int err = std::ferror(f) ? errno : 0;
-  std::fclose(f);
   if (err || (st.st_mode != 0 && S_ISDIR(st.st_mode)))
     throw Error(str("cannot read ", what, " '", path,
                     "': a read failed: ", std::strerror(err ? err : EISDIR)));

@@ -1,5 +1,5 @@
-// The one way tessera reads a small whole file (a config, a token file, a
-// task list, an adapter's bytes): an Error that names the file and why
+// The one way tessera reads a whole file (a config, a token file, an IDX
+// file, an adapter's bytes): an Error that names the file and why
 // ("cannot read config file 'x': No such file or directory") instead of each
 // caller's own ifstream and message.
 #pragma once

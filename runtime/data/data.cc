@@ -5,6 +5,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <list>
@@ -24,23 +25,34 @@ bool file_exists(const std::string& p) {
   return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
+// The file through the one reader, inflated when it is gzip (its magic
+// 1f 8b; concatenated members too, as gzread reads them).
 std::vector<uint8_t> read_maybe_gzip(const std::string& path) {
-  gzFile f = gzopen(path.c_str(), "rb");  // reads plain files transparently too
-  if (!f) throw Error(str("cannot open '", path, "'"));
+  std::vector<uint8_t> raw = read_file_bytes(path, "IDX file");
+  if (raw.size() < 2 || raw[0] != 0x1f || raw[1] != 0x8b) return raw;
+  z_stream z{};
+  if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK)
+    throw Error(str("'", path, "': cannot start zlib's inflate"));
   std::vector<uint8_t> out;
   std::vector<uint8_t> buf(1 << 16);
+  z.next_in = raw.data();
+  z.avail_in = static_cast<uInt>(raw.size());  // IDX files are far below 4 GiB
+  int rc = Z_OK;
   for (;;) {
-    int n = gzread(f, buf.data(), static_cast<unsigned>(buf.size()));
-    if (n < 0) {
-      int err = 0;
-      std::string msg = gzerror(f, &err);
-      gzclose(f);
-      throw Error(str("'", path, "' is corrupt or not gzip/IDX data: ", msg));
+    z.next_out = buf.data();
+    z.avail_out = static_cast<uInt>(buf.size());
+    rc = inflate(&z, Z_NO_FLUSH);
+    out.insert(out.end(), buf.begin(), buf.end() - z.avail_out);
+    if (rc == Z_STREAM_END) {
+      if (z.avail_in == 0) break;
+      inflateReset(&z);  // another gzip member follows
+      continue;
     }
-    if (n == 0) break;
-    out.insert(out.end(), buf.begin(), buf.begin() + n);
+    if (rc != Z_OK) break;
   }
-  gzclose(f);
+  const std::string msg = z.msg ? z.msg : rc == Z_BUF_ERROR ? "truncated" : "inflate failed";
+  inflateEnd(&z);
+  if (rc != Z_STREAM_END) throw Error(str("'", path, "' is corrupt or not gzip/IDX data: ", msg));
   return out;
 }
 
@@ -87,7 +99,8 @@ namespace {
 // an adapter. The last four files stay (Fashion-MNIST is four: 55 MB).
 std::shared_ptr<const Idx> cached_idx(const std::string& path) {
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) throw Error(str("cannot open '", path, "'"));
+  if (::stat(path.c_str(), &st) != 0)
+    throw Error(str("cannot read IDX file '", path, "': ", std::strerror(errno)));
   const std::string key = path + '\0' + std::to_string(st.st_size) + '\0' +
                           std::to_string(st.st_mtim.tv_sec) + '.' +
                           std::to_string(st.st_mtim.tv_nsec);

@@ -30,7 +30,7 @@ std::vector<std::string> unpack_fields(std::string_view in, size_t count, const 
     at += n;
   }
   if (fields.size() != count || at != in.size())
-    throw Error(str(what, ": a malformed result (", in.size(), " bytes)"));
+    throw Error(str(what, ": a malformed message (", in.size(), " bytes)"));
   return fields;
 }
 

@@ -27,7 +27,8 @@ std::string i64_field(int64_t v);
 int64_t i64_of(std::string_view field, const std::string& what);
 
 // The largest message recv_message accepts unless told otherwise (1 TiB: a
-// guard against a corrupt length, not a quota).
+// guard against a corrupt length, not a quota; a receiver that knows its
+// messages' size passes its own bound).
 constexpr uint64_t kMaxMessageBytes = uint64_t{1} << 40;
 
 // One message to `dst` (on o.tag): its length, then its packed fields (one
@@ -35,7 +36,9 @@ constexpr uint64_t kMaxMessageBytes = uint64_t{1} << 40;
 void send_message(ProcessGroup& g, int dst, const std::vector<std::string>& fields,
                   const CallOptions& o = {});
 // The next message from `src` (on o.tag): exactly `count` fields and at most
-// `max_bytes` in all, else an Error naming `what`.
+// `max_bytes` in all, else an Error naming `what`. A length past the bound is
+// refused before a buffer that large is allocated; the sender's body (if it
+// sends one) is then still on the wire, so a caller drops that peer.
 std::vector<std::string> recv_message(ProcessGroup& g, int src, size_t count,
                                       const std::string& what, const CallOptions& o = {},
                                       uint64_t max_bytes = kMaxMessageBytes);

@@ -1,7 +1,7 @@
 // The Gloo backend: Gloo's TCP transport and its own collective algorithms.
 // Ranks meet through a rendezvous store (gloo_stores.h: a shared folder,
 // Redis, or MPI under mpirun); sub-groups from split() meet through the
-// parent group itself (SplitStore). A failed call names the peers that are
+// parent group itself (gloo_stores.h: SplitStore). A failed call names the peers that are
 // gone (liveness.h).
 #include <gloo/allgatherv.h>
 #include <gloo/allreduce.h>
@@ -67,75 +67,6 @@ void with_type(DType d, F&& f) {
       throw Error(str("gloo: dtype ", dtype_name(d), " is not one collectives take"));
   }
 }
-
-// The rendezvous of a sub-group made by split(), held by the parent group.
-// Gloo's connectFullMesh meets in rounds: each rank sets one key (its host
-// name, then its pair addresses) and reads the other members' keys of that
-// round. Here every set is one allgatherv over the parent, so after it each
-// rank holds its own sub-group's keys of the round and the reads are local.
-// Every parent rank must join every round: a rank of no sub-group runs the
-// same meeting for a group of one (which sets the same keys), keeping its
-// own keys to itself. No store outlives the meeting; nothing touches disk.
-class SplitStore final : public gloo::rendezvous::Store {
- public:
-  SplitStore(ProcessGroup& parent, int color, const CallOptions& o)
-      : parent_(parent), color_(color), o_(o) {}
-
-  void set(const std::string& key, const std::vector<char>& data) override {
-    std::string mine;
-    if (color_ == ProcessGroup::kNoColor) {
-      keys_[key] = data;
-    } else {
-      const int32_t c = color_;
-      const uint32_t kl = static_cast<uint32_t>(key.size());
-      mine.append(reinterpret_cast<const char*>(&c), 4);
-      mine.append(reinterpret_cast<const char*>(&kl), 4);
-      mine.append(key).append(data.data(), data.size());
-    }
-    const int W = parent_.size();
-    int64_t n = static_cast<int64_t>(mine.size());
-    std::vector<int64_t> sizes(static_cast<size_t>(W));
-    parent_.allgather(&n, sizes.data(), 1, DType::I64, o_);
-    std::vector<size_t> counts(sizes.begin(), sizes.end());
-    size_t total = 0;
-    for (size_t c : counts) total += c;
-    std::string all(total, '\0');
-    parent_.allgatherv(mine.data(), all.data(), counts, DType::U8, o_);
-    size_t at = 0;
-    for (size_t c : counts) {
-      if (c >= 8) {
-        int32_t color;
-        uint32_t kl;
-        std::memcpy(&color, all.data() + at, 4);
-        std::memcpy(&kl, all.data() + at + 4, 4);
-        if (color == color_ && 8 + static_cast<size_t>(kl) <= c)
-          keys_[all.substr(at + 8, kl)] =
-              std::vector<char>(all.begin() + static_cast<std::ptrdiff_t>(at + 8 + kl),
-                                all.begin() + static_cast<std::ptrdiff_t>(at + c));
-      }
-      at += c;
-    }
-  }
-  std::vector<char> get(const std::string& key) override {
-    auto it = keys_.find(key);
-    if (it == keys_.end())
-      throw Error(
-          str("gloo split: no member of sub-group ", color_, " set key '", key, "' in this round"));
-    return it->second;
-  }
-  void wait(const std::vector<std::string>& keys) override {
-    for (const auto& k : keys) (void)get(k);
-  }
-  void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds&) override {
-    wait(keys);
-  }
-
- private:
-  ProcessGroup& parent_;
-  int color_;
-  CallOptions o_;
-  std::map<std::string, std::vector<char>> keys_;
-};
 
 class GlooGroup final : public ProcessGroup {
  public:

@@ -166,4 +166,65 @@ std::unique_ptr<gloo::rendezvous::Store> make_mpi_store(std::chrono::millisecond
   return std::make_unique<MpiStore>(timeout);
 }
 
+void SplitStore::set(const std::string& key, const std::vector<char>& data) {
+  // Every rank's part: [round][color][key length][key][data] (a rank of no
+  // sub-group keeps its key to itself and sends the header alone).
+  const int32_t round = rounds_++;
+  const int32_t c = color_;
+  const uint32_t kl = color_ == ProcessGroup::kNoColor ? 0 : static_cast<uint32_t>(key.size());
+  std::string mine;
+  mine.append(reinterpret_cast<const char*>(&round), 4);
+  mine.append(reinterpret_cast<const char*>(&c), 4);
+  mine.append(reinterpret_cast<const char*>(&kl), 4);
+  if (color_ == ProcessGroup::kNoColor)
+    keys_[key] = data;
+  else
+    mine.append(key).append(data.data(), data.size());
+  const int W = parent_.size();
+  int64_t n = static_cast<int64_t>(mine.size());
+  std::vector<int64_t> sizes(static_cast<size_t>(W));
+  parent_.allgather(&n, sizes.data(), 1, DType::I64, o_);
+  std::vector<size_t> counts(sizes.begin(), sizes.end());
+  size_t total = 0;
+  for (size_t k : counts) total += k;
+  std::string all(total, '\0');
+  parent_.allgatherv(mine.data(), all.data(), counts, DType::U8, o_);
+  size_t at = 0;
+  for (size_t r = 0; r < counts.size(); ++r) {
+    const size_t k = counts[r];
+    int32_t their_round = -1, color = ProcessGroup::kNoColor;
+    uint32_t their_kl = 0;
+    if (k >= 12) {
+      std::memcpy(&their_round, all.data() + at, 4);
+      std::memcpy(&color, all.data() + at + 4, 4);
+      std::memcpy(&their_kl, all.data() + at + 8, 4);
+    }
+    // The ranks of one split must meet in step: Gloo's connectFullMesh sets
+    // the same number of keys on every rank (this Gloo: a host name, then the
+    // pair addresses). A Gloo whose count depended on the group's size would
+    // show here rather than as crossed collectives.
+    if (their_round != round || 12 + static_cast<size_t>(their_kl) > k)
+      throw Error(str("gloo split: rank ", r, " is in rendezvous round ", their_round,
+                      ", this rank in round ", round,
+                      " (this version of Gloo meets in a way split() does not follow)"));
+    if (color == color_ && color_ != ProcessGroup::kNoColor)
+      keys_[all.substr(at + 12, their_kl)] =
+          std::vector<char>(all.begin() + static_cast<std::ptrdiff_t>(at + 12 + their_kl),
+                            all.begin() + static_cast<std::ptrdiff_t>(at + k));
+    at += k;
+  }
+}
+
+std::vector<char> SplitStore::get(const std::string& key) {
+  auto it = keys_.find(key);
+  if (it == keys_.end())
+    throw Error(
+        str("gloo split: no member of sub-group ", color_, " set key '", key, "' in this round"));
+  return it->second;
+}
+
+void SplitStore::wait(const std::vector<std::string>& keys) {
+  for (const auto& k : keys) (void)get(k);
+}
+
 }  // namespace tessera::dist

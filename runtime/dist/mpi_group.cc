@@ -1,15 +1,13 @@
 // The MPI backend: Open MPI (or any MPI-3 library), rank and size from
-// MPI_COMM_WORLD. Collectives are MPI's own blocking ones (its tuned
-// algorithms; the non-blocking ones measured half as fast here). MPI cannot
-// cancel a collective, so a watchdog enforces each call's timeout: a call
-// still running at its deadline prints an error naming the operation and
-// rank and aborts the job (MPI_Abort), so a hung peer never hangs it. (A
-// peer that dies is noticed sooner: mpirun ends the job naming its rank.)
-// Each tag gets its own duplicate of the group's communicator (the world's,
-// or a sub-group's from split(): MPI_Comm_split) for collectives,
-// so calls with different tags never match each other; send/recv use one
-// point-to-point communicator (made with the group) with the tag as MPI's
-// message tag, since two ranks alone cannot create a communicator.
+// MPI_COMM_WORLD, or from a sub-communicator of it (split()). Collectives are MPI's own blocking
+// ones (its tuned algorithms; the non-blocking ones measured half as fast here). MPI cannot cancel
+// a collective, so a watchdog enforces each call's timeout: a call still running at its deadline
+// prints an error naming the operation and rank and aborts the job (MPI_Abort), so a hung peer
+// never hangs it. (A peer that dies is noticed sooner: mpirun ends the job naming its rank.) Each
+// tag gets its own duplicate of the group's communicator (the world's, or a sub-group's from
+// split(): MPI_Comm_split) for collectives, so calls with different tags never match each other;
+// send/recv use one point-to-point communicator (made with the group) with the tag as MPI's message
+// tag, since two ranks alone cannot create a communicator.
 #include <mpi.h>
 
 #include <climits>
@@ -63,6 +61,9 @@ MPI_Op mpi_op(ReduceOp op) {
 struct MpiRuntime {
   bool owned = false;
   int level = 0;
+  // Below MPI_THREAD_MULTIPLE, one MPI call at a time in the whole process
+  // (every group, its sub-groups and their communicators share it).
+  std::mutex serial;
   MpiRuntime() {
     int inited = 0;
     MPI_Initialized(&inited);
@@ -94,17 +95,20 @@ class MpiGroup final : public ProcessGroup {
   // `base`: MPI_COMM_WORLD, or a communicator from MPI_Comm_split that this
   // group then owns and frees.
   explicit MpiGroup(MPI_Comm base = MPI_COMM_WORLD) : base_(base) {
-    runtime();
+    multiple_ = runtime().level >= MPI_THREAD_MULTIPLE;
+    std::unique_lock<std::mutex> one_call = serialize();
     MPI_Comm_rank(base_, &rank_);
     MPI_Comm_size(base_, &size_);
     // Errors come back as codes, not as an abort of the whole job.
     MPI_Comm_set_errhandler(base_, MPI_ERRORS_RETURN);
-    multiple_ = runtime().level >= MPI_THREAD_MULTIPLE;
     MPI_Comm_dup(base_, &p2p_);
     MPI_Comm_set_errhandler(p2p_, MPI_ERRORS_RETURN);
-    MPI_Comm_get_attr(base_, MPI_TAG_UB, &tag_ub_, &has_tag_ub_);
+    // The tag bound is an attribute of the world (split communicators need
+    // not carry it).
+    MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &tag_ub_, &has_tag_ub_);
   }
   ~MpiGroup() override {
+    std::unique_lock<std::mutex> one_call = serialize();
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!finalized) {
@@ -248,11 +252,19 @@ class MpiGroup final : public ProcessGroup {
     return static_cast<int>(o.tag);
   }
 
+  // Below MPI_THREAD_MULTIPLE: the process-wide lock that makes MPI calls
+  // one at a time (MPI_THREAD_SERIALIZED), across groups; else nothing.
+  std::unique_lock<std::mutex> serialize() const {
+    return multiple_ ? std::unique_lock<std::mutex>()
+                     : std::unique_lock<std::mutex>(runtime().serial);
+  }
+
   // The communicator of a tag (created on first use; every rank creates
   // them in the same order since they make the same calls).
   MPI_Comm comm(uint32_t tag) {
     auto it = comms_.find(tag);
     if (it != comms_.end()) return it->second;
+    std::unique_lock<std::mutex> one_call = serialize();
     MPI_Comm c;
     if (MPI_Comm_dup(base_, &c) != MPI_SUCCESS)
       throw Error(str("mpi: could not create the communicator of tag ", tag));
@@ -271,10 +283,8 @@ class MpiGroup final : public ProcessGroup {
     }
     const uint64_t id = watch_.Start(where(op, o), o.timeout);
     int rc;
-    if (multiple_) {
-      rc = call(c);
-    } else {  // MPI_THREAD_SERIALIZED: one MPI call at a time
-      std::lock_guard<std::mutex> lock(mu_);
+    {
+      std::unique_lock<std::mutex> one_call = serialize();
       rc = call(c);
     }
     watch_.Stop(id);

@@ -79,7 +79,8 @@ class ProcessGroup {
   // rank in this group); a rank passing kNoColor joins none and gets nullptr.
   // The new group's calls never match this group's (or another sub-group's),
   // and it may outlive this group. Error: color below kNoColor; a peer that
-  // does not take part fails the call at `o.timeout` like any collective.
+  // does not take part fails the call at `o.timeout` like any collective
+  // (under MPI, whose calls cannot be cancelled, the watchdog ends the job).
   // (Federated rounds run a cohort of clients as one sub-group.)
   static constexpr int kNoColor = -1;
   virtual std::unique_ptr<ProcessGroup> split(int color, int key, const CallOptions& o = {}) = 0;

@@ -179,7 +179,7 @@ WorkSummary distribute(ProcessGroup& g, size_t n, const std::function<std::strin
   std::vector<std::string> m = {i64_field(kReady), i64_field(-1), i64_field(0), ""};
   for (;;) {
     send_message(g, 0, m, co);
-    const int64_t item = i64_of(recv_message(g, 0, 1, what, co)[0], what);
+    const int64_t item = i64_of(recv_message(g, 0, 1, what, co, 16)[0], what);
     if (item == kStop) break;
     if (item < 0 || static_cast<size_t>(item) >= n)
       throw Error(str("work queue: rank 0 handed out item ", item, " of ", n));

@@ -37,6 +37,52 @@ TEST(Idx, ParsesAndRefusesMalformed) {
   EXPECT_THROW(parse_idx(idx_bytes({2}, {1, 2, 3}), "trailing data"), Error);
 }
 
+// read_idx: plain and gzip files through the one reader; two gzip members
+// read as one stream (as gzread did); a cut or damaged stream and a missing
+// file are refused naming the file.
+TEST(Idx, ReadsPlainAndGzipFilesAndNamesBadOnes) {
+  const std::string dir = testing::temp_dir("idx_read");
+  const std::vector<uint8_t> b = idx_bytes({2, 3}, {1, 2, 3, 4, 5, 6});
+  {
+    std::ofstream f(dir + "/plain", std::ios::binary);
+    f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+  }
+  EXPECT_EQ(read_idx(dir + "/plain").data, (std::vector<uint8_t>{1, 2, 3, 4, 5, 6}));
+  write_gz(dir + "/one.gz", b);
+  EXPECT_EQ(read_idx(dir + "/one.gz").dims, (std::vector<int64_t>{2, 3}));
+  // Two members: the header and half the data, then the rest.
+  write_gz(dir + "/a.gz", std::vector<uint8_t>(b.begin(), b.begin() + 15));
+  write_gz(dir + "/b.gz", std::vector<uint8_t>(b.begin() + 15, b.end()));
+  {
+    std::ofstream f(dir + "/two.gz", std::ios::binary);
+    for (const char* part : {"/a.gz", "/b.gz"}) {
+      std::ifstream in(dir + part, std::ios::binary);
+      f << in.rdbuf();
+    }
+  }
+  EXPECT_EQ(read_idx(dir + "/two.gz").data, (std::vector<uint8_t>{1, 2, 3, 4, 5, 6}));
+  std::ifstream in(dir + "/one.gz", std::ios::binary);
+  std::string gz((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  {
+    std::ofstream f(dir + "/cut.gz", std::ios::binary);
+    f << gz.substr(0, gz.size() - 6);
+  }
+  EXPECT_NE(testing::error_of([&] {
+              read_idx(dir + "/cut.gz");
+            }).find("'" + dir + "/cut.gz' is corrupt or not gzip/IDX data"),
+            std::string::npos);
+  gz[12] = static_cast<char>(gz[12] ^ 0x55);
+  {
+    std::ofstream f(dir + "/bad.gz", std::ios::binary);
+    f << gz;
+  }
+  EXPECT_THROW(read_idx(dir + "/bad.gz"), Error);
+  EXPECT_NE(testing::error_of([&] {
+              read_idx(dir + "/none.gz");
+            }).find("cannot read IDX file '" + dir + "/none.gz': No such file"),
+            std::string::npos);
+}
+
 TEST(Idx, SurvivesEveryTruncationAndByteFlip) {
   const std::vector<uint8_t> good = idx_bytes({2, 3, 2}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12});
   for (size_t n = 0; n < good.size(); ++n)

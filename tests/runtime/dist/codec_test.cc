@@ -47,7 +47,8 @@ TEST(FieldCodec, IntegerFieldsRoundTripAndRefuseOtherWidths) {
 
 // Between two Gloo ranks: messages arrive whole and in order, a message of
 // no fields is one send, and a length past the receiver's bound is refused
-// before anything that large is allocated (the stream stays in step).
+// before anything that large is allocated. (The next message reads in step
+// only because this lying sender sends no body; real callers drop the peer.)
 TEST(Messages, CrossRanksWholeAndRefuseALengthPastTheBound) {
   const std::string blob(300000, '\x7f');
   on_gloo(2, "messages", [&](ProcessGroup& g) {

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -209,8 +210,9 @@ inline void check_work_queue(ProcessGroup& g) {
   }
 }
 
-// split(): even and odd ranks form two sub-groups ranked in reverse (key =
-// -rank) and the last rank of a world of three or more joins none. Each
+// split(): even and odd ranks form two sub-groups ranked by key = -(rank/4)
+// (reverse order, ties in parent-rank order) and the last rank of a world
+// of three or more joins none. Each
 // sub-group's sums name exactly its own members (two sub-groups run at once
 // without cross-talk), every collective works inside it, a sub-group splits
 // again, the parent still works afterwards, and a bad color is refused by name.
@@ -218,14 +220,17 @@ inline void check_split(ProcessGroup& g) {
   const int W = g.size(), R = g.rank();
   const bool out = W >= 3 && R == W - 1;
   const int color = out ? ProcessGroup::kNoColor : R % 2;
-  auto sub = g.split(color, -R);
+  auto sub = g.split(color, -(R / 4));
   if (out) {
     EXPECT_EQ(sub, nullptr);
   } else {
     ASSERT_NE(sub, nullptr);
-    std::vector<int> members;  // parent ranks of my color, by key = -rank
-    for (int r = W - 1; r >= 0; --r)
+    std::vector<int> members;  // parent ranks of my color, by (key, rank)
+    for (int r = 0; r < W; ++r)
       if (!(W >= 3 && r == W - 1) && r % 2 == color) members.push_back(r);
+    std::sort(members.begin(), members.end(), [](int a, int b) {
+      return std::make_pair(-(a / 4), a) < std::make_pair(-(b / 4), b);
+    });
     EXPECT_EQ(sub->backend(), g.backend());
     ASSERT_EQ(sub->size(), static_cast<int>(members.size()));
     EXPECT_EQ(members[static_cast<size_t>(sub->rank())], R);

@@ -63,7 +63,36 @@ TEST(ProcessGroup, GlooEveryCollectiveAtWorldSizesOneToEight) {
 }
 
 TEST(ProcessGroup, GlooSplitsIntoSubGroupsThatMeetThroughTheParent) {
-  for (int world : {1, 2, 3, 5}) on_gloo(world, "split", check_split);
+  for (int world : {1, 2, 3, 5, 6}) on_gloo(world, "split", check_split);
+}
+
+// A sub-group outlives its parent: it shares the parent's device and
+// liveness listener, not the parent itself.
+TEST(ProcessGroup, GlooSubGroupOutlivesItsParent) {
+  const std::string dir = testing::temp_dir("gloo_outlive");
+  std::vector<std::string> errors(3);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 3; ++r)
+    ranks.emplace_back([&, r] {
+      try {
+        GlooOptions o;
+        o.rendezvous = "file://" + dir;
+        o.interface_host = "127.0.0.1";
+        o.timeout = std::chrono::seconds(30);
+        auto parent = make_gloo(r, 3, o);
+        auto sub = parent->split(r < 2 ? 0 : ProcessGroup::kNoColor, 0);
+        parent.reset();
+        if (sub) {
+          float x = static_cast<float>(r + 1);
+          sub->allreduce(&x, 1, DType::F32, ReduceOp::kSum);
+          if (x != 3.0f) errors[r] = "sum " + std::to_string(x);
+        }
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  for (auto& t : ranks) t.join();
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
 }
 
 TEST(WorkQueue, GlooEveryItemOnceAtWorldSizesOneToFive) {
