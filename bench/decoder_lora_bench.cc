@@ -88,7 +88,10 @@ int main(int argc, char** argv) {
     tc.load_checkpoint(ckpt, true);
     const double c_before = tc.evaluate().loss;
     std::unique_ptr<adapters::AdapterSet> set;
+    double linear_params = 0;  // Σ in·out over the model's Linear layers
     tc.attach([&](std::vector<nn::Linear*> linears, nn::ParameterSet& ps) {
+      for (const nn::Linear* l : linears)
+        linear_params += static_cast<double>(l->in_features()) * l->out_features();
       set = std::make_unique<adapters::AdapterSet>(linears, ps, targets, lora, 1);
       return &set->params();
     });
@@ -131,6 +134,32 @@ int main(int argc, char** argv) {
                    {"impl", "tessera"},
                    {"phase", "full_finetune"},
                    {"tokens_per_s", full_tps}});
+    }
+    // How close each step runs to the GEMM roofline: FLOPs per token (llm.c's
+    // count, causal attention at half) over this machine's sgemm rate
+    // measured now. The LoRA step skips the frozen base's dW: forward and dX
+    // (4 per Linear parameter) plus the rank-r factors' forward and backward
+    // (6·r·(in+out) per adapted module); full training 6 per parameter.
+    {
+      const auto& d = tc.config().decoder();
+      const double attn = 6.0 * d.n_layer() * d.d_model() * d.n_ctx();
+      double factors = 0;
+      for (const auto& p : set->params().all())  // A holds r·in, B out·r
+        if (p.name.find("lora_A") != std::string::npos ||
+            p.name.find("lora_B") != std::string::npos)
+          factors += 6.0 * static_cast<double>(p.tensor.numel());
+      const double f_lora = 4.0 * linear_params + factors + attn;
+      const double f_full = 6.0 * linear_params + attn;
+      const double peak = tc.peak_gflops();
+      bench::emit({{"bench", "decoder_lora"},
+                   {"figure", "gemm_roofline"},
+                   {"sgemm_peak_gflops", peak},
+                   {"lora_flops_per_token", f_lora},
+                   {"full_flops_per_token", f_full},
+                   {"lora_gflops", f_lora * lora_tps / 1e9},
+                   {"full_gflops", f_full * full_tps / 1e9},
+                   {"lora_tokens_per_s_at_peak", peak * 1e9 / f_lora},
+                   {"full_tokens_per_s_at_peak", peak * 1e9 / f_full}});
     }
     if (!no_peer && bench::peer_available(python, "torch, peft, safetensors")) {
       const std::string peer =
