@@ -163,7 +163,7 @@ int run_launch(const LaunchOptions& o);
 int run_demo(const DemoOptions& o);
 // Puts a tessera adapter file into the library under `record`'s name, tags,
 // task, base, scores and provenance, with its Arrow routing signatures
-// (adapters/arrow.h: launch/ computes them, the store keeps them); returns
+// (routing/arrow.h: launch/ computes them, the store keeps them); returns
 // "name@version id".
 std::string put_adapter_file(store::LibraryApi& library, const std::string& file,
                              AdapterRecord record);

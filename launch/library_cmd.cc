@@ -15,8 +15,8 @@
 #include <tuple>
 
 #include "adapters/adapter_file.h"
-#include "adapters/arrow.h"
 #include "launch/commands.h"
+#include "routing/arrow.h"
 #include "runtime/common/error.h"
 #include "runtime/io/fingerprint.h"
 #include "runtime/io/hf.h"
@@ -100,7 +100,7 @@ void check_base(const std::string& adapter, const std::string& want, const std::
 std::string put_adapter_file(store::LibraryApi& lib, const std::string& file,
                              AdapterRecord record) {
   AdapterRecord stored;
-  check(store::PutAdapterFile(lib, file, std::move(record), &stored, adapters::arrow_signatures),
+  check(store::PutAdapterFile(lib, file, std::move(record), &stored, routing::arrow_signatures),
         str("putting '", file, "' into the library"));
   return stored.name() + "@" + std::to_string(stored.version()) + " " + stored.id();
 }
@@ -119,7 +119,7 @@ int run_library(const LibraryOptions& o) {
     if (o.base.empty()) {
       // No base to check against: the folder's config and tensors are checked
       // against each other (LoRA only; DoRA's magnitudes need the base).
-      check(store::ImportPeft(*lib, o.args[0], r, &stored, adapters::arrow_signatures),
+      check(store::ImportPeft(*lib, o.args[0], r, &stored, routing::arrow_signatures),
             "library import-peft");
     } else {
       // Checked against the base's modules and shapes, through an adapter file.
@@ -130,7 +130,7 @@ int run_library(const LibraryOptions& o) {
       io.force = o.force;
       run_import_peft(io);
       r.mutable_base()->set_name(o.base);
-      store::Status s = store::PutAdapterFile(*lib, tmp, r, &stored, adapters::arrow_signatures);
+      store::Status s = store::PutAdapterFile(*lib, tmp, r, &stored, routing::arrow_signatures);
       fs::remove(tmp);
       check(s, "library import-peft");
     }

@@ -6,7 +6,7 @@
 // tags, task, scores, provenance) from the caller's record. Routing
 // signatures are data to the store: the record's own, or, when it has none,
 // what the caller's `signatures` function returns for the adapter (launch/
-// passes Arrow's, adapters/arrow.h); the store computes none itself.
+// passes Arrow's, routing/arrow.h); the store computes none itself.
 // A malformed file or folder is InvalidArgument naming it.
 #pragma once
 

@@ -8,8 +8,8 @@
 #include <cstring>
 
 #include "adapters/adapter_file.h"
-#include "adapters/arrow.h"
 #include "adapters/peft.h"
+#include "routing/arrow.h"
 #include "runtime/io/hf.h"
 #include "runtime/io/safetensors.h"
 #include "store/service.h"
@@ -45,13 +45,13 @@ TEST(AdapterIo, PeftInAndOutOfEmbeddedAndRemoteLibraries) {
     if (round == 2) {
       // The same content under another name is refused; once the first copy
       // is deleted it goes in again.
-      Status dup = ImportPeft(*api, fixture("gpt2"), r, &stored, adapters::arrow_signatures);
+      Status dup = ImportPeft(*api, fixture("gpt2"), r, &stored, routing::arrow_signatures);
       EXPECT_EQ(dup.code(), Status::Code::kAlreadyExists) << dup.ToString();
       ASSERT_TRUE(api->Delete("gpt2-0").ok());
     }
     // The signatures are the caller's (launch/ passes Arrow's); the store
     // keeps what it is given.
-    Status st = ImportPeft(*api, fixture("gpt2"), r, &stored, adapters::arrow_signatures);
+    Status st = ImportPeft(*api, fixture("gpt2"), r, &stored, routing::arrow_signatures);
     ASSERT_TRUE(st.ok()) << st.ToString();
     EXPECT_EQ(stored.kind(), "lora");
     EXPECT_EQ(stored.task(), "fixture");
@@ -118,7 +118,7 @@ TEST(AdapterIo, EmbeddingLorasAndModuleCopiesRoundTrip) {
     ASSERT_TRUE(Library::Open(Options(), dir + "/lib_" + name, &lib).ok());
     AdapterRecord rec, stored;
     rec.set_name(name);
-    Status put = PutAdapterFile(*lib, file, rec, &stored, adapters::arrow_signatures);
+    Status put = PutAdapterFile(*lib, file, rec, &stored, routing::arrow_signatures);
     ASSERT_TRUE(put.ok()) << put.ToString();
     EXPECT_GT(stored.signatures_size(), 0) << name;
     // Without a signature function the store computes none.

@@ -1,0 +1,42 @@
+// Arrow routing signatures of LoRA experts (Ostapenko et al., 2024,
+// "Towards Modular LLMs by Building and Reusing a Library of LoRAs"; PEFT's
+// ArrowConfig and mttl's arrow router): what an Arrow router compares a
+// module input with to choose experts, and what the library keeps with each
+// record as data (store/ computes none; launch/ computes them when an
+// adapter goes in, and a router reads them back).
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "adapters/adapter_file.h"
+#include "adapters/merge.h"
+
+namespace tessera::routing {
+
+// The Arrow prototype of one LoRA module with A [r, in], B [out, r]: the top
+// right singular vector of B·A (the scale does not change it), unit length,
+// in the module's input space [in].
+//
+// Computed exactly, never forming B·A and never iterating: a thin QR of Aᵀ
+// (Aᵀ = Q R, Q [in, r]) makes (B·A)ᵀ(B·A) = Q (R BᵀB Rᵀ) Qᵀ, so the
+// prototype is Q·u for u the top eigenvector of the r×r matrix R BᵀB Rᵀ
+// (LAPACK dgeqrf/dorgqr and dsyev, in double). PEFT instead runs 15 steps
+// of power iteration, which is degrees off when σ₂/σ₁ is near 1; we depart
+// from it deliberately (its result is the same where it converges).
+//
+// Sign: a singular vector's sign is arbitrary; the largest-magnitude entry
+// (the first, on ties) is made positive, so the same expert always gives
+// the same vector and cosine search over stored prototypes is meaningful.
+// A zero delta (B·A = 0) gives a zero vector. When σ₁ = σ₂ exactly the top
+// direction is not unique; the vector returned is one of them.
+std::vector<float> arrow_prototype(const adapters::LoraFactors& f);
+
+// An adapter's signatures: for LoRA and DoRA, ("arrow/<module>", prototype)
+// for every Linear module (embedding LoRAs and modules_to_save copies get
+// none); for other kinds, none.
+std::vector<std::pair<std::string, std::vector<float>>> arrow_signatures(
+    const adapters::AdapterFile& adapter);
+
+}  // namespace tessera::routing
