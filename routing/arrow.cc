@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "runtime/common/error.h"
+#include "runtime/kernels/cpu/matmul.h"
 
 // LAPACK (Debian's OpenBLAS carries it), column-major, Fortran calling
 // convention: the hidden lengths of character arguments come last.
@@ -105,6 +106,19 @@ std::vector<std::pair<std::string, std::vector<float>>> arrow_signatures(
   for (const auto& [module, factors] : adapter.linear_factors())
     out.push_back({"arrow/" + module, arrow_prototype(factors)});
   return out;
+}
+
+TopK arrow_route(const Tensor& x, const Tensor& prototypes, int64_t top_k, float temperature) {
+  if (x.ndim() != 2 || prototypes.ndim() != 2 || prototypes.size(1) != x.size(1))
+    throw Error(str("arrow_route: inputs [", x.ndim() == 2 ? x.size(0) : -1, ", ",
+                    x.ndim() == 2 ? x.size(1) : -1, "] against prototypes of another width"));
+  const int64_t N = x.size(0), in = x.size(1), E = prototypes.size(0);
+  std::vector<float> scores(static_cast<size_t>(N * E));
+  if (N > 0)
+    kernels::cpu::gemm(false, true, N, E, in, 1.0f, x.data(), in, prototypes.data(), in, 0.0f,
+                       scores.data(), E);
+  for (float& s : scores) s = std::abs(s);
+  return top_k_softmax(scores, N, E, top_k, temperature);
 }
 
 }  // namespace tessera::routing

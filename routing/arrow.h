@@ -12,6 +12,7 @@
 
 #include "adapters/adapter_file.h"
 #include "adapters/merge.h"
+#include "routing/router.h"
 
 namespace tessera::routing {
 
@@ -38,5 +39,14 @@ std::vector<float> arrow_prototype(const adapters::LoraFactors& f);
 // none); for other kinds, none.
 std::vector<std::pair<std::string, std::vector<float>>> arrow_signatures(
     const adapters::AdapterFile& adapter);
+
+// Arrow's routing of x [N, in] (one row per token) among E experts with
+// prototypes [E, in] (arrow_prototype of each expert's factors of this
+// module): scores ℓ_e = |x·p_e| / T with x not normalised — as PEFT's code
+// does (its docs say cosine) — then the top k per row and softmax over those
+// k only (top_k_softmax). Defaults as PEFT: k = 3, T = 1; mttl's T = √in is
+// the caller's choice. Error: prototypes not [E, in], k or T out of range.
+TopK arrow_route(const Tensor& x, const Tensor& prototypes, int64_t top_k = 3,
+                 float temperature = 1.0f);
 
 }  // namespace tessera::routing
