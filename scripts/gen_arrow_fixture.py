@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Generates tests/fixtures/arrow/ for tests/routing/arrow_peft_test.cc with
+PEFT's own Arrow layer (peft.tuners.lora.arrow.ArrowLoraLinearLayer: its
+prototypes by 15 power steps, |x·p| scores, top-k, softmax over the k with a
+temperature, per-adapter scaling, merge-after). The experts are built
+well-conditioned (σ₂/σ₁ = 0.4: PEFT's 15 power steps converge to float
+precision, so its prototypes equal the exact ones up to sign), each with its
+own lora_alpha, so a wrong scale, a normalised input, a softmax over all E or
+a missing |·| moves the output far past the test's tolerance.
+
+One file per case, <case>.safetensors:
+  x [T, in]; lora_A.<e> [r, in]; lora_B.<e> [out, r]; scaling [E];
+  prototypes [E, in] (PEFT's); coeff [T, E] (its routing weights);
+  delta [T, out] (its layer output, dropout off); top_k, temperature [1].
+
+  python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch peft safetensors
+  /tmp/venv/bin/python scripts/gen_arrow_fixture.py
+"""
+import os
+
+import torch
+from peft import ArrowConfig
+from peft.tuners.lora.arrow import ArrowLoraLinearLayer
+from safetensors.torch import save_file
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "arrow")
+IN, OUT, R, E, TOK = 64, 48, 8, 6, 40
+
+
+def expert(gen, alpha):
+    # B·A = U diag(σ) Vᵀ behind a random invertible G, σ₂/σ₁ = 0.4.
+    U, _ = torch.linalg.qr(torch.randn(OUT, R, generator=gen, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(IN, R, generator=gen, dtype=torch.float64))
+    sigma = torch.tensor([2.0] + [0.8 * 0.85**i for i in range(R - 1)], dtype=torch.float64)
+    G = torch.eye(R, dtype=torch.float64) * 1.5 + 0.3 * torch.randn(R, R, generator=gen,
+                                                                      dtype=torch.float64)
+    A = G @ V.T
+    B = U @ torch.diag(sigma) @ torch.linalg.inv(G)
+    return A.float(), B.float(), alpha / R
+
+
+def case(name, seed, top_k, temperature):
+    gen = torch.Generator().manual_seed(seed)
+    experts = [expert(gen, alpha) for alpha in (16.0, 8.0, 32.0, 4.0, 16.0, 12.0)]
+    cfg = ArrowConfig(top_k=top_k, router_temperature=temperature, rng_seed=seed)
+    cfg.task_adapter_names = [f"task_{e}" for e in range(E)]
+    cfg.gks_adapter_names = []
+    layer = ArrowLoraLinearLayer(IN, cfg)
+    lora_A, lora_B, scaling = torch.nn.ModuleDict(), torch.nn.ModuleDict(), {}
+    for e, (A, B, s) in enumerate(experts):
+        a = torch.nn.Linear(IN, R, bias=False)
+        b = torch.nn.Linear(R, OUT, bias=False)
+        a.weight.data.copy_(A)
+        b.weight.data.copy_(B)
+        lora_A[f"task_{e}"], lora_B[f"task_{e}"] = a, b
+        scaling[f"task_{e}"] = s
+    layer.build_prototypes(lora_A, lora_B)
+    # Tokens near the experts' top directions, mixed, plus noise: routing varies.
+    P = layer.prototypes
+    x = 3.0 * torch.randn(TOK, E, generator=gen) @ P + 0.5 * torch.randn(TOK, IN, generator=gen)
+    with torch.no_grad():
+        delta = layer.forward(x.view(2, TOK // 2, IN), lora_A, lora_B, torch.nn.Identity(),
+                              scaling).reshape(TOK, OUT)
+        sim = torch.abs(x @ P.T)
+        top_v, idx = torch.topk(sim, top_k, dim=1)
+        full = x.new_full((TOK, E), float("-inf"))
+        full.scatter_(1, idx, top_v)
+        coeff = torch.softmax(full / temperature, dim=1)
+    t = {"x": x.contiguous(), "prototypes": P.contiguous(), "coeff": coeff.contiguous(),
+         "delta": delta.contiguous(),
+         "scaling": torch.tensor([s for _, _, s in experts], dtype=torch.float32),
+         "top_k": torch.tensor([float(top_k)]), "temperature": torch.tensor([temperature])}
+    for e, (A, B, _) in enumerate(experts):
+        t[f"lora_A.{e}"] = A.contiguous()
+        t[f"lora_B.{e}"] = B.contiguous()
+    save_file(t, os.path.join(ROOT, name + ".safetensors"))
+    print(name, "delta norm", float(delta.norm()), "coeff rows sum", float(coeff.sum(1).mean()))
+
+
+if __name__ == "__main__":
+    os.makedirs(ROOT, exist_ok=True)
+    case("k3_t1", 1, 3, 1.0)   # PEFT's defaults
+    case("k2_t05", 2, 2, 0.5)
