@@ -108,6 +108,38 @@ std::vector<std::pair<std::string, std::vector<float>>> arrow_signatures(
   return out;
 }
 
+std::vector<adapters::LoraFactors> gen_know_sub(const std::vector<adapters::LoraFactors>& tasks,
+                                                const std::vector<adapters::LoraFactors>& general) {
+  if (general.empty()) throw Error("gen_know_sub: no general experts to subtract");
+  const Shape sa = general[0].A.shape(), sb = general[0].B.shape();
+  auto check = [&](const adapters::LoraFactors& f, const char* what, size_t i) {
+    if (f.A.shape() != sa || f.B.shape() != sb)
+      throw Error(str("gen_know_sub: ", what, " expert ", i, " has lora_A [", f.A.size(0), ", ",
+                      f.A.size(1), "] and lora_B [", f.B.size(0), ", ", f.B.size(1),
+                      "]; general expert 0 has [", sa[0], ", ", sa[1], "] and [", sb[0], ", ",
+                      sb[1], "]"));
+  };
+  const int64_t na = shape_numel(sa), nb = shape_numel(sb);
+  std::vector<double> mean_a(static_cast<size_t>(na), 0.0), mean_b(static_cast<size_t>(nb), 0.0);
+  for (size_t g = 0; g < general.size(); ++g) {
+    check(general[g], "general", g);
+    for (int64_t i = 0; i < na; ++i) mean_a[i] += general[g].A.data()[i];
+    for (int64_t i = 0; i < nb; ++i) mean_b[i] += general[g].B.data()[i];
+  }
+  const double n = static_cast<double>(general.size());
+  std::vector<adapters::LoraFactors> out;
+  for (size_t t = 0; t < tasks.size(); ++t) {
+    check(tasks[t], "task", t);
+    adapters::LoraFactors f{Tensor::empty(sa), Tensor::empty(sb), tasks[t].scale};
+    for (int64_t i = 0; i < na; ++i)
+      f.A.data()[i] = static_cast<float>(tasks[t].A.data()[i] - mean_a[i] / n);
+    for (int64_t i = 0; i < nb; ++i)
+      f.B.data()[i] = static_cast<float>(tasks[t].B.data()[i] - mean_b[i] / n);
+    out.push_back(std::move(f));
+  }
+  return out;
+}
+
 TopK arrow_route(const Tensor& x, const Tensor& prototypes, int64_t top_k, float temperature) {
   if (x.ndim() != 2 || prototypes.ndim() != 2 || prototypes.size(1) != x.size(1))
     throw Error(str("arrow_route: inputs [", x.ndim() == 2 ? x.size(0) : -1, ", ",

@@ -40,6 +40,16 @@ std::vector<float> arrow_prototype(const adapters::LoraFactors& f);
 std::vector<std::pair<std::string, std::vector<float>>> arrow_signatures(
     const adapters::AdapterFile& adapter);
 
+// GenKnowSub (Belofsky et al., as PEFT's ArrowConfig(use_gks=True) does
+// it): the mean A and the mean B of the "general" experts subtracted from
+// every task expert's A and B — "forgetting via negation" of what the
+// general experts know. Returns new factors (scales kept); PEFT instead
+// overwrites the loaded task adapters in place. Error: no general experts,
+// or an expert whose A or B shape differs from the first general's (PEFT
+// too needs one rank for all).
+std::vector<adapters::LoraFactors> gen_know_sub(const std::vector<adapters::LoraFactors>& tasks,
+                                                const std::vector<adapters::LoraFactors>& general);
+
 // Arrow's routing of x [N, in] (one row per token) among E experts with
 // prototypes [E, in] (arrow_prototype of each expert's factors of this
 // module): scores ℓ_e = |x·p_e| / T with x not normalised — as PEFT's code

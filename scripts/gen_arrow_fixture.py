@@ -9,7 +9,10 @@ own lora_alpha, so a wrong scale, a normalised input, a softmax over all E or
 a missing |·| moves the output far past the test's tolerance.
 
 One file per case, <case>.safetensors:
-  x [T, in]; lora_A.<e> [r, in]; lora_B.<e> [out, r]; scaling [E];
+  x [T, in]; lora_A.<e> [r, in]; lora_B.<e> [out, r]; scaling [E] (the task
+  experts as given, before any GenKnowSub); general.lora_A.<g>,
+  general.lora_B.<g> (the "gks" case: PEFT's GenKnowSub subtracts their mean
+  A and mean B from every task expert before the prototypes);
   prototypes [E, in] (PEFT's); coeff [T, E] (its routing weights);
   delta [T, out] (its layer output, dropout off); top_k, temperature [1].
 
@@ -39,12 +42,16 @@ def expert(gen, alpha):
     return A.float(), B.float(), alpha / R
 
 
-def case(name, seed, top_k, temperature):
+def case(name, seed, top_k, temperature, general=0):
     gen = torch.Generator().manual_seed(seed)
     experts = [expert(gen, alpha) for alpha in (16.0, 8.0, 32.0, 4.0, 16.0, 12.0)]
-    cfg = ArrowConfig(top_k=top_k, router_temperature=temperature, rng_seed=seed)
+    generals = [expert(gen, 16.0) for _ in range(general)]
+    # Small general experts: task experts stay well-conditioned after the subtraction.
+    generals = [(0.1 * A, 0.1 * B, s) for A, B, s in generals]
+    cfg = ArrowConfig(top_k=top_k, router_temperature=temperature, rng_seed=seed,
+                      use_gks=general > 0)
     cfg.task_adapter_names = [f"task_{e}" for e in range(E)]
-    cfg.gks_adapter_names = []
+    cfg.gks_adapter_names = [f"gks_{g}" for g in range(general)]
     layer = ArrowLoraLinearLayer(IN, cfg)
     lora_A, lora_B, scaling = torch.nn.ModuleDict(), torch.nn.ModuleDict(), {}
     for e, (A, B, s) in enumerate(experts):
@@ -54,6 +61,13 @@ def case(name, seed, top_k, temperature):
         b.weight.data.copy_(B)
         lora_A[f"task_{e}"], lora_B[f"task_{e}"] = a, b
         scaling[f"task_{e}"] = s
+    for g, (A, B, s) in enumerate(generals):
+        a = torch.nn.Linear(IN, R, bias=False)
+        b = torch.nn.Linear(R, OUT, bias=False)
+        a.weight.data.copy_(A)
+        b.weight.data.copy_(B)
+        lora_A[f"gks_{g}"], lora_B[f"gks_{g}"] = a, b
+    layer.gen_know_sub(lora_A, lora_B)  # in place on the task experts, as PEFT does
     layer.build_prototypes(lora_A, lora_B)
     # Tokens near the experts' top directions, mixed, plus noise: routing varies.
     P = layer.prototypes
@@ -73,6 +87,9 @@ def case(name, seed, top_k, temperature):
     for e, (A, B, _) in enumerate(experts):
         t[f"lora_A.{e}"] = A.contiguous()
         t[f"lora_B.{e}"] = B.contiguous()
+    for g, (A, B, _) in enumerate(generals):
+        t[f"general.lora_A.{g}"] = A.contiguous()
+        t[f"general.lora_B.{g}"] = B.contiguous()
     save_file(t, os.path.join(ROOT, name + ".safetensors"))
     print(name, "delta norm", float(delta.norm()), "coeff rows sum", float(coeff.sum(1).mean()))
 
@@ -81,3 +98,4 @@ if __name__ == "__main__":
     os.makedirs(ROOT, exist_ok=True)
     case("k3_t1", 1, 3, 1.0)   # PEFT's defaults
     case("k2_t05", 2, 2, 0.5)
+    case("gks_k3_t1", 3, 3, 1.0, general=2)

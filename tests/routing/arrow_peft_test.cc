@@ -1,7 +1,8 @@
 // Arrow against PEFT's own layer (tests/fixtures/arrow, from
 // scripts/gen_arrow_fixture.py): the prototypes agree up to sign, the
 // routing weights and the routed output (merge-after, per-expert scales)
-// agree to 1e-5, at PEFT's defaults (k 3, T 1) and at k 2, T 0.5.
+// agree to 1e-5, at PEFT's defaults (k 3, T 1), at k 2, T 0.5, and after
+// GenKnowSub with two general experts (gen_know_sub on copies, PEFT in place).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -26,10 +27,21 @@ void check_case(const std::string& name) {
   const float T = f->load_f32("temperature").data()[0];
   std::vector<adapters::LoraFactors> experts;
   std::vector<float> protos;
-  for (int64_t e = 0; e < E; ++e) {
+  for (int64_t e = 0; e < E; ++e)
     experts.push_back({f->load_f32("lora_A." + std::to_string(e)),
                        f->load_f32("lora_B." + std::to_string(e)), scaling.data()[e]});
-    const std::vector<float> p = arrow_prototype(experts.back());
+  std::vector<adapters::LoraFactors> general;
+  for (int g = 0; f->find("general.lora_A." + std::to_string(g)); ++g)
+    general.push_back({f->load_f32("general.lora_A." + std::to_string(g)),
+                       f->load_f32("general.lora_B." + std::to_string(g)), 1.0f});
+  if (!general.empty()) {
+    const std::vector<adapters::LoraFactors> given = experts;
+    experts = gen_know_sub(experts, general);
+    EXPECT_NE(experts[0].A.data()[0], given[0].A.data()[0]);             // a copy changed...
+    EXPECT_EQ(given[0].A.data()[0], f->load_f32("lora_A.0").data()[0]);  // ...not the input
+  }
+  for (int64_t e = 0; e < E; ++e) {
+    const std::vector<float> p = arrow_prototype(experts[static_cast<size_t>(e)]);
     double dot = 0;
     for (int64_t c = 0; c < in; ++c) dot += double(p[c]) * peft_p.data()[e * in + c];
     EXPECT_NEAR(std::abs(dot), 1.0, 1e-5) << "expert " << e;  // the same line, maybe flipped
@@ -61,6 +73,7 @@ void check_case(const std::string& name) {
 TEST(ArrowPeft, PrototypesWeightsAndOutputMatchPeftsArrowLayer) {
   check_case("k3_t1");
   check_case("k2_t05");
+  check_case("gks_k3_t1");
 }
 
 }  // namespace
