@@ -1,0 +1,85 @@
+#include "routing/routers.h"
+
+#include <cmath>
+
+#include "runtime/common/error.h"
+#include "runtime/kernels/cpu/matmul.h"
+
+namespace tessera::routing {
+
+TopK task_route(const std::vector<int32_t>& task, int64_t E) {
+  TopK t;
+  t.k = 1;
+  for (size_t m = 0; m < task.size(); ++m) {
+    if (task[m] < -1 || task[m] >= E)
+      throw Error(str("task routing: row ", m, " names expert ", task[m], " of ", E,
+                      " (expected 0 to ", E - 1, ", or -1 for the base alone)"));
+    t.ids.push_back(task[m]);
+    t.weights.push_back(task[m] < 0 ? 0.0f : 1.0f);
+  }
+  return t;
+}
+
+TopK uniform_route(int64_t M, int64_t E) {
+  if (E < 1) throw Error("uniform routing: no experts");
+  TopK t;
+  t.k = E;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t e = 0; e < E; ++e) {
+      t.ids.push_back(static_cast<int32_t>(e));
+      t.weights.push_back(1.0f / static_cast<float>(E));
+    }
+  return t;
+}
+
+TopK centroid_route(const Tensor& x, const Tensor& centroids, int64_t top_k) {
+  if (x.ndim() != 2 || centroids.ndim() != 2 || centroids.size(1) != x.size(1))
+    throw Error(str("centroid routing: inputs of width ", x.ndim() == 2 ? x.size(1) : -1,
+                    " against centroids of another width"));
+  const int64_t N = x.size(0), in = x.size(1), E = centroids.size(0);
+  std::vector<float> logits(static_cast<size_t>(N * E));
+  if (N > 0)
+    kernels::cpu::gemm(false, true, N, E, in, 1.0f / std::sqrt(static_cast<float>(in)), x.data(),
+                       in, centroids.data(), in, 0.0f, logits.data(), E);
+  return top_k_softmax(logits, N, E, top_k == 0 ? E : top_k, 1.0f);
+}
+
+RoutingStats routing_stats(const TopK& t, int64_t E, const std::vector<int32_t>& task) {
+  RoutingStats s;
+  s.load.assign(static_cast<size_t>(E), 0.0);
+  const int64_t M = t.k > 0 ? static_cast<int64_t>(t.ids.size()) / t.k : 0;
+  if (!task.empty() && static_cast<int64_t>(task.size()) != M)
+    throw Error(str("routing_stats: ", task.size(), " task ids for ", M, " rows"));
+  double total = 0;
+  for (int64_t m = 0; m < M; ++m) {
+    int32_t top = -1;
+    float top_w = -1, on_true = 0;
+    double h = 0;
+    for (int64_t j = 0; j < t.k; ++j) {
+      const int32_t e = t.ids[m * t.k + j];
+      const float w = t.weights[m * t.k + j];
+      if (e < 0) continue;
+      s.load[e] += w;
+      total += w;
+      if (w > 0) h -= w * std::log(static_cast<double>(w));
+      if (w > top_w) top_w = w, top = e;
+      if (!task.empty() && e == task[m]) on_true += w;
+    }
+    s.entropy += h;
+    if (!task.empty() && task[m] >= 0) {
+      ++s.rows_with_task;
+      s.accuracy += top == task[m] ? 1.0 : 0.0;
+      s.correct_mass += on_true;
+    }
+  }
+  if (total > 0)
+    for (double& l : s.load) l /= total;
+  if (M > 0) s.entropy /= static_cast<double>(M);
+  if (s.rows_with_task > 0) {
+    s.accuracy /= static_cast<double>(s.rows_with_task);
+    s.correct_mass /= static_cast<double>(s.rows_with_task);
+  }
+  return s;
+}
+
+}  // namespace tessera::routing
