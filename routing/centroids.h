@@ -4,10 +4,11 @@
 //
 // Attach a CentroidRecorder to the base model's Linear layers (it takes
 // their adapter slots and passes every base output through unchanged), run
-// forward passes over the task's examples, then read the centroids. With no
-// expert attached the inputs are the base model's hidden states, which is
-// what mttl averages (its centroids are the base's, so that a new input's
-// hidden state is comparable with every expert's).
+// forward passes over the task's examples, then read the centroids. The
+// inputs are then the base model's hidden states: mttl's HiddenStateComputer
+// with use_base_model_only=True. Its default runs the model with the
+// expert attached, which needs a slot that both applies the expert and
+// records; that variant, and its pooling options, are not here yet.
 #pragma once
 
 #include <cstdint>
