@@ -22,28 +22,6 @@
 using namespace tessera;
 namespace fs = std::filesystem;
 
-namespace {
-
-template <typename F>
-double best_seconds(F&& f, int reps = 5) {
-  f();
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    int n = 0;
-    const auto t0 = std::chrono::steady_clock::now();
-    double s = 0;
-    do {
-      f();
-      ++n;
-      s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    } while (s < 0.2);
-    best = std::min(best, s / n);
-  }
-  return best;
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
   CLI::App app{"Arrow routing vs PEFT's Arrow layer"};
   int threads = 2, tokens = 4096, dim = 512, rank = 8, top_k = 2;
@@ -81,13 +59,13 @@ int main(int argc, char** argv) {
       for (float& v : xv) v = rng.normal();
       const Tensor x = Tensor::from_vector(xv, {tokens, dim});
       std::vector<float> pv;
-      const double proto_s = best_seconds(
+      const double proto_s = bench::best_seconds(
           [&] {
             pv.clear();
             for (const auto& f : ex)
               for (float v : routing::arrow_prototype(f)) pv.push_back(v);
           },
-          1);
+          1, 0.2);
       const Tensor P = Tensor::from_vector(pv, {E, dim});
       routing::ExpertStack stack = routing::stack_experts(ex);
       const Tensor A = stack.A, B = stack.B;
@@ -102,7 +80,7 @@ int main(int argc, char** argv) {
       const double rss0 = bench::peak_rss_mb();
       Tensor delta = slot.forward(x, base, zero);
       const double rss1 = bench::peak_rss_mb();
-      const double secs = best_seconds([&] { delta = slot.forward(x, base, zero); });
+      const double secs = bench::best_seconds([&] { delta = slot.forward(x, base, zero); }, 5, 0.2);
       const double tps = tokens / secs;
       bench::emit({{"bench", "arrow_layer"},
                    {"impl", "tessera"},

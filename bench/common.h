@@ -1,13 +1,16 @@
-// Helpers for bench/ programs: JSON lines on stdout, peak RSS, and running a
+// Helpers for bench/ programs: JSON lines on stdout, peak RSS, timing, and running a
 // PyTorch peer script (bench/peers/) in the same invocation at each of its
 // thread settings, keeping the best — so ratios hold on a noisy machine.
 #pragma once
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -25,6 +28,25 @@ inline double peak_rss_mb() {
   struct rusage u {};
   getrusage(RUSAGE_SELF, &u);
   return static_cast<double>(u.ru_maxrss) / 1024.0;
+}
+
+// Seconds per call of f: one warm-up call, then `reps` windows of at least
+// `window` seconds each (as many calls as fit), the best window's mean.
+inline double best_seconds(const std::function<void()>& f, int reps, double window) {
+  f();
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    int n = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    double s = 0;
+    do {
+      f();
+      ++n;
+      s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    } while (s < window);
+    best = std::min(best, s / n);
+  }
+  return best;
 }
 
 // Runs a shell command; returns the JSON objects it printed, one a line

@@ -29,22 +29,9 @@ using namespace tessera;
 
 namespace {
 
-// Best-of-`reps` seconds of one call after a warm-up, repeated until ~0.3 s.
-double time_call(const std::function<void()>& f, int reps = 7) {
-  f();
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    int n = 0;
-    auto t0 = std::chrono::steady_clock::now();
-    double s = 0;
-    do {
-      f();
-      ++n;
-      s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    } while (s < 0.05);
-    best = std::min(best, s / n);
-  }
-  return best;
+// Best-of-7 seconds of one call after a warm-up, windows of 0.05 s.
+double time_call(const std::function<void()>& f) {
+  return bench::best_seconds(f, 7, 0.05);
 }
 
 double max_rel(const std::vector<float>& a, const std::vector<float>& b) {

@@ -4,7 +4,6 @@
 #include <cmath>
 
 #include "runtime/common/error.h"
-#include "runtime/kernels/cpu/matmul.h"
 
 // LAPACK (Debian's OpenBLAS carries it), column-major, Fortran calling
 // convention: the hidden lengths of character arguments come last.
@@ -141,16 +140,9 @@ std::vector<adapters::LoraFactors> gen_know_sub(const std::vector<adapters::Lora
 }
 
 TopK arrow_route(const Tensor& x, const Tensor& prototypes, int64_t top_k, float temperature) {
-  if (x.ndim() != 2 || prototypes.ndim() != 2 || prototypes.size(1) != x.size(1))
-    throw Error(str("arrow_route: inputs [", x.ndim() == 2 ? x.size(0) : -1, ", ",
-                    x.ndim() == 2 ? x.size(1) : -1, "] against prototypes of another width"));
-  const int64_t N = x.size(0), in = x.size(1), E = prototypes.size(0);
-  std::vector<float> scores(static_cast<size_t>(N * E));
-  if (N > 0)
-    kernels::cpu::gemm(false, true, N, E, in, 1.0f, x.data(), in, prototypes.data(), in, 0.0f,
-                       scores.data(), E);
+  std::vector<float> scores = table_scores(x, prototypes, 1.0f, "arrow routing");
   for (float& s : scores) s = std::abs(s);
-  return top_k_softmax(scores, N, E, top_k, temperature);
+  return top_k_softmax(scores, x.size(0), prototypes.size(0), top_k, temperature);
 }
 
 }  // namespace tessera::routing

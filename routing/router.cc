@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "runtime/common/error.h"
+#include "runtime/kernels/cpu/matmul.h"
 
 namespace tessera::routing {
 
@@ -39,6 +40,20 @@ ExpertStack stack_experts(const std::vector<adapters::LoraFactors>& experts) {
     s.scales.push_back(f.scale);
   }
   return s;
+}
+
+std::vector<float> table_scores(const Tensor& x, const Tensor& table, float scale,
+                                const char* what) {
+  if (x.ndim() != 2 || table.ndim() != 2 || table.size(1) != x.size(1))
+    throw Error(str(what, ": inputs of width ", x.ndim() == 2 ? x.size(1) : -1,
+                    " against a table of width ", table.ndim() == 2 ? table.size(1) : -1,
+                    " (expected [tokens, in] and [experts, in])"));
+  const int64_t N = x.size(0), in = x.size(1), E = table.size(0);
+  std::vector<float> scores(static_cast<size_t>(N * E));
+  if (N > 0 && E > 0)
+    kernels::cpu::gemm(false, true, N, E, in, scale, x.data(), in, table.data(), in, 0.0f,
+                       scores.data(), E);
+  return scores;
 }
 
 TopK top_k_softmax(const std::vector<float>& scores, int64_t M, int64_t E, int64_t k,

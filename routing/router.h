@@ -51,6 +51,12 @@ struct TopK {
   std::vector<float> weights;
 };
 
+// scale · x·tᵀ for inputs x [N, in] and a table t [E, in] (prototypes,
+// centroids): scores [N, E], one GEMM. Error naming `what` when either is not
+// a matrix or their widths differ.
+std::vector<float> table_scores(const Tensor& x, const Tensor& table, float scale,
+                                const char* what);
+
 // The k largest of each row of scores [M, E] (ties: the lower expert id
 // first), with weights softmax(score / temperature) over those k only.
 // Error: k < 1, k > E, temperature <= 0.

@@ -3,7 +3,6 @@
 #include <cmath>
 
 #include "runtime/common/error.h"
-#include "runtime/kernels/cpu/matmul.h"
 
 namespace tessera::routing {
 
@@ -33,15 +32,10 @@ TopK uniform_route(int64_t M, int64_t E) {
 }
 
 TopK centroid_route(const Tensor& x, const Tensor& centroids, int64_t top_k) {
-  if (x.ndim() != 2 || centroids.ndim() != 2 || centroids.size(1) != x.size(1))
-    throw Error(str("centroid routing: inputs of width ", x.ndim() == 2 ? x.size(1) : -1,
-                    " against centroids of another width"));
-  const int64_t N = x.size(0), in = x.size(1), E = centroids.size(0);
-  std::vector<float> logits(static_cast<size_t>(N * E));
-  if (N > 0)
-    kernels::cpu::gemm(false, true, N, E, in, 1.0f / std::sqrt(static_cast<float>(in)), x.data(),
-                       in, centroids.data(), in, 0.0f, logits.data(), E);
-  return top_k_softmax(logits, N, E, top_k == 0 ? E : top_k, 1.0f);
+  const float scale = x.ndim() == 2 ? 1.0f / std::sqrt(static_cast<float>(x.size(1))) : 1.0f;
+  const std::vector<float> logits = table_scores(x, centroids, scale, "centroid routing");
+  const int64_t E = centroids.size(0);
+  return top_k_softmax(logits, x.size(0), E, top_k == 0 ? E : top_k, 1.0f);
 }
 
 RoutingStats routing_stats(const TopK& t, int64_t E, const std::vector<int32_t>& task) {

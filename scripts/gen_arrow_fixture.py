@@ -54,19 +54,18 @@ def case(name, seed, top_k, temperature, general=0):
     cfg.gks_adapter_names = [f"gks_{g}" for g in range(general)]
     layer = ArrowLoraLinearLayer(IN, cfg)
     lora_A, lora_B, scaling = torch.nn.ModuleDict(), torch.nn.ModuleDict(), {}
+
+    def add(name, A, B):  # one adapter's factors as PEFT's lora_A / lora_B layers
+        lora_A[name] = torch.nn.Linear(IN, R, bias=False)
+        lora_B[name] = torch.nn.Linear(R, OUT, bias=False)
+        lora_A[name].weight.data.copy_(A)
+        lora_B[name].weight.data.copy_(B)
+
     for e, (A, B, s) in enumerate(experts):
-        a = torch.nn.Linear(IN, R, bias=False)
-        b = torch.nn.Linear(R, OUT, bias=False)
-        a.weight.data.copy_(A)
-        b.weight.data.copy_(B)
-        lora_A[f"task_{e}"], lora_B[f"task_{e}"] = a, b
+        add(f"task_{e}", A, B)
         scaling[f"task_{e}"] = s
-    for g, (A, B, s) in enumerate(generals):
-        a = torch.nn.Linear(IN, R, bias=False)
-        b = torch.nn.Linear(R, OUT, bias=False)
-        a.weight.data.copy_(A)
-        b.weight.data.copy_(B)
-        lora_A[f"gks_{g}"], lora_B[f"gks_{g}"] = a, b
+    for g, (A, B, _) in enumerate(generals):
+        add(f"gks_{g}", A, B)
     layer.gen_know_sub(lora_A, lora_B)  # in place on the task experts, as PEFT does
     layer.build_prototypes(lora_A, lora_B)
     # Tokens near the experts' top directions, mixed, plus noise: routing varies.

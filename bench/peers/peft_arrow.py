@@ -8,27 +8,14 @@ tessera's (written beside the inputs), the agreement of its own 15-step
 power-iteration prototypes with tessera's exact ones (min |cos|), and the
 growth of peak RSS during its forward (its einsums hold [tokens, E, out]).
 """
-import argparse, json, resource, time
+import argparse, json, resource
 
 import torch
 from peft import ArrowConfig
 from peft.tuners.lora.arrow import ArrowLoraLinearLayer
 from safetensors.torch import load_file
 
-
-def best_time(f, reps=5):
-    f()
-    best = 1e30
-    for _ in range(reps):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            f()
-            n += 1
-            s = time.perf_counter() - t0
-            if s >= 0.2:
-                break
-        best = min(best, s / n)
-    return best
+from timing import best_time
 
 
 def main():
@@ -62,7 +49,8 @@ def main():
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         delta = layer.forward(xs, lora_A, lora_B, torch.nn.Identity(), scaling).view(-1, d_out)
         rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        sec = best_time(lambda: layer.forward(xs, lora_A, lora_B, torch.nn.Identity(), scaling))
+        sec = best_time(
+            lambda: layer.forward(xs, lora_A, lora_B, torch.nn.Identity(), scaling), 5, 0.2)
         sim = torch.abs(x @ layer.prototypes.T)
         top_v, idx = torch.topk(sim, k, dim=1)
         full = x.new_full(sim.shape, float("-inf"))

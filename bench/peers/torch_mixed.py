@@ -5,26 +5,13 @@ the base GEMM alone, one adapter for all rows, PEFT's mixed batch
 (forward(adapter_names=...)), a plain loop over adapters, and gather + bmm.
 Prints JSON lines.
 """
-import argparse, json, time
+import argparse, json
 
 import peft
 import torch
 import torch.nn as nn
 
-
-def best_time(f, reps=7):
-    f()
-    best = 1e30
-    for _ in range(reps):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            f()
-            n += 1
-            s = time.perf_counter() - t0
-            if s >= 0.05:
-                break
-        best = min(best, s / n)
-    return best
+from timing import best_time
 
 
 class Base(nn.Module):
@@ -59,9 +46,9 @@ def main():
 
     model = Base(d).eval()
     with torch.inference_mode():
-        row("pytorch_base", best_time(lambda: model(x)))
+        row("pytorch_base", best_time(lambda: model(x), 7, 0.05))
         W, b = model.proj.weight, model.proj.bias
-        row("pytorch_single", best_time(lambda: model(x) + s * ((x @ A[0].T) @ B[0].T)))
+        row("pytorch_single", best_time(lambda: model(x) + s * ((x @ A[0].T) @ B[0].T), 7, 0.05))
 
         def loop():
             y = model(x)
@@ -71,13 +58,13 @@ def main():
                     xe = x[m]
                     y[m] += s * ((xe @ A[e].T) @ B[e].T)
             return y
-        row("pytorch_loop", best_time(loop))
+        row("pytorch_loop", best_time(loop, 7, 0.05))
 
         def gather_bmm():
             y = model(x)
             h = torch.bmm(A[ids], x.unsqueeze(2))          # [N, r, 1]
             return y + s * torch.bmm(B[ids], h).squeeze(2)  # [N, d]
-        row("pytorch_gather_bmm", best_time(gather_bmm))
+        row("pytorch_gather_bmm", best_time(gather_bmm, 7, 0.05))
 
     # PEFT's own mixed batch: E named adapters, forward(adapter_names=...).
     cfg = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=["proj"], lora_dropout=0.0)
@@ -91,9 +78,9 @@ def main():
     pm.eval()
     names = [f"a{int(e)}" for e in ids]
     with torch.inference_mode():
-        row("peft_mixed_batch", best_time(lambda: pm(x, adapter_names=names)))
+        row("peft_mixed_batch", best_time(lambda: pm(x, adapter_names=names), 7, 0.05))
         pm.set_adapter("a0")
-        row("peft_single", best_time(lambda: pm(x)))
+        row("peft_single", best_time(lambda: pm(x), 7, 0.05))
 
 
 if __name__ == "__main__":

@@ -226,7 +226,7 @@ class MpiGroup final : public ProcessGroup {
   // MPI's own split, on the tag's communicator (the color is checked first
   // by the same rule as every backend's).
   std::unique_ptr<ProcessGroup> split(int color, int key, const CallOptions& o) override {
-    if (color < kNoColor) (void)plan_split(color, key, o);  // throws, naming the color
+    check_color(color, o);
     MPI_Comm sub = MPI_COMM_NULL;
     run("split", o, [&](MPI_Comm c) {
       return MPI_Comm_split(c, color == kNoColor ? MPI_UNDEFINED : color, key, &sub);

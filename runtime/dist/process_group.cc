@@ -51,10 +51,14 @@ void ProcessGroup::finish_mean(void* data, size_t count, DType dtype, ReduceOp o
   }
 }
 
-ProcessGroup::SplitPlan ProcessGroup::plan_split(int color, int key, const CallOptions& o) {
+void ProcessGroup::check_color(int color, const CallOptions& o) const {
   if (color < kNoColor)
     throw Error(where("split", o) + ": color " + std::to_string(color) +
                 " (expected a color >= 0, or kNoColor = -1 to join no sub-group)");
+}
+
+ProcessGroup::SplitPlan ProcessGroup::plan_split(int color, int key, const CallOptions& o) {
+  check_color(color, o);
   const int W = size();
   std::vector<int64_t> mine = {color, key}, all(2 * static_cast<size_t>(W));
   allgather(mine.data(), all.data(), 2, DType::I64, o);

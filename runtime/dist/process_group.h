@@ -102,6 +102,8 @@ class ProcessGroup {
   void finish_mean(void* data, size_t count, DType dtype, ReduceOp op) const;
   std::string where(const char* op, const CallOptions& o) const;
 
+  // split()'s color rule: >= 0, or kNoColor (Error naming the call otherwise).
+  void check_color(int color, const CallOptions& o) const;
   // The sub-group this rank joins in split(): every rank's (color, key)
   // gathered, members ordered by (key, parent rank). Error on a bad color.
   struct SplitPlan {
