@@ -579,4 +579,90 @@ Tensor cross_entropy(const Tensor& logits, const std::vector<int32_t>& targets) 
   return out;
 }
 
+namespace {
+
+const Tensor& gate_logits(const char* op, const Tensor& logits) {
+  if (logits.ndim() != 2 || logits.size(1) < 1)
+    throw Error(str(op, ": logits must be [rows, experts], got ", shape_str(logits.shape())));
+  if (logits.device() != Device::CPU)
+    throw Error(str("op ", op, " has no CUDA kernel yet: keep this model on the CPU"));
+  return logits;
+}
+
+// A loss of the gate logits computed with its gradient in one pass: the
+// value now, the gradient (times the output's) added in the backward.
+template <typename Fn>
+Tensor gate_loss(const Tensor& logits, Fn fn) {
+  const int64_t N = logits.size(0), E = logits.size(1);
+  bool rec = note_inputs({&logits});
+  Tensor out = result({1}, Device::CPU, rec);
+  Tensor grad = rec ? Tensor::empty({N, E}) : Tensor();
+  out.data()[0] = static_cast<float>(fn(logits.data(), N, E, rec ? grad.data() : nullptr));
+  if (rec) {
+    on_backward(out, [logits, grad](const float* g) mutable {
+      float* d = grad_ptr(logits);
+      if (!d) return;
+      const float* src = grad.data();
+      for (int64_t i = 0; i < grad.numel(); ++i) d[i] += g[0] * src[i];
+    });
+  }
+  return out;
+}
+
+}  // namespace
+
+Gate top_k_gate(const Tensor& logits, int64_t k, GateWeights mode, const std::vector<float>& bias) {
+  gate_logits("top_k_gate", logits);
+  const int64_t N = logits.size(0), E = logits.size(1);
+  if (k < 1 || k > E)
+    throw Error(str("top_k_gate: top_k = ", k, " for ", E, " experts (expected 1 to ", E, ")"));
+  if (!bias.empty() && static_cast<int64_t>(bias.size()) != E)
+    throw Error(str("top_k_gate: a bias of ", bias.size(), " values for ", E, " experts"));
+  bool rec = note_inputs({&logits});
+  Gate g;
+  g.k = k;
+  g.ids.resize(static_cast<size_t>(N * k));
+  g.weights = result({N, k}, Device::CPU, rec);
+  Tensor probs = Tensor::empty({N, E});
+  kernels::cpu::top_k_gate_forward(g.weights.data(), g.ids.data(), probs.data(), logits.data(),
+                                   bias.empty() ? nullptr : bias.data(), N, E, k, mode);
+  if (rec) {
+    on_backward(g.weights, [logits, probs, ids = g.ids, N, E, k, mode](const float* d) mutable {
+      float* dl = grad_ptr(logits);
+      if (dl) kernels::cpu::top_k_gate_backward(dl, d, probs.data(), ids.data(), N, E, k, mode);
+    });
+  }
+  return g;
+}
+
+Tensor load_balancing_loss(const Tensor& logits, int64_t k, const std::vector<float>& mask) {
+  gate_logits("load_balancing_loss", logits);
+  if (!mask.empty() && static_cast<int64_t>(mask.size()) != logits.size(0))
+    throw Error(str("load_balancing_loss: a mask of ", mask.size(), " values for ", logits.size(0),
+                    " rows"));
+  if (k < 1 || k > logits.size(1))
+    throw Error(str("load_balancing_loss: top_k = ", k, " for ", logits.size(1),
+                    " experts (expected 1 to ", logits.size(1), ")"));
+  return gate_loss(logits, [&](const float* z, int64_t N, int64_t E, float* grad) {
+    return kernels::cpu::load_balancing_loss(z, N, E, k, mask.empty() ? nullptr : mask.data(),
+                                             grad);
+  });
+}
+
+Tensor router_z_loss(const Tensor& logits) {
+  gate_logits("router_z_loss", logits);
+  return gate_loss(logits, [](const float* z, int64_t N, int64_t E, float* grad) {
+    return kernels::cpu::router_z_loss(z, N, E, grad);
+  });
+}
+
+Tensor gating_balance_loss(const Tensor& logits, float temperature) {
+  gate_logits("gating_balance_loss", logits);
+  if (!(temperature > 0))
+    throw Error(str("gating_balance_loss: temperature = ", temperature, " (expected above 0)"));
+  return gate_loss(logits, [&](const float* z, int64_t N, int64_t E, float* grad) {
+    return kernels::cpu::gating_balance_loss(z, N, E, temperature, grad);
+  });
+}
+
 }  // namespace tessera::ops

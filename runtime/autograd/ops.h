@@ -10,12 +10,14 @@
 
 #include "runtime/common/rng.h"
 #include "runtime/kernels/cpu/elementwise.h"
+#include "runtime/kernels/cpu/gate.h"
 #include "runtime/kernels/cpu/lora.h"
 #include "runtime/tensor/tensor.h"
 
 namespace tessera::ops {
 
 using kernels::cpu::Act;
+using kernels::cpu::GateWeights;
 using kernels::cpu::LoraMix;
 
 // y = x · Wᵀ + b over the last dim of x; W [out, in] (or [in, out] with conv1d,
@@ -81,6 +83,30 @@ Tensor lora_gather(const Tensor& x, const Tensor& base_out, const Tensor& A, con
                    const std::vector<int32_t>& ids, int64_t k, const Tensor& weights,
                    const std::vector<float>& scales, LoraMix mix = LoraMix::Output,
                    bool in_place = false);
+// The top-k gate of a mixture of experts (Mixtral's convention; modes in
+// runtime/kernels/cpu/gate.h): for gate logits [N, E], ids [N·k] are each
+// row's k experts with the largest logit + bias (bias [E] or empty: the
+// auxiliary-loss-free balancing bias, selection only; ties to the lower id)
+// and weights [N, k] come from p = softmax(logits) as `mode` says. The
+// gradient of the weights reaches the logits through the softmax; the
+// selection is a constant. Feed ids and weights to lora_gather. Error: not
+// [N, E], k outside [1, E], a bias of the wrong length.
+struct Gate {
+  Tensor weights;
+  std::vector<int32_t> ids;
+  int64_t k = 0;
+};
+Gate top_k_gate(const Tensor& logits, int64_t k, GateWeights mode = GateWeights::Renormalized,
+                const std::vector<float>& bias = {});
+// The gates' auxiliary losses over logits [rows, E] (one layer's rows after
+// another), → [1]; definitions and sources in runtime/kernels/cpu/gate.h.
+// Mixtral's load-balancing loss (transformers' load_balancing_loss_func;
+// mask [rows]: 1 a real token, 0 padding; empty: all real; floor k).
+Tensor load_balancing_loss(const Tensor& logits, int64_t k, const std::vector<float>& mask = {});
+// The router z-loss (ST-MoE): mean over rows of logsumexp²
+Tensor router_z_loss(const Tensor& logits);
+// MoLE's gating-balance loss, −Σ_e log mean_t softmax(z_t/τ)_e.
+Tensor gating_balance_loss(const Tensor& logits, float temperature = 1.0f);
 // Mean softmax cross-entropy of logits [N, V] against targets (-1 = ignore) → [1].
 Tensor cross_entropy(const Tensor& logits, const std::vector<int32_t>& targets);
 

@@ -6,6 +6,7 @@
 #include "runtime/common/error.h"
 #include "runtime/kernels/cpu/attention.h"
 #include "runtime/kernels/cpu/elementwise.h"
+#include "runtime/kernels/cpu/gate.h"
 #include "runtime/kernels/cpu/lora.h"
 #include "runtime/kernels/cpu/matmul.h"
 #include "runtime/kernels/cpu/norm.h"

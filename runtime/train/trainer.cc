@@ -59,6 +59,7 @@ struct Trainer::State {
   std::unique_ptr<data::Sampler> sampler;
   std::vector<int64_t> subset;  // empty: every training example
   std::vector<std::pair<std::string, Trainer::LossTermFn>> terms;
+  std::vector<std::function<void()>> step_hooks;
   std::unique_ptr<optim::Optimizer> opt;
   optim::Schedule schedule;
   std::unique_ptr<metrics::JsonlWriter> log;
@@ -107,6 +108,11 @@ void Trainer::add_loss_term(const std::string& name, LossTermFn term) {
 
 void Trainer::clear_loss_terms() {
   st_->terms.clear();
+}
+
+void Trainer::add_step_hook(std::function<void()> hook) {
+  if (!hook) throw Error("add_step_hook: a function is required");
+  st_->step_hooks.push_back(std::move(hook));
 }
 
 std::string Trainer::subset_id() const {
@@ -232,6 +238,7 @@ StepStats Trainer::train_step() {
   s.grad_norm = optim::clip_grad_norm(ps, cfg_.optim().grad_clip());
   s.lr = st_->schedule.at(step_);
   st_->opt->step(s.lr);
+  for (auto& hook : st_->step_hooks) hook();
   ++step_;
   s.step = step_;
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -75,6 +75,9 @@ class Trainer {
   using LossTermFn = std::function<Tensor()>;
   void add_loss_term(const std::string& name, LossTermFn term);
   void clear_loss_terms();
+  // Called after every optimizer step, in the order added (a router's
+  // bookkeeping between steps: the auxiliary-loss-free balancing bias).
+  void add_step_hook(std::function<void()> hook);
   // Trains on these training examples only (each in [0, n) of the
   // workload's training set, no repeats) — a federated client's partition,
   // say. The sampler restarts over them (an epoch is a pass over the subset)

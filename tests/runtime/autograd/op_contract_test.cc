@@ -92,6 +92,15 @@ std::vector<OpCase> every_op() {
                  return lora_gather(v[0], v[1], v[2], v[3], {0, 1, 1, -1, 0, 0, 1, 0}, 2, v[4],
                                     {1.0f, 0.5f}, LoraMix::Parameter);
                }});
+  c.push_back({"top_k_gate", {r({5, 4})}, [](auto& v) {
+                 return top_k_gate(v[0], 2, GateWeights::Renormalized).weights;
+               }});
+  c.push_back({"load_balancing_loss", {r({5, 4})}, [](auto& v) {
+                 return load_balancing_loss(v[0], 2, {1, 1, 0, 1, 1});
+               }});
+  c.push_back({"router_z_loss", {r({5, 4})}, [](auto& v) { return router_z_loss(v[0]); }});
+  c.push_back(
+      {"gating_balance_loss", {r({5, 4})}, [](auto& v) { return gating_balance_loss(v[0]); }});
   return c;
 }
 
@@ -103,7 +112,7 @@ TEST(OpContract, EveryDeclaredOpHasACase) {
   const std::string h = ss.str();
   std::set<std::string> cased;
   for (const OpCase& c : every_op()) cased.insert(c.name.substr(0, c.name.find(' ')));
-  const std::regex decl(R"(\nTensor ([a-z_]+)\()");
+  const std::regex decl(R"(\n(?:Tensor|Gate) ([a-z_]+)\()");
   int declared = 0;
   for (std::sregex_iterator it(h.begin(), h.end(), decl), end; it != end; ++it, ++declared)
     EXPECT_TRUE(cased.count((*it)[1])) << "op " << (*it)[1] << " has no case in every_op()";

@@ -1,7 +1,7 @@
 // The gates' auxiliary losses: transformers' own values and gradients
 // (tests/fixtures/moe, scripts/gen_moe_loss_fixture.py), the floor of the
 // load-balancing convention, and finite differences.
-#include "routing/losses.h"
+#include "runtime/kernels/cpu/gate.h"
 
 #include <gtest/gtest.h>
 
@@ -12,7 +12,7 @@
 #include "runtime/common/rng.h"
 #include "runtime/io/safetensors.h"
 
-namespace tessera::routing {
+namespace tessera::kernels::cpu {
 namespace {
 
 TEST(MoeLosses, MatchTransformersMixtralAndSwitchLossesAndGradients) {
@@ -78,4 +78,4 @@ TEST(MoeLosses, GradientsAgreeWithFiniteDifferences) {
 }
 
 }  // namespace
-}  // namespace tessera::routing
+}  // namespace tessera::kernels::cpu
