@@ -665,4 +665,58 @@ Tensor gating_balance_loss(const Tensor& logits, float temperature) {
   });
 }
 
+Tensor poly_weights(const Tensor& logits, int64_t skills, const Tensor& u, float tau) {
+  if (logits.ndim() != 2 || skills < 1 || logits.size(1) % skills != 0)
+    throw Error(str("poly_weights: logits ", shape_str(logits.shape()),
+                    " are not [tasks, splits * skills] for ", skills, " skills"));
+  if (!(tau > 0)) throw Error(str("poly_weights: temperature ", tau, " (expected above 0)"));
+  if (u.defined()) {
+    if (u.shape() != logits.shape())
+      throw Error(str("poly_weights: noise ", shape_str(u.shape()), " for logits ",
+                      shape_str(logits.shape())));
+    for (int64_t i = 0; i < u.numel(); ++i)
+      if (!(u.data()[i] > 0 && u.data()[i] < 1))
+        throw Error(str("poly_weights: noise ", u.data()[i], " at ", i, " is outside (0, 1)"));
+  }
+  const int64_t T = logits.size(0), S = skills, q = logits.size(1) / skills;
+  bool rec = note_inputs({&logits, &u});
+  Tensor out = result({T, q, S}, logits.device(), rec);
+  Tensor zhat = Tensor::empty({T, q * S}, logits.device());
+  TESSERA_DISPATCH_CPU_ONLY(logits.device(), poly_weights_forward, out.data(), zhat.data(),
+                            logits.data(), u.defined() ? u.data() : nullptr, T, q, S, tau);
+  if (rec) {
+    // Evaluation's σ(z) has no temperature.
+    const float t = u.defined() ? tau : 1.0f;
+    on_backward(out, [logits, zhat, T, q, S, t](const float* g) mutable {
+      TESSERA_DISPATCH_CPU_ONLY(logits.device(), poly_weights_backward, grad_ptr(logits), g,
+                                zhat.data(), T, q, S, t);
+    });
+  }
+  return out;
+}
+
+Tensor poly_mix(const Tensor& weights, const Tensor& bank, bool split_cols) {
+  if (weights.ndim() != 3 || bank.ndim() != 3 || weights.size(2) != bank.size(0))
+    throw Error(str("poly_mix: weights ", shape_str(weights.shape()), " and skills ",
+                    shape_str(bank.shape()), " are not [tasks, splits, S] and [S, R, C]"));
+  const int64_t T = weights.size(0), q = weights.size(1), S = weights.size(2), R = bank.size(1),
+                C = bank.size(2);
+  const int64_t split_dim = split_cols ? C : R;
+  if (q < 1 || split_dim % q != 0)
+    throw Error(str("poly_mix: ", q, " splits do not divide ",
+                    split_cols ? "in_features " : "out_features ", split_dim));
+  same_device("poly_mix", {&weights, &bank});
+  bool rec = note_inputs({&weights, &bank});
+  Tensor out = result({T, R, C}, bank.device(), rec);
+  TESSERA_DISPATCH_CPU_ONLY(bank.device(), poly_mix_forward, out.data(), weights.data(),
+                            bank.data(), T, q, S, R, C, split_cols);
+  if (rec) {
+    on_backward(out, [weights, bank, T, q, S, R, C, split_cols](const float* g) mutable {
+      TESSERA_DISPATCH_CPU_ONLY(bank.device(), poly_mix_backward, grad_ptr(weights), grad_ptr(bank),
+                                g, weights.data(), bank.data(), T, q, S, R, C, split_cols);
+    });
+  }
+  return out;
+}
+
 }  // namespace tessera::ops

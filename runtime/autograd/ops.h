@@ -107,6 +107,18 @@ Tensor load_balancing_loss(const Tensor& logits, int64_t k, const std::vector<fl
 Tensor router_z_loss(const Tensor& logits);
 // MoLE's gating-balance loss, −Σ_e log mean_t softmax(z_t/τ)_e.
 Tensor gating_balance_loss(const Tensor& logits, float temperature = 1.0f);
+// Poly / MHR (runtime/kernels/cpu/poly.h, PEFT's PolyRouter): per-task
+// weights [T, q, S] over S skills in each of q splits from logits [T, q·S]:
+// sigmoid((logits + logistic noise from u) / tau) (u [T, q·S] uniform in
+// (0, 1): training's RelaxedBernoulli sample) or sigmoid(logits) (u
+// undefined: evaluation), normalised per split. Error: shapes, u outside
+// (0, 1), tau <= 0.
+Tensor poly_weights(const Tensor& logits, int64_t skills, const Tensor& u, float tau = 1.0f);
+// Each task's adapter matrix from a skill bank [S, R, C]: [T, R, C], split
+// along the columns (lora_A [r, in]) or the rows (lora_B [out, r]) into q
+// parts, each part mixed with its own weights [T, q, S]. Error: shapes, q
+// not dividing the split dimension.
+Tensor poly_mix(const Tensor& weights, const Tensor& bank, bool split_cols);
 // Mean softmax cross-entropy of logits [N, V] against targets (-1 = ignore) → [1].
 Tensor cross_entropy(const Tensor& logits, const std::vector<int32_t>& targets);
 

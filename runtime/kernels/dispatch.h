@@ -10,6 +10,7 @@
 #include "runtime/kernels/cpu/lora.h"
 #include "runtime/kernels/cpu/matmul.h"
 #include "runtime/kernels/cpu/norm.h"
+#include "runtime/kernels/cpu/poly.h"
 #include "runtime/kernels/cpu/softmax_xent.h"
 #include "runtime/tensor/tensor.h"
 

@@ -76,6 +76,16 @@ int ParameterSet::set_trainable(const std::string& glob, bool trainable) {
   return n;
 }
 
+int ParameterSet::set_lr_scale(const std::string& glob, float scale) {
+  int n = 0;
+  for (auto& p : params_)
+    if (glob_match(glob, p.name)) {
+      p.lr_scale = scale;
+      ++n;
+    }
+  return n;
+}
+
 std::vector<Parameter*> ParameterSet::trainable() {
   std::vector<Parameter*> out;
   for (auto& p : params_)

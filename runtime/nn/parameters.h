@@ -15,6 +15,9 @@ namespace tessera::nn {
 struct Parameter {
   std::string name;
   Tensor tensor;
+  // The optimizer steps this parameter with lr · lr_scale (a parameter
+  // group's own learning rate: Poly's module logits, say).
+  float lr_scale = 1.0f;
 };
 
 class ParameterSet {
@@ -38,6 +41,9 @@ class ParameterSet {
   // matches the glob ('*' any run, '?' one char). Returns how many matched.
   int set_trainable(const std::string& glob, bool trainable);
   std::vector<Parameter*> trainable();
+  // Sets lr_scale of every parameter whose name matches the glob. Returns how
+  // many matched.
+  int set_lr_scale(const std::string& glob, float scale);
   int64_t count(bool trainable_only = false) const;
   void zero_grad();
 

@@ -27,16 +27,17 @@ void AdamW::step(float lr) {
   const float b1 = o_.beta1, b2 = o_.beta2, eps = o_.eps;
   const float bc1 = 1.0f - std::pow(b1, static_cast<float>(steps_));
   const float bc2 = 1.0f - std::pow(b2, static_cast<float>(steps_));
-  const float step_size = lr / bc1;
   const float bc2_sqrt = std::sqrt(bc2);
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor g = params_[i]->tensor.grad();
     if (!g.defined()) continue;
+    const float plr = lr * params_[i]->lr_scale;
+    const float step_size = plr / bc1;
     float* __restrict p = params_[i]->tensor.data();
     const float* __restrict gp = g.data();
     float* __restrict m = m_[i].data();
     float* __restrict v = v_[i].data();
-    const float decay = decays(*params_[i], o_.decay_vectors) ? 1.0f - lr * o_.weight_decay : 1.0f;
+    const float decay = decays(*params_[i], o_.decay_vectors) ? 1.0f - plr * o_.weight_decay : 1.0f;
     const int64_t n = g.numel();
 #pragma omp parallel for simd if (n > kPar) schedule(static)
     for (int64_t j = 0; j < n; ++j) {
@@ -72,14 +73,14 @@ void Sgd::step(float lr) {
     const float* __restrict gp = g.data();
     float* __restrict b = buf_[i].data();
     const float wd = decays(*params_[i], o_.decay_vectors) ? o_.weight_decay : 0.0f;
-    const float mu = o_.momentum;
+    const float mu = o_.momentum, plr = lr * params_[i]->lr_scale;
     const int64_t n = g.numel();
     // torch.optim.SGD: d = g + wd·p; buf = d on the first step, else mu·buf + d; p -= lr·buf.
 #pragma omp parallel for simd if (n > kPar) schedule(static)
     for (int64_t j = 0; j < n; ++j) {
       float d = gp[j] + wd * p[j];
       b[j] = (first || mu == 0.0f) ? d : mu * b[j] + d;
-      p[j] -= lr * b[j];
+      p[j] -= plr * b[j];
     }
   }
 }

@@ -101,6 +101,11 @@ std::vector<OpCase> every_op() {
   c.push_back({"router_z_loss", {r({5, 4})}, [](auto& v) { return router_z_loss(v[0]); }});
   c.push_back(
       {"gating_balance_loss", {r({5, 4})}, [](auto& v) { return gating_balance_loss(v[0]); }});
+  c.push_back(
+      {"poly_weights", {r({3, 6})}, [](auto& v) { return poly_weights(v[0], 3, Tensor(), 1.0f); }});
+  c.push_back({"poly_mix", {r({2, 2, 3}), r({3, 4, 6})}, [](auto& v) {
+                 return poly_mix(v[0], v[1], true);
+               }});
   return c;
 }
 
