@@ -188,7 +188,8 @@ int run_build_library(const BuildLibraryOptions& o) {
       cfg.set_out_dir(tmp);
     }
     AdapterRun r = train_adapter(cfg, o.base, fingerprint, a, /*progress=*/false, nullptr);
-    AdapterRecord rec = trained_record(name_of(k), tasks[k], o.base, fingerprint, r.after, cfgs[k]);
+    AdapterRecord rec =
+        trained_record(name_of(k), tasks[k], o.base, fingerprint, r.after, cfgs[k], r.centroids);
     std::string stored, file_bytes;
     if (remote) {
       stored = put_adapter_file(*lib, r.adapter_file, rec);

@@ -41,6 +41,8 @@ Command add_import_peft_command(CLI::App& app);
 Command add_library_command(CLI::App& app);
 Command add_serve_command(CLI::App& app);
 Command add_launch_command(CLI::App& app);
+Command add_route_command(CLI::App& app);
+Command add_centroids_command(CLI::App& app);
 
 // Where an adapter library is: a folder (the embedded store), or
 // grpc://HOST:PORT for a `tessera serve` lookup service.
@@ -148,6 +150,50 @@ struct ServeOptions {
   double max_adapter_mb = 4096, max_message_mb = 8, max_call_seconds = 120;
   int threads = 64;
 };
+
+// tessera route: the library's experts routed on inputs with no task id.
+struct RouteOptions {
+  std::string base;                  // base checkpoint or Hugging Face folder
+  LibraryTarget library;             // folder or grpc://
+  std::vector<std::string> routers;  // routing/spec.h; default arrow, centroid, task, base
+  std::string eval;                  // TASK[;TASK...]: the mixed evaluation tasks
+  std::vector<std::string> experts;  // names (default: every LoRA expert for the base)
+  int64_t max_batches = 0;           // per task (0: the whole test split)
+  std::string json_out;              // also write the results here
+  std::vector<std::string> overrides;
+};
+// What run_route measured (also printed as tables).
+struct RouteResult {
+  std::vector<std::string> tasks, experts, modules;
+  std::vector<int> task_expert;  // per task: its expert's index, or -1 (no expert saw it)
+  struct Row {
+    std::string router;
+    std::vector<double> score;       // per task: accuracy, or bits per byte/token (LM)
+    double mean = 0;                 // over tasks
+    std::vector<double> module_acc;  // per module: routing accuracy (rows of tasks with experts)
+    double routing_acc = -1;         // over modules (-1: no task has an expert)
+    double correct_mass = -1;        // mean weight on the true expert
+    double entropy = 0;              // mean routing entropy (nats)
+    std::vector<std::vector<double>> usage;  // [task][expert]: share of routing weight
+  };
+  std::vector<Row> rows;
+  bool classifier = true;
+};
+RouteResult run_route(const RouteOptions& o);
+// The table of scores per router and task with routing accuracy, mass on the
+// true expert and entropy; with `details` also routing accuracy per module
+// and each router's expert usage per task.
+void print_route(const RouteResult& r, bool details);
+// Stores hidden-state centroids (routing/centroids.h) with every LoRA expert
+// of the library trained on `base` that has a task and lacks them.
+struct CentroidsOptions {
+  std::string base;
+  LibraryTarget library;
+  int64_t max_rows = 2048;
+  bool recompute = false;  // also experts that have them
+  std::vector<std::string> overrides;
+};
+int run_centroids(const CentroidsOptions& o);
 
 struct LaunchOptions {
   int nproc = 2;

@@ -80,7 +80,7 @@ int run_demo(const DemoOptions& o) {
     AdapterRun r =
         train_adapter(ac, rows.front().checkpoint, base_print, adapters::AdapterArgs{}, true);
     put_trained(*library, r.adapter_file, task.substr(0, task.find(':')), task,
-                rows.front().checkpoint, base_print, r.after, ac);
+                rows.front().checkpoint, base_print, r.after, ac, r.centroids);
     char b[32], a2[32];
     std::snprintf(b, sizeof b, "%.2f%%", r.before.accuracy * 100);
     std::snprintf(a2, sizeof a2, "%.2f%%", r.after.accuracy * 100);
@@ -96,6 +96,24 @@ int run_demo(const DemoOptions& o) {
               "base accuracy", "with adapter", o.quick ? "a few steps" : "1 epoch");
   for (const auto& r : adapter_rows)
     std::printf("%-18s %14s %16s\n", r.task.c_str(), r.before.c_str(), r.after.c_str());
+  {
+    // The experts routed zero-shot on the tasks mixed, no task ids given,
+    // beside the task oracle; rotate:deg=45 is a task no expert saw.
+    RouteOptions ro;
+    ro.base = rows.front().checkpoint;
+    ro.library = library_target;
+    ro.eval = "permute:seed=1;rotate:deg=90;classes:0,2,4,6;rotate:deg=45";
+    ro.routers = {"base", "task", "arrow:top_k=1", "arrow:top_k=2", "centroid:top_k=1", "uniform"};
+    ro.overrides = {str("threads=", o.threads)};
+    library.reset();  // run_route opens it read-only
+    const RouteResult routed = run_route(ro);
+    library = open_library(library_target, false);
+    std::printf(
+        "\nrouting the library's experts on inputs with no task id "
+        "(tessera route --base %s --library %s --eval '%s'):",
+        ro.base.c_str(), library_dir.c_str(), ro.eval.c_str());
+    print_route(routed, false);
+  }
   std::printf("\ncheckpoints:\n");
   for (const auto& r : rows) std::printf("  %s\n", r.checkpoint.c_str());
   std::printf("Hugging Face folders (config.json + model.safetensors): %s/decoder/model\n",

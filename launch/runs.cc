@@ -17,6 +17,7 @@
 #include "adapters/peft.h"
 #include "launch/base.h"
 #include "launch/config.h"
+#include "routing/centroids.h"
 #include "runtime/common/error.h"
 #include "runtime/common/threads.h"
 #include "runtime/data/data.h"
@@ -126,6 +127,22 @@ RunSummary train_and_save(const RunConfig& cfg, const std::string& resume, int64
   return s;
 }
 
+Signatures base_centroids(train::Trainer& t, int64_t max_rows,
+                          const std::vector<std::string>& modules) {
+  std::vector<nn::Linear*> linears;
+  for (nn::Linear* l : t.linears())
+    if (modules.empty() || std::find(modules.begin(), modules.end(), l->name()) != modules.end())
+      linears.push_back(l);
+  routing::CentroidRecorder rec(linears, max_rows);
+  const int64_t n = t.train_examples(), B = std::max<int64_t>(1, t.config().batch_size());
+  for (int64_t i = 0; i < n && rec.rows() < max_rows; i += B) {
+    std::vector<int64_t> idx;
+    for (int64_t j = i; j < std::min(n, i + B); ++j) idx.push_back(j);
+    t.forward_train(idx);
+  }
+  return rec.centroids();
+}
+
 AdapterRun train_adapter(const RunConfig& cfg, const std::string& base_ckpt,
                          const std::string& fingerprint, const adapters::AdapterArgs& a,
                          bool progress, dist::ProcessGroup* world) {
@@ -135,6 +152,7 @@ AdapterRun train_adapter(const RunConfig& cfg, const std::string& base_ckpt,
   load_base_weights(t, base_ckpt);
   AdapterRun r;
   r.before = t.evaluate();
+  const Signatures centroids = base_centroids(t, kCentroidRows);
   std::unique_ptr<adapters::AdapterSet> set;
   t.attach([&](std::vector<nn::Linear*> linears, nn::ParameterSet& base) {
     // An embedding named as a target: loaded from PEFT folders, not trained here.
@@ -152,6 +170,10 @@ AdapterRun train_adapter(const RunConfig& cfg, const std::string& base_ckpt,
     return &set->params();
   });
   r.modules = set->modules().size();
+  for (const auto& c : centroids)
+    if (std::find(set->modules().begin(), set->modules().end(),
+                  c.first.substr(std::string("centroid/").size())) != set->modules().end())
+      r.centroids.push_back(c);
   r.trainable = set->params().count(/*trainable_only=*/true);
   t.set_process_group(world);
   if (rank == 0 && progress)
@@ -178,8 +200,14 @@ AdapterRun train_adapter(const RunConfig& cfg, const std::string& base_ckpt,
 
 AdapterRecord trained_record(const std::string& name, const std::string& task,
                              const std::string& base_ckpt, const std::string& fingerprint,
-                             const train::EvalResult& after, const RunConfig& cfg) {
+                             const train::EvalResult& after, const RunConfig& cfg,
+                             const Signatures& signatures) {
   AdapterRecord rec;
+  for (const auto& [name, vec] : signatures) {
+    Signature* sg = rec.add_signatures();
+    sg->set_name(name);
+    for (float x : vec) sg->add_vector(x);
+  }
   rec.set_name(name);
   rec.set_task(task);
   rec.mutable_base()->set_name(base_ckpt);
@@ -198,9 +226,10 @@ AdapterRecord trained_record(const std::string& name, const std::string& task,
 std::string put_trained(store::LibraryApi& library, const std::string& file,
                         const std::string& name, const std::string& task,
                         const std::string& base_ckpt, const std::string& fingerprint,
-                        const train::EvalResult& after, const RunConfig& cfg) {
-  return put_adapter_file(library, file,
-                          trained_record(name, task, base_ckpt, fingerprint, after, cfg));
+                        const train::EvalResult& after, const RunConfig& cfg,
+                        const Signatures& signatures) {
+  return put_adapter_file(
+      library, file, trained_record(name, task, base_ckpt, fingerprint, after, cfg, signatures));
 }
 
 int train_bank(const RunConfig& cfg, const std::string& base_ckpt, const adapters::AdapterArgs& a,

@@ -48,8 +48,24 @@ struct RunSummary {
 RunSummary train_and_save(const RunConfig& cfg, const std::string& resume, int64_t max_steps,
                           bool progress);
 
+// (name, vector) routing signatures of an expert.
+using Signatures = std::vector<std::pair<std::string, std::vector<float>>>;
+
+// Hidden-state centroids of the base for mttl's avg_act router
+// (routing/centroids.h; mttl's use_base_model_only=True): the task's first
+// training examples, in order, through the base model (no adapter attached
+// to `t` yet) until every Linear has seen `max_rows` rows (examples for the
+// classifier, tokens for the decoder); ("centroid/<module>", vector) for
+// each module in `modules` (all when empty).
+Signatures base_centroids(train::Trainer& t, int64_t max_rows,
+                          const std::vector<std::string>& modules = {});
+// How many rows the centroids of a trained expert average (mttl records up
+// to a few thousand hidden states per task).
+constexpr int64_t kCentroidRows = 2048;
+
 struct AdapterRun {
   train::EvalResult before, after;
+  Signatures centroids;  // the base's centroids on the task, per adapted module
   size_t modules = 0;
   int64_t trainable = 0;
   double units_per_s = 0;
@@ -66,15 +82,18 @@ struct AdapterRun {
 AdapterRun train_adapter(const RunConfig& cfg, const std::string& base_ckpt,
                          const std::string& fingerprint, const adapters::AdapterArgs& a,
                          bool progress, dist::ProcessGroup* world = nullptr);
-// The library record of a trained adapter: task, base, test score, provenance.
+// The library record of a trained adapter: task, base, test score,
+// provenance, and `signatures` recorded while training (its centroids).
 AdapterRecord trained_record(const std::string& name, const std::string& task,
                              const std::string& base_ckpt, const std::string& fingerprint,
-                             const train::EvalResult& after, const RunConfig& cfg);
+                             const train::EvalResult& after, const RunConfig& cfg,
+                             const Signatures& signatures = {});
 // Puts a trained adapter file into `library`; returns "name@version id".
 std::string put_trained(store::LibraryApi& library, const std::string& file,
                         const std::string& name, const std::string& task,
                         const std::string& base_ckpt, const std::string& fingerprint,
-                        const train::EvalResult& after, const RunConfig& cfg);
+                        const train::EvalResult& after, const RunConfig& cfg,
+                        const Signatures& signatures = {});
 // Several tasks at once on the MLP base: one LoRA expert per task in a bank,
 // every batch holding rows of each task routed to its expert, one pass over
 // the frozen base. Writes one adapter file (and PEFT folder) per task.

@@ -38,7 +38,7 @@ int run_train_adapter(const TrainAdapterOptions& o) {
   if (lib)
     std::printf("library %s: %s\n", o.library.where.c_str(),
                 put_trained(*lib, r.adapter_file, o.name.empty() ? task : o.name, task, o.base,
-                            fingerprint, r.after, cfg)
+                            fingerprint, r.after, cfg, r.centroids)
                     .c_str());
   if (!r.comm.empty()) std::printf("%s\n", r.comm.c_str());
   std::printf("adapter: %s%s%s\n", r.adapter_file.c_str(),

@@ -62,8 +62,13 @@ Status PutAdapter(LibraryApi& lib, const adapters::AdapterFile& info, AdapterRec
     if (record.base().name().empty()) record.mutable_base()->set_name(info.base_model);
     if (record.base().fingerprint().empty())
       record.mutable_base()->set_fingerprint(info.base_fingerprint);
-    if (record.signatures_size() == 0 && signatures)
+    // Signatures the record already carries (centroids recorded while
+    // training, say) stay; the function's are added under the other names.
+    if (signatures)
       for (const auto& [name, vec] : signatures(info)) {
+        bool have = false;
+        for (const Signature& s : record.signatures()) have = have || s.name() == name;
+        if (have) continue;
         Signature* sg = record.add_signatures();
         sg->set_name(name);
         for (float x : vec) sg->add_vector(x);

@@ -4,9 +4,10 @@
 // An adapter going in takes its kind, spec, target modules and base (name and
 // fingerprint, unless the record names them) from the file, the rest (name,
 // tags, task, scores, provenance) from the caller's record. Routing
-// signatures are data to the store: the record's own, or, when it has none,
-// what the caller's `signatures` function returns for the adapter (launch/
-// passes Arrow's, routing/arrow.h); the store computes none itself.
+// signatures are data to the store: the record's own (hidden-state centroids
+// recorded while training), and what the caller's `signatures` function
+// returns for the adapter under names the record does not already carry
+// (launch/ passes Arrow's, routing/arrow.h); the store computes none itself.
 // A malformed file or folder is InvalidArgument naming it.
 #pragma once
 

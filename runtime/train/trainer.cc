@@ -1,5 +1,6 @@
 #include "runtime/train/trainer.h"
 
+#include "runtime/autograd/tape.h"
 #include "runtime/dist/process_group.h"
 #include "runtime/train/grad_reducer.h"
 
@@ -108,6 +109,23 @@ void Trainer::add_loss_term(const std::string& name, LossTermFn term) {
 
 void Trainer::clear_loss_terms() {
   st_->terms.clear();
+}
+
+double Trainer::forward_train(const std::vector<int64_t>& idx) {
+  const int64_t n = task_->train_examples();
+  for (int64_t i : idx)
+    if (i < 0 || i >= n)
+      throw Error(str("forward_train: example ", i, " outside the ", n, " training examples"));
+  autograd::NoGrad off;
+  return task_->loss(idx, 0).item();
+}
+
+std::vector<nn::Linear*> Trainer::linears() {
+  return task_->linears();
+}
+
+int64_t Trainer::train_examples() const {
+  return task_->train_examples();
 }
 
 void Trainer::add_step_hook(std::function<void()> hook) {

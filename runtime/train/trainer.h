@@ -65,6 +65,8 @@ class Trainer {
   // The model's embeddings (empty for the classifier), for an AttachFn that
   // also adapts them.
   std::vector<nn::Embedding*> embeddings();
+  // The model's Linear layers (their adapter slots), in model order.
+  std::vector<nn::Linear*> linears();
 
   // An extra term of the training loss, from an attached adapter or router
   // (a load-balancing loss, say): `term()` runs under the step's tape after
@@ -88,6 +90,11 @@ class Trainer {
   // first when resuming.
   void set_train_subset(std::vector<int64_t> examples);
 
+  // The model's forward on training examples `idx` (each in [0,
+  // train_examples())), no tape and no step; returns the loss. What a
+  // recorder in the model's slots sees (routing/centroids.h).
+  double forward_train(const std::vector<int64_t>& idx);
+  int64_t train_examples() const;
   // One optimisation step; returns its statistics (loss, lr, gradient norm,
   // throughput, loss terms, communication time).
   StepStats train_step();

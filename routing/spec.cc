@@ -1,0 +1,94 @@
+#include "routing/spec.h"
+
+#include <sstream>
+#include <stdexcept>
+
+#include "runtime/common/error.h"
+
+namespace tessera::routing {
+
+const NameTable<RouterKind>& router_kind_names() {
+  static const NameTable<RouterKind> t = {{RouterKind::Arrow, "arrow"},
+                                          {RouterKind::Centroid, "centroid"},
+                                          {RouterKind::Task, "task"},
+                                          {RouterKind::Uniform, "uniform"},
+                                          {RouterKind::Base, "base"}};
+  return t;
+}
+
+std::string RouterSpec::label() const {
+  switch (kind) {
+    case RouterKind::Arrow:
+      return str("arrow top_k=", top_k,
+                 sqrt_temperature ? std::string(" T=sqrt") : str(" T=", temperature), " ",
+                 combine_names().name(combine));
+    case RouterKind::Centroid:
+      return str("centroid top_k=", top_k == 0 ? std::string("all") : std::to_string(top_k), " ",
+                 combine_names().name(combine));
+    case RouterKind::Uniform:
+      return str("uniform ", combine_names().name(combine));
+    case RouterKind::Task:
+      return "task (oracle)";
+    case RouterKind::Base:
+      return "base (no expert)";
+  }
+  return text;
+}
+
+RouterSpec parse_router_spec(const std::string& spec) {
+  RouterSpec r;
+  r.text = spec;
+  const size_t colon = spec.find(':');
+  r.kind = router_kind_names().parse(spec.substr(0, colon), str("router '", spec, "': kind"));
+  if (r.kind == RouterKind::Centroid) r.top_k = 0;
+  if (colon == std::string::npos) return r;
+  std::stringstream ss(spec.substr(colon + 1));
+  std::string kv;
+  while (std::getline(ss, kv, ',')) {
+    const size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw Error(str("router '", spec, "': '", kv, "' is not key=value"));
+    const std::string key = kv.substr(0, eq), value = kv.substr(eq + 1);
+    auto number = [&](double lo) {
+      try {
+        size_t pos = 0;
+        const double v = std::stod(value, &pos);
+        if (pos != value.size() || !(v >= lo)) throw std::invalid_argument(value);
+        return v;
+      } catch (const std::logic_error&) {
+        throw Error(str("router '", spec, "': ", key, "=", value,
+                        " (expected a number of at least ", lo, ")"));
+      }
+    };
+    const bool takes_k = r.kind == RouterKind::Arrow || r.kind == RouterKind::Centroid;
+    const bool takes_mode = takes_k || r.kind == RouterKind::Uniform;
+    if (key == "top_k" && takes_k) {
+      const double v = number(r.kind == RouterKind::Centroid ? 0 : 1);
+      if (v != static_cast<double>(static_cast<int64_t>(v)))
+        throw Error(str("router '", spec, "': top_k=", value, " (expected a whole number)"));
+      r.top_k = static_cast<int64_t>(v);
+    } else if (key == "temperature" && r.kind == RouterKind::Arrow) {
+      if (value == "sqrt") {
+        r.sqrt_temperature = true;
+      } else {
+        r.temperature = static_cast<float>(number(0));
+        if (!(r.temperature > 0))
+          throw Error(str("router '", spec, "': temperature=", value,
+                          " (expected a number above 0, or sqrt for mttl's √in)"));
+      }
+    } else if (key == "mode" && takes_mode) {
+      r.combine = combine_names().parse(value, str("router '", spec, "' mode"));
+    } else {
+      throw Error(str("router '", spec, "': ", router_kind_names().name(r.kind), " takes no '", key,
+                      "' (",
+                      r.kind == RouterKind::Arrow      ? "top_k, temperature, mode"
+                      : r.kind == RouterKind::Centroid ? "top_k, mode"
+                      : r.kind == RouterKind::Uniform  ? "mode"
+                                                       : "no options",
+                      ")"));
+    }
+  }
+  return r;
+}
+
+}  // namespace tessera::routing

@@ -1,0 +1,168 @@
+// `tessera route` on a real library: an MLP base on a Fashion-MNIST subset,
+// three experts built by build-library (permutations, which record their
+// centroids as they train). The oracle reproduces each expert's own stored
+// score, top-1 routing is the same in both combine modes, centroid routing
+// finds the permutations, and every mistake is one clear Error.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "launch/commands.h"
+#include "routing/spec.h"
+#include "runtime/common/error.h"
+#include "store/library.h"
+#include "tessera/library.pb.h"
+#include "tests/testing.h"
+
+namespace tessera::launch {
+namespace {
+
+using testing::error_of;
+
+class Route : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(testing::temp_dir("route_cmd"));
+    PretrainOptions p;
+    p.model = "mlp";
+    p.quiet = true;
+    p.overrides = {
+        "data.limit_train=2048",     "data.limit_test=500", "epochs=0", "steps=40", "threads=2",
+        "out_dir=" + *dir_ + "/base"};
+    ASSERT_EQ(run_pretrain(p), 0);
+    BuildLibraryOptions b;
+    b.base = base();
+    b.tasks = {"permute:seed={1..3}"};
+    b.library.where = *dir_ + "/lib";
+    b.out_dir = *dir_ + "/build";
+    b.overrides = {"epochs=0", "steps=60", "threads=2"};
+    ASSERT_EQ(run_build_library(b), 0);
+  }
+  static void TearDownTestSuite() { delete dir_; }
+  static std::string base() { return *dir_ + "/base/checkpoint.safetensors"; }
+  static RouteOptions options(std::vector<std::string> routers) {
+    RouteOptions o;
+    o.base = base();
+    o.library.where = *dir_ + "/lib";
+    o.eval = "permute:seed=1;permute:seed=2;permute:seed=3;permute:seed=9";
+    o.routers = std::move(routers);
+    o.overrides = {"data.limit_train=2048", "data.limit_test=500", "threads=2"};
+    return o;
+  }
+  static std::string* dir_;
+};
+std::string* Route::dir_ = nullptr;
+
+TEST_F(Route, OracleReproducesEachExpertsOwnScoreAndTheBaseIsTheBase) {
+  const RouteResult r = run_route(options({"base", "task", "uniform"}));
+  ASSERT_EQ(r.experts.size(), 3u);
+  ASSERT_EQ(r.modules.size(), 2u);  // the MLP's two hidden layers
+  ASSERT_EQ(r.task_expert.size(), 4u);
+  EXPECT_EQ(r.task_expert[3], -1);  // seed 9: no expert saw it
+  LibraryTarget where;
+  where.where = *dir_ + "/lib";
+  auto lib = open_library(where, false, true);
+  for (int t = 0; t < 3; ++t) {
+    ASSERT_GE(r.task_expert[t], 0);
+    AdapterRecord rec;
+    ASSERT_TRUE(lib->Get(r.experts[r.task_expert[t]], &rec).ok());
+    EXPECT_EQ(rec.task(), r.tasks[t]);
+    // The oracle routes each example to its task's expert: the accuracy
+    // build-library measured for it (gather vs the LoRA slot: summation order).
+    EXPECT_NEAR(r.rows[1].score[t], rec.scores(0).value(), 0.004) << r.tasks[t];
+    EXPECT_GT(r.rows[1].score[t], r.rows[0].score[t] + 0.05) << "the expert helps";
+  }
+  EXPECT_DOUBLE_EQ(r.rows[1].routing_acc, 1.0);
+  EXPECT_DOUBLE_EQ(r.rows[1].score[3], r.rows[0].score[3]);  // no expert: the base
+  EXPECT_EQ(r.rows[0].routing_acc, 0.0);
+  for (double u : r.rows[2].usage[0]) EXPECT_NEAR(u, 1.0 / 3, 1e-6);
+  EXPECT_NEAR(r.rows[2].entropy, std::log(3.0), 1e-6);
+}
+
+TEST_F(Route, TopOneIsTheSameInBothModesAndCentroidsFindThePermutations) {
+  const RouteResult r = run_route(options(
+      {"arrow:top_k=1", "arrow:top_k=1,mode=merge-before", "centroid:top_k=1", "centroid"}));
+  EXPECT_EQ(r.rows[0].score, r.rows[1].score);
+  EXPECT_EQ(r.rows[0].module_acc, r.rows[1].module_acc);
+  // A permutation's pixels are its own: the first layer's centroids tell them apart.
+  EXPECT_GE(r.rows[2].module_acc[0], 0.95) << r.rows[2].router;
+  EXPECT_GT(r.rows[2].routing_acc, 0.5);
+  for (size_t t = 0; t < 3; ++t) {
+    const auto& u = r.rows[2].usage[t];
+    EXPECT_GT(u[r.task_expert[t]], 0.5) << r.tasks[t];
+  }
+}
+
+TEST_F(Route, EveryMistakeIsOneClearError) {
+  EXPECT_NE(error_of([] {
+              run_route(options({"arrow:top_k=4"}));
+            }).find("top_k = 4 but the library holds 3"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { run_route(options({"arrow:k=2"})); }).find("arrow takes no 'k'"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { run_route(options({"arow"})); }).find("expected one of arrow"),
+            std::string::npos);
+  RouteOptions o = options({"task"});
+  o.eval = "";
+  EXPECT_NE(error_of([&] { run_route(o); }).find("--eval"), std::string::npos);
+  o = options({"task"});
+  o.library.where = *dir_ + "/no_such_lib";
+  const std::string missing = error_of([&] { run_route(o); });
+  EXPECT_NE(missing.find("no_such_lib"), std::string::npos) << missing;
+  o.library.where = *dir_ + "/empty_lib";
+  open_library(o.library, true);
+  EXPECT_NE(error_of([&] { run_route(o); }).find("holds no LoRA experts"), std::string::npos);
+  o = options({"task"});
+  o.experts = {"nope"};
+  EXPECT_NE(error_of([&] { run_route(o); }).find("nope"), std::string::npos);
+  o = options({"task"});
+  o.eval = "rotate:deg=abc";
+  EXPECT_NE(error_of([&] { run_route(o); }).find("rotate"), std::string::npos);
+}
+
+// An expert put without centroids (from an older tessera, or a file): the
+// centroid router names the command that computes them; after it, the
+// router runs and routes as the experts that recorded them while training.
+TEST_F(Route, CentroidsCommandFillsInWhatOlderExpertsLack) {
+  RouteOptions o = options({"centroid:top_k=1"});
+  o.library.where = *dir_ + "/old_lib";
+  auto lib = open_library(o.library, true);
+  for (int k = 0; k < 3; ++k) {
+    AdapterRecord rec;
+    rec.set_name(str("perm", k + 1));
+    rec.set_task(str("permute:seed=", k + 1));
+    put_adapter_file(*lib, str(*dir_, "/build/", k, "/adapter.safetensors"), rec);
+  }
+  lib.reset();
+  const std::string e = error_of([&] { run_route(o); });
+  EXPECT_NE(e.find("tessera centroids --base"), std::string::npos) << e;
+  CentroidsOptions c;
+  c.base = base();
+  c.library = o.library;
+  c.overrides = o.overrides;
+  ASSERT_EQ(run_centroids(c), 0);
+  const RouteResult have = run_route(o);
+  RouteOptions trained = options({"centroid:top_k=1"});
+  const RouteResult want = run_route(trained);
+  EXPECT_EQ(have.rows[0].module_acc, want.rows[0].module_acc);
+  EXPECT_EQ(have.rows[0].score, want.rows[0].score);
+}
+
+TEST(RouterSpec, ParsesEveryKindAndRefusesWhatItDoesNotTake) {
+  routing::RouterSpec a =
+      routing::parse_router_spec("arrow:top_k=2,temperature=sqrt,mode=merge-before");
+  EXPECT_EQ(a.kind, routing::RouterKind::Arrow);
+  EXPECT_EQ(a.top_k, 2);
+  EXPECT_TRUE(a.sqrt_temperature);
+  EXPECT_EQ(a.combine, routing::Combine::MergeBefore);
+  EXPECT_EQ(routing::parse_router_spec("arrow").top_k, 3);  // PEFT's default
+  EXPECT_EQ(routing::parse_router_spec("centroid").top_k, 0);
+  EXPECT_EQ(routing::parse_router_spec("arrow:temperature=0.5").temperature, 0.5f);
+  for (const char* bad : {"arrow:top_k=0", "arrow:top_k=1.5", "arrow:temperature=0",
+                          "arrow:temperature=x", "task:top_k=1", "uniform:top_k=2",
+                          "arrow:mode=sideways", "arrow:top_k", "centroid:temperature=2", "oracle"})
+    EXPECT_THROW(routing::parse_router_spec(bad), Error) << bad;
+}
+
+}  // namespace
+}  // namespace tessera::launch
