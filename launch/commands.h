@@ -77,8 +77,10 @@ struct PretrainOptions {
 };
 struct EvalOptions {
   std::string checkpoint;
-  std::string adapter;  // tessera adapter file or PEFT folder, applied to the checkpoint
-  bool force = false;   // load an adapter whose base fingerprint differs
+  std::string adapter;    // tessera adapter file or PEFT folder, applied to the checkpoint
+  LibraryTarget library;  // with router: where the router record is
+  std::string router;     // a router record (name@version) applied to the checkpoint
+  bool force = false;     // load an adapter whose base fingerprint differs
   int64_t max_batches = 0;
   std::vector<std::string> overrides;
 };
@@ -194,6 +196,23 @@ struct CentroidsOptions {
   std::vector<std::string> overrides;
 };
 int run_centroids(const CentroidsOptions& o);
+
+// tessera train-router: a router trained over a frozen base (and, for mole,
+// frozen library experts) on several tasks, stored as a library record.
+struct TrainRouterOptions {
+  std::string base;
+  LibraryTarget library;
+  std::string router = "mole";         // routing/trained.h
+  std::vector<std::string> tasks;      // TASK[;TASK...], repeatable
+  std::vector<std::string> experts;    // mole: these (default: every LoRA expert for the base)
+  std::string targets = "all-linear";  // mixlora, poly: the modules
+  std::string name;                    // default: the router's kind
+  std::string out_dir;                 // default runs/router
+  bool quiet = false;
+  std::vector<std::string> overrides;
+};
+int run_train_router(const TrainRouterOptions& o);
+Command add_train_router_command(CLI::App& app);
 
 struct LaunchOptions {
   int nproc = 2;

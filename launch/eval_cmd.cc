@@ -9,18 +9,64 @@
 #include <filesystem>
 #include <memory>
 
+#include <sstream>
 #include "adapters/adapter_file.h"
 #include "adapters/lora.h"
 #include "adapters/peft.h"
 #include "launch/base.h"
 #include "launch/config.h"
+#include "launch/experts.h"
+#include "runtime/io/fingerprint.h"
 #include "runtime/train/trainer.h"
+#include "store/library.h"
+#include "tessera/library.pb.h"
 
 namespace tessera::launch {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// eval --router: the router's tasks (or data.task=...), each on its test
+// split, with the router on the base.
+int eval_router(const EvalOptions& o) {
+  if (!o.adapter.empty()) throw Error("eval: give --adapter or --router, not both");
+  if (o.library.empty()) throw Error("eval --router: --library names the library that holds it");
+  const BaseModel base = open_base(o.checkpoint, "--checkpoint");
+  const std::string fingerprint = io::base_fingerprint(o.checkpoint);
+  auto lib = open_library(o.library, false, true);
+  AdapterRecord rec;
+  check_store(lib->Get(o.router, &rec), str("router '", o.router, "'"));
+  std::vector<std::string> tasks;
+  {
+    std::stringstream ss(rec.task());
+    std::string t;
+    while (std::getline(ss, t, ';'))
+      if (!t.empty()) tasks.push_back(t);
+  }
+  if (tasks.empty()) throw Error(str("router '", o.router, "' records no tasks"));
+  RunConfig cfg = adapter_run_config(o.checkpoint, tasks, "", o.overrides);
+  train::Trainer t(cfg);
+  load_base_weights(t, base);
+  std::unique_ptr<LibraryRouter> r = load_library_router(*lib, rec.id(), t, fingerprint);
+  const int n = t.num_tasks();
+  std::printf("%s %s + router %s (%s):\n", t.kind().c_str(), o.checkpoint.c_str(), r->name.c_str(),
+              r->config.spec().c_str());
+  std::stringstream ss(cfg.data().task());
+  std::string name;
+  for (int i = 0; i < n; ++i) {
+    std::getline(ss, name, ';');
+    std::printf("  %-24s %s\n", n > 1 ? name.c_str() : cfg.data().task().c_str(),
+                eval_text(t.evaluate(o.max_batches, n > 1 ? i : -1)).c_str());
+  }
+  if (n > 1) std::printf("  %-24s %s\n", "mean", eval_text(t.evaluate(o.max_batches, -1)).c_str());
+  return 0;
+}
+
+}  // namespace
+
 int run_eval(const EvalOptions& o) {
+  if (!o.router.empty()) return eval_router(o);
   const BaseModel base = open_base(o.checkpoint, "--checkpoint");
   RunConfig cfg = base.config;
   apply_base_overrides(&cfg, o.overrides, base);
@@ -64,6 +110,11 @@ Command add_eval_command(CLI::App& app) {
   c_eval->add_option("--adapter", ev.adapter,
                      "Evaluate with this adapter attached (tessera adapter file or PEFT folder; "
                      "one recorded for another base is refused)");
+  c_eval->add_option("--router", ev.router,
+                     "Evaluate with this router from the library (name@version), on its tasks "
+                     "(or data.task=...)");
+  c_eval->add_option("--library", ev.library.where, "--router: the library (folder or grpc://)");
+  c_eval->add_option("--token-file", ev.library.token_file, "grpc://: the service's bearer token");
   c_eval->add_flag("--force", ev.force,
                    "Load the adapter even if it was trained on a base with another fingerprint");
   c_eval->add_option("--max-batches", ev.max_batches,

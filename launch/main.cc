@@ -24,7 +24,7 @@ int main(int argc, char** argv) {
       add_train_adapter_command(app), add_build_library_command(app), add_merge_command(app),
       add_export_peft_command(app),   add_import_peft_command(app),   add_library_command(app),
       add_serve_command(app),         add_launch_command(app),        add_route_command(app),
-      add_centroids_command(app)};
+      add_centroids_command(app),     add_train_router_command(app)};
 
   try {
     app.parse(argc, argv);

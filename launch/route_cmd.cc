@@ -15,6 +15,7 @@
 #include "launch/base.h"
 #include "launch/commands.h"
 #include "launch/config.h"
+#include "launch/experts.h"
 #include "launch/runs.h"
 #include "routing/arrow.h"
 #include "routing/router.h"
@@ -32,66 +33,6 @@ namespace tessera::launch {
 namespace {
 
 using routing::RouterKind;
-
-struct Expert {
-  std::string name, task;
-  std::map<std::string, adapters::LoraFactors> factors;
-  std::map<std::string, std::vector<float>> signatures;
-};
-
-Expert read_expert(store::LibraryApi& lib, const std::string& key) {
-  adapters::AdapterFile file;
-  AdapterRecord rec;
-  check_store(store::GetAdapter(lib, key, &file, &rec), str("reading expert '", key, "'"));
-  Expert e;
-  e.name = rec.name() + "@" + std::to_string(rec.version());
-  e.task = rec.task();
-  if (file.spec.kind != adapters::Kind::Lora)
-    throw Error(str("expert ", e.name, " is ", adapters::kind_name(file.spec.kind),
-                    ": routing mixes LoRA experts"));
-  for (auto& [m, f] : file.linear_factors()) e.factors[m] = f;
-  for (const Signature& s : rec.signatures())
-    e.signatures[s.name()] = std::vector<float>(s.vector().begin(), s.vector().end());
-  return e;
-}
-
-// The newest version of every LoRA expert recorded for the base, by name (or
-// the ones named).
-std::vector<Expert> read_experts(store::LibraryApi& lib, const std::string& fingerprint,
-                                 const RouteOptions& o) {
-  std::vector<Expert> out;
-  if (!o.experts.empty()) {
-    for (const std::string& name : o.experts) {
-      AdapterRecord rec;
-      check_store(lib.Get(name, &rec), str("expert '", name, "'"));
-      check_store(store::CheckBase(rec, fingerprint), str("expert '", name, "'"));
-      out.push_back(read_expert(lib, rec.id()));
-    }
-    return out;
-  }
-  store::ListFilter f;
-  f.base_fingerprint = fingerprint;
-  f.kind = "lora";
-  std::string token;
-  std::map<std::string, AdapterRecord> newest;
-  do {
-    store::ListPage page;
-    check_store(lib.List(f, 1000, token, &page), "listing the library's experts");
-    for (const AdapterRecord& r : page.records) {
-      // The newest version of each name.
-      auto it = newest.find(r.name());
-      if (it == newest.end() || it->second.version() < r.version()) newest[r.name()] = r;
-    }
-    token = page.next_token;
-  } while (!token.empty());
-  for (const auto& [name, r] : newest) out.push_back(read_expert(lib, r.id()));
-  if (out.empty())
-    throw Error(str("library ", o.library.where, " holds no LoRA experts for the base ", o.base,
-                    " (fingerprint ", fingerprint.substr(0, 16),
-                    "…): build some with tessera build-library --base ", o.base, " --library ",
-                    o.library.where, " --tasks 'TASK;TASK'"));
-  return out;
-}
 
 std::vector<std::string> split_tasks(const std::string& s) {
   std::vector<std::string> out;
@@ -145,9 +86,10 @@ RouteResult run_route(const RouteOptions& o) {
   const BaseModel base = open_base(o.base, "--base");
   const std::string fingerprint = io::base_fingerprint(o.base);
   auto lib = open_library(o.library, false, true);
-  const std::vector<Expert> experts = read_experts(*lib, fingerprint, o);
+  const std::vector<LibraryExpert> experts =
+      read_library_experts(*lib, fingerprint, o.experts, o.library.where, o.base);
   const int64_t E = static_cast<int64_t>(experts.size());
-  for (const Expert& e : experts) res.experts.push_back(e.name);
+  for (const LibraryExpert& e : experts) res.experts.push_back(e.name);
   for (const auto& r : routers)
     if ((r.kind == RouterKind::Arrow || r.kind == RouterKind::Centroid) && r.top_k > E)
       throw Error(str("router '", r.text, "': top_k = ", r.top_k, " but the library holds ", E,
@@ -173,7 +115,7 @@ RouteResult run_route(const RouteOptions& o) {
     std::vector<nn::Linear*> linears;
     for (nn::Linear* l : t.linears()) {
       bool everyone = true;
-      for (const Expert& e : experts) everyone = everyone && e.factors.count(l->name());
+      for (const LibraryExpert& e : experts) everyone = everyone && e.factors.count(l->name());
       if (everyone) linears.push_back(l);
     }
     if (linears.empty())
@@ -185,7 +127,7 @@ RouteResult run_route(const RouteOptions& o) {
         ModuleBank b;
         b.name = l->name();
         std::vector<adapters::LoraFactors> fs;
-        for (const Expert& e : experts) fs.push_back(e.factors.at(l->name()));
+        for (const LibraryExpert& e : experts) fs.push_back(e.factors.at(l->name()));
         b.stack = routing::stack_experts(fs);
         const int64_t in = l->in_features();
         b.prototypes = Tensor::empty({E, in});
@@ -381,9 +323,11 @@ Command add_route_command(CLI::App& app) {
   c->add_option("--router", o->routers,
                 "arrow[:top_k=K,temperature=T|sqrt,mode=merge-after|merge-before], "
                 "centroid[:top_k=K,mode=M], uniform[:mode=M], task, base; repeat to compare "
-                "(default: base, task, arrow, centroid)");
+                "(default: base, task, arrow, centroid)")
+      ->allow_extra_args(false);
   c->add_option("--eval", o->eval, "Tasks to evaluate on: TASK[;TASK...]")->required();
-  c->add_option("--experts", o->experts, "Route among these experts only (names)");
+  c->add_option("--experts", o->experts, "Route among these experts only (names)")
+      ->allow_extra_args(false);
   c->add_option("--max-batches", o->max_batches, "Per task, at most this many test batches");
   c->add_option("--json", o->json_out, "Also write the results as JSON to this file");
   c->add_option("overrides", o->overrides, "key=value config overrides (data.dir=...)");

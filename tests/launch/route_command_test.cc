@@ -7,9 +7,16 @@
 
 #include <cmath>
 
+#include <filesystem>
+#include "launch/base.h"
 #include "launch/commands.h"
+#include "launch/experts.h"
+#include "launch/runs.h"
 #include "routing/spec.h"
+#include "routing/trained.h"
 #include "runtime/common/error.h"
+#include "runtime/io/fingerprint.h"
+#include "runtime/train/trainer.h"
 #include "store/library.h"
 #include "tessera/library.pb.h"
 #include "tests/testing.h"
@@ -146,6 +153,80 @@ TEST_F(Route, CentroidsCommandFillsInWhatOlderExpertsLack) {
   const RouteResult want = run_route(trained);
   EXPECT_EQ(have.rows[0].module_acc, want.rows[0].module_acc);
   EXPECT_EQ(have.rows[0].score, want.rows[0].score);
+}
+
+// train-router stores a router whose record pins its experts; loaded again
+// onto a fresh model it scores exactly what training measured; a pinned
+// expert deleted, the router is refused naming it.
+TEST_F(Route, TrainedRoutersRoundTripThroughTheLibraryAndPinTheirExperts) {
+  namespace fs = std::filesystem;
+  const std::string lib_dir = *dir_ + "/router_lib";
+  fs::remove_all(lib_dir);
+  fs::copy(*dir_ + "/lib", lib_dir, fs::copy_options::recursive);
+  for (const char* spec : {"mole:top_k=1", "poly:skills=3,splits=2,r=4"}) {
+    SCOPED_TRACE(spec);
+    TrainRouterOptions o;
+    o.base = base();
+    o.library.where = lib_dir;
+    o.router = spec;
+    o.tasks = {"permute:seed=1;permute:seed=2;permute:seed=3"};
+    o.name = std::string(spec).substr(0, 4);
+    o.quiet = true;
+    o.overrides = {"epochs=0", "steps=40", "threads=2", "data.limit_train=2048",
+                   "data.limit_test=500"};
+    ASSERT_EQ(run_train_router(o), 0);
+    LibraryTarget where;
+    where.where = lib_dir;
+    auto lib = open_library(where, false, true);
+    AdapterRecord rec;
+    ASSERT_TRUE(lib->Get(o.name + "@latest", &rec).ok());
+    EXPECT_EQ(rec.kind(), "router");
+    ASSERT_EQ(rec.scores_size(), 3);
+    const RunConfig cfg = adapter_run_config(
+        base(), {"permute:seed=1", "permute:seed=2", "permute:seed=3"}, "", o.overrides);
+    train::Trainer t(cfg);
+    load_base_weights(t, base());
+    auto r = load_library_router(*lib, rec.id(), t, io::base_fingerprint(base()));
+    EXPECT_EQ(r->config.experts_size(), o.name == "mole" ? 3 : 0);
+    for (int i = 0; i < 3; ++i)
+      EXPECT_NEAR(t.evaluate(-1, i).accuracy, rec.scores(i).value(), 1e-6) << i;
+  }
+  // Delete one pinned expert: the mole router is refused, naming it.
+  LibraryTarget where;
+  where.where = lib_dir;
+  auto lib = open_library(where, false);
+  AdapterRecord mole;
+  ASSERT_TRUE(lib->Get("mole@latest", &mole).ok());
+  const RouterConfig c = routing::parse_router_config_json(mole.config_json(), "test");
+  ASSERT_TRUE(lib->Delete(c.experts(1).id()).ok());
+  const RunConfig cfg = adapter_run_config(base(), {"permute:seed=1"}, "", {"threads=2"});
+  train::Trainer t(cfg);
+  const std::string e =
+      error_of([&] { load_library_router(*lib, "mole@latest", t, io::base_fingerprint(base())); });
+  EXPECT_NE(e.find("mixes expert " + c.experts(1).name()), std::string::npos) << e;
+  EXPECT_NE(e.find("no longer holds"), std::string::npos) << e;
+  // An adapter is not a router.
+  EXPECT_NE(error_of([&] {
+              load_library_router(*lib, c.experts(0).id(), t, io::base_fingerprint(base()));
+            }).find("not a router"),
+            std::string::npos);
+}
+
+TEST(RouterConfig, ParsesEveryTrainedKindAndRefusesWhatItDoesNotTake) {
+  RouterConfig m = routing::parse_router_config("mole:top_k=1");
+  EXPECT_EQ(m.weights(), "switch");  // k = 1: the gate must get a gradient
+  EXPECT_FLOAT_EQ(m.balance(), 0.01f);
+  RouterConfig p = routing::parse_router_config("poly:skills=4,splits=2,scale=alpha/r,alpha=8");
+  EXPECT_EQ(p.skills(), 4);
+  EXPECT_EQ(p.scale(), "alpha/r");
+  const RouterConfig back =
+      routing::parse_router_config_json(routing::router_config_json(p), "round trip");
+  EXPECT_EQ(back.SerializeAsString(), p.SerializeAsString());
+  for (const char* bad :
+       {"mole:k=2", "poly:top_k=2", "mixlora:experts=0", "mole:top_k=1,weights=renormalized",
+        "mole:granularity=layer", "poly:scale=2/r", "moe", "mole:balance=-1", "mole:top_k=x"})
+    EXPECT_THROW(routing::parse_router_config(bad), Error) << bad;
+  EXPECT_THROW(routing::parse_router_config_json("{\"kind\": 3", "bad"), Error);
 }
 
 TEST(RouterSpec, ParsesEveryKindAndRefusesWhatItDoesNotTake) {
