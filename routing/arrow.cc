@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "routing/linalg.h"
 #include "runtime/common/error.h"
 
 // LAPACK (Debian's OpenBLAS carries it), column-major, Fortran calling
@@ -12,8 +13,6 @@ void dgeqrf_(const int* m, const int* n, double* a, const int* lda, double* tau,
              const int* lwork, int* info);
 void dorgqr_(const int* m, const int* n, const int* k, double* a, const int* lda, const double* tau,
              double* work, const int* lwork, int* info);
-void dsyev_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda, double* w,
-            double* work, const int* lwork, int* info, size_t jobz_len, size_t uplo_len);
 }
 
 namespace tessera::routing {
@@ -74,10 +73,7 @@ std::vector<float> arrow_prototype(const adapters::LoraFactors& f) {
       for (int64_t o = 0; o < out; ++o) s += M[o * k + i] * M[o * k + j];
       S[i * k + j] = s;  // symmetric: row- and column-major agree
     }
-  std::vector<double> w(static_cast<size_t>(k));
-  with_workspace("dsyev", [&](double* work, const int* lwork, int* info) {
-    dsyev_("V", "U", &k, S.data(), &k, w.data(), work, lwork, info, 1, 1);
-  });
+  const std::vector<double> w = symmetric_eigen(S, k, "arrow_prototype");
   // Eigenvalues ascending: the last column of S is u. σ₁² = w[k-1].
   if (!(w[k - 1] > 0)) return zero;
   const double* u = S.data() + static_cast<size_t>(k - 1) * k;
