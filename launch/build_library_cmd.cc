@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "launch/config.h"
+#include "routing/cluster.h"
 #include "runtime/common/error.h"
 #include "runtime/common/file.h"
 #include "runtime/dist/codec.h"
@@ -25,6 +26,7 @@
 #include "runtime/dist/work_queue.h"
 #include "runtime/io/fingerprint.h"
 #include "runtime/train/trainer.h"
+#include "store/adapter_io.h"
 #include "store/library.h"
 #include "tessera/library.pb.h"
 
@@ -107,27 +109,50 @@ bool same_adapter_shape(const AdapterRecord& have, const adapters::AdapterArgs& 
   }
 }
 
-}  // namespace
+// One expert to build: the tasks it trains on (one, or an MBC cluster's,
+// trained on their union), its name, and the task its record names.
+struct BuildItem {
+  std::vector<std::string> tasks;
+  std::string name, label;
+};
 
-int run_build_library(const BuildLibraryOptions& o) {
+// The tasks of one expert as adapter_run_config takes them: several image
+// tasks as they are (the MLP trains on their union); several text:/tokens:
+// tasks as one task over all their globs.
+std::vector<std::string> union_tasks(const std::vector<std::string>& tasks) {
+  for (const char* kind : {"text:", "tokens:"}) {
+    const size_t n = std::strlen(kind);
+    bool all = tasks.size() > 1;
+    for (const std::string& t : tasks) all = all && t.compare(0, n, kind) == 0;
+    if (!all) continue;
+    std::string globs;
+    for (const std::string& t : tasks) globs += (globs.empty() ? "" : "|") + t.substr(n);
+    return {kind + globs};
+  }
+  return tasks;
+}
+
+// Trains and stores one expert per item over the world's ranks. `extra`
+// (rank 0) goes into OUT/build.json beside the experts.
+int build_items(const BuildLibraryOptions& o, const std::vector<BuildItem>& items,
+                const std::string& out_dir, dist::ProcessGroup& world_ref,
+                const nlohmann::json& extra = nlohmann::json::object()) {
   const adapters::AdapterArgs a = adapters::parse_adapter_spec(o.adapter);
-  if (o.library.empty())
-    throw Error("--library: name the library to build (a folder, or grpc://HOST:PORT)");
-  const std::string out_dir = o.out_dir.empty() ? "runs/library" : o.out_dir;
-  // Every rank expands and checks every task's config the same way, so a
-  // mistake fails the whole world at once, before any training.
-  const std::vector<std::string> tasks = expand_tasks(o.tasks);
+  // Every rank checks every item's config the same way, so a mistake fails
+  // the whole world at once, before any training.
+  std::vector<std::string> tasks;
+  for (const BuildItem& it : items) tasks.push_back(it.label);
   std::vector<RunConfig> cfgs;
-  for (size_t k = 0; k < tasks.size(); ++k) {
+  for (size_t k = 0; k < items.size(); ++k) {
     try {
-      cfgs.push_back(
-          adapter_run_config(o.base, {tasks[k]}, out_dir + "/" + std::to_string(k), o.overrides));
+      cfgs.push_back(adapter_run_config(o.base, union_tasks(items[k].tasks),
+                                        out_dir + "/" + std::to_string(k), o.overrides));
     } catch (const Error& e) {
       throw Error(str("--tasks: task '", tasks[k], "': ", e.what()));
     }
   }
-  auto name_of = [&](size_t k) { return o.name_prefix + tasks[k]; };
-  std::unique_ptr<dist::ProcessGroup> world = dist::make_process_group();
+  auto name_of = [&](size_t k) { return items[k].name; };
+  dist::ProcessGroup* world = &world_ref;
   const int rank = world->rank(), size = world->size();
   if (rank == 0) warn_if_oversubscribed(cfgs.front());
   const bool remote = o.library.remote();
@@ -262,6 +287,7 @@ int run_build_library(const BuildLibraryOptions& o) {
                 l.why.c_str());
     j["ranks_lost"].push_back({{"rank", l.rank}, {"task", task}, {"why", l.why}});
   }
+  for (auto& [key, value] : extra.items()) j[key] = value;
   fs::create_directories(out_dir);
   std::ofstream(out_dir + "/build.json") << j.dump(2) << "\n";
   std::printf("%zu of %lld experts trained and stored in %.1f s: %.2f experts/min on %d rank%s\n",
@@ -271,6 +297,136 @@ int run_build_library(const BuildLibraryOptions& o) {
     throw Error(str(sum.items.size() - ok, " of ", n_todo,
                     " tasks failed (named above); run again to train just those"));
   return 0;
+}
+
+struct ClusterSpec {
+  routing::MbcOptions mbc;
+  int64_t steps = 100;     // the short per-task pass
+  bool init_free = false;  // the feature: mttl's (lora) or init-free
+  int64_t sketch = 16;     // the init-free feature's width m
+};
+
+ClusterSpec parse_cluster(const std::string& spec) {
+  ClusterSpec c;
+  const size_t colon = spec.find(':');
+  if (spec.substr(0, colon) != "mbc")
+    throw Error(str("--cluster '", spec,
+                    "': expected mbc:k=K[,steps=S,feature=lora|init-free,"
+                    "sparsity=0.8,components=64,seed=42]"));
+  bool have_k = false;
+  std::stringstream ss(colon == std::string::npos ? "" : spec.substr(colon + 1));
+  std::string kv;
+  while (std::getline(ss, kv, ',')) {
+    const size_t eq = kv.find('=');
+    const std::string key = kv.substr(0, eq), v = eq == std::string::npos ? "" : kv.substr(eq + 1);
+    auto num = [&](double lo, double hi) {
+      try {
+        size_t pos = 0;
+        const double d = std::stod(v, &pos);
+        if (pos != v.size() || !(d >= lo && d <= hi)) throw std::invalid_argument(v);
+        return d;
+      } catch (const std::logic_error&) {
+        throw Error(str("--cluster '", spec, "': ", key, "=", v, " (expected a number in [", lo,
+                        ", ", hi, "])"));
+      }
+    };
+    if (key == "k") {
+      c.mbc.k = static_cast<int64_t>(num(1, 1e6));
+      have_k = true;
+    } else if (key == "steps") {
+      c.steps = static_cast<int64_t>(num(1, 1e9));
+    } else if (key == "feature" && (v == "lora" || v == "init-free")) {
+      c.init_free = v == "init-free";
+    } else if (key == "sparsity") {
+      c.mbc.sparsity = num(0, 0.999999);
+    } else if (key == "components") {
+      c.mbc.components = static_cast<int64_t>(num(1, 1e6));
+    } else if (key == "seed") {
+      c.mbc.seed = static_cast<uint64_t>(num(0, 1e18));
+    } else {
+      throw Error(str("--cluster '", spec, "': '", kv,
+                      "' (keys: k, steps, feature=lora|init-free, sparsity, components, seed)"));
+    }
+  }
+  if (!have_k) throw Error(str("--cluster '", spec, "': k=K, the number of experts, is required"));
+  return c;
+}
+
+// MBC: a short pass per task (probe experts, kept in OUT/probe, not in the
+// library), the probes clustered, one expert per cluster trained on the
+// union of its tasks and stored as PREFIX + cluster-I.
+int build_clustered(const BuildLibraryOptions& o, const std::vector<std::string>& tasks,
+                    const std::string& out_dir, dist::ProcessGroup& world) {
+  const ClusterSpec cs = parse_cluster(o.cluster);
+  if (cs.mbc.k > static_cast<int64_t>(tasks.size()))
+    throw Error(str("--cluster: k = ", cs.mbc.k, " clusters for ", tasks.size(), " tasks"));
+  BuildLibraryOptions probe = o;
+  probe.library.where = out_dir + "/probe/library";
+  probe.library.token_file.clear();
+  probe.library.tls_ca.clear();
+  probe.name_prefix = "probe:";
+  probe.overrides.push_back("epochs=0");
+  probe.overrides.push_back(str("steps=", cs.steps));
+  std::vector<BuildItem> probes;
+  for (const std::string& t : tasks) probes.push_back({{t}, "probe:" + t, t});
+  if (world.rank() == 0)
+    std::printf("build-library --cluster %s: a %lld-step probe per task, then %lld experts\n",
+                o.cluster.c_str(), static_cast<long long>(cs.steps),
+                static_cast<long long>(cs.mbc.k));
+  build_items(probe, probes, out_dir + "/probe", world);
+  std::vector<int32_t> labels(tasks.size(), 0);
+  nlohmann::json extra;
+  if (world.rank() == 0) {
+    auto lib = open_library(probe.library, false, true);
+    std::vector<std::vector<float>> features;
+    for (const std::string& t : tasks) {
+      adapters::AdapterFile file;
+      check_store(store::GetAdapter(*lib, "probe:" + t + "@latest", &file), "probe " + t);
+      const auto f = file.linear_factors();
+      features.push_back(cs.init_free ? routing::init_free_feature(f, cs.sketch, cs.mbc.seed)
+                                      : routing::lora_feature(f));
+    }
+    const std::vector<int> l = routing::canonical_labels(routing::mbc_clusters(features, cs.mbc));
+    std::copy(l.begin(), l.end(), labels.begin());
+  }
+  world.broadcast(labels.data(), labels.size() * sizeof(int32_t), 0);
+  std::vector<BuildItem> items;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const size_t c = static_cast<size_t>(labels[i]);
+    if (items.size() <= c) items.resize(c + 1);
+    items[c].tasks.push_back(tasks[i]);
+  }
+  for (size_t c = 0; c < items.size(); ++c) {
+    items[c].name = str(o.name_prefix, "cluster-", c);
+    for (const std::string& t : items[c].tasks)
+      items[c].label += (items[c].label.empty() ? "" : ";") + t;
+  }
+  if (world.rank() == 0) {
+    std::printf("MBC (%s feature) clusters:\n", cs.init_free ? "init-free" : "mttl's lora");
+    for (const BuildItem& it : items)
+      std::printf("  %-12s %s\n", it.name.c_str(), it.label.c_str());
+    std::fflush(stdout);
+    extra["clusters"] = nlohmann::json::array();
+    for (const BuildItem& it : items)
+      extra["clusters"].push_back({{"name", it.name}, {"tasks", it.tasks}});
+    extra["feature"] = cs.init_free ? "init-free" : "lora";
+  }
+  return build_items(o, items, out_dir, world, extra);
+}
+
+}  // namespace
+
+int run_build_library(const BuildLibraryOptions& o) {
+  if (o.library.empty())
+    throw Error("--library: name the library to build (a folder, or grpc://HOST:PORT)");
+  const std::string out_dir = o.out_dir.empty() ? "runs/library" : o.out_dir;
+  const std::vector<std::string> tasks = expand_tasks(o.tasks);
+  if (!o.cluster.empty()) parse_cluster(o.cluster);  // a mistake before the world meets
+  std::unique_ptr<dist::ProcessGroup> world = dist::make_process_group();
+  if (!o.cluster.empty()) return build_clustered(o, tasks, out_dir, *world);
+  std::vector<BuildItem> items;
+  for (const std::string& t : tasks) items.push_back({{t}, o.name_prefix + t, t});
+  return build_items(o, items, out_dir, *world);
 }
 
 Command add_build_library_command(CLI::App& app) {
@@ -307,6 +463,10 @@ Command add_build_library_command(CLI::App& app) {
   c_bl->add_option("--task-timeout", bl.task_timeout_minutes,
                    "Minutes: a rank silent this long on one task is dropped, its task requeued")
       ->capture_default_str();
+  c_bl->add_option("--cluster", bl.cluster,
+                   "mbc:k=K[,steps=100,feature=lora|init-free,sparsity=0.8,components=64,seed=42]: "
+                   "a short probe per task, the probes clustered (mttl's MBC), then one expert per "
+                   "cluster trained on its tasks' union, named PREFIX + cluster-I");
   c_bl->add_option("overrides", bl.overrides, "key=value config overrides for every task");
   return {c_bl, [o] { return run_build_library(*o); }};
 }

@@ -109,6 +109,7 @@ struct BuildLibraryOptions {
   std::string name_prefix;            // expert names: prefix + task
   bool retrain = false;               // train tasks the library already holds for this base
   double task_timeout_minutes = 360;  // a rank silent this long on one task is dropped
+  std::string cluster;                // mbc:k=K[,...]: one expert per cluster of tasks
   std::vector<std::string> overrides;
 };
 

@@ -8,6 +8,8 @@
 #include <cmath>
 
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include "launch/base.h"
 #include "launch/commands.h"
 #include "launch/experts.h"
@@ -210,6 +212,46 @@ TEST_F(Route, TrainedRoutersRoundTripThroughTheLibraryAndPinTheirExperts) {
               load_library_router(*lib, c.experts(0).id(), t, io::base_fingerprint(base()));
             }).find("not a router"),
             std::string::npos);
+}
+
+// build-library --cluster: probes per task (kept out of the library), MBC,
+// one expert per cluster on its tasks' union; the clusters in build.json.
+TEST_F(Route, BuildLibraryClustersTasksIntoExperts) {
+  BuildLibraryOptions b;
+  b.base = base();
+  b.tasks = {"permute:seed={1..3};rotate:deg=90"};
+  b.library.where = *dir_ + "/clustered";
+  b.out_dir = *dir_ + "/clustered_run";
+  b.cluster = "mbc:k=2,steps=20,feature=init-free";
+  b.overrides = {"epochs=0", "steps=20", "threads=2", "data.limit_train=2048",
+                 "data.limit_test=500"};
+  ASSERT_EQ(run_build_library(b), 0);
+  std::ifstream f(b.out_dir + "/build.json");
+  const nlohmann::json j = nlohmann::json::parse(f);
+  ASSERT_EQ(j["clusters"].size(), 2u);
+  EXPECT_EQ(j["feature"], "init-free");
+  size_t covered = 0;
+  auto lib = open_library(b.library, false, true);
+  for (const auto& c : j["clusters"]) {
+    AdapterRecord rec;
+    ASSERT_TRUE(lib->Get(c["name"].get<std::string>() + "@latest", &rec).ok()) << c.dump();
+    std::string want;
+    for (const auto& t : c["tasks"]) {
+      if (!want.empty()) want += ";";
+      want += t.get<std::string>();
+    }
+    EXPECT_EQ(rec.task(), want);
+    covered += c["tasks"].size();
+  }
+  EXPECT_EQ(covered, 4u);  // every task in exactly one cluster
+  store::ListPage page;
+  ASSERT_TRUE(lib->List({}, 100, "", &page).ok());
+  EXPECT_EQ(page.records.size(), 2u);  // the probes stayed out
+  for (const char* bad :
+       {"mbc", "mbc:k=5", "kmeans:k=2", "mbc:k=2,feature=raw", "mbc:k=2,steps=0"}) {
+    b.cluster = bad;
+    EXPECT_THROW(run_build_library(b), Error) << bad;
+  }
 }
 
 TEST(RouterConfig, ParsesEveryTrainedKindAndRefusesWhatItDoesNotTake) {
