@@ -188,7 +188,8 @@ int main(int argc, char** argv) {
       j["gap_to_oracle_mean"] = mean(gap);
       emit(j);
     }
-    // Per-task routing accuracy is in usage[t][truth]; the permutation goal.
+    // The weight share on the true expert over the permutation tasks
+    // (usage[t][truth], averaged over modules; routing accuracy at top-1).
     for (const auto& row : r.rows) {
       if (row.router.rfind("centroid", 0) != 0 && row.router.rfind("arrow", 0) != 0) continue;
       std::vector<double> perm;

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -319,15 +320,16 @@ ClusterSpec parse_cluster(const std::string& spec) {
   while (std::getline(ss, kv, ',')) {
     const size_t eq = kv.find('=');
     const std::string key = kv.substr(0, eq), v = eq == std::string::npos ? "" : kv.substr(eq + 1);
-    auto num = [&](double lo, double hi) {
+    auto num = [&](double lo, double hi, bool whole = true) {
       try {
         size_t pos = 0;
         const double d = std::stod(v, &pos);
-        if (pos != v.size() || !(d >= lo && d <= hi)) throw std::invalid_argument(v);
+        if (pos != v.size() || !(d >= lo && d <= hi) || (whole && d != std::floor(d)))
+          throw std::invalid_argument(v);
         return d;
       } catch (const std::logic_error&) {
-        throw Error(str("--cluster '", spec, "': ", key, "=", v, " (expected a number in [", lo,
-                        ", ", hi, "])"));
+        throw Error(str("--cluster '", spec, "': ", key, "=", v, " (expected a ",
+                        whole ? "whole " : "", "number in [", lo, ", ", hi, "])"));
       }
     };
     if (key == "k") {
@@ -338,7 +340,7 @@ ClusterSpec parse_cluster(const std::string& spec) {
     } else if (key == "feature" && (v == "lora" || v == "init-free")) {
       c.init_free = v == "init-free";
     } else if (key == "sparsity") {
-      c.mbc.sparsity = num(0, 0.999999);
+      c.mbc.sparsity = num(0, 0.999999, false);
     } else if (key == "components") {
       c.mbc.components = static_cast<int64_t>(num(1, 1e6));
     } else if (key == "seed") {
@@ -379,10 +381,18 @@ int build_clustered(const BuildLibraryOptions& o, const std::vector<std::string>
   if (world.rank() == 0) {
     auto lib = open_library(probe.library, false, true);
     std::vector<std::vector<float>> features;
+    std::vector<std::string> modules;
     for (const std::string& t : tasks) {
       adapters::AdapterFile file;
       check_store(store::GetAdapter(*lib, "probe:" + t + "@latest", &file), "probe " + t);
       const auto f = file.linear_factors();
+      std::vector<std::string> names;
+      for (const auto& [m, lf] : f) names.push_back(m);
+      if (modules.empty()) modules = names;
+      if (names != modules)
+        throw Error(str("--cluster: the probe of '", t,
+                        "' adapts other modules than the first task's: MBC compares experts "
+                        "module by module (use one --adapter for every task)"));
       features.push_back(cs.init_free ? routing::init_free_feature(f, cs.sketch, cs.mbc.seed)
                                       : routing::lora_feature(f));
     }

@@ -2,6 +2,7 @@
 // routing/centroids.h) for the experts already in a library that lack them —
 // experts trained by this tessera record them as they train.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -36,8 +37,13 @@ int run_centroids(const CentroidsOptions& o) {
     for (const AdapterRecord& r : page.records) {
       // Every version: `route --experts name@N` may name an older one.
       ++total;
-      bool has = false;
-      for (const Signature& s : r.signatures()) has = has || s.name().rfind("centroid/", 0) == 0;
+      // Done when every adapted module has its centroid.
+      bool has = true;
+      for (const std::string& m : r.target_modules()) {
+        bool found = false;
+        for (const Signature& s : r.signatures()) found = found || s.name() == "centroid/" + m;
+        has = has && found;
+      }
       if (r.task().empty()) {
         ++skipped_no_task;
       } else if (has && !o.recompute) {
@@ -54,10 +60,16 @@ int run_centroids(const CentroidsOptions& o) {
     const RunConfig cfg = adapter_run_config(o.base, {task}, "", o.overrides);
     train::Trainer t(cfg);
     load_base_weights(t, base);
+    // One pass over the task's data serves all its experts: every module's
+    // centroid, then each expert's own modules.
+    const Signatures all = base_centroids(t, o.max_rows);
     for (const AdapterRecord& r : records) {
-      const std::vector<std::string> modules(r.target_modules().begin(), r.target_modules().end());
       std::vector<Signature> sigs;
-      for (const auto& [name, vec] : base_centroids(t, o.max_rows, modules)) {
+      for (const auto& [name, vec] : all) {
+        const std::string module = name.substr(std::string("centroid/").size());
+        if (std::find(r.target_modules().begin(), r.target_modules().end(), module) ==
+            r.target_modules().end())
+          continue;
         Signature s;
         s.set_name(name);
         for (float v : vec) s.add_vector(v);

@@ -156,10 +156,11 @@ struct ServeOptions {
 
 // tessera route: the library's experts routed on inputs with no task id.
 struct RouteOptions {
-  std::string base;                  // base checkpoint or Hugging Face folder
-  LibraryTarget library;             // folder or grpc://
-  std::vector<std::string> routers;  // routing/spec.h; default arrow, centroid, task, base
-  std::string eval;                  // TASK[;TASK...]: the mixed evaluation tasks
+  std::string base;       // base checkpoint or Hugging Face folder
+  LibraryTarget library;  // folder or grpc://
+  std::vector<std::string>
+      routers;       // routing/spec.h; default base, task, arrow, centroid (if stored)
+  std::string eval;  // TASK[;TASK...]: the mixed evaluation tasks
   std::vector<std::string> experts;  // names (default: every LoRA expert for the base)
   int64_t max_batches = 0;           // per task (0: the whole test split)
   std::string json_out;              // also write the results here

@@ -37,28 +37,20 @@ int eval_router(const EvalOptions& o) {
   auto lib = open_library(o.library, false, true);
   AdapterRecord rec;
   check_store(lib->Get(o.router, &rec), str("router '", o.router, "'"));
-  std::vector<std::string> tasks;
-  {
-    std::stringstream ss(rec.task());
-    std::string t;
-    while (std::getline(ss, t, ';'))
-      if (!t.empty()) tasks.push_back(t);
-  }
+  const std::vector<std::string> tasks = split_tasks(rec.task());
   if (tasks.empty()) throw Error(str("router '", o.router, "' records no tasks"));
   RunConfig cfg = adapter_run_config(o.checkpoint, tasks, "", o.overrides);
   train::Trainer t(cfg);
   load_base_weights(t, base);
-  std::unique_ptr<LibraryRouter> r = load_library_router(*lib, rec.id(), t, fingerprint);
+  std::unique_ptr<LibraryRouter> r =
+      load_library_router(*lib, rec.id(), t, fingerprint, workload_tasks(cfg, tasks));
   const int n = t.num_tasks();
   std::printf("%s %s + router %s (%s):\n", t.kind().c_str(), o.checkpoint.c_str(), r->name.c_str(),
               r->config.spec().c_str());
-  std::stringstream ss(cfg.data().task());
-  std::string name;
-  for (int i = 0; i < n; ++i) {
-    std::getline(ss, name, ';');
-    std::printf("  %-24s %s\n", n > 1 ? name.c_str() : cfg.data().task().c_str(),
+  const std::vector<std::string> names = workload_tasks(cfg, tasks);
+  for (int i = 0; i < n; ++i)
+    std::printf("  %-24s %s\n", i < static_cast<int>(names.size()) ? names[i].c_str() : "?",
                 eval_text(t.evaluate(o.max_batches, n > 1 ? i : -1)).c_str());
-  }
   if (n > 1) std::printf("  %-24s %s\n", "mean", eval_text(t.evaluate(o.max_batches, -1)).c_str());
   return 0;
 }
@@ -67,6 +59,8 @@ int eval_router(const EvalOptions& o) {
 
 int run_eval(const EvalOptions& o) {
   if (!o.router.empty()) return eval_router(o);
+  if (!o.library.empty())
+    throw Error("eval: --library is where --router's record is; give --router NAME@VERSION");
   const BaseModel base = open_base(o.checkpoint, "--checkpoint");
   RunConfig cfg = base.config;
   apply_base_overrides(&cfg, o.overrides, base);
@@ -115,6 +109,9 @@ Command add_eval_command(CLI::App& app) {
                      "(or data.task=...)");
   c_eval->add_option("--library", ev.library.where, "--router: the library (folder or grpc://)");
   c_eval->add_option("--token-file", ev.library.token_file, "grpc://: the service's bearer token");
+  c_eval->add_option("--tls-ca", ev.library.tls_ca, "grpc://: PEM roots to trust (TLS)");
+  c_eval->add_option("--tls-server-name", ev.library.tls_server_name,
+                     "grpc://: the name in the server's certificate");
   c_eval->add_flag("--force", ev.force,
                    "Load the adapter even if it was trained on a base with another fingerprint");
   c_eval->add_option("--max-batches", ev.max_batches,

@@ -46,8 +46,11 @@ std::vector<nn::Linear*> shared_modules(const std::vector<nn::Linear*>& linears,
 // A router record (kind "router") on a Trainer's model: every expert it
 // pins fetched by content id (Error naming the expert when the library no
 // longer holds it), its slots attached, its tensors loaded (each required, by
-// name and shape). Error when the record is not a router or was trained on
-// another base (`fingerprint`).
+// name and shape). `tasks`: the workload's tasks in task-id order
+// (workload_tasks), which Poly's ids follow (a task it never saw: the skill
+// average). Error when the record is not a router or was trained on another
+// base (`fingerprint`). The trainer's row hook points into the result: keep
+// it alive while the trainer runs.
 struct LibraryRouter {
   std::string name;  // name@version
   RouterConfig config;
@@ -56,7 +59,8 @@ struct LibraryRouter {
 };
 std::unique_ptr<LibraryRouter> load_library_router(store::LibraryApi& lib, const std::string& key,
                                                    train::Trainer& t,
-                                                   const std::string& fingerprint);
+                                                   const std::string& fingerprint,
+                                                   const std::vector<std::string>& tasks);
 // The task ids of a Poly router for a workload's tasks: each data task's
 // index in the router's tasks, or -1 (unknown: the skill average).
 std::vector<int32_t> router_task_ids(const RouterConfig& c, const std::vector<std::string>& tasks);

@@ -34,15 +34,6 @@ namespace {
 
 using routing::RouterKind;
 
-std::vector<std::string> split_tasks(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string t;
-  while (std::getline(ss, t, ';'))
-    if (!t.empty()) out.push_back(t);
-  return out;
-}
-
 // A module's experts for one run: the gather's bank, Arrow prototypes and
 // centroids [E, in].
 struct ModuleBank {
@@ -79,10 +70,7 @@ RouteResult run_route(const RouteOptions& o) {
   if (res.tasks.empty())
     throw Error("route: --eval names the tasks to evaluate on (TASK[;TASK...])");
   std::vector<routing::RouterSpec> routers;
-  for (const std::string& r : o.routers.empty()
-                                  ? std::vector<std::string>{"base", "task", "arrow", "centroid"}
-                                  : o.routers)
-    routers.push_back(routing::parse_router_spec(r));
+  for (const std::string& r : o.routers) routers.push_back(routing::parse_router_spec(r));
   const BaseModel base = open_base(o.base, "--base");
   const std::string fingerprint = io::base_fingerprint(o.base);
   auto lib = open_library(o.library, false, true);
@@ -90,6 +78,20 @@ RouteResult run_route(const RouteOptions& o) {
       read_library_experts(*lib, fingerprint, o.experts, o.library.where, o.base);
   const int64_t E = static_cast<int64_t>(experts.size());
   for (const LibraryExpert& e : experts) res.experts.push_back(e.name);
+  if (o.routers.empty()) {
+    // The default comparison, fitted to the library: Arrow with PEFT's
+    // top_k 3 (or every expert, when there are fewer), and centroids when
+    // every expert has them.
+    routers = {routing::parse_router_spec("base"), routing::parse_router_spec("task"),
+               routing::parse_router_spec(str("arrow:top_k=", std::min<int64_t>(3, E)))};
+    bool centroids = true;
+    for (const LibraryExpert& e : experts) {
+      bool any = false;
+      for (const auto& [name, v] : e.signatures) any = any || name.rfind("centroid/", 0) == 0;
+      centroids = centroids && any;
+    }
+    if (centroids) routers.push_back(routing::parse_router_spec("centroid"));
+  }
   for (const auto& r : routers)
     if ((r.kind == RouterKind::Arrow || r.kind == RouterKind::Centroid) && r.top_k > E)
       throw Error(str("router '", r.text, "': top_k = ", r.top_k, " but the library holds ", E,
@@ -242,7 +244,7 @@ std::string score_text(const RouteResult& r, double v) {
 }  // namespace
 
 void print_route(const RouteResult& r, bool details) {
-  const char* metric = r.classifier ? "accuracy" : "bits per byte";
+  const char* metric = r.classifier ? "accuracy" : "bits per token (per byte on text: tasks)";
   std::printf(
       "\n%d experts over %zu modules; %s per task on its test split (no task ids given "
       "to the routers)\n\n",
@@ -295,7 +297,7 @@ nlohmann::json route_json(const RouteResult& r) {
   j["experts"] = r.experts;
   j["modules"] = r.modules;
   j["task_expert"] = r.task_expert;
-  j["metric"] = r.classifier ? "accuracy" : "bits_per_byte";
+  j["metric"] = r.classifier ? "accuracy" : "bits_per_token";
   for (const auto& row : r.rows)
     j["routers"].push_back({{"router", row.router},
                             {"score", row.score},
@@ -323,7 +325,8 @@ Command add_route_command(CLI::App& app) {
   c->add_option("--router", o->routers,
                 "arrow[:top_k=K,temperature=T|sqrt,mode=merge-after|merge-before], "
                 "centroid[:top_k=K,mode=M], uniform[:mode=M], task, base; repeat to compare "
-                "(default: base, task, arrow, centroid)")
+                "(default: base, task, arrow with top_k up to 3, and centroid when the experts "
+                "have centroids)")
       ->allow_extra_args(false);
   c->add_option("--eval", o->eval, "Tasks to evaluate on: TASK[;TASK...]")->required();
   c->add_option("--experts", o->experts, "Route among these experts only (names)")

@@ -127,6 +127,20 @@ RunSummary train_and_save(const RunConfig& cfg, const std::string& resume, int64
   return s;
 }
 
+std::vector<std::string> split_tasks(const std::string& joined) {
+  std::vector<std::string> out;
+  std::stringstream ss(joined);
+  std::string t;
+  while (std::getline(ss, t, ';'))
+    if (!t.empty()) out.push_back(t);
+  return out;
+}
+
+std::vector<std::string> workload_tasks(const RunConfig& cfg,
+                                        const std::vector<std::string>& given) {
+  return cfg.model() == "mlp" ? split_tasks(cfg.data().task()) : given;
+}
+
 Signatures base_centroids(train::Trainer& t, int64_t max_rows,
                           const std::vector<std::string>& modules) {
   std::vector<nn::Linear*> linears;

@@ -23,6 +23,14 @@ class LibraryApi;
 
 namespace tessera::launch {
 
+// "a;b;;c" → {"a", "b", "c"}: a task list as --eval, --task and data.task write it.
+std::vector<std::string> split_tasks(const std::string& joined);
+// The tasks of a workload built from `cfg`, in its task-id order: the
+// classifier's data.task list, or `given` (a decoder trains on one task,
+// which data.task does not hold).
+std::vector<std::string> workload_tasks(const RunConfig& cfg,
+                                        const std::vector<std::string>& given);
+
 // "3.26M", "27.4K", "512".
 std::string human_count(int64_t n);
 // "accuracy 85.20% (loss 0.4, 10000 examples)" or "loss 1.23, 1.78 bits/token (N tokens)".

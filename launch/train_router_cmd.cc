@@ -27,17 +27,9 @@ namespace {
 
 std::vector<std::string> task_list(const std::vector<std::string>& given) {
   std::vector<std::string> out;
-  for (const std::string& g : given) {
-    std::stringstream ss(g);
-    std::string t;
-    while (std::getline(ss, t, ';'))
-      if (!t.empty()) out.push_back(t);
-  }
+  for (const std::string& g : given)
+    for (const std::string& t : split_tasks(g)) out.push_back(t);
   return out;
-}
-
-std::vector<std::string> data_tasks(const RunConfig& cfg) {
-  return task_list({cfg.data().task()});
 }
 
 }  // namespace
@@ -55,7 +47,8 @@ std::vector<int32_t> router_task_ids(const RouterConfig& c, const std::vector<st
 
 std::unique_ptr<LibraryRouter> load_library_router(store::LibraryApi& lib, const std::string& key,
                                                    train::Trainer& t,
-                                                   const std::string& fingerprint) {
+                                                   const std::string& fingerprint,
+                                                   const std::vector<std::string>& tasks) {
   AdapterRecord rec;
   std::vector<store::TensorData> tensors;
   check_store(lib.Get(key, &rec, &tensors), str("router '", key, "'"));
@@ -106,7 +99,7 @@ std::unique_ptr<LibraryRouter> load_library_router(store::LibraryApi& lib, const
                     " belong to the router as configured"));
   const RouterConfig cfg = out->config;
   LibraryRouter* r = out.get();
-  const std::vector<int32_t> ids = router_task_ids(cfg, data_tasks(t.config()));
+  const std::vector<int32_t> ids = router_task_ids(cfg, tasks);
   t.set_row_task_hook([r, ids](const std::vector<int32_t>& rows) {
     std::vector<int32_t> mapped;
     for (int32_t x : rows)
@@ -118,6 +111,10 @@ std::unique_ptr<LibraryRouter> load_library_router(store::LibraryApi& lib, const
 
 int run_train_router(const TrainRouterOptions& o) {
   RouterConfig c = routing::parse_router_config(o.router);
+  if (c.kind() == "mole" && o.targets != "all-linear")
+    throw Error(
+        "--targets: a mole router mixes the library experts' own modules; --targets is "
+        "for mixlora and poly");
   const std::vector<std::string> tasks = task_list(o.tasks);
   if (tasks.empty()) throw Error("train-router: --task names the tasks to train on");
   if (o.library.empty()) throw Error("train-router: --library names where the router is stored");
@@ -126,7 +123,8 @@ int run_train_router(const TrainRouterOptions& o) {
   const BaseModel base = open_base(o.base, "--base");
   const std::string fingerprint = io::base_fingerprint(o.base);
   auto lib = open_library(o.library, true);
-  for (const std::string& t : tasks) c.add_tasks(t);
+  // Poly's task ids are the workload's, whose order data.task= may set.
+  for (const std::string& t : workload_tasks(cfg, tasks)) c.add_tasks(t);
   train::Trainer t(cfg);
   load_base_weights(t, base);
   std::vector<double> before;

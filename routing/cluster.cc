@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <limits>
 #include <map>
 
@@ -26,7 +25,10 @@ std::vector<float> init_free_feature(const ModuleFactors& modules, int64_t m, ui
   std::vector<float> v;
   for (const auto& [name, f] : modules) {
     const int64_t r = f.A.size(0), in = f.A.size(1), out = f.B.size(0);
-    Rng rng(seed ^ std::hash<std::string>{}(name));
+    // FNV-1a of the name: the same R on every toolchain.
+    uint64_t h = 1469598103934665603ULL;
+    for (unsigned char ch : name) h = (h ^ ch) * 1099511628211ULL;
+    Rng rng(seed ^ h);
     const float sd = 1.0f / std::sqrt(static_cast<float>(m));
     std::vector<double> R(static_cast<size_t>(in * m));
     for (double& x : R) x = rng.normal(0.0f, sd);

@@ -14,7 +14,10 @@
 // matrix, LAPACK) where mttl runs sklearn's randomized one (5 power
 // iterations, converged for a library's few hundred experts); k-means draws
 // from our seeded RNG, so labels match sklearn's as partitions, not numbers,
-// and only where the clustering is not ambiguous.
+// and only where the clustering is not ambiguous; a cluster that empties
+// during Lloyd's iterations keeps its centre (sklearn moves it to a far
+// point). Features are compared position by position: the caller passes
+// every expert's modules in one order (build-library checks the names).
 //
 // mttl's recipe silently assumes every expert started from the same lora_A
 // (its feature is the raw A and B). Experts trained from independently

@@ -35,6 +35,8 @@ void check_gate_options(const GateOptions& o) {
     throw Error(str("gate jitter = ", o.jitter, ": expected a value in [0, 1)"));
   if (!(o.bias_update_rate >= 0))
     throw Error(str("gate bias_update_rate = ", o.bias_update_rate, ": expected 0 or more"));
+  if (!std::isfinite(o.bias_update_rate))
+    throw Error(str("gate bias_update_rate = ", o.bias_update_rate, ": expected a finite value"));
   for (auto [name, v] : {std::pair<const char*, float>{"balance", o.balance},
                          {"z_loss", o.z_loss},
                          {"gating_balance", o.gating_balance}})
@@ -53,7 +55,8 @@ LearnedGate::LearnedGate(nn::ParameterSet& ps, const std::string& name, int64_t 
   const float bound = 1.0f / std::sqrt(static_cast<float>(in));
   for (int64_t i = 0; i < w.numel(); ++i) w.data()[i] = rng_.uniform(-bound, bound);
   weight_ = ps.add(name + ".weight", w);
-  bias_.assign(static_cast<size_t>(E), 0.0f);
+  bias_ = ps.add(name + ".bias", Tensor::zeros({E}));
+  bias_.set_requires_grad(false);
   load_.assign(static_cast<size_t>(E), 0);
 }
 
@@ -68,7 +71,7 @@ const ops::Gate& LearnedGate::route(const Tensor& x) {
   }
   Tensor logits = ops::matmul_nt(in, weight_);
   latest_ = ops::top_k_gate(logits, o_.top_k, o_.weights,
-                            o_.bias_update_rate > 0 ? bias_ : std::vector<float>{});
+                            o_.bias_update_rate > 0 ? bias_.to_vector() : std::vector<float>{});
   if (training) {
     if (o_.balance > 0 || o_.z_loss > 0 || o_.gating_balance > 0) logits_.push_back(logits);
     for (int32_t id : latest_.ids) ++load_[static_cast<size_t>(id)];
@@ -89,32 +92,37 @@ void LearnedGate::update_bias() {
     const double mean = static_cast<double>(total) / static_cast<double>(E_);
     for (int64_t e = 0; e < E_; ++e) {
       const double err = mean - static_cast<double>(load_[e]);
-      bias_[e] += o_.bias_update_rate * static_cast<float>((err > 0) - (err < 0));
+      bias_.data()[e] += o_.bias_update_rate * static_cast<float>((err > 0) - (err < 0));
     }
   }
   std::fill(load_.begin(), load_.end(), 0);
 }
 
-GatedLora::GatedLora(ExpertStack experts, std::shared_ptr<LearnedGate> gate, bool decides,
-                     Combine combine)
-    : experts_(std::move(experts)), gate_(std::move(gate)), decides_(decides), combine_(combine) {
+const ops::Gate& LearnedGate::decision_for(const void* slot, const Tensor& x) {
+  const int64_t N = x.numel() / x.size(x.ndim() - 1);
+  const bool stale = latest_.k == 0 || std::find(used_.begin(), used_.end(), slot) != used_.end() ||
+                     static_cast<int64_t>(latest_.ids.size()) != N * latest_.k;
+  if (stale) {
+    if (x.size(x.ndim() - 1) != in_)
+      throw Error(str("gate ", name_, " decides from inputs of width ", in_, "; a module of width ",
+                      x.size(x.ndim() - 1),
+                      " was called first in this forward with no decision to reuse"));
+    route(x);
+    used_.clear();
+  }
+  used_.push_back(slot);
+  return latest_;
+}
+
+GatedLora::GatedLora(ExpertStack experts, std::shared_ptr<LearnedGate> gate, Combine combine)
+    : experts_(std::move(experts)), gate_(std::move(gate)), combine_(combine) {
   if (experts_.experts() != gate_->experts())
     throw Error(str("gated LoRA: ", experts_.experts(), " experts under gate ", gate_->name(),
                     " of ", gate_->experts()));
 }
 
 Tensor GatedLora::apply(const Tensor& x, const Tensor& base_out, bool in_place) {
-  if (decides_) {
-    used_ = gate_->route(x);
-  } else {
-    used_ = gate_->latest();
-    const int64_t N = x.numel() / x.size(x.ndim() - 1);
-    if (used_.k == 0 || static_cast<int64_t>(used_.ids.size()) != N * used_.k)
-      throw Error(str("gated LoRA: gate ", gate_->name(), " decided for ",
-                      used_.k ? static_cast<int64_t>(used_.ids.size()) / used_.k : 0,
-                      " rows, this module is called with ", N,
-                      " (a shared gate must run on the block's first module)"));
-  }
+  used_ = gate_->decision_for(this, x);
   return ops::lora_gather(
       x, base_out, experts_.A, experts_.B, used_.ids, used_.k, used_.weights, experts_.scales,
       combine_ == Combine::MergeAfter ? ops::LoraMix::Output : ops::LoraMix::Parameter, in_place);
@@ -158,43 +166,54 @@ Mixture::Mixture(const std::vector<nn::Linear*>& linears,
     : o_(o) {
   check_gate_options(o);
   if (experts.empty()) throw Error("mixture: no modules to route");
-  std::map<std::string, std::shared_ptr<LearnedGate>> by_key;
-  size_t found = 0;
+  for (const auto& [name, st] : experts) {
+    bool have = false;
+    for (nn::Linear* l : linears) have = have || l->name() == name;
+    if (!have) throw Error(str("mixture: the model has no module named '", name, "'"));
+  }
+  // Everything checked before any parameter is registered or slot attached.
+  auto key_of = [&](const std::string& module) {
+    return o.granularity == Granularity::Module  ? module
+           : o.granularity == Granularity::Block ? block_of(module)
+                                                 : std::string("global");
+  };
+  std::map<std::string, int64_t> experts_of;
   for (nn::Linear* l : linears) {
     auto it = experts.find(l->name());
     if (it == experts.end()) continue;
-    ++found;
-    ExpertStack& s = it->second;
-    if (s.A.ndim() != 3 || s.A.size(2) != l->in_features() || s.B.size(1) != l->out_features())
+    const ExpertStack& st = it->second;
+    if (st.A.ndim() != 3 || st.B.ndim() != 3 || st.A.size(2) != l->in_features() ||
+        st.B.size(1) != l->out_features())
       throw Error(str("mixture: the experts for ", l->name(), " map ",
-                      s.A.ndim() == 3 ? s.A.size(2) : -1, " -> ",
-                      s.B.ndim() == 3 ? s.B.size(1) : -1, "; the module maps ", l->in_features(),
+                      st.A.ndim() == 3 ? st.A.size(2) : -1, " -> ",
+                      st.B.ndim() == 3 ? st.B.size(1) : -1, "; the module maps ", l->in_features(),
                       " -> ", l->out_features()));
-    const std::string key = o.granularity == Granularity::Module  ? l->name()
-                            : o.granularity == Granularity::Block ? block_of(l->name())
-                                                                  : std::string("global");
+    const std::string key = key_of(l->name());
+    auto [e, fresh] = experts_of.emplace(key, st.experts());
+    if (!fresh && e->second != st.experts())
+      throw Error(str("mixture: ", l->name(), " has ", st.experts(), " experts but shares gate ",
+                      key, ".gate over ", e->second));
+    if (o.top_k > st.experts())
+      throw Error(
+          str("mixture: top_k = ", o.top_k, " for ", st.experts(), " experts at ", l->name()));
+  }
+  std::map<std::string, std::shared_ptr<LearnedGate>> by_key;
+  for (nn::Linear* l : linears) {
+    auto it = experts.find(l->name());
+    if (it == experts.end()) continue;
+    ExpertStack& st = it->second;
+    const std::string key = key_of(l->name());
     auto g = by_key.find(key);
-    bool decides = false;
     if (g == by_key.end()) {
-      auto gate = std::make_shared<LearnedGate>(ps, key + ".gate", l->in_features(), s.experts(), o,
-                                                seed + gates_.size());
+      auto gate = std::make_shared<LearnedGate>(ps, key + ".gate", l->in_features(), st.experts(),
+                                                o, seed + gates_.size());
       g = by_key.emplace(key, gate).first;
       gates_.push_back(gate);
-      decides = true;
-    } else if (g->second->experts() != s.experts()) {
-      throw Error(str("mixture: ", l->name(), " has ", s.experts(), " experts but shares gate ",
-                      g->second->name(), " over ", g->second->experts()));
     }
-    auto slot = std::make_shared<GatedLora>(std::move(s), g->second, decides, o.combine);
+    auto slot = std::make_shared<GatedLora>(std::move(st), g->second, o.combine);
     l->set_adapter(slot);
     slots_.push_back({l->name(), slot});
   }
-  if (found != experts.size())
-    for (const auto& [name, s] : experts) {
-      bool have = false;
-      for (nn::Linear* l : linears) have = have || l->name() == name;
-      if (!have) throw Error(str("mixture: the model has no module named '", name, "'"));
-    }
 }
 
 const std::vector<Tensor>& Mixture::logits_of_step(int64_t step) {

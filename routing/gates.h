@@ -39,9 +39,16 @@ namespace tessera::routing {
 
 // Which slots share one routing decision: a gate per adapted module; per
 // block (one decision for all of a block's adapted projections, as
-// LLaVA-MoLE routes an MLP: the first projection called decides from its
-// input, the others reuse it); or one global gate (the first adapted module
-// of the model decides for every other).
+// LLaVA-MoLE routes an MLP); or one global gate for the whole model. A
+// shared gate decides once per forward, from the input of whichever of its
+// modules is called first (any order: Llama calls gate_proj and up_proj as
+// two arguments of one function); the others reuse that decision. The
+// gate's width is its first module's input (in model order); a module of
+// another input width never decides. A slot called again starts the next
+// forward's decision.
+//
+// The slots keep per-call state (the gate's decision, logits, load counts,
+// RNG): a model carrying them runs one forward at a time.
 enum class Granularity { Module, Block, Global };
 const NameTable<Granularity>& granularity_names();  // "module" | "block" | "global"
 const NameTable<ops::GateWeights>&
@@ -70,7 +77,8 @@ void check_gate_options(const GateOptions& o);
 
 // One gate: W_g [E, in] (torch.nn.Linear(in, E, bias=False)'s default
 // initialisation U(±1/√in), as Mixtral's gate) registered in `ps` as
-// "<name>.weight", and its selection bias.
+// "<name>.weight", and its selection bias [E] as "<name>.bias" (frozen: the
+// optimizer never steps it; update_bias does; saved with the router).
 class LearnedGate {
  public:
   LearnedGate(nn::ParameterSet& ps, const std::string& name, int64_t in, int64_t E,
@@ -80,6 +88,11 @@ class LearnedGate {
   // expert's selections for the bias.
   const ops::Gate& route(const Tensor& x);
   const ops::Gate& latest() const { return latest_; }
+  // The decision for `slot`'s call on x: a new one (route(x)) when none is
+  // current, when this slot already used the current one (a new forward),
+  // or when x has another number of rows; else the current one. Error: a
+  // new decision is needed and x is not of the gate's width.
+  const ops::Gate& decision_for(const void* slot, const Tensor& x);
   int64_t experts() const { return E_; }
   int64_t in_features() const { return in_; }
   const std::string& name() const { return name_; }
@@ -89,27 +102,26 @@ class LearnedGate {
   // the last update (none: unchanged), then forgets them. Single process:
   // under data parallelism each rank's bias would follow its own loads.
   void update_bias();
-  const std::vector<float>& bias() const { return bias_; }
+  std::vector<float> bias() const { return bias_.to_vector(); }
 
  private:
   std::string name_;
   int64_t in_, E_;
   GateOptions o_;
-  Tensor weight_;
-  std::vector<float> bias_;
+  Tensor weight_, bias_;
   std::vector<int64_t> load_;
   std::vector<Tensor> logits_;
   ops::Gate latest_;
+  std::vector<const void*> used_;  // slots that used latest_
   Rng rng_;
 };
 
-// The slot on one module's Linear: the experts' mixture under a learned gate,
-// through the weighted gather (routing/router.h's combine modes). `decides`:
-// this slot routes its own input; otherwise it reuses the gate's latest
-// decision (Error when that decision covers a different number of rows).
+// The slot on one module's Linear: the experts' mixture under a learned gate
+// (LearnedGate::decision_for), through the weighted gather (routing/router.h's
+// combine modes).
 class GatedLora : public nn::LinearAdapter {
  public:
-  GatedLora(ExpertStack experts, std::shared_ptr<LearnedGate> gate, bool decides, Combine combine);
+  GatedLora(ExpertStack experts, std::shared_ptr<LearnedGate> gate, Combine combine);
   Tensor forward(const Tensor& x, const Tensor& base_out, const nn::Linear&) override {
     return apply(x, base_out, false);
   }
@@ -118,7 +130,8 @@ class GatedLora : public nn::LinearAdapter {
   }
   const ExpertStack& experts() const { return experts_; }
   const LearnedGate& gate() const { return *gate_; }
-  bool decides() const { return decides_; }
+  // Whether this slot's input may start a decision (its width is the gate's).
+  bool decides() const { return experts_.A.size(2) == gate_->in_features(); }
   // The last call's routing (telemetry).
   TopK last() const;
 
@@ -126,7 +139,6 @@ class GatedLora : public nn::LinearAdapter {
   Tensor apply(const Tensor& x, const Tensor& base_out, bool in_place);
   ExpertStack experts_;
   std::shared_ptr<LearnedGate> gate_;
-  bool decides_;
   Combine combine_;
   ops::Gate used_;
 };
@@ -140,16 +152,21 @@ ExpertStack fresh_experts(nn::ParameterSet& ps, const std::string& name, int64_t
 
 // A learned mixture on a model: for every Linear named in `experts` (by
 // Linear::name()), a GatedLora slot; gates by o.granularity, registered in
-// `ps` as "<module or block>.gate.weight". Error: a name no Linear has, an
-// expert stack whose in/out differ from its Linear's, stacks of different
-// sizes under one gate, bad options.
+// `ps` as "<module or block>.gate.weight" / ".gate.bias". Error (before any
+// slot is attached): a name no Linear has, an expert stack whose in/out
+// differ from its Linear's, stacks of different sizes under one gate, bad
+// options. Not copyable or movable: the trainer's terms and hook hold it.
 class Mixture {
  public:
   Mixture(const std::vector<nn::Linear*>& linears, std::map<std::string, ExpertStack> experts,
           const GateOptions& o, nn::ParameterSet& ps, uint64_t seed);
+  Mixture(const Mixture&) = delete;
+  Mixture& operator=(const Mixture&) = delete;
   // Adds the auxiliary losses whose coefficient is not zero as loss terms
   // ("balance", "z_loss", "gating_balance"; all over the step's stacked
-  // logits) and, with a bias rate, the bias update as a step hook.
+  // logits) and a step hook (the bias update; forgetting the step's
+  // logits). The Mixture must outlive the trainer's use of them
+  // (Trainer::clear_loss_terms and clear_step_hooks release them).
   void add_to(train::Trainer& trainer);
   // The slots in model order, with their module names.
   const std::vector<std::pair<std::string, std::shared_ptr<GatedLora>>>& slots() const {

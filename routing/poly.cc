@@ -64,7 +64,12 @@ Tensor PolyLora::apply(const Tensor& x, const Tensor& base_out, bool in_place) {
   if (M == 0 || N % M != 0)
     throw Error(str("poly on ", name_, ": ", M, " task ids for ", N,
                     " rows (give one task per example, as PEFT's task_ids)"));
-  // The batch's distinct tasks, in order of appearance; −1 last.
+  // The adapters to mix: in evaluation one per distinct task of the batch
+  // (σ(Z) is the same for every example of a task); in training one per
+  // example, each with its own RelaxedBernoulli sample, as PEFT draws them
+  // (it indexes module_logits[task_ids] per example). Unknown tasks (−1)
+  // share the skill average, last.
+  const bool training = autograd::Tape::current() != nullptr;
   std::vector<int32_t> distinct, ids(static_cast<size_t>(M));
   bool unknown = false;
   for (int32_t t : tasks_) {
@@ -72,20 +77,25 @@ Tensor PolyLora::apply(const Tensor& x, const Tensor& base_out, bool in_place) {
       unknown = true;
       continue;
     }
-    if (std::find(distinct.begin(), distinct.end(), t) == distinct.end()) distinct.push_back(t);
+    if (training || std::find(distinct.begin(), distinct.end(), t) == distinct.end())
+      distinct.push_back(t);
   }
-  for (int64_t m = 0; m < M; ++m) {
+  for (int64_t m = 0, known = 0; m < M; ++m) {
     const int32_t t = tasks_[m];
-    ids[m] = t < 0 ? static_cast<int32_t>(distinct.size())
-                   : static_cast<int32_t>(std::find(distinct.begin(), distinct.end(), t) -
-                                          distinct.begin());
+    if (t < 0)
+      ids[m] = static_cast<int32_t>(distinct.size());
+    else if (training)
+      ids[m] = static_cast<int32_t>(known++);
+    else
+      ids[m] =
+          static_cast<int32_t>(std::find(distinct.begin(), distinct.end(), t) - distinct.begin());
   }
   const int64_t q = o_.splits, S = o_.skills;
   std::vector<Tensor> parts;
   if (!distinct.empty()) {
     Tensor logits = ops::embedding(distinct, Z_);
     Tensor u;
-    if (autograd::Tape::current()) {
+    if (training) {
       // torch's RelaxedBernoulli.rsample: u ~ U(0, 1) clamped to [ε, 1 − ε].
       constexpr float eps = 1.1920929e-07f;
       u = Tensor::empty(logits.shape());

@@ -1,9 +1,10 @@
 // Polytropon ("Poly", Ponti et al. 2023) and multi-head routing (MHR, Caccia
 // et al. 2023) exactly as PEFT's PolyModel (peft/tuners/poly, poly_type
 // "poly"): each adapted module holds an inventory of S LoRA skills and, per
-// task, logits Z [tasks, splits·skills] (init U(−1e-3, 1e-3)). For the tasks
-// of a batch, weights per split over the skills are
-//   training:   ẑ ~ RelaxedBernoulli(τ = 1, logits = Z[task]) (rsample)
+// task, logits Z [tasks, splits·skills] (init U(−1e-3, 1e-3)). For each
+// example of a batch, weights per split over the skills are
+//   training:   ẑ ~ RelaxedBernoulli(τ = 1, logits = Z[task]) (rsample, one
+//               sample per example)
 //   evaluation: ẑ = σ(Z[task])
 //   w[split, s] = ẑ[split, s] / (Σ_s' ẑ[split, s'] + 1e-12)
 // and the task's adapter is mixed split by split: lora_A [r, in] split along

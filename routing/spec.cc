@@ -53,7 +53,7 @@ RouterSpec parse_router_spec(const std::string& spec) {
       try {
         size_t pos = 0;
         const double v = std::stod(value, &pos);
-        if (pos != value.size() || !(v >= lo)) throw std::invalid_argument(value);
+        if (pos != value.size() || !(v >= lo) || !(v <= 1e6)) throw std::invalid_argument(value);
         return v;
       } catch (const std::logic_error&) {
         throw Error(str("router '", spec, "': ", key, "=", value,

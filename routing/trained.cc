@@ -22,13 +22,18 @@ void check_config(const RouterConfig& c, const std::string& source) {
       PolyOptions o = poly_options(c);
       o.tasks = std::max<int64_t>(1, c.tasks_size());
       check_poly_options(o);
-      if (!(c.logits_lr_scale() > 0))
-        throw Error(str("logits_lr = ", c.logits_lr_scale(), ": expected a value above 0"));
+      if (!(c.logits_lr_scale() > 0) || !std::isfinite(c.logits_lr_scale()))
+        throw Error(str("logits_lr = ", c.logits_lr_scale(), ": expected a finite value above 0"));
+      if (!std::isfinite(c.alpha()))
+        throw Error(str("alpha = ", c.alpha(), ": expected a finite value"));
     } else {
       check_gate_options(gate_options(c));
-      if (k == "mixlora" && (c.num_experts() < 1 || c.r() < 1 || !(c.alpha() > 0)))
-        throw Error(str("mixlora needs experts >= 1, r >= 1 and alpha > 0 (got ", c.num_experts(),
-                        ", ", c.r(), ", ", c.alpha(), ")"));
+      if (k == "mixlora" &&
+          (c.num_experts() < 1 || c.r() < 1 || !(c.alpha() > 0) || !std::isfinite(c.alpha())))
+        throw Error(str("mixlora needs experts >= 1, r >= 1 and a finite alpha > 0 (got ",
+                        c.num_experts(), ", ", c.r(), ", ", c.alpha(), ")"));
+      if (k == "mixlora" && c.top_k() > c.num_experts())
+        throw Error(str("top_k = ", c.top_k(), " for ", c.num_experts(), " experts"));
     }
   } catch (const Error& e) {
     throw Error(str(source, ": ", e.what()));
@@ -67,6 +72,8 @@ RouterConfig parse_router_config(const std::string& spec) {
   c.set_spec(spec);
   const size_t colon = spec.find(':');
   c.set_kind(spec.substr(0, colon));
+  if (c.kind() != "mole" && c.kind() != "mixlora" && c.kind() != "poly")
+    throw Error(str("router '", spec, "': kind '", c.kind(), "': expected mole, mixlora or poly"));
   const bool gate = c.kind() == "mole" || c.kind() == "mixlora";
   // Defaults.
   c.set_top_k(2);
@@ -94,16 +101,19 @@ RouterConfig parse_router_config(const std::string& spec) {
         try {
           size_t pos = 0;
           const double d = std::stod(v, &pos);
-          if (pos != v.size() || !std::isfinite(d)) throw std::invalid_argument(v);
+          if (pos != v.size() || !std::isfinite(d) || std::abs(d) > 1e6)
+            throw std::invalid_argument(v);
           return d;
         } catch (const std::logic_error&) {
-          throw Error(str("router '", spec, "': ", key, "=", v, " is not a number"));
+          throw Error(str("router '", spec, "': ", key, "=", v,
+                          " (expected a number of magnitude at most 1e6)"));
         }
       };
       auto whole = [&]() {
         const double d = num();
-        if (d != std::floor(d) || d < 0)
-          throw Error(str("router '", spec, "': ", key, "=", v, " (expected a whole number)"));
+        if (d != std::floor(d) || d < 0 || d > 65536)
+          throw Error(str("router '", spec, "': ", key, "=", v,
+                          " (expected a whole number from 0 to 65536)"));
         return static_cast<int64_t>(d);
       };
       const bool poly = c.kind() == "poly", mix = c.kind() == "mixlora";

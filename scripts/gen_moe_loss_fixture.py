@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates tests/fixtures/moe/ for tests/routing/losses_test.cc with the
+"""Generates tests/fixtures/moe/ for tests/runtime/kernels/gate_test.cc with the
 real `transformers`: Mixtral's load_balancing_loss_func (two layers' gate
 logits, top-2 of 6 experts, with and without an attention mask) and
 SwitchTransformers' router_z_loss_func, each with its gradient with respect

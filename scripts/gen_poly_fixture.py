@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates tests/fixtures/poly/ for tests/routing/poly_peft_test.cc with
+"""Generates tests/fixtures/poly/ for tests/routing/poly_test.cc with
 PEFT's own PolyModel (peft.PolyConfig, poly_type "poly"), in evaluation mode
 (weights σ(Z[task]) normalised per split).
 

@@ -101,7 +101,7 @@ Gate top_k_gate(const Tensor& logits, int64_t k, GateWeights mode = GateWeights:
 // The gates' auxiliary losses over logits [rows, E] (one layer's rows after
 // another), → [1]; definitions and sources in runtime/kernels/cpu/gate.h.
 // Mixtral's load-balancing loss (transformers' load_balancing_loss_func;
-// mask [rows]: 1 a real token, 0 padding; empty: all real; floor k).
+// mask [rows]: 1 a real token, 0 padding; empty: all real; uniform routing gives exactly k).
 Tensor load_balancing_loss(const Tensor& logits, int64_t k, const std::vector<float>& mask = {});
 // The router z-loss (ST-MoE): mean over rows of logsumexp²
 Tensor router_z_loss(const Tensor& logits);

@@ -128,6 +128,10 @@ int64_t Trainer::train_examples() const {
   return task_->train_examples();
 }
 
+void Trainer::clear_step_hooks() {
+  st_->step_hooks.clear();
+}
+
 void Trainer::add_step_hook(std::function<void()> hook) {
   if (!hook) throw Error("add_step_hook: a function is required");
   st_->step_hooks.push_back(std::move(hook));

@@ -80,6 +80,7 @@ class Trainer {
   // Called after every optimizer step, in the order added (a router's
   // bookkeeping between steps: the auxiliary-loss-free balancing bias).
   void add_step_hook(std::function<void()> hook);
+  void clear_step_hooks();
   // Trains on these training examples only (each in [0, n) of the
   // workload's training set, no repeats) — a federated client's partition,
   // say. The sampler restarts over them (an epoch is a pass over the subset)

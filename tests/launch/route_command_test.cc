@@ -165,14 +165,18 @@ TEST_F(Route, TrainedRoutersRoundTripThroughTheLibraryAndPinTheirExperts) {
   const std::string lib_dir = *dir_ + "/router_lib";
   fs::remove_all(lib_dir);
   fs::copy(*dir_ + "/lib", lib_dir, fs::copy_options::recursive);
-  for (const char* spec : {"mole:top_k=1", "poly:skills=3,splits=2,r=4"}) {
+  // mole with the loss-free bias (it must travel with the record: selection
+  // depends on it) and one gate for both layers of different widths.
+  for (const char* spec : {"mole:top_k=1", "poly:skills=3,splits=2,r=4",
+                           "mole:top_k=2,bias_rate=0.01,granularity=global"}) {
     SCOPED_TRACE(spec);
     TrainRouterOptions o;
     o.base = base();
     o.library.where = lib_dir;
     o.router = spec;
     o.tasks = {"permute:seed=1;permute:seed=2;permute:seed=3"};
-    o.name = std::string(spec).substr(0, 4);
+    o.name = std::string(spec).find("bias") != std::string::npos ? "biased"
+                                                                 : std::string(spec).substr(0, 4);
     o.quiet = true;
     o.overrides = {"epochs=0", "steps=40", "threads=2", "data.limit_train=2048",
                    "data.limit_test=500"};
@@ -188,8 +192,9 @@ TEST_F(Route, TrainedRoutersRoundTripThroughTheLibraryAndPinTheirExperts) {
         base(), {"permute:seed=1", "permute:seed=2", "permute:seed=3"}, "", o.overrides);
     train::Trainer t(cfg);
     load_base_weights(t, base());
-    auto r = load_library_router(*lib, rec.id(), t, io::base_fingerprint(base()));
-    EXPECT_EQ(r->config.experts_size(), o.name == "mole" ? 3 : 0);
+    auto r = load_library_router(*lib, rec.id(), t, io::base_fingerprint(base()),
+                                 {"permute:seed=1", "permute:seed=2", "permute:seed=3"});
+    EXPECT_EQ(r->config.experts_size(), o.name == "poly" ? 0 : 3);
     for (int i = 0; i < 3; ++i)
       EXPECT_NEAR(t.evaluate(-1, i).accuracy, rec.scores(i).value(), 1e-6) << i;
   }
@@ -203,13 +208,14 @@ TEST_F(Route, TrainedRoutersRoundTripThroughTheLibraryAndPinTheirExperts) {
   ASSERT_TRUE(lib->Delete(c.experts(1).id()).ok());
   const RunConfig cfg = adapter_run_config(base(), {"permute:seed=1"}, "", {"threads=2"});
   train::Trainer t(cfg);
-  const std::string e =
-      error_of([&] { load_library_router(*lib, "mole@latest", t, io::base_fingerprint(base())); });
+  const std::string e = error_of([&] {
+    load_library_router(*lib, "mole@latest", t, io::base_fingerprint(base()), {"permute:seed=1"});
+  });
   EXPECT_NE(e.find("mixes expert " + c.experts(1).name()), std::string::npos) << e;
   EXPECT_NE(e.find("no longer holds"), std::string::npos) << e;
   // An adapter is not a router.
   EXPECT_NE(error_of([&] {
-              load_library_router(*lib, c.experts(0).id(), t, io::base_fingerprint(base()));
+              load_library_router(*lib, c.experts(0).id(), t, io::base_fingerprint(base()), {});
             }).find("not a router"),
             std::string::npos);
 }

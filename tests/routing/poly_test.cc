@@ -184,6 +184,28 @@ TEST(PolyLora, AnUnknownTaskRoutesToTheSkillAverageMhrMu) {
             std::string::npos);
 }
 
+// PEFT draws one RelaxedBernoulli sample per example: two identical inputs
+// of one task get different adapters while training, the same in evaluation.
+TEST(PolyLora, TrainingSamplesEachExampleEvaluationDoesNot) {
+  PolyOptions o;
+  o.tasks = 2;
+  o.skills = 3;
+  o.splits = 2;
+  o.r = 2;
+  PolyLinear p(o);
+  Rng rng(6);
+  const Tensor row = randn({1, 8}, rng);
+  const Tensor x = ops::concat_rows({row, row});
+  p.poly->set_tasks({1, 1});
+  const Tensor eval = p.lin.forward(x);
+  for (int64_t c = 0; c < 6; ++c) EXPECT_EQ(eval.data()[c], eval.data()[6 + c]);
+  autograd::Tape tape;
+  const Tensor train = p.lin.forward(x);
+  double diff = 0;
+  for (int64_t c = 0; c < 6; ++c) diff += std::abs(train.data()[c] - train.data()[6 + c]);
+  EXPECT_GT(diff, 1e-4);
+}
+
 // One SGD step of Σ R ⊙ y: MHR-z moves only the logits, and a logits
 // learning-rate scale multiplies exactly their step.
 TEST(PolyLora, MhrZTrainsOnlyTheLogitsAtTheirOwnLearningRate) {

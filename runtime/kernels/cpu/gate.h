@@ -39,8 +39,9 @@ void top_k_gate_backward(float* dlogits, const float* dweights, const float* pro
 //   f_e = #{(t, j) : S_t[j] = e} / Σ_t mask_t   (over kept rows; Σ_e f_e = k)
 //   P_e = Σ_t mask_t p_te / Σ_t mask_t
 //   L   = E · Σ_e f_e P_e
-// Uniform probabilities with a perfectly balanced assignment give exactly
-// L = k, the floor of this convention (not 1: f counts every slot). The
+// Uniform probabilities give exactly L = k whatever the assignment (Σ f = k;
+// not 1 as in Switch's paper: f counts every slot); k is not a lower bound
+// (confident rows that disagree with the counts go below it). The
 // gradient flows through P only (the selection counts are constants), as in
 // autograd: dL/dz_t = mask_t / Σ mask · (diag(p_t) − p_t p_tᵀ) (E f).
 // `grad` [rows, E] (may be null) is overwritten with it. Ties in the top k go to the

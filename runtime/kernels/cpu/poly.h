@@ -12,9 +12,8 @@ namespace tessera::kernels::cpu {
 // with u [T, q·S] uniform in (0, 1) (training: a RelaxedBernoulli(τ, logits)
 // sample, as torch's rsample) or ẑ = sigmoid(z) when u is null
 // (evaluation); then per split w = ẑ / (Σ_s ẑ + 1e-12) (PEFT's EPS). zhat
-// [T, q·S] is kept for the backward. (torch clamps the sample to
-// [ε, 1 − ε]; we do not, which moves nothing but samples within 1.2e-7 of 0
-// or 1.)
+// [T, q·S] is kept for the backward. u is taken as given (routing/poly.cc
+// clamps it to [ε, 1 − ε] first, as torch's clamp_probs does).
 void poly_weights_forward(float* weights, float* zhat, const float* logits, const float* u,
                           int64_t T, int64_t q, int64_t S, float tau);
 // dlogits [T, q·S] += the gradient of dweights [T, q, S] (tau: the forward's

@@ -1,5 +1,5 @@
 // The gates' auxiliary losses: transformers' own values and gradients
-// (tests/fixtures/moe, scripts/gen_moe_loss_fixture.py), the floor of the
+// (tests/fixtures/moe, scripts/gen_moe_loss_fixture.py), the value of the
 // load-balancing convention, and finite differences.
 #include "runtime/kernels/cpu/gate.h"
 
@@ -34,7 +34,7 @@ TEST(MoeLosses, MatchTransformersMixtralAndSwitchLossesAndGradients) {
   }
 }
 
-TEST(MoeLosses, UniformRoutingSitsExactlyOnTheFloorK) {
+TEST(MoeLosses, UniformRoutingGivesExactlyK) {
   // Equal logits: p = 1/E everywhere; ties send every row's top 2 to experts
   // 0 and 1, so f is unbalanced but P is uniform: L = E · Σ f_e / E = k.
   const int64_t rows = 8, E = 4;
@@ -47,6 +47,11 @@ TEST(MoeLosses, UniformRoutingSitsExactlyOnTheFloorK) {
     z[t * E + (t + 1) % E] += 5e-5f;
   }
   EXPECT_NEAR(load_balancing_loss(z.data(), rows, E, 2, nullptr, nullptr), 2.0, 1e-4);
+  // k is not a lower bound: p = (.34, .33, .33) and (0, .5, .5) at k = 1
+  // count f = (.5, .5, 0), P = (.17, .415, .415): L = 3 (.085 + .2075) = .8775.
+  const std::vector<float> below = {std::log(0.34f), std::log(0.33f), std::log(0.33f),
+                                    -60.0f,          std::log(0.5f),  std::log(0.5f)};
+  EXPECT_NEAR(load_balancing_loss(below.data(), 2, 3, 1, nullptr, nullptr), 0.8775, 1e-5);
 }
 
 TEST(MoeLosses, GradientsAgreeWithFiniteDifferences) {
