@@ -102,6 +102,41 @@ TEST_F(Route, TopOneIsTheSameInBothModesAndCentroidsFindThePermutations) {
   }
 }
 
+// Another base (another fingerprint): the library has nothing for it, a
+// named expert of the first base is refused naming both, and so is a router.
+TEST_F(Route, ExpertsAndRoutersOfAnotherBaseAreRefused) {
+  PretrainOptions p;
+  p.model = "mlp";
+  p.quiet = true;
+  p.overrides = {"data.limit_train=2048",
+                 "data.limit_test=500",
+                 "epochs=0",
+                 "steps=3",
+                 "threads=2",
+                 "seed=9",
+                 "out_dir=" + *dir_ + "/other"};
+  ASSERT_EQ(run_pretrain(p), 0);
+  const std::string other = *dir_ + "/other/checkpoint.safetensors";
+  RouteOptions o = options({"task"});
+  o.base = other;
+  EXPECT_NE(error_of([&] { run_route(o); }).find("holds no LoRA experts for the base"),
+            std::string::npos);
+  o.experts = {"permute:seed=1"};
+  const std::string named = error_of([&] { run_route(o); });
+  EXPECT_NE(named.find("FailedPrecondition"), std::string::npos) << named;
+  EXPECT_NE(named.find("permute:seed=1"), std::string::npos) << named;
+  TrainRouterOptions tr;
+  tr.base = other;
+  tr.library.where = *dir_ + "/lib";
+  tr.router = "mole:top_k=1";
+  tr.tasks = {"permute:seed=1;permute:seed=2"};
+  tr.quiet = true;
+  tr.overrides = {"epochs=0", "steps=2", "threads=2", "data.limit_train=2048",
+                  "data.limit_test=500"};
+  EXPECT_NE(error_of([&] { run_train_router(tr); }).find("holds no LoRA experts"),
+            std::string::npos);
+}
+
 TEST_F(Route, EveryMistakeIsOneClearError) {
   EXPECT_NE(error_of([] {
               run_route(options({"arrow:top_k=4"}));
