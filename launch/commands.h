@@ -178,7 +178,8 @@ struct RouteResult {
     double routing_acc = -1;         // over modules (-1: no task has an expert)
     double correct_mass = -1;        // mean weight on the true expert
     double entropy = 0;              // mean routing entropy (nats)
-    std::vector<std::vector<double>> usage;  // [task][expert]: share of routing weight
+    std::vector<std::vector<double>> usage;            // [task][expert]: share of routing weight
+    std::vector<std::vector<double>> task_module_acc;  // [task][module]; -1: the task has no expert
   };
   std::vector<Row> rows;
   bool classifier = true;

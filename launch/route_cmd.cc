@@ -212,6 +212,10 @@ RouteResult run_route(const RouteOptions& o) {
         for (int64_t e = 0; e < E && !tl.load.empty(); ++e)
           usage[e] += tl.load[e] / std::max(1.0, tl.rows) / static_cast<double>(banks.size());
       row.usage.push_back(usage);
+      std::vector<double> acc;
+      for (const Tally& tl : task_tally)
+        acc.push_back(tl.rows_with_task > 0 ? tl.correct / tl.rows_with_task : -1.0);
+      row.task_module_acc.push_back(acc);
     }
   }
   for (size_t ri = 0; ri < routers.size(); ++ri) {
@@ -306,7 +310,8 @@ nlohmann::json route_json(const RouteResult& r) {
                             {"routing_accuracy", row.routing_acc},
                             {"correct_mass", row.correct_mass},
                             {"entropy", row.entropy},
-                            {"usage", row.usage}});
+                            {"usage", row.usage},
+                            {"task_module_routing_accuracy", row.task_module_acc}});
   return j;
 }
 

@@ -1,5 +1,6 @@
 #include "runtime/kernels/cpu/poly.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace tessera::kernels::cpu {
@@ -48,34 +49,67 @@ void poly_weights_backward(float* dlogits, const float* dweights, const float* z
   }
 }
 
+// Loop order for both: per task t and skill s, contiguous runs of j within
+// one split (the weight is constant along a run), so the inner loop is a
+// vectorisable axpy or dot over the bank's rows.
 void poly_mix_forward(float* out, const float* weights, const float* bank, int64_t T, int64_t q,
                       int64_t S, int64_t R, int64_t C, bool split_cols) {
-#pragma omp parallel for if (T * R * C > 65536) schedule(static)
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t i = 0; i < R; ++i)
-      for (int64_t j = 0; j < C; ++j) {
-        const float* w = weights + (t * q + split_of(i, j, q, R, C, split_cols)) * S;
-        float acc = 0;
-        for (int64_t s = 0; s < S; ++s) acc += w[s] * bank[(s * R + i) * C + j];
-        out[(t * R + i) * C + j] = acc;
-      }
+  const int64_t cw = split_cols ? C / q : C;  // run length along j
+#pragma omp parallel for if (T * S * R * C > 65536) schedule(static)
+  for (int64_t t = 0; t < T; ++t) {
+    float* o = out + t * R * C;
+    std::fill(o, o + R * C, 0.0f);
+    for (int64_t s = 0; s < S; ++s) {
+      const float* b = bank + s * R * C;
+      for (int64_t i = 0; i < R; ++i)
+        for (int64_t j0 = 0; j0 < C; j0 += cw) {
+          const float w = weights[(t * q + split_of(i, j0, q, R, C, split_cols)) * S + s];
+          float* __restrict dst = o + i * C + j0;
+          const float* __restrict src = b + i * C + j0;
+          for (int64_t j = 0; j < cw; ++j) dst[j] += w * src[j];
+        }
+    }
+  }
 }
 
 void poly_mix_backward(float* dweights, float* dbank, const float* dout, const float* weights,
                        const float* bank, int64_t T, int64_t q, int64_t S, int64_t R, int64_t C,
                        bool split_cols) {
-  // Serial over t for dbank (each bank element sums over t in a fixed order);
-  // small next to the GEMMs the mixed adapters feed.
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t i = 0; i < R; ++i)
-      for (int64_t j = 0; j < C; ++j) {
-        const int64_t c = split_of(i, j, q, R, C, split_cols);
-        const float g = dout[(t * R + i) * C + j];
-        for (int64_t s = 0; s < S; ++s) {
-          if (dweights) dweights[(t * q + c) * S + s] += g * bank[(s * R + i) * C + j];
-          if (dbank) dbank[(s * R + i) * C + j] += g * weights[(t * q + c) * S + s];
-        }
+  const int64_t cw = split_cols ? C / q : C;
+  // dweights[t, c, s] += Σ over split c of dout[t] ⊙ bank[s]: each (t, s)
+  // writes its own entries.
+  if (dweights) {
+#pragma omp parallel for if (T * S * R * C > 65536) schedule(static)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t s = 0; s < S; ++s) {
+        const float* g = dout + t * R * C;
+        const float* b = bank + s * R * C;
+        for (int64_t i = 0; i < R; ++i)
+          for (int64_t j0 = 0; j0 < C; j0 += cw) {
+            float acc = 0;
+            const float* __restrict gi = g + i * C + j0;
+            const float* __restrict bi = b + i * C + j0;
+            for (int64_t j = 0; j < cw; ++j) acc += gi[j] * bi[j];
+            dweights[(t * q + split_of(i, j0, q, R, C, split_cols)) * S + s] += acc;
+          }
       }
+  }
+  // dbank[s] += Σ_t w[t, c, s] dout[t]: each s its own rows, t in order.
+  if (dbank) {
+#pragma omp parallel for if (T * S * R * C > 65536) schedule(static)
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t t = 0; t < T; ++t) {
+        const float* g = dout + t * R * C;
+        float* db = dbank + s * R * C;
+        for (int64_t i = 0; i < R; ++i)
+          for (int64_t j0 = 0; j0 < C; j0 += cw) {
+            const float w = weights[(t * q + split_of(i, j0, q, R, C, split_cols)) * S + s];
+            float* __restrict dst = db + i * C + j0;
+            const float* __restrict src = g + i * C + j0;
+            for (int64_t j = 0; j < cw; ++j) dst[j] += w * src[j];
+          }
+      }
+  }
 }
 
 }  // namespace tessera::kernels::cpu
