@@ -31,6 +31,25 @@ TEST(AdamW, TwoStepsMatchHandComputation) {
   }
 }
 
+// A parameter's lr_scale is its group's learning rate: the step and the
+// decoupled decay both use lr · scale (scale 3 at lr 0.1 is lr 0.3).
+TEST(AdamW, LrScaleIsTheParametersOwnLearningRate) {
+  nn::ParameterSet a, b;
+  Tensor& wa = a.add("w", Tensor::from_vector({1.0f, -2.0f}, {2}));
+  Tensor& wb = b.add("w", Tensor::from_vector({1.0f, -2.0f}, {2}));
+  EXPECT_EQ(a.set_lr_scale("w", 3.0f), 1);
+  AdamWOptions o;
+  o.weight_decay = 0.5f;
+  AdamW oa(a, o), ob(b, o);
+  for (int t = 0; t < 3; ++t) {
+    wa.ensure_grad().copy_from(Tensor::from_vector({0.5f, -1.0f + t}, {2}));
+    wb.ensure_grad().copy_from(Tensor::from_vector({0.5f, -1.0f + t}, {2}));
+    oa.step(0.1f);
+    ob.step(0.3f);
+  }
+  EXPECT_EQ(wa.to_vector(), wb.to_vector());
+}
+
 TEST(AdamW, SkipsDecayOfVectorsWhenAsked) {
   nn::ParameterSet ps;
   Tensor& b = ps.add("b", Tensor::from_vector({1.0f}, {1}));
