@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <memory>
 
+#include <algorithm>
 #include <sstream>
 #include "adapters/adapter_file.h"
 #include "adapters/lora.h"
@@ -16,6 +17,7 @@
 #include "launch/base.h"
 #include "launch/config.h"
 #include "launch/experts.h"
+#include "routing/spec.h"
 #include "runtime/io/fingerprint.h"
 #include "runtime/train/trainer.h"
 #include "store/library.h"
@@ -36,7 +38,14 @@ int eval_router(const EvalOptions& o) {
   const std::string fingerprint = io::base_fingerprint(o.checkpoint);
   auto lib = open_library(o.library, false, true);
   AdapterRecord rec;
-  check_store(lib->Get(o.router, &rec), str("router '", o.router, "'"));
+  const store::Status got = lib->Get(o.router, &rec);
+  routing::RouterKind zero_shot{};
+  if (!got.ok() &&
+      routing::router_kind_names().find(o.router.substr(0, o.router.find(':')), &zero_shot))
+    throw Error(str("eval --router '", o.router, "': ", o.router.substr(0, o.router.find(':')),
+                    " is a zero-shot router of tessera route (route --router ", o.router,
+                    "); eval --router takes a router stored by train-router (NAME@VERSION)"));
+  check_store(got, str("router '", o.router, "'"));
   const std::vector<std::string> tasks = split_tasks(rec.task());
   if (tasks.empty()) throw Error(str("router '", o.router, "' records no tasks"));
   RunConfig cfg = adapter_run_config(o.checkpoint, tasks, "", o.overrides);
@@ -48,6 +57,13 @@ int eval_router(const EvalOptions& o) {
   std::printf("%s %s + router %s (%s):\n", t.kind().c_str(), o.checkpoint.c_str(), r->name.c_str(),
               r->config.spec().c_str());
   const std::vector<std::string> names = workload_tasks(cfg, tasks);
+  for (const std::string& nm : names)
+    if (r->config.kind() == "poly" && std::find(r->config.tasks().begin(), r->config.tasks().end(),
+                                                nm) == r->config.tasks().end())
+      std::printf(
+          "  note: %s is not one of the router's tasks: Poly routes it to the skill "
+          "average (MHR-mu)\n",
+          nm.c_str());
   for (int i = 0; i < n; ++i)
     std::printf("  %-24s %s\n", i < static_cast<int>(names.size()) ? names[i].c_str() : "?",
                 eval_text(t.evaluate(o.max_batches, n > 1 ? i : -1)).c_str());

@@ -122,7 +122,9 @@ int run_train_router(const TrainRouterOptions& o) {
       adapter_run_config(o.base, tasks, o.out_dir.empty() ? "runs/router" : o.out_dir, o.overrides);
   const BaseModel base = open_base(o.base, "--base");
   const std::string fingerprint = io::base_fingerprint(o.base);
-  auto lib = open_library(o.library, true);
+  // The library must exist: a router lives beside the experts it was
+  // trained over (a mistyped path must not create an empty library).
+  auto lib = open_library(o.library, false);
   // Poly's task ids are the workload's, whose order data.task= may set.
   for (const std::string& t : workload_tasks(cfg, tasks)) c.add_tasks(t);
   train::Trainer t(cfg);
@@ -178,7 +180,9 @@ int run_train_router(const TrainRouterOptions& o) {
   for (const std::string& tk : tasks) joined += (joined.empty() ? "" : ";") + tk;
   rec.set_task(joined);
   for (const std::string& m : c.modules()) rec.add_target_modules(m);
-  std::printf("\n%-24s %12s %14s\n", "task", "base", str("router ", c.kind()).c_str());
+  const bool pct = t.kind() == "mlp";
+  std::printf("\n%-24s %12s %14s   (%s)\n", "task", "base", str("router ", c.kind()).c_str(),
+              pct ? "accuracy" : "bits per token");
   for (size_t i = 0; i < tasks.size(); ++i) {
     const train::EvalResult e = t.evaluate(-1, tasks.size() > 1 ? static_cast<int>(i) : -1);
     Score* sc = rec.add_scores();
@@ -186,7 +190,11 @@ int run_train_router(const TrainRouterOptions& o) {
     sc->set_split("test");
     sc->set_metric(t.kind() == "mlp" ? "accuracy" : "bits_per_token");
     sc->set_value(t.kind() == "mlp" ? e.accuracy : e.bits_per_token);
-    std::printf("%-24s %12.4f %14.4f\n", tasks[i].c_str(), before[i], sc->value());
+    if (pct)
+      std::printf("%-24s %11.2f%% %13.2f%%\n", tasks[i].c_str(), 100 * before[i],
+                  100 * sc->value());
+    else
+      std::printf("%-24s %12.4f %14.4f\n", tasks[i].c_str(), before[i], sc->value());
   }
   std::vector<store::TensorData> ts;
   for (const auto& p : trained.all()) {
