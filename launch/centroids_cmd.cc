@@ -81,10 +81,12 @@ int run_centroids(const CentroidsOptions& o) {
                   static_cast<long>(r.version()), task.c_str(), sigs.size());
     }
   }
+  size_t computed = 0;
+  for (const auto& [task, records] : by_task) computed += records.size();
   std::printf(
-      "%d experts for this base: %zu tasks computed, %d already had centroids, %d have no "
-      "task recorded (skipped)\n",
-      total, by_task.size(), have, skipped_no_task);
+      "%d experts for this base: centroids computed for %zu (over %zu tasks%s), %d "
+      "already had them, %d record no task (skipped)\n",
+      total, computed, by_task.size(), o.recompute ? ", --recompute" : "", have, skipped_no_task);
   return 0;
 }
 
