@@ -295,6 +295,49 @@ TEST_F(Route, BuildLibraryClustersTasksIntoExperts) {
   }
 }
 
+// A Poly router on a decoder: its one text task is not in data.task, so the
+// workload's task order comes from the task given; eval reproduces what
+// training measured (with every row sent to the skill average it did not).
+TEST(DecoderRouter, PolyOnATextTaskRoundTrips) {
+  const std::string dir = testing::temp_dir("route_decoder");
+  {
+    std::ofstream c(dir + "/corpus.txt");
+    for (int i = 0; i < 300; ++i) c << "routers mix experts over one frozen base. ";
+  }
+  PretrainOptions p;
+  p.model = "decoder";
+  p.quiet = true;
+  p.overrides = {"decoder.d_model=32", "decoder.n_layer=1",
+                 "decoder.n_head=2",   "decoder.n_ctx=16",
+                 "data.kind=text",     "data.files=" + dir + "/corpus.txt",
+                 "batch_size=4",       "steps=5",
+                 "threads=2",          "out_dir=" + dir + "/base"};
+  ASSERT_EQ(run_pretrain(p), 0);
+  const std::string base = dir + "/base/checkpoint.safetensors";
+  LibraryTarget where;
+  where.where = dir + "/lib";
+  open_library(where, true);
+  const std::string task = "text:" + dir + "/corpus.txt";
+  TrainRouterOptions tr;
+  tr.base = base;
+  tr.library = where;
+  tr.router = "poly:skills=3,splits=2,r=2";
+  tr.tasks = {task};
+  tr.name = "poly";
+  tr.quiet = true;
+  tr.overrides = {"steps=15", "optim.lr=0.01", "eval_batches=2", "threads=2"};
+  ASSERT_EQ(run_train_router(tr), 0);
+  auto lib = open_library(where, false, true);
+  AdapterRecord rec;
+  ASSERT_TRUE(lib->Get("poly@latest", &rec).ok());
+  const RunConfig cfg = adapter_run_config(base, {task}, "", tr.overrides);
+  train::Trainer t(cfg);
+  load_base_weights(t, base);
+  auto r = load_library_router(*lib, rec.id(), t, io::base_fingerprint(base),
+                               workload_tasks(cfg, {task}));
+  EXPECT_NEAR(t.evaluate(-1, -1).bits_per_token, rec.scores(0).value(), 1e-5);
+}
+
 TEST(RouterConfig, ParsesEveryTrainedKindAndRefusesWhatItDoesNotTake) {
   RouterConfig m = routing::parse_router_config("mole:top_k=1");
   EXPECT_EQ(m.weights(), "switch");  // k = 1: the gate must get a gradient
