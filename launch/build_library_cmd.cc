@@ -20,6 +20,7 @@
 
 #include "launch/config.h"
 #include "routing/cluster.h"
+#include "routing/spec.h"
 #include "runtime/common/error.h"
 #include "runtime/common/file.h"
 #include "runtime/dist/codec.h"
@@ -315,22 +316,11 @@ ClusterSpec parse_cluster(const std::string& spec) {
                     "': expected mbc:k=K[,steps=S,feature=lora|init-free,"
                     "sparsity=0.8,components=64,seed=42]"));
   bool have_k = false;
-  std::stringstream ss(colon == std::string::npos ? "" : spec.substr(colon + 1));
-  std::string kv;
-  while (std::getline(ss, kv, ',')) {
-    const size_t eq = kv.find('=');
-    const std::string key = kv.substr(0, eq), v = eq == std::string::npos ? "" : kv.substr(eq + 1);
+  const std::string what = str("--cluster '", spec, "'");
+  for (const auto& option : routing::spec_options(spec, what)) {
+    const std::string &key = option.first, &v = option.second;
     auto num = [&](double lo, double hi, bool whole = true) {
-      try {
-        size_t pos = 0;
-        const double d = std::stod(v, &pos);
-        if (pos != v.size() || !(d >= lo && d <= hi) || (whole && d != std::floor(d)))
-          throw std::invalid_argument(v);
-        return d;
-      } catch (const std::logic_error&) {
-        throw Error(str("--cluster '", spec, "': ", key, "=", v, " (expected a ",
-                        whole ? "whole " : "", "number in [", lo, ", ", hi, "])"));
-      }
+      return routing::spec_number(what, key, v, lo, hi, whole);
     };
     if (key == "k") {
       c.mbc.k = static_cast<int64_t>(num(1, 1e6));
@@ -346,7 +336,7 @@ ClusterSpec parse_cluster(const std::string& spec) {
     } else if (key == "seed") {
       c.mbc.seed = static_cast<uint64_t>(num(0, 1e18));
     } else {
-      throw Error(str("--cluster '", spec, "': '", kv,
+      throw Error(str(what, ": '", key, "=", v,
                       "' (keys: k, steps, feature=lora|init-free, sparsity, components, seed)"));
     }
   }

@@ -10,6 +10,7 @@
 #include "launch/base.h"
 #include "launch/commands.h"
 #include "launch/config.h"
+#include "launch/experts.h"
 #include "launch/runs.h"
 #include "runtime/common/error.h"
 #include "runtime/io/fingerprint.h"
@@ -26,34 +27,25 @@ int run_centroids(const CentroidsOptions& o) {
   auto lib = open_library(o.library, false);
   // The experts to do, grouped by task: one pass over a task's data serves all.
   std::map<std::string, std::vector<AdapterRecord>> by_task;
-  store::ListFilter f;
-  f.base_fingerprint = fingerprint;
-  f.kind = "lora";
-  std::string token;
   int skipped_no_task = 0, have = 0, total = 0;
-  do {
-    store::ListPage page;
-    check_store(lib->List(f, 1000, token, &page), "listing the library's experts");
-    for (const AdapterRecord& r : page.records) {
-      // Every version: `route --experts name@N` may name an older one.
-      ++total;
-      // Done when every adapted module has its centroid.
-      bool has = true;
-      for (const std::string& m : r.target_modules()) {
-        bool found = false;
-        for (const Signature& s : r.signatures()) found = found || s.name() == "centroid/" + m;
-        has = has && found;
-      }
-      if (r.task().empty()) {
-        ++skipped_no_task;
-      } else if (has && !o.recompute) {
-        ++have;
-      } else {
-        by_task[r.task()].push_back(r);
-      }
+  // Every version: `route --experts name@N` may name an older one.
+  for (const AdapterRecord& r : list_lora_records(*lib, fingerprint)) {
+    ++total;
+    // Done when every adapted module has its centroid.
+    bool has = true;
+    for (const std::string& m : r.target_modules()) {
+      bool found = false;
+      for (const Signature& s : r.signatures()) found = found || s.name() == "centroid/" + m;
+      has = has && found;
     }
-    token = page.next_token;
-  } while (!token.empty());
+    if (r.task().empty()) {
+      ++skipped_no_task;
+    } else if (has && !o.recompute) {
+      ++have;
+    } else {
+      by_task[r.task()].push_back(r);
+    }
+  }
   if (total == 0)
     throw Error(str("library ", o.library.where, " holds no LoRA experts for the base ", o.base));
   for (const auto& [task, records] : by_task) {

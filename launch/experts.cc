@@ -9,6 +9,22 @@
 
 namespace tessera::launch {
 
+std::vector<AdapterRecord> list_lora_records(store::LibraryApi& lib,
+                                             const std::string& fingerprint) {
+  store::ListFilter f;
+  f.base_fingerprint = fingerprint;
+  f.kind = "lora";
+  std::vector<AdapterRecord> out;
+  std::string token;
+  do {
+    store::ListPage page;
+    check_store(lib.List(f, 1000, token, &page), "listing the library's experts");
+    for (AdapterRecord& r : page.records) out.push_back(std::move(r));
+    token = page.next_token;
+  } while (!token.empty());
+  return out;
+}
+
 LibraryExpert read_library_expert(store::LibraryApi& lib, const std::string& key) {
   adapters::AdapterFile file;
   AdapterRecord rec;
@@ -41,20 +57,11 @@ std::vector<LibraryExpert> read_library_experts(store::LibraryApi& lib,
     }
     return out;
   }
-  store::ListFilter f;
-  f.base_fingerprint = fingerprint;
-  f.kind = "lora";
-  std::string token;
   std::map<std::string, AdapterRecord> newest;  // the newest version of each name
-  do {
-    store::ListPage page;
-    check_store(lib.List(f, 1000, token, &page), "listing the library's experts");
-    for (const AdapterRecord& r : page.records) {
-      auto it = newest.find(r.name());
-      if (it == newest.end() || it->second.version() < r.version()) newest[r.name()] = r;
-    }
-    token = page.next_token;
-  } while (!token.empty());
+  for (const AdapterRecord& r : list_lora_records(lib, fingerprint)) {
+    auto it = newest.find(r.name());
+    if (it == newest.end() || it->second.version() < r.version()) newest[r.name()] = r;
+  }
   for (const auto& [name, r] : newest) out.push_back(read_library_expert(lib, r.id()));
   if (out.empty())
     throw Error(str("library ", library, " holds no LoRA experts for the base ", base,

@@ -12,6 +12,9 @@
 #include "runtime/nn/layers.h"
 #include "runtime/nn/parameters.h"
 
+namespace tessera {
+class AdapterRecord;
+}
 namespace tessera::store {
 class LibraryApi;
 }
@@ -28,6 +31,10 @@ struct LibraryExpert {
   std::map<std::string, std::vector<float>> signatures;
 };
 
+// Every version of every LoRA expert recorded for the base (fingerprint),
+// through every page of the library's listing.
+std::vector<AdapterRecord> list_lora_records(store::LibraryApi& lib,
+                                             const std::string& fingerprint);
 // One expert by key (id, name, name@N); Error naming it when it is missing
 // or not a LoRA.
 LibraryExpert read_library_expert(store::LibraryApi& lib, const std::string& key);

@@ -178,6 +178,25 @@ std::vector<std::vector<double>> plus_plus(const std::vector<std::vector<double>
   return centres;
 }
 
+// Each row to its nearest centre (ties: the lower centre); returns the
+// inertia, Σ squared distance to the assigned centres.
+double assign(const std::vector<std::vector<double>>& x, const std::vector<std::vector<double>>& c,
+              std::vector<int>* labels) {
+  double inertia = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    double bd = std::numeric_limits<double>::infinity();
+    for (size_t j = 0; j < c.size(); ++j) {
+      const double dd = sq_dist(x[i], c[j]);
+      if (dd < bd) {
+        bd = dd;
+        (*labels)[i] = static_cast<int>(j);
+      }
+    }
+    inertia += bd;
+  }
+  return inertia;
+}
+
 }  // namespace
 
 KMeans kmeans(const std::vector<std::vector<double>>& x, int64_t k, int n_init, uint64_t seed) {
@@ -202,16 +221,7 @@ KMeans kmeans(const std::vector<std::vector<double>>& x, int64_t k, int n_init, 
     std::vector<std::vector<double>> c = plus_plus(x, k, rng);
     std::vector<int> labels(static_cast<size_t>(N), 0);
     for (int it = 0; it < 300; ++it) {
-      for (int64_t i = 0; i < N; ++i) {
-        double bd = std::numeric_limits<double>::infinity();
-        for (int64_t j = 0; j < k; ++j) {
-          const double dd = sq_dist(x[i], c[j]);
-          if (dd < bd) {
-            bd = dd;
-            labels[i] = static_cast<int>(j);
-          }
-        }
-      }
+      assign(x, c, &labels);
       std::vector<std::vector<double>> nc(static_cast<size_t>(k), std::vector<double>(d, 0.0));
       std::vector<int64_t> count(static_cast<size_t>(k), 0);
       for (int64_t i = 0; i < N; ++i) {
@@ -230,18 +240,7 @@ KMeans kmeans(const std::vector<std::vector<double>>& x, int64_t k, int n_init, 
       c = std::move(nc);
       if (shift <= tol) break;
     }
-    double inertia = 0;
-    for (int64_t i = 0; i < N; ++i) {
-      double bd = std::numeric_limits<double>::infinity();
-      for (int64_t j = 0; j < k; ++j) {
-        const double dd = sq_dist(x[i], c[j]);
-        if (dd < bd) {
-          bd = dd;
-          labels[i] = static_cast<int>(j);
-        }
-      }
-      inertia += bd;
-    }
+    const double inertia = assign(x, c, &labels);
     if (inertia < best.inertia) {
       best.inertia = inertia;
       best.labels = labels;

@@ -1,5 +1,6 @@
 #include "routing/spec.h"
 
+#include <cmath>
 #include <sstream>
 #include <stdexcept>
 
@@ -35,43 +36,53 @@ std::string RouterSpec::label() const {
   return text;
 }
 
+std::vector<std::pair<std::string, std::string>> spec_options(const std::string& spec,
+                                                              const std::string& what) {
+  std::vector<std::pair<std::string, std::string>> out;
+  const size_t colon = spec.find(':');
+  if (colon == std::string::npos) return out;
+  std::stringstream ss(spec.substr(colon + 1));
+  std::string kv;
+  while (std::getline(ss, kv, ',')) {
+    const size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) throw Error(str(what, ": '", kv, "' is not key=value"));
+    out.push_back({kv.substr(0, eq), kv.substr(eq + 1)});
+  }
+  return out;
+}
+
+double spec_number(const std::string& what, const std::string& key, const std::string& value,
+                   double lo, double hi, bool whole) {
+  try {
+    size_t pos = 0;
+    const double d = std::stod(value, &pos);
+    if (pos != value.size() || !(d >= lo && d <= hi) || (whole && d != std::floor(d)))
+      throw std::invalid_argument(value);
+    return d;
+  } catch (const std::logic_error&) {
+    throw Error(str(what, ": ", key, "=", value, " (expected a ", whole ? "whole " : "",
+                    "number from ", lo, " to ", hi, ")"));
+  }
+}
+
 RouterSpec parse_router_spec(const std::string& spec) {
   RouterSpec r;
   r.text = spec;
   const size_t colon = spec.find(':');
   r.kind = router_kind_names().parse(spec.substr(0, colon), str("router '", spec, "': kind"));
   if (r.kind == RouterKind::Centroid) r.top_k = 0;
-  if (colon == std::string::npos) return r;
-  std::stringstream ss(spec.substr(colon + 1));
-  std::string kv;
-  while (std::getline(ss, kv, ',')) {
-    const size_t eq = kv.find('=');
-    if (eq == std::string::npos || eq == 0)
-      throw Error(str("router '", spec, "': '", kv, "' is not key=value"));
-    const std::string key = kv.substr(0, eq), value = kv.substr(eq + 1);
-    auto number = [&](double lo) {
-      try {
-        size_t pos = 0;
-        const double v = std::stod(value, &pos);
-        if (pos != value.size() || !(v >= lo) || !(v <= 1e6)) throw std::invalid_argument(value);
-        return v;
-      } catch (const std::logic_error&) {
-        throw Error(str("router '", spec, "': ", key, "=", value,
-                        " (expected a number of at least ", lo, ")"));
-      }
-    };
+  const std::string what = str("router '", spec, "'");
+  for (const auto& [key, value] : spec_options(spec, what)) {
     const bool takes_k = r.kind == RouterKind::Arrow || r.kind == RouterKind::Centroid;
     const bool takes_mode = takes_k || r.kind == RouterKind::Uniform;
     if (key == "top_k" && takes_k) {
-      const double v = number(r.kind == RouterKind::Centroid ? 0 : 1);
-      if (v != static_cast<double>(static_cast<int64_t>(v)))
-        throw Error(str("router '", spec, "': top_k=", value, " (expected a whole number)"));
-      r.top_k = static_cast<int64_t>(v);
+      r.top_k = static_cast<int64_t>(
+          spec_number(what, key, value, r.kind == RouterKind::Centroid ? 0 : 1, 1e6, true));
     } else if (key == "temperature" && r.kind == RouterKind::Arrow) {
       if (value == "sqrt") {
         r.sqrt_temperature = true;
       } else {
-        r.temperature = static_cast<float>(number(0));
+        r.temperature = static_cast<float>(spec_number(what, key, value, 0, 1e6, false));
         if (!(r.temperature > 0))
           throw Error(str("router '", spec, "': temperature=", value,
                           " (expected a number above 0, or sqrt for mttl's √in)"));

@@ -14,6 +14,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "routing/router.h"
 
@@ -33,5 +35,16 @@ struct RouterSpec {
   std::string label() const;
 };
 RouterSpec parse_router_spec(const std::string& spec);
+
+// The pieces every "kind:key=value,..." spec (routers, trained routers,
+// --cluster) is read with. `what` names the input in errors ("router 'SPEC'").
+// The key=value options after the first ':' (none without one), in order.
+// Error: an item that is not key=value.
+std::vector<std::pair<std::string, std::string>> spec_options(const std::string& spec,
+                                                              const std::string& what);
+// `value` as a finite number in [lo, hi] (a whole one when `whole`). Error
+// naming what, key and value otherwise (trailing text, NaN and inf included).
+double spec_number(const std::string& what, const std::string& key, const std::string& value,
+                   double lo, double hi, bool whole);
 
 }  // namespace tessera::routing

@@ -6,6 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "routing/spec.h"
 #include "runtime/common/error.h"
 #include "runtime/train/trainer.h"
 
@@ -89,70 +90,47 @@ RouterConfig parse_router_config(const std::string& spec) {
   c.set_scale("1/r");
   c.set_logits_lr_scale(1.0f);
   bool weights_given = false;
-  if (colon != std::string::npos) {
-    std::stringstream ss(spec.substr(colon + 1));
-    std::string kv;
-    while (std::getline(ss, kv, ',')) {
-      const size_t eq = kv.find('=');
-      if (eq == std::string::npos || eq == 0)
-        throw Error(str("router '", spec, "': '", kv, "' is not key=value"));
-      const std::string key = kv.substr(0, eq), v = kv.substr(eq + 1);
-      auto num = [&]() {
-        try {
-          size_t pos = 0;
-          const double d = std::stod(v, &pos);
-          if (pos != v.size() || !std::isfinite(d) || std::abs(d) > 1e6)
-            throw std::invalid_argument(v);
-          return d;
-        } catch (const std::logic_error&) {
-          throw Error(str("router '", spec, "': ", key, "=", v,
-                          " (expected a number of magnitude at most 1e6)"));
-        }
-      };
-      auto whole = [&]() {
-        const double d = num();
-        if (d != std::floor(d) || d < 0 || d > 65536)
-          throw Error(str("router '", spec, "': ", key, "=", v,
-                          " (expected a whole number from 0 to 65536)"));
-        return static_cast<int64_t>(d);
-      };
-      const bool poly = c.kind() == "poly", mix = c.kind() == "mixlora";
-      if (gate && key == "top_k")
-        c.set_top_k(whole());
-      else if (gate && key == "weights") {
-        c.set_weights(v);
-        weights_given = true;
-      } else if (gate && key == "granularity")
-        c.set_granularity(v);
-      else if (gate && key == "mode")
-        c.set_combine(v);
-      else if (gate && key == "jitter")
-        c.set_jitter(static_cast<float>(num()));
-      else if (gate && key == "bias_rate")
-        c.set_bias_update_rate(static_cast<float>(num()));
-      else if (gate && key == "balance")
-        c.set_balance(static_cast<float>(num()));
-      else if (gate && key == "z_loss")
-        c.set_z_loss(static_cast<float>(num()));
-      else if (gate && key == "gating_balance")
-        c.set_gating_balance(static_cast<float>(num()));
-      else if (mix && key == "experts")
-        c.set_num_experts(whole());
-      else if ((mix || poly) && key == "r")
-        c.set_r(whole());
-      else if ((mix || poly) && key == "alpha")
-        c.set_alpha(static_cast<float>(num()));
-      else if (poly && key == "skills")
-        c.set_skills(whole());
-      else if (poly && key == "splits")
-        c.set_splits(whole());
-      else if (poly && key == "scale")
-        c.set_scale(v);
-      else if (poly && key == "logits_lr")
-        c.set_logits_lr_scale(static_cast<float>(num()));
-      else
-        throw Error(str("router '", spec, "': ", c.kind(), " takes no '", key, "'"));
-    }
+  const std::string what = str("router '", spec, "'");
+  for (const auto& option : spec_options(spec, what)) {
+    const std::string &key = option.first, &v = option.second;
+    auto num = [&] { return spec_number(what, key, v, -1e6, 1e6, false); };
+    auto whole = [&] { return static_cast<int64_t>(spec_number(what, key, v, 0, 65536, true)); };
+    const bool poly = c.kind() == "poly", mix = c.kind() == "mixlora";
+    if (gate && key == "top_k")
+      c.set_top_k(whole());
+    else if (gate && key == "weights") {
+      c.set_weights(v);
+      weights_given = true;
+    } else if (gate && key == "granularity")
+      c.set_granularity(v);
+    else if (gate && key == "mode")
+      c.set_combine(v);
+    else if (gate && key == "jitter")
+      c.set_jitter(static_cast<float>(num()));
+    else if (gate && key == "bias_rate")
+      c.set_bias_update_rate(static_cast<float>(num()));
+    else if (gate && key == "balance")
+      c.set_balance(static_cast<float>(num()));
+    else if (gate && key == "z_loss")
+      c.set_z_loss(static_cast<float>(num()));
+    else if (gate && key == "gating_balance")
+      c.set_gating_balance(static_cast<float>(num()));
+    else if (mix && key == "experts")
+      c.set_num_experts(whole());
+    else if ((mix || poly) && key == "r")
+      c.set_r(whole());
+    else if ((mix || poly) && key == "alpha")
+      c.set_alpha(static_cast<float>(num()));
+    else if (poly && key == "skills")
+      c.set_skills(whole());
+    else if (poly && key == "splits")
+      c.set_splits(whole());
+    else if (poly && key == "scale")
+      c.set_scale(v);
+    else if (poly && key == "logits_lr")
+      c.set_logits_lr_scale(static_cast<float>(num()));
+    else
+      throw Error(str("router '", spec, "': ", c.kind(), " takes no '", key, "'"));
   }
   if (gate && c.top_k() == 1 && !weights_given) c.set_weights("switch");
   check_config(c, str("router '", spec, "'"));

@@ -132,6 +132,16 @@ TEST(PolyOps, WeightsAndSplitMixingMatchFiniteDifferences) {
   EXPECT_THROW(ops::poly_mix(w, randn({S, 3, 5}, rng), true), Error);       // 2 ∤ 5
 }
 
+// Two tasks, three skills, two splits, rank 2.
+PolyOptions small_options() {
+  PolyOptions o;
+  o.tasks = 2;
+  o.skills = 3;
+  o.splits = 2;
+  o.r = 2;
+  return o;
+}
+
 // A Linear with Poly whose B is not zero, for the tests below.
 struct PolyLinear {
   nn::ParameterSet base, ps;
@@ -151,11 +161,7 @@ struct PolyLinear {
 };
 
 TEST(PolyLora, AnUnknownTaskRoutesToTheSkillAverageMhrMu) {
-  PolyOptions o;
-  o.tasks = 2;
-  o.skills = 3;
-  o.splits = 2;
-  o.r = 2;
+  const PolyOptions o = small_options();
   PolyLinear p(o);
   Rng rng(3);
   const Tensor x = randn({4, 8}, rng);
@@ -187,11 +193,7 @@ TEST(PolyLora, AnUnknownTaskRoutesToTheSkillAverageMhrMu) {
 // PEFT draws one RelaxedBernoulli sample per example: two identical inputs
 // of one task get different adapters while training, the same in evaluation.
 TEST(PolyLora, TrainingSamplesEachExampleEvaluationDoesNot) {
-  PolyOptions o;
-  o.tasks = 2;
-  o.skills = 3;
-  o.splits = 2;
-  o.r = 2;
+  const PolyOptions o = small_options();
   PolyLinear p(o);
   Rng rng(6);
   const Tensor row = randn({1, 8}, rng);
@@ -209,11 +211,7 @@ TEST(PolyLora, TrainingSamplesEachExampleEvaluationDoesNot) {
 // One SGD step of Σ R ⊙ y: MHR-z moves only the logits, and a logits
 // learning-rate scale multiplies exactly their step.
 TEST(PolyLora, MhrZTrainsOnlyTheLogitsAtTheirOwnLearningRate) {
-  PolyOptions o;
-  o.tasks = 2;
-  o.skills = 3;
-  o.splits = 2;
-  o.r = 2;
+  const PolyOptions o = small_options();
   Rng rng(4);
   const Tensor x = randn({4, 8}, rng), R = randn({4, 6}, rng);
   for (bool freeze : {false, true}) {

@@ -21,6 +21,15 @@ double softmax_row(const float* z, int64_t E, double* p) {
   return m + std::log(s);
 }
 
+// The k largest of score[0..E) first in `order` (E entries; ties: the lower
+// id first), the selection every gate and loss here shares.
+void top_k_order(const double* score, int64_t k, std::vector<int32_t>* order) {
+  std::iota(order->begin(), order->end(), 0);
+  std::partial_sort(order->begin(), order->begin() + k, order->end(), [&](int32_t a, int32_t b) {
+    return score[a] > score[b] || (score[a] == score[b] && a < b);
+  });
+}
+
 }  // namespace
 
 void top_k_gate_forward(float* weights, int32_t* ids, float* probs, const float* logits,
@@ -34,10 +43,7 @@ void top_k_gate_forward(float* weights, int32_t* ids, float* probs, const float*
       probs[t * E + e] = static_cast<float>(p[e]);
       sel[e] = double(z[e]) + (bias ? double(bias[e]) : 0.0);
     }
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-      return sel[a] > sel[b] || (sel[a] == sel[b] && a < b);
-    });
+    top_k_order(sel.data(), k, &order);
     double sum = 0;
     for (int64_t j = 0; j < k; ++j) sum += p[order[j]];
     for (int64_t j = 0; j < k; ++j) {
@@ -87,10 +93,7 @@ double load_balancing_loss(const float* logits, int64_t rows, int64_t E, int64_t
     const double m = mask ? mask[t] : 1.0;
     if (m == 0) continue;
     kept += m;
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-      return pt[a] > pt[b] || (pt[a] == pt[b] && a < b);
-    });
+    top_k_order(pt, k, &order);
     for (int64_t j = 0; j < k; ++j) f[order[j]] += m;
     for (int64_t e = 0; e < E; ++e) P[e] += m * pt[e];
   }
