@@ -180,6 +180,11 @@ struct RouteResult {
     double entropy = 0;              // mean routing entropy (nats)
     std::vector<std::vector<double>> usage;            // [task][expert]: share of routing weight
     std::vector<std::vector<double>> task_module_acc;  // [task][module]; -1: the task has no expert
+    // Seconds over all tasks: evaluating (forward with the routed slots),
+    // scoring (the router's signature GEMM, top-k and softmax) and, for a
+    // library-scale router, retrieving (query, search, expert cache).
+    double eval_seconds = 0, score_seconds = 0, retrieve_seconds = 0;
+    int64_t retrievals = 0, cache_misses = 0;  // library-scale routers
   };
   std::vector<Row> rows;
   bool classifier = true;

@@ -45,15 +45,23 @@ LibraryExpert read_library_expert(store::LibraryApi& lib, const std::string& key
 std::vector<LibraryExpert> read_library_experts(store::LibraryApi& lib,
                                                 const std::string& fingerprint,
                                                 const std::vector<std::string>& names,
-                                                const std::string& library,
-                                                const std::string& base) {
+                                                const std::string& library, const std::string& base,
+                                                bool load) {
   std::vector<LibraryExpert> out;
+  auto read = [&](const AdapterRecord& rec) {
+    if (load) return read_library_expert(lib, rec.id());
+    LibraryExpert e;
+    e.name = rec.name() + "@" + std::to_string(rec.version());
+    e.id = rec.id();
+    e.task = rec.task();
+    return e;
+  };
   if (!names.empty()) {
     for (const std::string& name : names) {
       AdapterRecord rec;
       check_store(lib.Get(name, &rec), str("expert '", name, "'"));
       check_store(store::CheckBase(rec, fingerprint), str("expert '", name, "'"));
-      out.push_back(read_library_expert(lib, rec.id()));
+      out.push_back(read(rec));
     }
     return out;
   }
@@ -62,7 +70,7 @@ std::vector<LibraryExpert> read_library_experts(store::LibraryApi& lib,
     auto it = newest.find(r.name());
     if (it == newest.end() || it->second.version() < r.version()) newest[r.name()] = r;
   }
-  for (const auto& [name, r] : newest) out.push_back(read_library_expert(lib, r.id()));
+  for (const auto& [name, r] : newest) out.push_back(read(r));
   if (out.empty())
     throw Error(str("library ", library, " holds no LoRA experts for the base ", base,
                     " (fingerprint ", fingerprint.substr(0, 16),

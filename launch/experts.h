@@ -40,12 +40,14 @@ std::vector<AdapterRecord> list_lora_records(store::LibraryApi& lib,
 LibraryExpert read_library_expert(store::LibraryApi& lib, const std::string& key);
 // The named experts (each checked against the base's fingerprint) or, with
 // no names, the newest version of every LoRA expert recorded for the base.
-// Error naming the library when there are none.
+// Error naming the library when there are none. With `load` false only
+// their identity (name, id, task) is read: factors and signatures stay in
+// the library (library-scale routing fetches the candidates it retrieves).
 std::vector<LibraryExpert> read_library_experts(store::LibraryApi& lib,
                                                 const std::string& fingerprint,
                                                 const std::vector<std::string>& names,
-                                                const std::string& library,
-                                                const std::string& base);
+                                                const std::string& library, const std::string& base,
+                                                bool load = true);
 // The Linears every expert adapts, in model order. Error when they share none.
 std::vector<nn::Linear*> shared_modules(const std::vector<nn::Linear*>& linears,
                                         const std::vector<LibraryExpert>& experts);

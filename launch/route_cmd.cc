@@ -3,6 +3,7 @@
 // uniform), next to the task oracle and the base; per task, per module
 // routing accuracy against the true task, and each task's expert usage.
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -18,6 +19,7 @@
 #include "launch/experts.h"
 #include "launch/runs.h"
 #include "routing/arrow.h"
+#include "routing/retrieval.h"
 #include "routing/router.h"
 #include "routing/routers.h"
 #include "routing/spec.h"
@@ -62,6 +64,32 @@ struct Tally {
 
 }  // namespace
 
+namespace {
+
+// A library expert as the retrieval cache holds it.
+routing::CandidateExpert candidate_of(store::LibraryApi& lib, const std::string& id) {
+  LibraryExpert e = read_library_expert(lib, id);
+  routing::CandidateExpert c;
+  c.id = e.id;
+  c.factors = std::move(e.factors);
+  c.signatures = std::move(e.signatures);
+  return c;
+}
+
+// t's ids mapped through `global` (local id -> library index; -1 kept).
+routing::TopK to_global(const routing::TopK& t, const std::vector<int32_t>& global) {
+  routing::TopK g = t;
+  for (int32_t& id : g.ids)
+    if (id >= 0) id = global[static_cast<size_t>(id)];
+  return g;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
 RouteResult run_route(const RouteOptions& o) {
   if (o.base.empty()) throw Error("route: --base names the base checkpoint");
   if (o.library.empty()) throw Error("route: --library names the library of experts");
@@ -71,14 +99,44 @@ RouteResult run_route(const RouteOptions& o) {
     throw Error("route: --eval names the tasks to evaluate on (TASK[;TASK...])");
   std::vector<routing::RouterSpec> routers;
   for (const std::string& r : o.routers) routers.push_back(routing::parse_router_spec(r));
+  // Library-scale routers fetch the experts they retrieve; the others need
+  // every expert in memory (the default comparison included).
+  bool need_all = routers.empty(), scale = false;
+  int64_t max_candidates = 0;
+  for (const auto& r : routers) {
+    scale = scale || r.candidates > 0;
+    max_candidates = std::max(max_candidates, r.candidates);
+    need_all =
+        need_all || (r.candidates == 0 && r.kind != RouterKind::Task && r.kind != RouterKind::Base);
+  }
+  if (scale && !o.experts.empty())
+    throw Error(
+        "route: --experts names the experts to route among, but a router with candidates=N "
+        "retrieves them from the whole library; drop one or the other");
   const BaseModel base = open_base(o.base, "--base");
   const std::string fingerprint = io::base_fingerprint(o.base);
   auto lib = open_library(o.library, false, true);
   const std::vector<LibraryExpert> experts =
-      read_library_experts(*lib, fingerprint, o.experts, o.library.where, o.base);
+      read_library_experts(*lib, fingerprint, o.experts, o.library.where, o.base, need_all);
   const int64_t E = static_cast<int64_t>(experts.size());
   for (const LibraryExpert& e : experts) res.experts.push_back(e.name);
-  if (o.routers.empty()) {
+  // Every stored version's content id -> the index of its expert (by name):
+  // what a retrieved candidate counts as in the telemetry.
+  std::map<std::string, int32_t> id_index;
+  if (scale) {
+    std::map<std::string, int32_t> by_name;
+    for (int32_t e = 0; e < E; ++e)
+      by_name[experts[e].name.substr(0, experts[e].name.rfind('@'))] = e;
+    for (const AdapterRecord& r : list_lora_records(*lib, fingerprint))
+      id_index[r.id()] = by_name.count(r.name()) ? by_name[r.name()] : -1;
+  }
+  routing::ExpertCache cache([&lib](const std::string& id) { return candidate_of(*lib, id); },
+                             static_cast<size_t>(std::max<int64_t>(256, 4 * max_candidates)));
+  auto factors_of = [&](int64_t e) -> const std::map<std::string, adapters::LoraFactors>& {
+    if (!experts[e].factors.empty()) return experts[e].factors;
+    return cache.get(experts[e].id)->factors;
+  };
+  if (routers.empty()) {
     // The default comparison, fitted to the library: Arrow with PEFT's
     // top_k 3 (or every expert, when there are fewer), and centroids when
     // every expert has them.
@@ -103,10 +161,13 @@ RouteResult run_route(const RouteOptions& o) {
     res.task_expert.push_back(idx);
   }
   // The Trainer of each task (its test split); the banks are built once, on
-  // the first, over the modules every expert adapts, in model order.
+  // the first, over the modules every expert adapts (library-scale: the
+  // first expert's), in model order.
   std::vector<ModuleBank> banks;
   bool need_centroids = false;
-  for (const auto& r : routers) need_centroids = need_centroids || r.kind == RouterKind::Centroid;
+  for (const auto& r : routers)
+    need_centroids = need_centroids || (r.kind == RouterKind::Centroid && r.candidates == 0);
+  std::vector<std::unique_ptr<routing::RetrievalRouter>> retrievers(routers.size());
   res.rows.resize(routers.size());
   std::vector<std::vector<Tally>> tallies(routers.size());  // [router][module], over all tasks
   for (size_t ti = 0; ti < res.tasks.size(); ++ti) {
@@ -117,7 +178,10 @@ RouteResult run_route(const RouteOptions& o) {
     std::vector<nn::Linear*> linears;
     for (nn::Linear* l : t.linears()) {
       bool everyone = true;
-      for (const LibraryExpert& e : experts) everyone = everyone && e.factors.count(l->name());
+      if (need_all)
+        for (const LibraryExpert& e : experts) everyone = everyone && e.factors.count(l->name());
+      else
+        everyone = factors_of(0).count(l->name()) > 0;
       if (everyone) linears.push_back(l);
     }
     if (linears.empty())
@@ -128,6 +192,11 @@ RouteResult run_route(const RouteOptions& o) {
       for (nn::Linear* l : linears) {
         ModuleBank b;
         b.name = l->name();
+        res.modules.push_back(b.name);
+        if (!need_all) {
+          banks.push_back(std::move(b));
+          continue;
+        }
         std::vector<adapters::LoraFactors> fs;
         for (const LibraryExpert& e : experts) fs.push_back(e.factors.at(l->name()));
         b.stack = routing::stack_experts(fs);
@@ -162,19 +231,80 @@ RouteResult run_route(const RouteOptions& o) {
         }
         banks.push_back(std::move(b));
       }
-      for (const auto& b : banks) res.modules.push_back(b.name);
       for (auto& tl : tallies) tl.resize(banks.size());
+      store::ListFilter filter;
+      filter.base_fingerprint = fingerprint;
+      filter.kind = "lora";
+      for (size_t ri = 0; ri < routers.size(); ++ri) {
+        if (routers[ri].candidates == 0) continue;
+        auto search = [&lib, filter](const std::string& sig, const std::vector<float>& q, int n) {
+          std::vector<store::SearchHit> hits;
+          check_store(lib->Search(sig, q, n, filter, &hits), str("searching the library by ", sig));
+          std::vector<routing::SearchResult> out;
+          for (const auto& h : hits) out.push_back({h.id, h.score});
+          return out;
+        };
+        retrievers[ri] =
+            std::make_unique<routing::RetrievalRouter>(res.modules, routers[ri], search, &cache);
+      }
     }
     const int32_t truth = res.task_expert[ti];
     for (size_t ri = 0; ri < routers.size(); ++ri) {
       const routing::RouterSpec& r = routers[ri];
+      RouteResult::Row& row = res.rows[ri];
       std::vector<Tally> task_tally(banks.size());
+      routing::RetrievalRouter* rr = retrievers[ri].get();
+      // The candidates' library indices, refreshed by module 0's retrieval.
+      auto global = std::make_shared<std::vector<int32_t>>();
       for (size_t m = 0; m < banks.size(); ++m) {
         ModuleBank& b = banks[m];
         Tally* total = &tallies[ri][m];
         Tally* mine = &task_tally[m];
-        auto route = [&r, &b, total, mine, truth, E](const Tensor& x) {
+        if (rr != nullptr) {
+          auto route = [rr, m, global, &id_index, total, mine, truth, E](const Tensor& x) {
+            routing::RetrievalRouter::Routed k = rr->route(m, x);
+            if (m == 0) {
+              global->clear();
+              for (const auto& c : rr->candidates()) {
+                auto it = id_index.find(c->id);
+                global->push_back(it != id_index.end() ? it->second : -1);
+              }
+            }
+            const routing::TopK g = to_global(k.topk, *global);
+            total->add(g, E, truth);
+            mine->add(g, E, truth);
+            return k;
+          };
+          linears[m]->set_adapter(std::make_shared<routing::RoutedLora>(route, r.combine));
+          continue;
+        }
+        if (r.kind == RouterKind::Task || r.kind == RouterKind::Base) {
+          // One expert's bank (the task's own; base: any, unused), so the
+          // oracle needs no other expert in memory.
+          const int64_t own = truth >= 0 ? truth : 0;
+          auto bank = std::make_shared<routing::ExpertStack>(
+              routing::stack_experts({factors_of(own).at(b.name)}));
+          const int32_t id = r.kind == RouterKind::Task && truth >= 0 ? 0 : -1;
+          const std::vector<int32_t> global_of = {truth};
+          auto route = [bank, id, global_of, total, mine, truth, E, &row](const Tensor& x) {
+            const auto t0 = std::chrono::steady_clock::now();
+            const int64_t N = x.numel() / x.size(x.ndim() - 1);
+            routing::RoutedLora::Routed k;
+            k.topk = routing::task_route(std::vector<int32_t>(static_cast<size_t>(N), id), 1);
+            k.bank = bank.get();
+            row.score_seconds += seconds_since(t0);
+            const routing::TopK g = to_global(k.topk, global_of);
+            total->add(g, E, truth);
+            mine->add(g, E, truth);
+            return k;
+          };
+          linears[m]->set_adapter(std::make_shared<routing::RoutedLora>(route, r.combine));
+          continue;
+        }
+        auto route = [&r, &b, &row, total, mine, truth](const Tensor& x) {
+          const auto t0 = std::chrono::steady_clock::now();
           const int64_t N = x.numel() / x.size(x.ndim() - 1);
+          const int64_t E = b.stack.experts();
           routing::TopK k;
           switch (r.kind) {
             case RouterKind::Arrow: {
@@ -186,25 +316,32 @@ RouteResult run_route(const RouteOptions& o) {
             case RouterKind::Centroid:
               k = routing::centroid_route(x, b.centroids, r.top_k);
               break;
-            case RouterKind::Task:
-              k = routing::task_route(std::vector<int32_t>(static_cast<size_t>(N), truth), E);
-              break;
             case RouterKind::Uniform:
               k = routing::uniform_route(N, E);
               break;
+            case RouterKind::Task:
             case RouterKind::Base:
-              k = routing::task_route(std::vector<int32_t>(static_cast<size_t>(N), -1), E);
-              break;
+              TESSERA_CHECK(false, "task and base route through their own bank");
           }
+          row.score_seconds += seconds_since(t0);
           total->add(k, E, truth);
           mine->add(k, E, truth);
           return k;
         };
         linears[m]->set_adapter(std::make_shared<routing::RoutedLora>(b.stack, route, r.combine));
       }
+      const double retrieve0 = rr ? rr->retrieve_seconds() : 0,
+                   score0 = rr ? rr->score_seconds() : 0;
+      const auto t0 = std::chrono::steady_clock::now();
       const train::EvalResult ev = t.evaluate(o.max_batches);
+      row.eval_seconds += seconds_since(t0);
+      if (rr) {
+        row.retrieve_seconds += rr->retrieve_seconds() - retrieve0;
+        row.score_seconds += rr->score_seconds() - score0;
+        row.retrievals = rr->retrievals();
+        row.cache_misses = cache.misses();
+      }
       for (nn::Linear* l : linears) l->set_adapter(nullptr);
-      RouteResult::Row& row = res.rows[ri];
       row.router = r.label();
       row.score.push_back(res.classifier ? ev.accuracy : ev.bits_per_token);
       std::vector<double> usage(static_cast<size_t>(E), 0.0);
@@ -287,9 +424,27 @@ void print_route(const RouteResult& r, bool details) {
     std::printf("\nexpert usage, %s (share of routing weight per task):\n", row.router.c_str());
     for (size_t t = 0; t < r.tasks.size(); ++t) {
       std::printf("  %-24.24s", r.tasks[t].c_str());
-      for (double u : row.usage[t]) std::printf(" %5.1f%%", u * 100);
+      if (row.usage[t].size() <= 16) {
+        for (double u : row.usage[t]) std::printf(" %5.1f%%", u * 100);
+      } else {  // a large library: the five most used
+        std::vector<size_t> order(row.usage[t].size());
+        for (size_t e = 0; e < order.size(); ++e) order[e] = e;
+        std::partial_sort(order.begin(), order.begin() + 5, order.end(),
+                          [&](size_t a, size_t b) { return row.usage[t][a] > row.usage[t][b]; });
+        for (size_t j = 0; j < 5 && row.usage[t][order[j]] > 0; ++j)
+          std::printf(" [%zu] %.1f%%", order[j], row.usage[t][order[j]] * 100);
+      }
       std::printf("\n");
     }
+  }
+  std::printf("\nrouting cost (seconds over all tasks):\n");
+  for (const auto& row : r.rows) {
+    std::printf("  %-34s eval %8.3f  scoring %8.3f", row.router.c_str(), row.eval_seconds,
+                row.score_seconds);
+    if (row.retrievals > 0)
+      std::printf("  retrieval %8.3f (%lld searches, %lld experts fetched)", row.retrieve_seconds,
+                  static_cast<long long>(row.retrievals), static_cast<long long>(row.cache_misses));
+    std::printf("\n");
   }
 }
 
@@ -311,7 +466,12 @@ nlohmann::json route_json(const RouteResult& r) {
                             {"correct_mass", row.correct_mass},
                             {"entropy", row.entropy},
                             {"usage", row.usage},
-                            {"task_module_routing_accuracy", row.task_module_acc}});
+                            {"task_module_routing_accuracy", row.task_module_acc},
+                            {"eval_seconds", row.eval_seconds},
+                            {"score_seconds", row.score_seconds},
+                            {"retrieve_seconds", row.retrieve_seconds},
+                            {"retrievals", row.retrievals},
+                            {"experts_fetched", row.cache_misses}});
   return j;
 }
 
@@ -329,7 +489,9 @@ Command add_route_command(CLI::App& app) {
   c->add_option("--tls-ca", o->library.tls_ca, "grpc://: PEM roots to trust (TLS)");
   c->add_option("--router", o->routers,
                 "arrow[:top_k=K,temperature=T|sqrt,mode=merge-after|merge-before], "
-                "centroid[:top_k=K,mode=M], uniform[:mode=M], task, base; repeat to compare "
+                "centroid[:top_k=K,mode=M], uniform[:mode=M], task, base; repeat to compare; "
+                "candidates=N[,retrieve=centroid|arrow] on arrow or centroid routes among the N "
+                "experts a signature search retrieves per batch (libraries too large to load) "
                 "(default: base, task, arrow with top_k up to 3, and centroid when the experts "
                 "have centroids)")
       ->allow_extra_args(false);

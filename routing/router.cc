@@ -90,12 +90,23 @@ TopK top_k_softmax(const std::vector<float>& scores, int64_t M, int64_t E, int64
 RoutedLora::RoutedLora(ExpertStack experts, RouteFn route, Combine combine)
     : experts_(std::move(experts)), route_(std::move(route)), combine_(combine) {}
 
+RoutedLora::RoutedLora(BankRouteFn route, Combine combine)
+    : bank_route_(std::move(route)), combine_(combine) {}
+
 Tensor RoutedLora::apply(const Tensor& x, const Tensor& base_out, bool in_place) {
-  last_ = route_(x);
+  const ExpertStack* bank = &experts_;
+  if (bank_route_) {
+    Routed r = bank_route_(x);
+    TESSERA_CHECK(r.bank != nullptr);
+    last_ = std::move(r.topk);
+    bank = r.bank;
+  } else {
+    last_ = route_(x);
+  }
   const int64_t M = last_.k > 0 ? static_cast<int64_t>(last_.ids.size()) / last_.k : 0;
   const Tensor w = Tensor::from_vector(last_.weights, {M, last_.k});
   return ops::lora_gather(
-      x, base_out, experts_.A, experts_.B, last_.ids, last_.k, w, experts_.scales,
+      x, base_out, bank->A, bank->B, last_.ids, last_.k, w, bank->scales,
       combine_ == Combine::MergeAfter ? ops::LoraMix::Output : ops::LoraMix::Parameter, in_place);
 }
 

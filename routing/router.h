@@ -71,6 +71,15 @@ class RoutedLora : public nn::LinearAdapter {
  public:
   using RouteFn = std::function<TopK(const Tensor& x)>;
   RoutedLora(ExpertStack experts, RouteFn route, Combine combine);
+  // A slot whose bank changes from call to call (library-scale routing,
+  // routing/retrieval.h): `route` returns the TopK and the bank its ids
+  // index, which must stay valid until the next call.
+  struct Routed {
+    TopK topk;
+    const ExpertStack* bank = nullptr;
+  };
+  using BankRouteFn = std::function<Routed(const Tensor& x)>;
+  RoutedLora(BankRouteFn route, Combine combine);
   Tensor forward(const Tensor& x, const Tensor& base_out, const nn::Linear&) override {
     return apply(x, base_out, false);
   }
@@ -86,6 +95,7 @@ class RoutedLora : public nn::LinearAdapter {
   Tensor apply(const Tensor& x, const Tensor& base_out, bool in_place);
   ExpertStack experts_;
   RouteFn route_;
+  BankRouteFn bank_route_;
   Combine combine_;
   TopK last_;
 };

@@ -22,10 +22,10 @@ std::string RouterSpec::label() const {
     case RouterKind::Arrow:
       return str("arrow top_k=", top_k,
                  sqrt_temperature ? std::string(" T=sqrt") : str(" T=", temperature), " ",
-                 combine_names().name(combine));
+                 combine_names().name(combine), retrieval_label());
     case RouterKind::Centroid:
       return str("centroid top_k=", top_k == 0 ? std::string("all") : std::to_string(top_k), " ",
-                 combine_names().name(combine));
+                 combine_names().name(combine), retrieval_label());
     case RouterKind::Uniform:
       return str("uniform ", combine_names().name(combine));
     case RouterKind::Task:
@@ -34,6 +34,10 @@ std::string RouterSpec::label() const {
       return "base (no expert)";
   }
   return text;
+}
+
+std::string RouterSpec::retrieval_label() const {
+  return candidates > 0 ? str(" of ", candidates, " by ", retrieve) : std::string();
 }
 
 std::vector<std::pair<std::string, std::string>> spec_options(const std::string& spec,
@@ -87,17 +91,34 @@ RouterSpec parse_router_spec(const std::string& spec) {
           throw Error(str("router '", spec, "': temperature=", value,
                           " (expected a number above 0, or sqrt for mttl's √in)"));
       }
+    } else if (key == "candidates" && takes_k) {
+      r.candidates = static_cast<int64_t>(spec_number(what, key, value, 1, 1000, true));
+    } else if (key == "retrieve" && takes_k) {
+      if (value != "centroid" && value != "arrow")
+        throw Error(str("router '", spec, "': retrieve=", value,
+                        " (expected centroid or arrow: the signatures searched)"));
+      r.retrieve = value;
     } else if (key == "mode" && takes_mode) {
       r.combine = combine_names().parse(value, str("router '", spec, "' mode"));
     } else {
       throw Error(str("router '", spec, "': ", router_kind_names().name(r.kind), " takes no '", key,
                       "' (",
-                      r.kind == RouterKind::Arrow      ? "top_k, temperature, mode"
-                      : r.kind == RouterKind::Centroid ? "top_k, mode"
+                      r.kind == RouterKind::Arrow ? "top_k, temperature, mode, candidates, retrieve"
+                      : r.kind == RouterKind::Centroid ? "top_k, mode, candidates, retrieve"
                       : r.kind == RouterKind::Uniform  ? "mode"
                                                        : "no options",
                       ")"));
     }
+  }
+  if (r.candidates > 0) {
+    if (r.retrieve.empty()) r.retrieve = r.kind == RouterKind::Arrow ? "arrow" : "centroid";
+    if (r.top_k > r.candidates)
+      throw Error(str("router '", spec, "': top_k = ", r.top_k, " but candidates = ", r.candidates,
+                      " (the router picks its top_k among the candidates retrieved)"));
+    if (r.kind == RouterKind::Centroid && r.top_k == 0) r.top_k = r.candidates;
+  } else if (!r.retrieve.empty()) {
+    throw Error(str("router '", spec, "': retrieve=", r.retrieve,
+                    " needs candidates=N (how many experts to retrieve per batch)"));
   }
   return r;
 }

@@ -1,9 +1,13 @@
 // A router named on the command line or in a library record:
-//   arrow[:top_k=K,temperature=T,mode=M]   Arrow (routing/arrow.h); PEFT's
+//   arrow[:top_k=K,temperature=T,mode=M,candidates=N,retrieve=S]
+//                                         Arrow (routing/arrow.h); PEFT's
 //                                         defaults top_k 3, T 1; temperature
 //                                         "sqrt" is mttl's √in
-//   centroid[:top_k=K,mode=M]             mttl's avg_act (routing/routers.h);
+//   centroid[:top_k=K,mode=M,candidates=N,retrieve=S]
+//                                         mttl's avg_act (routing/routers.h);
 //                                         top_k 0 = softmax over all
+// candidates=N routes among the N experts a per-batch signature search
+// retrieves (retrieve=centroid|arrow, routing/retrieval.h) instead of all.
 //   task                                  the oracle: each input's own expert
 //   uniform[:mode=M]                      every expert at 1/E
 //   base                                  no expert (the frozen base alone)
@@ -30,9 +34,17 @@ struct RouterSpec {
   float temperature = 1.0f;
   bool sqrt_temperature = false;  // T = √in per module (mttl)
   Combine combine = Combine::MergeAfter;
+  // Library-scale (routing/retrieval.h), arrow and centroid only: per batch,
+  // retrieve this many candidates by the store's signature search and route
+  // among them (0: route among every expert). `retrieve`: the signature
+  // kind searched, "centroid" or "arrow" (default: the router's own kind).
+  int64_t candidates = 0;
+  std::string retrieve;
   std::string text;  // as given
   // "arrow top_k=2 T=1 merge-after": a row label in tables.
   std::string label() const;
+  // " of N by centroid" for a retrieval router, "" otherwise.
+  std::string retrieval_label() const;
 };
 RouterSpec parse_router_spec(const std::string& spec);
 

@@ -102,6 +102,34 @@ TEST_F(Route, TopOneIsTheSameInBothModesAndCentroidsFindThePermutations) {
   }
 }
 
+// Library-scale routing through the store's Search: retrieving every
+// expert routes exactly as routing over the loaded library; retrieving two
+// of three by centroid signatures still finds each permutation's own expert
+// (the batch's query is its task's), fetching each expert once.
+TEST_F(Route, RetrieveThenRouteMatchesTheWholeLibrary) {
+  const RouteResult r = run_route(options({"arrow:top_k=2", "arrow:top_k=2,candidates=3",
+                                           "centroid:top_k=1", "centroid:top_k=1,candidates=2",
+                                           "task"}));
+  EXPECT_EQ(r.rows[1].router, "arrow top_k=2 T=1 merge-after of 3 by arrow");
+  for (size_t t = 0; t < r.tasks.size(); ++t) {
+    EXPECT_NEAR(r.rows[1].score[t], r.rows[0].score[t], 1e-9) << r.tasks[t];
+    EXPECT_NEAR(r.rows[3].score[t], r.rows[2].score[t], 0.02) << r.tasks[t];
+  }
+  EXPECT_EQ(r.rows[1].module_acc, r.rows[0].module_acc);
+  EXPECT_GE(r.rows[3].module_acc[0], 0.95);
+  EXPECT_GT(r.rows[1].retrievals, 0);
+  EXPECT_GT(r.rows[1].retrieve_seconds, 0);
+  EXPECT_EQ(r.rows[0].retrievals, 0);
+  EXPECT_EQ(r.rows[3].cache_misses, 3);  // each expert fetched once over all batches
+  // Only library-scale and oracle routers: experts are not loaded up front.
+  const RouteResult lean = run_route(options({"centroid:top_k=1,candidates=2", "task"}));
+  EXPECT_EQ(lean.rows[0].score, r.rows[3].score);
+  EXPECT_EQ(lean.rows[1].score, r.rows[4].score);
+  RouteOptions named = options({"arrow:top_k=1,candidates=2"});
+  named.experts = {lean.experts[0]};
+  EXPECT_NE(error_of([&] { run_route(named); }).find("drop one or the other"), std::string::npos);
+}
+
 // Another base (another fingerprint): the library has nothing for it, a
 // named expert of the first base is refused naming both, and so is a router.
 TEST_F(Route, ExpertsAndRoutersOfAnotherBaseAreRefused) {
