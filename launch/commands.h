@@ -184,7 +184,9 @@ struct RouteResult {
     // scoring (the router's signature GEMM, top-k and softmax) and, for a
     // library-scale router, retrieving (query, search, expert cache).
     double eval_seconds = 0, score_seconds = 0, retrieve_seconds = 0;
-    int64_t retrievals = 0, cache_misses = 0;  // library-scale routers
+    // Library-scale routers: searches, and experts fetched from the library
+    // (the cache, shared by a run's routers, held the others).
+    int64_t retrievals = 0, cache_misses = 0;
   };
   std::vector<Row> rows;
   bool classifier = true;

@@ -19,6 +19,7 @@
 #include "launch/experts.h"
 #include "launch/runs.h"
 #include "routing/arrow.h"
+#include "routing/r2t2.h"
 #include "routing/retrieval.h"
 #include "routing/router.h"
 #include "routing/routers.h"
@@ -88,6 +89,85 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// x [N, in] with each row scaled to unit length (zero rows kept).
+Tensor unit_rows(const Tensor& x) {
+  const int64_t N = x.size(0), in = x.size(1);
+  Tensor u = Tensor::empty({N, in});
+  const float* xp = x.data();
+  float* up = u.data();
+  for (int64_t n = 0; n < N; ++n) {
+    double n2 = 0;
+    for (int64_t i = 0; i < in; ++i) n2 += double(xp[n * in + i]) * xp[n * in + i];
+    const double inv = n2 > 0 ? 1.0 / std::sqrt(n2) : 0.0;
+    for (int64_t i = 0; i < in; ++i) up[n * in + i] = static_cast<float>(xp[n * in + i] * inv);
+  }
+  return u;
+}
+
+// R2-T2's reference set per module: up to spec.reference training examples
+// of each expert's task (evenly spaced over its training split) routed by
+// the centroid router over every expert, each row kept when its top expert
+// is the task's own — the rows the router handles correctly — with its
+// unit-length module input as the embedding and its dense routing vector.
+// (The paper keeps the examples the model predicts correctly; route sees
+// no per-example prediction, and routing is what re-routing corrects.)
+std::vector<routing::ReferenceSet> r2t2_references(const routing::RouterSpec& spec,
+                                                   const std::vector<ModuleBank>& banks,
+                                                   const std::vector<LibraryExpert>& experts,
+                                                   const RouteOptions& o, const BaseModel& base) {
+  const int64_t E = static_cast<int64_t>(experts.size());
+  std::vector<std::vector<float>> emb(banks.size()), routes(banks.size());
+  for (int64_t e = 0; e < E; ++e) {
+    if (experts[e].task.empty()) continue;
+    const RunConfig cfg = adapter_run_config(o.base, {experts[e].task}, "", o.overrides);
+    train::Trainer t(cfg);
+    load_base_weights(t, base);
+    std::vector<int64_t> kept(banks.size(), 0);
+    std::vector<nn::Linear*> slots;
+    for (size_t m = 0; m < banks.size(); ++m) {
+      nn::Linear* l = nullptr;
+      for (nn::Linear* c : t.linears())
+        if (c->name() == banks[m].name) l = c;
+      TESSERA_CHECK(l != nullptr, "module ", banks[m].name, " of task ", experts[e].task);
+      auto record = [&, m, e](const Tensor& x) {
+        const routing::TopK k = routing::centroid_route(x, banks[m].centroids, 0);
+        const Tensor d = routing::dense_routes(k, E), u = unit_rows(x);
+        const int64_t in = x.size(1);
+        for (int64_t n = 0; n < x.size(0) && kept[m] < spec.reference; ++n) {
+          const float* r = d.data() + n * E;
+          if (std::max_element(r, r + E) - r != e) continue;
+          emb[m].insert(emb[m].end(), u.data() + n * in, u.data() + (n + 1) * in);
+          routes[m].insert(routes[m].end(), r, r + E);
+          ++kept[m];
+        }
+        return k;
+      };
+      l->set_adapter(std::make_shared<routing::RoutedLora>(banks[m].stack, record, spec.combine));
+      slots.push_back(l);
+    }
+    const int64_t total = t.train_examples(), n = std::min(total, spec.reference);
+    std::vector<int64_t> idx;
+    for (int64_t i = 0; i < n; ++i) idx.push_back(i * total / n);
+    for (size_t at = 0; at < idx.size(); at += 256)
+      t.forward_train(
+          std::vector<int64_t>(idx.begin() + static_cast<int64_t>(at),
+                               idx.begin() + static_cast<int64_t>(std::min(idx.size(), at + 256))));
+    for (nn::Linear* l : slots) l->set_adapter(nullptr);
+  }
+  std::vector<routing::ReferenceSet> out;
+  for (size_t m = 0; m < banks.size(); ++m) {
+    const int64_t R = static_cast<int64_t>(routes[m].size()) / E;
+    if (R < spec.neighbours)
+      throw Error(str("router '", spec.text, "': only ", R, " reference rows at ", banks[m].name,
+                      " were routed to their own task's expert by the centroid router; lower "
+                      "neighbours (",
+                      spec.neighbours, ") or raise reference (", spec.reference, " per task)"));
+    const int64_t in = static_cast<int64_t>(emb[m].size()) / R;
+    out.push_back({Tensor::from_vector(emb[m], {R, in}), Tensor::from_vector(routes[m], {R, E})});
+  }
+  return out;
+}
+
 }  // namespace
 
 RouteResult run_route(const RouteOptions& o) {
@@ -151,7 +231,9 @@ RouteResult run_route(const RouteOptions& o) {
     if (centroids) routers.push_back(routing::parse_router_spec("centroid"));
   }
   for (const auto& r : routers)
-    if ((r.kind == RouterKind::Arrow || r.kind == RouterKind::Centroid) && r.top_k > E)
+    if ((r.kind == RouterKind::Arrow || r.kind == RouterKind::Centroid ||
+         r.kind == RouterKind::R2T2) &&
+        r.top_k > E)
       throw Error(str("router '", r.text, "': top_k = ", r.top_k, " but the library holds ", E,
                       " expert", E == 1 ? "" : "s", " for this base"));
   for (const std::string& t : res.tasks) {
@@ -166,7 +248,9 @@ RouteResult run_route(const RouteOptions& o) {
   std::vector<ModuleBank> banks;
   bool need_centroids = false;
   for (const auto& r : routers)
-    need_centroids = need_centroids || (r.kind == RouterKind::Centroid && r.candidates == 0);
+    need_centroids = need_centroids || (r.kind == RouterKind::Centroid && r.candidates == 0) ||
+                     r.kind == RouterKind::R2T2;
+  std::vector<std::vector<routing::ReferenceSet>> references(routers.size());  // R2-T2's
   std::vector<std::unique_ptr<routing::RetrievalRouter>> retrievers(routers.size());
   res.rows.resize(routers.size());
   std::vector<std::vector<Tally>> tallies(routers.size());  // [router][module], over all tasks
@@ -232,6 +316,9 @@ RouteResult run_route(const RouteOptions& o) {
         banks.push_back(std::move(b));
       }
       for (auto& tl : tallies) tl.resize(banks.size());
+      for (size_t ri = 0; ri < routers.size(); ++ri)
+        if (routers[ri].kind == RouterKind::R2T2)
+          references[ri] = r2t2_references(routers[ri], banks, experts, o, base);
       store::ListFilter filter;
       filter.base_fingerprint = fingerprint;
       filter.kind = "lora";
@@ -301,7 +388,8 @@ RouteResult run_route(const RouteOptions& o) {
           linears[m]->set_adapter(std::make_shared<routing::RoutedLora>(route, r.combine));
           continue;
         }
-        auto route = [&r, &b, &row, total, mine, truth](const Tensor& x) {
+        const routing::ReferenceSet* ref = references[ri].empty() ? nullptr : &references[ri][m];
+        auto route = [&r, &b, &row, ref, total, mine, truth](const Tensor& x) {
           const auto t0 = std::chrono::steady_clock::now();
           const int64_t N = x.numel() / x.size(x.ndim() - 1);
           const int64_t E = b.stack.experts();
@@ -319,6 +407,17 @@ RouteResult run_route(const RouteOptions& o) {
             case RouterKind::Uniform:
               k = routing::uniform_route(N, E);
               break;
+            case RouterKind::R2T2: {
+              routing::R2T2Options ro;
+              ro.k = r.neighbours;
+              ro.alpha = r.alpha;
+              ro.bandwidth = r.bandwidth;
+              const Tensor dense =
+                  routing::dense_routes(routing::centroid_route(x, b.centroids, 0), E);
+              k = routing::top_k_renormalized(
+                  routing::r2t2_kernel_regression(unit_rows(x), dense, *ref, ro), r.top_k);
+              break;
+            }
             case RouterKind::Task:
             case RouterKind::Base:
               TESSERA_CHECK(false, "task and base route through their own bank");
@@ -332,6 +431,7 @@ RouteResult run_route(const RouteOptions& o) {
       }
       const double retrieve0 = rr ? rr->retrieve_seconds() : 0,
                    score0 = rr ? rr->score_seconds() : 0;
+      const int64_t misses0 = cache.misses();
       const auto t0 = std::chrono::steady_clock::now();
       const train::EvalResult ev = t.evaluate(o.max_batches);
       row.eval_seconds += seconds_since(t0);
@@ -339,7 +439,7 @@ RouteResult run_route(const RouteOptions& o) {
         row.retrieve_seconds += rr->retrieve_seconds() - retrieve0;
         row.score_seconds += rr->score_seconds() - score0;
         row.retrievals = rr->retrievals();
-        row.cache_misses = cache.misses();
+        row.cache_misses += cache.misses() - misses0;
       }
       for (nn::Linear* l : linears) l->set_adapter(nullptr);
       row.router = r.label();
@@ -489,7 +589,8 @@ Command add_route_command(CLI::App& app) {
   c->add_option("--tls-ca", o->library.tls_ca, "grpc://: PEM roots to trust (TLS)");
   c->add_option("--router", o->routers,
                 "arrow[:top_k=K,temperature=T|sqrt,mode=merge-after|merge-before], "
-                "centroid[:top_k=K,mode=M], uniform[:mode=M], task, base; repeat to compare; "
+                "centroid[:top_k=K,mode=M], r2t2[:top_k=K,neighbours=N,alpha=A,bandwidth=H,"
+                "reference=R,mode=M], uniform[:mode=M], task, base; repeat to compare; "
                 "candidates=N[,retrieve=centroid|arrow] on arrow or centroid routes among the N "
                 "experts a signature search retrieves per batch (libraries too large to load) "
                 "(default: base, task, arrow with top_k up to 3, and centroid when the experts "

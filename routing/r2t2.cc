@@ -36,10 +36,11 @@ void check(const Tensor& emb, const Tensor& routes, const ReferenceSet& ref, con
 Neighbours nearest_neighbours(const ReferenceSet& ref, const float* e, const R2T2Options& o) {
   const int64_t R = ref.embeddings.size(0), d = ref.embeddings.size(1);
   std::vector<double> dist(static_cast<size_t>(R));
+  const float* emb = ref.embeddings.data();
   for (int64_t i = 0; i < R; ++i) {
     double s = 0;
     for (int64_t c = 0; c < d; ++c) {
-      const double t = double(ref.embeddings.data()[i * d + c]) - e[c];
+      const double t = double(emb[i * d + c]) - e[c];
       s += t * t;
     }
     dist[i] = s;
@@ -68,6 +69,8 @@ Tensor r2t2_kernel_regression(const Tensor& embeddings, const Tensor& routes,
   check(embeddings, routes, ref, o, "r2t2 kernel regression");
   const int64_t N = embeddings.size(0), d = embeddings.size(1), E = routes.size(1);
   Tensor out = Tensor::empty({N, E});
+  // Rows are independent (each its own copy): threads change no result.
+#pragma omp parallel for schedule(dynamic, 8) if (N * ref.embeddings.size(0) * d > (1 << 18))
   for (int64_t t = 0; t < N; ++t) {
     const Neighbours n = nearest_neighbours(ref, embeddings.data() + t * d, o);
     double sum = 0;

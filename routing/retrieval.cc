@@ -7,6 +7,7 @@
 #include "routing/arrow.h"
 #include "routing/routers.h"
 #include "runtime/common/error.h"
+#include "runtime/kernels/cpu/matmul.h"
 
 namespace tessera::routing {
 
@@ -44,17 +45,19 @@ std::shared_ptr<const CandidateExpert> ExpertCache::get(const std::string& id) {
 std::vector<float> retrieval_query(const Tensor& x) {
   if (x.ndim() != 2) throw Error("retrieval query: expected module inputs [tokens, in]");
   const int64_t N = x.size(0), in = x.size(1);
-  std::vector<double> acc(static_cast<size_t>(in), 0.0);
+  // q = xᵀ v with v_n = 1 / (N ‖x_n‖) (0 for a zero row): one pass for the
+  // norms, one GEMV.
+  std::vector<float> v(static_cast<size_t>(N)), q(static_cast<size_t>(in), 0.0f);
+  const float* xp = x.data();
+#pragma omp parallel for schedule(static) if (N * in > (1 << 16))
   for (int64_t n = 0; n < N; ++n) {
-    const float* row = x.data() + n * in;
+    const float* row = xp + n * in;
     double n2 = 0;
     for (int64_t i = 0; i < in; ++i) n2 += static_cast<double>(row[i]) * row[i];
-    if (!(n2 > 0)) continue;
-    const double inv = 1.0 / std::sqrt(n2);
-    for (int64_t i = 0; i < in; ++i) acc[i] += row[i] * inv;
+    v[n] = n2 > 0 ? static_cast<float>(1.0 / (std::sqrt(n2) * static_cast<double>(N))) : 0.0f;
   }
-  std::vector<float> q(static_cast<size_t>(in));
-  for (int64_t i = 0; i < in; ++i) q[i] = static_cast<float>(acc[i] / std::max<int64_t>(N, 1));
+  if (N > 0 && in > 0)
+    kernels::cpu::gemm(true, false, in, 1, N, 1.0f, xp, in, v.data(), 1, 0.0f, q.data(), 1);
   return q;
 }
 

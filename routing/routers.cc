@@ -1,6 +1,8 @@
 #include "routing/routers.h"
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "runtime/common/error.h"
 
@@ -36,6 +38,45 @@ TopK centroid_route(const Tensor& x, const Tensor& centroids, int64_t top_k) {
   const std::vector<float> logits = table_scores(x, centroids, scale, "centroid routing");
   const int64_t E = centroids.size(0);
   return top_k_softmax(logits, x.size(0), E, top_k == 0 ? E : top_k, 1.0f);
+}
+
+Tensor dense_routes(const TopK& t, int64_t E) {
+  const int64_t M = t.k > 0 ? static_cast<int64_t>(t.ids.size()) / t.k : 0;
+  Tensor d = Tensor::zeros({M, E});
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t j = 0; j < t.k; ++j) {
+      const int32_t e = t.ids[m * t.k + j];
+      if (e < 0) continue;
+      if (e >= E) throw Error(str("dense_routes: expert ", e, " of ", E));
+      d.data()[m * E + e] += t.weights[m * t.k + j];
+    }
+  return d;
+}
+
+TopK top_k_renormalized(const Tensor& routes, int64_t k) {
+  if (routes.ndim() != 2) throw Error("top_k_renormalized: expected routes [rows, experts]");
+  const int64_t M = routes.size(0), E = routes.size(1);
+  if (k < 1 || k > E)
+    throw Error(str("router top_k = ", k, ": expected 1 to the number of experts (", E, ")"));
+  TopK t;
+  t.k = k;
+  t.ids.resize(static_cast<size_t>(M * k));
+  t.weights.resize(static_cast<size_t>(M * k));
+  std::vector<int32_t> order(static_cast<size_t>(E));
+  for (int64_t m = 0; m < M; ++m) {
+    const float* r = routes.data() + m * E;
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                      [&](int32_t a, int32_t b) { return r[a] > r[b] || (r[a] == r[b] && a < b); });
+    double sum = 0;
+    for (int64_t j = 0; j < k; ++j) sum += std::max(0.0f, r[order[j]]);
+    for (int64_t j = 0; j < k; ++j) {
+      t.ids[m * k + j] = order[j];
+      t.weights[m * k + j] = sum > 0 ? static_cast<float>(std::max(0.0f, r[order[j]]) / sum)
+                                     : 1.0f / static_cast<float>(k);
+    }
+  }
+  return t;
 }
 
 RoutingStats routing_stats(const TopK& t, int64_t E, const std::vector<int32_t>& task) {

@@ -24,6 +24,15 @@ TopK uniform_route(int64_t M, int64_t E);
 // 0) or over the top_k largest. Error: centroids not [E, in], top_k > E.
 TopK centroid_route(const Tensor& x, const Tensor& centroids, int64_t top_k = 0);
 
+// A TopK (ids [M·k], weights [M, k]) as dense routing vectors [M, E]
+// (zeros where a row routes to no expert).
+Tensor dense_routes(const TopK& t, int64_t E);
+
+// The k largest entries of each row of dense routing vectors [M, E] (ties:
+// the lower expert id first), weights renormalised to sum to 1 over those k
+// (a row whose k largest sum to 0: 1/k each). Error: k < 1 or k > E.
+TopK top_k_renormalized(const Tensor& routes, int64_t k);
+
 // What a routed run reports per module (and the JSONL / tables carry):
 // over the rows whose true task is known (task[m] >= 0), the share whose
 // top-weighted expert is the true one (routing accuracy, the primary

@@ -9,11 +9,10 @@
 namespace tessera::routing {
 
 const NameTable<RouterKind>& router_kind_names() {
-  static const NameTable<RouterKind> t = {{RouterKind::Arrow, "arrow"},
-                                          {RouterKind::Centroid, "centroid"},
-                                          {RouterKind::Task, "task"},
-                                          {RouterKind::Uniform, "uniform"},
-                                          {RouterKind::Base, "base"}};
+  static const NameTable<RouterKind> t = {
+      {RouterKind::Arrow, "arrow"}, {RouterKind::Centroid, "centroid"},
+      {RouterKind::Task, "task"},   {RouterKind::Uniform, "uniform"},
+      {RouterKind::Base, "base"},   {RouterKind::R2T2, "r2t2"}};
   return t;
 }
 
@@ -28,6 +27,9 @@ std::string RouterSpec::label() const {
                  combine_names().name(combine), retrieval_label());
     case RouterKind::Uniform:
       return str("uniform ", combine_names().name(combine));
+    case RouterKind::R2T2:
+      return str("r2t2 top_k=", top_k, " k=", neighbours, " alpha=", alpha, " ",
+                 combine_names().name(combine));
     case RouterKind::Task:
       return "task (oracle)";
     case RouterKind::Base:
@@ -75,10 +77,13 @@ RouterSpec parse_router_spec(const std::string& spec) {
   const size_t colon = spec.find(':');
   r.kind = router_kind_names().parse(spec.substr(0, colon), str("router '", spec, "': kind"));
   if (r.kind == RouterKind::Centroid) r.top_k = 0;
+  if (r.kind == RouterKind::R2T2) r.top_k = 1;
   const std::string what = str("router '", spec, "'");
   for (const auto& [key, value] : spec_options(spec, what)) {
-    const bool takes_k = r.kind == RouterKind::Arrow || r.kind == RouterKind::Centroid;
+    const bool takes_candidates = r.kind == RouterKind::Arrow || r.kind == RouterKind::Centroid;
+    const bool takes_k = takes_candidates || r.kind == RouterKind::R2T2;
     const bool takes_mode = takes_k || r.kind == RouterKind::Uniform;
+    const bool r2t2 = r.kind == RouterKind::R2T2;
     if (key == "top_k" && takes_k) {
       r.top_k = static_cast<int64_t>(
           spec_number(what, key, value, r.kind == RouterKind::Centroid ? 0 : 1, 1e6, true));
@@ -91,9 +96,17 @@ RouterSpec parse_router_spec(const std::string& spec) {
           throw Error(str("router '", spec, "': temperature=", value,
                           " (expected a number above 0, or sqrt for mttl's √in)"));
       }
-    } else if (key == "candidates" && takes_k) {
+    } else if (key == "neighbours" && r2t2) {
+      r.neighbours = static_cast<int64_t>(spec_number(what, key, value, 1, 1e4, true));
+    } else if (key == "alpha" && r2t2) {
+      r.alpha = static_cast<float>(spec_number(what, key, value, 0, 1, false));
+    } else if (key == "bandwidth" && r2t2) {
+      r.bandwidth = static_cast<float>(spec_number(what, key, value, 0, 1e6, false));
+    } else if (key == "reference" && r2t2) {
+      r.reference = static_cast<int64_t>(spec_number(what, key, value, 1, 1e6, true));
+    } else if (key == "candidates" && takes_candidates) {
       r.candidates = static_cast<int64_t>(spec_number(what, key, value, 1, 1000, true));
-    } else if (key == "retrieve" && takes_k) {
+    } else if (key == "retrieve" && takes_candidates) {
       if (value != "centroid" && value != "arrow")
         throw Error(str("router '", spec, "': retrieve=", value,
                         " (expected centroid or arrow: the signatures searched)"));
@@ -101,13 +114,14 @@ RouterSpec parse_router_spec(const std::string& spec) {
     } else if (key == "mode" && takes_mode) {
       r.combine = combine_names().parse(value, str("router '", spec, "' mode"));
     } else {
-      throw Error(str("router '", spec, "': ", router_kind_names().name(r.kind), " takes no '", key,
-                      "' (",
-                      r.kind == RouterKind::Arrow ? "top_k, temperature, mode, candidates, retrieve"
-                      : r.kind == RouterKind::Centroid ? "top_k, mode, candidates, retrieve"
-                      : r.kind == RouterKind::Uniform  ? "mode"
-                                                       : "no options",
-                      ")"));
+      throw Error(
+          str("router '", spec, "': ", router_kind_names().name(r.kind), " takes no '", key, "' (",
+              r.kind == RouterKind::Arrow      ? "top_k, temperature, mode, candidates, retrieve"
+              : r.kind == RouterKind::Centroid ? "top_k, mode, candidates, retrieve"
+              : r.kind == RouterKind::R2T2 ? "top_k, neighbours, alpha, bandwidth, reference, mode"
+              : r.kind == RouterKind::Uniform ? "mode"
+                                              : "no options",
+              ")"));
     }
   }
   if (r.candidates > 0) {

@@ -8,6 +8,11 @@
 //                                         top_k 0 = softmax over all
 // candidates=N routes among the N experts a per-batch signature search
 // retrieves (retrieve=centroid|arrow, routing/retrieval.h) instead of all.
+//   r2t2[:top_k=K,neighbours=N,alpha=A,bandwidth=H,reference=R,mode=M]
+//                                         test-time re-routing (routing/r2t2.h)
+//                                         of the centroid router's routing by
+//                                         kernel regression over a reference
+//                                         set; top_k 1 by default
 //   task                                  the oracle: each input's own expert
 //   uniform[:mode=M]                      every expert at 1/E
 //   base                                  no expert (the frozen base alone)
@@ -25,7 +30,7 @@
 
 namespace tessera::routing {
 
-enum class RouterKind { Arrow, Centroid, Task, Uniform, Base };
+enum class RouterKind { Arrow, Centroid, Task, Uniform, Base, R2T2 };
 const NameTable<RouterKind>& router_kind_names();
 
 struct RouterSpec {
@@ -40,6 +45,12 @@ struct RouterSpec {
   // kind searched, "centroid" or "arrow" (default: the router's own kind).
   int64_t candidates = 0;
   std::string retrieve;
+  // r2t2 (routing/r2t2.h, kernel regression over the centroid router's
+  // dense routing): neighbours k, alpha, bandwidth h, and the reference rows
+  // taken per expert's task from its training split.
+  int64_t neighbours = 5;
+  float alpha = 0.5f, bandwidth = 0.0f;
+  int64_t reference = 256;
   std::string text;  // as given
   // "arrow top_k=2 T=1 merge-after": a row label in tables.
   std::string label() const;

@@ -107,9 +107,9 @@ TEST_F(Route, TopOneIsTheSameInBothModesAndCentroidsFindThePermutations) {
 // of three by centroid signatures still finds each permutation's own expert
 // (the batch's query is its task's), fetching each expert once.
 TEST_F(Route, RetrieveThenRouteMatchesTheWholeLibrary) {
-  const RouteResult r = run_route(options({"arrow:top_k=2", "arrow:top_k=2,candidates=3",
-                                           "centroid:top_k=1", "centroid:top_k=1,candidates=2",
-                                           "task"}));
+  const RouteResult r =
+      run_route(options({"arrow:top_k=2", "arrow:top_k=2,candidates=3", "centroid:top_k=1",
+                         "centroid:top_k=1,candidates=2", "task"}));
   EXPECT_EQ(r.rows[1].router, "arrow top_k=2 T=1 merge-after of 3 by arrow");
   for (size_t t = 0; t < r.tasks.size(); ++t) {
     EXPECT_NEAR(r.rows[1].score[t], r.rows[0].score[t], 1e-9) << r.tasks[t];
@@ -120,7 +120,9 @@ TEST_F(Route, RetrieveThenRouteMatchesTheWholeLibrary) {
   EXPECT_GT(r.rows[1].retrievals, 0);
   EXPECT_GT(r.rows[1].retrieve_seconds, 0);
   EXPECT_EQ(r.rows[0].retrievals, 0);
-  EXPECT_EQ(r.rows[3].cache_misses, 3);  // each expert fetched once over all batches
+  // Each expert fetched once over all batches and routers (the cache is the run's).
+  EXPECT_EQ(r.rows[1].cache_misses, 3);
+  EXPECT_EQ(r.rows[3].cache_misses, 0);
   // Only library-scale and oracle routers: experts are not loaded up front.
   const RouteResult lean = run_route(options({"centroid:top_k=1,candidates=2", "task"}));
   EXPECT_EQ(lean.rows[0].score, r.rows[3].score);
@@ -128,6 +130,32 @@ TEST_F(Route, RetrieveThenRouteMatchesTheWholeLibrary) {
   RouteOptions named = options({"arrow:top_k=1,candidates=2"});
   named.experts = {lean.experts[0]};
   EXPECT_NE(error_of([&] { run_route(named); }).find("drop one or the other"), std::string::npos);
+}
+
+// R2-T2 behind a router: with alpha 1 it keeps the centroid router's own
+// routing (top-1 of the dense softmax: the centroid top-1 router, exactly);
+// with alpha 0 the routing is its correctly-routed neighbours', which on
+// these permutations routes at least as well as the centroids; results do
+// not depend on the other tasks evaluated beside a task (order-independent).
+TEST_F(Route, R2T2ReRoutesTowardCorrectlyRoutedNeighbours) {
+  const RouteResult r = run_route(
+      options({"centroid:top_k=1", "r2t2:alpha=1", "r2t2:alpha=0,neighbours=8,reference=128"}));
+  EXPECT_EQ(r.rows[1].router, "r2t2 top_k=1 k=5 alpha=1 merge-after");
+  EXPECT_EQ(r.rows[1].score, r.rows[0].score);
+  EXPECT_EQ(r.rows[1].module_acc, r.rows[0].module_acc);
+  EXPECT_GE(r.rows[2].routing_acc, r.rows[0].routing_acc - 0.01);
+  EXPECT_GE(r.rows[2].module_acc[1], r.rows[0].module_acc[1]);
+  RouteOptions alone = options({"r2t2:alpha=0,neighbours=8,reference=128"});
+  alone.eval = "permute:seed=3;permute:seed=1";
+  const RouteResult a = run_route(alone);
+  EXPECT_EQ(a.rows[0].score[1], r.rows[2].score[0]);
+  EXPECT_EQ(a.rows[0].score[0], r.rows[2].score[2]);
+  const std::string few = error_of([] { run_route(options({"r2t2:neighbours=50,reference=10"})); });
+  EXPECT_NE(few.find("lower neighbours (50) or raise reference (10 per task)"), std::string::npos)
+      << few;
+  EXPECT_NE(
+      error_of([] { run_route(options({"r2t2:candidates=2"})); }).find("takes no 'candidates'"),
+      std::string::npos);
 }
 
 // Another base (another fingerprint): the library has nothing for it, a

@@ -2,6 +2,7 @@
 // what kernel regression with alpha 0 gives on a quadratic loss, the simplex
 // projection, and every result independent of the test set's order.
 #include "routing/r2t2.h"
+#include "routing/routers.h"
 
 #include <gtest/gtest.h>
 
@@ -140,6 +141,31 @@ TEST(R2T2, BadInputsAreRefused) {
       r2t2_ngd(emb, r, ref, o,
                [](int64_t, const std::vector<float>&, std::vector<float>*) { return 0.0; }),
       Error);
+}
+
+}  // namespace
+}  // namespace tessera::routing
+
+namespace tessera::routing {
+namespace {
+
+TEST(R2T2, DenseRoutesAndTheirTopKRenormalised) {
+  TopK t;
+  t.k = 2;
+  t.ids = {2, 0, 1, -1};
+  t.weights = {0.75f, 0.25f, 1.0f, 0.0f};
+  const Tensor d = dense_routes(t, 3);
+  EXPECT_EQ(d.to_vector(), (std::vector<float>{0.25f, 0, 0.75f, 0, 1, 0}));
+  // Row 0: (.2, .5, .3) → top 2 = experts 1, 2 with .5/.8, .3/.8; ties → lower id.
+  const TopK k =
+      top_k_renormalized(Tensor::from_vector({0.2f, 0.5f, 0.3f, 0.4f, 0.4f, 0.2f}, {2, 3}), 2);
+  EXPECT_EQ(k.ids, (std::vector<int32_t>{1, 2, 0, 1}));
+  EXPECT_NEAR(k.weights[0], 0.625f, 1e-7);
+  EXPECT_NEAR(k.weights[1], 0.375f, 1e-7);
+  EXPECT_NEAR(k.weights[2], 0.5f, 1e-7);
+  const TopK zero = top_k_renormalized(Tensor::zeros({1, 3}), 2);
+  EXPECT_EQ(zero.weights, (std::vector<float>{0.5f, 0.5f}));
+  EXPECT_THROW(top_k_renormalized(Tensor::zeros({1, 3}), 4), Error);
 }
 
 }  // namespace
