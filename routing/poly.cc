@@ -110,6 +110,17 @@ Tensor PolyLora::apply(const Tensor& x, const Tensor& base_out, bool in_place) {
     parts.push_back(avg);
   }
   const Tensor w = parts.size() == 1 ? parts[0] : ops::concat_rows(parts);
+  if (training) {
+    // One adapter per example: mixed inside the GEMMs (ops::poly_lora), never
+    // formed. The weights in row-group order: the examples' own, the skill
+    // average for unknown tasks.
+    Tensor rows = w;
+    if (unknown) {
+      const int64_t K = w.size(0);
+      rows = ops::reshape(ops::embedding(ids, ops::reshape(w, {K, q * S})), {M, q, S});
+    }
+    return ops::poly_lora(x, base_out, A_, B_, rows, scale_);
+  }
   const Tensor A = ops::poly_mix(w, A_, true), B = ops::poly_mix(w, B_, false);
   const std::vector<float> scales(static_cast<size_t>(w.size(0)), scale_);
   return ops::lora_gather(x, base_out, A, B, ids, 1, Tensor(), scales, ops::LoraMix::Output,

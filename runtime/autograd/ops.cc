@@ -719,4 +719,45 @@ Tensor poly_mix(const Tensor& weights, const Tensor& bank, bool split_cols) {
   return out;
 }
 
+Tensor poly_lora(const Tensor& x, const Tensor& base_out, const Tensor& A, const Tensor& B,
+                 const Tensor& weights, float scale) {
+  if (A.ndim() != 3 || B.ndim() != 3 || A.size(0) != B.size(0) || A.size(1) != B.size(2) ||
+      weights.ndim() != 3 || weights.size(2) != A.size(0))
+    throw Error(str("poly_lora: skills A ", shape_str(A.shape()), ", B ", shape_str(B.shape()),
+                    " and weights ", shape_str(weights.shape()),
+                    " are not [S, r, in], [S, out, r] and [groups, splits, S]"));
+  const int64_t S = A.size(0), r = A.size(1), in = A.size(2), out = B.size(1);
+  const int64_t M = weights.size(0), q = weights.size(1);
+  if (x.ndim() != 2 || x.size(1) != in || base_out.ndim() != 2 || base_out.size(1) != out ||
+      base_out.size(0) != x.size(0))
+    throw Error(str("poly_lora: x ", shape_str(x.shape()), " / base_out ",
+                    shape_str(base_out.shape()), " do not fit skills A ", shape_str(A.shape()),
+                    " and B ", shape_str(B.shape())));
+  const int64_t N = x.size(0);
+  if (q < 1 || in % q != 0 || out % q != 0)
+    throw Error(
+        str("poly_lora: ", q, " splits must divide in_features ", in, " and out_features ", out));
+  if (M < 1 || N % M != 0)
+    throw Error(str("poly_lora: ", M, " row groups cannot mix ", N, " rows (need a divisor)"));
+  same_device("poly_lora", {&x, &base_out, &A, &B, &weights});
+  const kernels::cpu::PolyLoraDims d{N, M, in, out, r, S, q};
+  const bool rec = note_inputs({&x, &base_out, &A, &B, &weights});
+  Tensor y = base_out.clone();
+  if (rec) y.set_requires_grad(true);
+  Tensor P = Tensor::empty({q, std::max<int64_t>(N, 1), S * r});
+  Tensor z = Tensor::empty({std::max<int64_t>(N, 1), r});
+  Tensor Q = Tensor::empty({std::max<int64_t>(N, 1), S * out});
+  TESSERA_DISPATCH_CPU_ONLY(x.device(), poly_lora_forward, y.data(), P.data(), z.data(), Q.data(),
+                            x.data(), A.data(), B.data(), weights.data(), scale, d);
+  if (rec) {
+    on_backward_tensor(y, [x, base_out, A, B, weights, P, z, Q, scale, d](Tensor gt) {
+      TESSERA_DISPATCH_CPU_ONLY(x.device(), poly_lora_backward, grad_ptr(x), grad_ptr(A),
+                                grad_ptr(B), grad_ptr(weights), gt.data(), x.data(), A.data(),
+                                B.data(), weights.data(), P.data(), z.data(), Q.data(), scale, d);
+      autograd::pass_grad(base_out, std::move(gt));
+    });
+  }
+  return y;
+}
+
 }  // namespace tessera::ops

@@ -119,6 +119,15 @@ Tensor poly_weights(const Tensor& logits, int64_t skills, const Tensor& u, float
 // parts, each part mixed with its own weights [T, q, S]. Error: shapes, q
 // not dividing the split dimension.
 Tensor poly_mix(const Tensor& weights, const Tensor& bank, bool split_cols);
+// base_out [N, out] plus the Poly/MHR LoRA of each of M row groups (g = N/M
+// contiguous rows each) with mixing weights [M, q, S] over the skills A [S,
+// r, in] (split along in) and B [S, out, r] (split along out), times scale —
+// what poly_mix of both banks followed by lora_gather gives, without forming
+// the M mixed adapters (kernels/cpu/poly.h: two GEMMs per split instead of
+// M per-example ones). Gradients for x, A, B and weights; base_out's is dy.
+// Error: shapes that do not fit, q not dividing in and out, M not dividing N.
+Tensor poly_lora(const Tensor& x, const Tensor& base_out, const Tensor& A, const Tensor& B,
+                 const Tensor& weights, float scale);
 // Mean softmax cross-entropy of logits [N, V] against targets (-1 = ignore) → [1].
 Tensor cross_entropy(const Tensor& logits, const std::vector<int32_t>& targets);
 

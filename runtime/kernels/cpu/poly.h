@@ -33,4 +33,26 @@ void poly_mix_backward(float* dweights, float* dbank, const float* dout, const f
                        const float* bank, int64_t T, int64_t q, int64_t S, int64_t R, int64_t C,
                        bool split_cols);
 
+// A Poly/MHR LoRA applied without forming any mixed adapter (training,
+// where PEFT draws one adapter per example). For x [N, in] in M row groups
+// of g = N/M rows, group m mixing with weights [M, q, S]:
+//   P_c = x[:, split c] · A[:, :, split c]ᵀ      [N, S·r] per split c (GEMM)
+//   z[n] = Σ_c Σ_s w[m(n), c, s] P_c[n, s]        [N, r]
+//   Q = z · Bᵀ (B as [S·out, r])                  [N, S·out] (GEMM)
+//   y[n, o] += scale · Σ_s w[m(n), c(o), s] Q[n, s, o]
+// with A [S, r, in] split along in and B [S, out, r] along out into q
+// splits — the same y as poly_mix then the LoRA. P [q, N, S·r], z [N, r]
+// and Q [N, S·out] are kept for the backward.
+struct PolyLoraDims {
+  int64_t N, M, in, out, r, S, q;
+};
+void poly_lora_forward(float* y, float* P, float* z, float* Q, const float* x, const float* A,
+                       const float* B, const float* weights, float scale, const PolyLoraDims& d);
+// dx [N, in], dA [S, r, in], dB [S, out, r], dweights [M, q, S] += (any may
+// be null) from dy [N, out].
+void poly_lora_backward(float* dx, float* dA, float* dB, float* dweights, const float* dy,
+                        const float* x, const float* A, const float* B, const float* weights,
+                        const float* P, const float* z, const float* Q, float scale,
+                        const PolyLoraDims& d);
+
 }  // namespace tessera::kernels::cpu

@@ -106,6 +106,9 @@ std::vector<OpCase> every_op() {
   c.push_back({"poly_mix", {r({2, 2, 3}), r({3, 4, 6})}, [](auto& v) {
                  return poly_mix(v[0], v[1], true);
                }});
+  c.push_back({"poly_lora",
+               {r({4, 6}), r({4, 4}), r({3, 2, 6}), r({3, 4, 2}), r({2, 2, 3})},
+               [](auto& v) { return poly_lora(v[0], v[1], v[2], v[3], v[4], 0.5f); }});
   return c;
 }
 
