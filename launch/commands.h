@@ -164,6 +164,7 @@ struct RouteOptions {
   std::vector<std::string> experts;  // names (default: every LoRA expert for the base)
   int64_t max_batches = 0;           // per task (0: the whole test split)
   std::string json_out;              // also write the results here
+  std::string png_out;               // also draw them as heat maps here (PNG)
   std::vector<std::string> overrides;
 };
 // What run_route measured (also printed as tables).
@@ -196,6 +197,11 @@ RouteResult run_route(const RouteOptions& o);
 // true expert and entropy; with `details` also routing accuracy per module
 // and each router's expert usage per task.
 void print_route(const RouteResult& r, bool details);
+// The heat maps of a routed run: per router, each task's share of routing
+// weight per expert (the 40 most used when there are more), and the routing
+// accuracy of every router per module. Error naming `path` when it cannot
+// be written.
+void write_route_png(const RouteResult& r, const std::string& path);
 // Stores hidden-state centroids (routing/centroids.h) with every LoRA expert
 // of the library trained on `base` that has a task and lacks them.
 struct CentroidsOptions {

@@ -113,6 +113,9 @@ int run_demo(const DemoOptions& o) {
         "(tessera route --base %s --library %s --eval '%s'):",
         ro.base.c_str(), library_dir.c_str(), ro.eval.c_str());
     print_route(routed, false);
+    const std::string png = (fs::path(o.out_dir) / "routing.png").string();
+    write_route_png(routed, png);
+    std::printf("expert usage and per-module routing accuracy drawn in %s\n", png.c_str());
   }
   std::printf("\ncheckpoints:\n");
   for (const auto& r : rows) std::printf("  %s\n", r.checkpoint.c_str());

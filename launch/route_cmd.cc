@@ -17,6 +17,7 @@
 #include "launch/commands.h"
 #include "launch/config.h"
 #include "launch/experts.h"
+#include "launch/heatmap.h"
 #include "launch/runs.h"
 #include "routing/arrow.h"
 #include "routing/r2t2.h"
@@ -516,8 +517,9 @@ void print_route(const RouteResult& r, bool details) {
     std::printf("\n");
   }
   std::printf("(#k is the k-th router above)\n\nexperts: ");
-  for (size_t e = 0; e < r.experts.size(); ++e)
+  for (size_t e = 0; e < r.experts.size() && e < 40; ++e)
     std::printf("%s[%zu] %s", e ? ", " : "", e, r.experts[e].c_str());
+  if (r.experts.size() > 40) std::printf(", ... (%zu in all; --json lists them)", r.experts.size());
   std::printf("\n");
   for (const auto& row : r.rows) {
     if (row.routing_acc < 0 && row.router.rfind("base", 0) == 0) continue;
@@ -546,6 +548,46 @@ void print_route(const RouteResult& r, bool details) {
                   static_cast<long long>(row.retrievals), static_cast<long long>(row.cache_misses));
     std::printf("\n");
   }
+}
+
+void write_route_png(const RouteResult& r, const std::string& path) {
+  std::vector<HeatPanel> panels;
+  const size_t E = r.experts.size();
+  for (const auto& row : r.rows) {
+    if (row.routing_acc < 0 && row.router.rfind("base", 0) == 0) continue;
+    // The columns: every expert, or the 40 with the most weight over all tasks.
+    std::vector<size_t> cols(E);
+    for (size_t e = 0; e < E; ++e) cols[e] = e;
+    if (E > 40) {
+      std::vector<double> total(E, 0.0);
+      for (const auto& u : row.usage)
+        for (size_t e = 0; e < E; ++e) total[e] += u[e];
+      std::partial_sort(cols.begin(), cols.begin() + 40, cols.end(),
+                        [&](size_t a, size_t b) { return total[a] > total[b]; });
+      cols.resize(40);
+      while (cols.size() > 1 && total[cols.back()] <= 0) cols.pop_back();  // unused: left out
+    }
+    HeatPanel p;
+    p.title = str("expert usage (% of routing weight), ", row.router,
+                  E > 40 ? str(": the most used of ", E) : std::string());
+    p.rows = r.tasks;
+    for (size_t e : cols) p.cols.push_back(str("[", e, "] ", r.experts[e]));
+    for (const auto& u : row.usage) {
+      std::vector<double> v;
+      for (size_t e : cols) v.push_back(u[e]);
+      p.value.push_back(v);
+    }
+    panels.push_back(std::move(p));
+  }
+  HeatPanel acc;
+  acc.title = "routing accuracy per module (% of rows whose top expert is their task's)";
+  acc.cols = r.modules;
+  for (const auto& row : r.rows) {
+    acc.rows.push_back(row.router);
+    acc.value.push_back(row.module_acc);
+  }
+  panels.push_back(std::move(acc));
+  write_heatmap_png(path, panels);
 }
 
 namespace {
@@ -601,6 +643,9 @@ Command add_route_command(CLI::App& app) {
       ->allow_extra_args(false);
   c->add_option("--max-batches", o->max_batches, "Per task, at most this many test batches");
   c->add_option("--json", o->json_out, "Also write the results as JSON to this file");
+  c->add_option("--png", o->png_out,
+                "Also draw heat maps (expert usage per task for each router, routing accuracy "
+                "per module) to this PNG file");
   c->add_option("overrides", o->overrides, "key=value config overrides (data.dir=...)");
   return {c, [o] {
             const RouteResult r = run_route(*o);
@@ -610,6 +655,7 @@ Command add_route_command(CLI::App& app) {
               f << route_json(r).dump(1) << "\n";
               if (!f) throw Error(str("--json: cannot write ", o->json_out));
             }
+            if (!o->png_out.empty()) write_route_png(r, o->png_out);
             return 0;
           }};
 }

@@ -11,7 +11,7 @@ PKGS=(
   libgrpc++-dev protobuf-compiler-grpc
   librocksdb-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libcli11-dev libspdlog-dev nlohmann-json3-dev zlib1g-dev
+  libcli11-dev libspdlog-dev nlohmann-json3-dev zlib1g-dev libcairo2-dev libfontconfig-dev
   dataset-fashion-mnist
 )
 

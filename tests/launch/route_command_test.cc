@@ -117,6 +117,22 @@ TEST_F(Route, RetrieveThenRouteMatchesTheWholeLibrary) {
   }
   EXPECT_EQ(r.rows[1].module_acc, r.rows[0].module_acc);
   EXPECT_GE(r.rows[3].module_acc[0], 0.95);
+  // The heat maps as a PNG: a panel per router (5) and the per-module one.
+  const std::string png = *dir_ + "/route.png";
+  write_route_png(r, png);
+  std::ifstream f(png, std::ios::binary);
+  std::string head(24, '\0');
+  f.read(head.data(), 24);
+  ASSERT_EQ(head.substr(1, 3), "PNG");
+  auto be32 = [&](size_t at) {
+    return (uint32_t(uint8_t(head[at])) << 24) | (uint32_t(uint8_t(head[at + 1])) << 16) |
+           (uint32_t(uint8_t(head[at + 2])) << 8) | uint32_t(uint8_t(head[at + 3]));
+  };
+  EXPECT_EQ(be32(16), 230u + 34u * 3u + 24u);  // labels + 3 expert columns + margin
+  EXPECT_EQ(be32(20), 24u + 5u * (28u + 130u + 34u * 4u + 24u) + (28u + 130u + 34u * 5u + 24u));
+  EXPECT_NE(
+      error_of([&] { write_route_png(r, *dir_ + "/no/such/dir/route.png"); }).find("cannot write"),
+      std::string::npos);
   EXPECT_GT(r.rows[1].retrievals, 0);
   EXPECT_GT(r.rows[1].retrieve_seconds, 0);
   EXPECT_EQ(r.rows[0].retrievals, 0);
