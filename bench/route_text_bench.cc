@@ -7,13 +7,16 @@
 // better), routing accuracy per module. Printed as JSON lines, all in this
 // one run:
 //   - route: base, task oracle, Arrow top-1/top-2 (both modes), centroids
-//     (top-1, all), uniform, R2-T2;
+//     (top-1, all), uniform, R2-T2; and Arrow and centroids scoring each
+//     byte by its sequence's mean module input so far (context=prefix);
 //   - MoLE: a top-2 gate per module over the three frozen experts, trained
 //     on the three domains mixed with no task ids (train-router), evaluated
 //     per domain;
 //   - zero-shot C++: each single expert alone beside the routers.
 //
-//   route_text_bench [--out DIR] [--quick] [--threads N]
+//   route_text_bench [--out DIR] [--quick] [--threads N] [--reuse]
+// (--reuse: keep OUT's base and experts from an earlier run of the same
+// settings and redo the routing only.)
 #include <fcntl.h>
 #include <unistd.h>
 #include <CLI/CLI.hpp>
@@ -99,9 +102,12 @@ int main(int argc, char** argv) {
   app.add_option("--out", out, "Work folder (wiped)");
   app.add_flag("--quick", quick, "Fewer steps (a smoke run, not the figures)");
   app.add_option("--threads", threads, "Threads (0: the cores)");
+  bool reuse = false;
+  app.add_flag("--reuse", reuse, "Keep OUT's base and experts (an earlier run's) and route again");
   CLI11_PARSE(app, argc, argv);
   try {
-    fs::remove_all(out);
+    reuse = reuse && fs::exists(out + "/base/checkpoint.safetensors") && fs::exists(out + "/lib");
+    if (!reuse) fs::remove_all(out);
     fs::create_directories(out);
     const std::string th = "threads=" + std::to_string(threads);
     // Shell scripts and the C++ standard headers as plain folders of files.
@@ -135,7 +141,7 @@ int main(int argc, char** argv) {
                    "eval_batches=10",
                    th,
                    "out_dir=" + out + "/base"};
-    {
+    if (!reuse) {
       Quiet q;
       run_pretrain(p);
     }
@@ -154,7 +160,7 @@ int main(int argc, char** argv) {
     b.library.where = out + "/lib";
     b.out_dir = out + "/experts";
     b.overrides = {quick ? "steps=20" : "steps=300", "optim.lr=2e-3", "eval_batches=10", th};
-    {
+    if (!reuse) {
       Quiet q;
       run_build_library(b);
     }
@@ -173,7 +179,10 @@ int main(int argc, char** argv) {
                   "centroid:top_k=1",
                   "centroid",
                   "uniform",
-                  "r2t2:alpha=0,neighbours=10,reference=64"};
+                  "r2t2:alpha=0,neighbours=10,reference=64",
+                  "arrow:top_k=2,context=prefix",
+                  "centroid:top_k=1,context=prefix",
+                  "centroid:context=prefix"};
     ro.overrides = {th, "eval_batches=" + std::to_string(ro.max_batches)};
     t0 = std::chrono::steady_clock::now();
     RouteResult r;
@@ -215,6 +224,11 @@ int main(int argc, char** argv) {
 
     // MoLE: a gate over the three frozen experts, trained on the mixed corpus.
     t0 = std::chrono::steady_clock::now();
+    if (reuse) {  // a fresh library beside the same experts: no earlier router in the way
+      auto lib = open_library(b.library, false);
+      AdapterRecord old;
+      if (lib->Get("mole@latest", &old).ok()) check_store(lib->Delete("mole@latest"), "mole");
+    }
     TrainRouterOptions tr;
     tr.base = base;
     tr.library = b.library;

@@ -390,7 +390,13 @@ RouteResult run_route(const RouteOptions& o) {
           continue;
         }
         const routing::ReferenceSet* ref = references[ri].empty() ? nullptr : &references[ri][m];
-        auto route = [&r, &b, &row, ref, total, mine, truth](const Tensor& x) {
+        const int64_t seq = t.rows_per_example();
+        if (r.prefix && seq == 1)
+          throw Error(str("router '", r.text,
+                          "': context=prefix routes a token by its sequence so far; this base "
+                          "sees one row per example (a classifier)"));
+        auto route = [&r, &b, &row, ref, total, mine, truth, seq](const Tensor& x_in) {
+          const Tensor x = r.prefix ? routing::prefix_mean(x_in, seq) : x_in;
           const auto t0 = std::chrono::steady_clock::now();
           const int64_t N = x.numel() / x.size(x.ndim() - 1);
           const int64_t E = b.stack.experts();

@@ -40,6 +40,27 @@ TopK centroid_route(const Tensor& x, const Tensor& centroids, int64_t top_k) {
   return top_k_softmax(logits, x.size(0), E, top_k == 0 ? E : top_k, 1.0f);
 }
 
+Tensor prefix_mean(const Tensor& x, int64_t T) {
+  if (x.ndim() != 2) throw Error("prefix_mean: expected rows [tokens, in]");
+  const int64_t N = x.size(0), in = x.size(1);
+  if (T < 1 || N % T != 0) throw Error(str("prefix_mean: ", N, " rows are not sequences of ", T));
+  Tensor out = Tensor::empty({N, in});
+  const float* xp = x.data();
+  float* op = out.data();
+  std::vector<double> acc(static_cast<size_t>(in));
+  for (int64_t s = 0; s < N / T; ++s) {
+    std::fill(acc.begin(), acc.end(), 0.0);
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t n = s * T + t;
+      for (int64_t i = 0; i < in; ++i) {
+        acc[i] += xp[n * in + i];
+        op[n * in + i] = static_cast<float>(acc[i] / static_cast<double>(t + 1));
+      }
+    }
+  }
+  return out;
+}
+
 Tensor dense_routes(const TopK& t, int64_t E) {
   const int64_t M = t.k > 0 ? static_cast<int64_t>(t.ids.size()) / t.k : 0;
   Tensor d = Tensor::zeros({M, E});

@@ -24,6 +24,13 @@ TopK uniform_route(int64_t M, int64_t E);
 // 0) or over the top_k largest. Error: centroids not [E, in], top_k > E.
 TopK centroid_route(const Tensor& x, const Tensor& centroids, int64_t top_k = 0);
 
+// The running mean of each sequence's rows so far: x [N, in] as N/T
+// sequences of T contiguous rows (tokens); row t of a sequence becomes
+// mean_{s<=t} x_s — the prompt-so-far embedding ("Token-Level Adaptation of
+// LoRA Adapters"), causal, so a token's routing sees no later token. Error:
+// T < 1 or T not dividing N.
+Tensor prefix_mean(const Tensor& x, int64_t T);
+
 // A TopK (ids [M·k], weights [M, k]) as dense routing vectors [M, E]
 // (zeros where a row routes to no expert).
 Tensor dense_routes(const TopK& t, int64_t E);

@@ -39,7 +39,9 @@ std::string RouterSpec::label() const {
 }
 
 std::string RouterSpec::retrieval_label() const {
-  return candidates > 0 ? str(" of ", candidates, " by ", retrieve) : std::string();
+  return candidates > 0 ? str(" of ", candidates, " by ", retrieve)
+         : prefix       ? std::string(" prefix")
+                        : std::string();
 }
 
 std::vector<std::pair<std::string, std::string>> spec_options(const std::string& spec,
@@ -104,6 +106,11 @@ RouterSpec parse_router_spec(const std::string& spec) {
       r.bandwidth = static_cast<float>(spec_number(what, key, value, 0, 1e6, false));
     } else if (key == "reference" && r2t2) {
       r.reference = static_cast<int64_t>(spec_number(what, key, value, 1, 1e6, true));
+    } else if (key == "context" && takes_candidates) {
+      if (value != "token" && value != "prefix")
+        throw Error(str("router '", spec, "': context=", value,
+                        " (expected token, or prefix: the sequence's mean so far)"));
+      r.prefix = value == "prefix";
     } else if (key == "candidates" && takes_candidates) {
       r.candidates = static_cast<int64_t>(spec_number(what, key, value, 1, 1000, true));
     } else if (key == "retrieve" && takes_candidates) {
@@ -114,16 +121,20 @@ RouterSpec parse_router_spec(const std::string& spec) {
     } else if (key == "mode" && takes_mode) {
       r.combine = combine_names().parse(value, str("router '", spec, "' mode"));
     } else {
-      throw Error(
-          str("router '", spec, "': ", router_kind_names().name(r.kind), " takes no '", key, "' (",
-              r.kind == RouterKind::Arrow      ? "top_k, temperature, mode, candidates, retrieve"
-              : r.kind == RouterKind::Centroid ? "top_k, mode, candidates, retrieve"
-              : r.kind == RouterKind::R2T2 ? "top_k, neighbours, alpha, bandwidth, reference, mode"
-              : r.kind == RouterKind::Uniform ? "mode"
-                                              : "no options",
-              ")"));
+      throw Error(str(
+          "router '", spec, "': ", router_kind_names().name(r.kind), " takes no '", key, "' (",
+          r.kind == RouterKind::Arrow ? "top_k, temperature, mode, context, candidates, retrieve"
+          : r.kind == RouterKind::Centroid ? "top_k, mode, context, candidates, retrieve"
+          : r.kind == RouterKind::R2T2     ? "top_k, neighbours, alpha, bandwidth, reference, mode"
+          : r.kind == RouterKind::Uniform  ? "mode"
+                                           : "no options",
+          ")"));
     }
   }
+  if (r.candidates > 0 && r.prefix)
+    throw Error(str("router '", spec,
+                    "': context=prefix routes among every expert; it does not combine with "
+                    "candidates=N yet"));
   if (r.candidates > 0) {
     if (r.retrieve.empty()) r.retrieve = r.kind == RouterKind::Arrow ? "arrow" : "centroid";
     if (r.top_k > r.candidates)

@@ -45,6 +45,10 @@ struct RouterSpec {
   // kind searched, "centroid" or "arrow" (default: the router's own kind).
   int64_t candidates = 0;
   std::string retrieve;
+  // Arrow and centroid: score each token by the running mean of its
+  // sequence's module inputs so far (routers.h prefix_mean) instead of the
+  // token's own ("prefix"), or by its own ("token", the default).
+  bool prefix = false;
   // r2t2 (routing/r2t2.h, kernel regression over the centroid router's
   // dense routing): neighbours k, alpha, bandwidth h, and the reference rows
   // taken per expert's task from its training split.

@@ -60,6 +60,7 @@ class LmWorkload : public Workload {
   std::vector<nn::Embedding*> embeddings() override { return model_->embeddings(); }
   int64_t train_examples() const override { return windows_->count(); }
   double units_per_example() const override { return static_cast<double>(T_); }
+  int64_t rows_per_example() const override { return T_; }
   double flops_per_example() const override { return model_->train_flops_per_token(T_) * T_; }
 
   void set_row_task_hook(RowTaskFn fn) override { row_task_ = std::move(fn); }

@@ -341,6 +341,10 @@ int Trainer::num_tasks() const {
   return task_->num_tasks();
 }
 
+int64_t Trainer::rows_per_example() const {
+  return task_->rows_per_example();
+}
+
 void Trainer::set_process_group(dist::ProcessGroup* group) {
   if (group && (group->rank() != rank_ || group->size() != world_))
     throw Error(str("process group rank ", group->rank(), " of ", group->size(),

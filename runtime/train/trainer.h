@@ -107,6 +107,9 @@ class Trainer {
   // evaluates one of them and task < 0 their mean.
   EvalResult evaluate(int64_t max_batches = -1, int task = -1);
   int num_tasks() const;
+  // Rows each Linear sees per example (1 for the MLP; the sequence length T
+  // for a decoder, its tokens contiguous).
+  int64_t rows_per_example() const;
   // The per-row hook (Workload::set_row_task_hook): called with the task of
   // every row group before each forward, training and evaluation — how a
   // LoRA bank learns which expert serves which row.

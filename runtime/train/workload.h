@@ -45,6 +45,9 @@ class Workload {
   // (<= 0: all); task < 0: every task (their mean).
   virtual EvalResult evaluate(int64_t batch, int64_t max_batches, int task) = 0;
   virtual int num_tasks() const { return 1; }
+  // Rows a Linear sees per example, contiguous in its input: 1 for images,
+  // the window length T for a decoder (tokens of one sequence).
+  virtual int64_t rows_per_example() const { return 1; }
   // The per-row hook: called before each forward with the task of every row
   // group (one per example) — how a LoRA bank learns which expert serves
   // which row. A workload of one task calls it with task 0 for every row.

@@ -172,6 +172,9 @@ TEST_F(Route, R2T2ReRoutesTowardCorrectlyRoutedNeighbours) {
   EXPECT_NE(
       error_of([] { run_route(options({"r2t2:candidates=2"})); }).find("takes no 'candidates'"),
       std::string::npos);
+  EXPECT_NE(
+      error_of([] { run_route(options({"centroid:context=prefix"})); }).find("one row per example"),
+      std::string::npos);
 }
 
 // Another base (another fingerprint): the library has nothing for it, a

@@ -3,6 +3,7 @@
 // projection, and every result independent of the test set's order.
 #include "routing/r2t2.h"
 #include "routing/routers.h"
+#include "routing/spec.h"
 
 #include <gtest/gtest.h>
 
@@ -166,6 +167,26 @@ TEST(R2T2, DenseRoutesAndTheirTopKRenormalised) {
   const TopK zero = top_k_renormalized(Tensor::zeros({1, 3}), 2);
   EXPECT_EQ(zero.weights, (std::vector<float>{0.5f, 0.5f}));
   EXPECT_THROW(top_k_renormalized(Tensor::zeros({1, 3}), 4), Error);
+}
+
+}  // namespace
+}  // namespace tessera::routing
+
+namespace tessera::routing {
+namespace {
+
+TEST(PrefixMean, RunningMeanWithinEachSequenceOnly) {
+  // Two sequences of 3 tokens, width 2.
+  const Tensor x = Tensor::from_vector({1, 2, 3, 4, 5, 6, 10, 0, 20, 0, 30, 3}, {6, 2});
+  EXPECT_EQ(prefix_mean(x, 3).to_vector(),
+            (std::vector<float>{1, 2, 2, 3, 3, 4, 10, 0, 15, 0, 20, 1}));
+  EXPECT_EQ(prefix_mean(x, 1).to_vector(), x.to_vector());  // one row per example: itself
+  EXPECT_THROW(prefix_mean(x, 4), Error);
+  EXPECT_EQ(parse_router_spec("centroid:top_k=1,context=prefix").label(),
+            "centroid top_k=1 merge-after prefix");
+  EXPECT_THROW(parse_router_spec("arrow:context=prefix,candidates=4"), Error);
+  EXPECT_THROW(parse_router_spec("arrow:context=sequence"), Error);
+  EXPECT_THROW(parse_router_spec("uniform:context=prefix"), Error);
 }
 
 }  // namespace
