@@ -70,6 +70,11 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 // first 64 bytes) into `to`, up to `max_bytes` in all; returns the count.
 template <class Keep>
 int copy_files(const fs::path& from, const fs::path& to, uint64_t max_bytes, Keep keep) {
+  if (fs::exists(to)) {  // --reuse: the corpus the experts were trained on, as it was
+    int n = 0;
+    for (const auto& e : fs::directory_iterator(to)) n += e.is_regular_file();
+    return n;
+  }
   fs::create_directories(to);
   std::vector<fs::path> files;
   for (const auto& e : fs::directory_iterator(from))

@@ -186,7 +186,8 @@ struct RouteResult {
     // library-scale router, retrieving (query, search, expert cache).
     double eval_seconds = 0, score_seconds = 0, retrieve_seconds = 0;
     // Library-scale routers: searches, and experts fetched from the library
-    // (the cache, shared by a run's routers, held the others).
+    // while this router ran (the cache, shared by a run's routers, held the
+    // others; the first expert, read to choose the modules, is not counted).
     int64_t retrievals = 0, cache_misses = 0;
   };
   std::vector<Row> rows;

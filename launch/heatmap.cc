@@ -13,7 +13,7 @@ namespace tessera::launch {
 
 namespace {
 
-constexpr double kCell = 34, kRowLabel = 230, kColLabel = 130, kTitle = 28, kGap = 24;
+constexpr double kCell = 34, kRowLabel = 300, kColLabel = 130, kTitle = 28, kGap = 24;
 
 std::string clipped(const std::string& s, size_t n) {
   return s.size() <= n ? s : s.substr(0, n - 1) + "~";
@@ -36,7 +36,10 @@ void write_heatmap_png(const std::string& path, const std::vector<HeatPanel>& pa
     max_cols = std::max(max_cols, p.cols.size());
     height += kTitle + kColLabel + kCell * static_cast<double>(p.rows.size()) + kGap;
   }
-  const int W = static_cast<int>(kRowLabel + kCell * static_cast<double>(max_cols) + kGap);
+  double width = kRowLabel + kCell * static_cast<double>(max_cols) + kGap;
+  for (const HeatPanel& p : panels)  // titles whole: ~8.5 px a character at 15 px
+    width = std::max(width, 16 + 8.5 * static_cast<double>(p.title.size()));
+  const int W = static_cast<int>(width);
   const int H = static_cast<int>(height);
   cairo_surface_t* surface = cairo_image_surface_create(CAIRO_FORMAT_RGB24, W, H);
   cairo_t* cr = cairo_create(surface);
@@ -64,7 +67,7 @@ void write_heatmap_png(const std::string& path, const std::vector<HeatPanel>& pa
       const double top = y + kCell * static_cast<double>(r);
       cairo_set_source_rgb(cr, 0, 0, 0);
       cairo_move_to(cr, 8, top + kCell * 0.62);
-      cairo_show_text(cr, clipped(p.rows[r], 36).c_str());
+      cairo_show_text(cr, clipped(p.rows[r], 46).c_str());
       for (size_t c = 0; c < p.cols.size(); ++c) {
         const double v = p.value[r][c], left = kRowLabel + kCell * static_cast<double>(c);
         if (v < 0 || !std::isfinite(v)) {

@@ -1,11 +1,14 @@
 // tessera route: the library's experts routed zero-shot on a mixed test
 // stream whose inputs carry no task id (Arrow, hidden-state centroids,
-// uniform), next to the task oracle and the base; per task, per module
-// routing accuracy against the true task, and each task's expert usage.
+// R2-T2, uniform; over the whole library or among candidates retrieved per
+// batch), next to the task oracle and the base; per task, per module
+// routing accuracy against the true task, each task's expert usage, the
+// routing's cost, and heat maps of both (--png).
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -33,6 +36,8 @@
 #include "tessera/library.pb.h"
 
 namespace tessera::launch {
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -105,13 +110,18 @@ Tensor unit_rows(const Tensor& x) {
   return u;
 }
 
-// R2-T2's reference set per module: up to spec.reference training examples
-// of each expert's task (evenly spaced over its training split) routed by
-// the centroid router over every expert, each row kept when its top expert
-// is the task's own — the rows the router handles correctly — with its
+// R2-T2's reference set per module: up to spec.reference rows of each
+// expert's task (examples, or a decoder's tokens, sampled evenly over up to
+// spec.reference training examples spread over its split) routed by the
+// centroid router over every expert, each row kept when its top expert is
+// the task's own — the rows the router handles correctly — with its
 // unit-length module input as the embedding and its dense routing vector.
-// (The paper keeps the examples the model predicts correctly; route sees
-// no per-example prediction, and routing is what re-routing corrects.)
+// Departures, deliberate: the paper keeps the examples the model predicts
+// correctly (route sees no per-example prediction, and routing is what
+// re-routing corrects), and embeds the input once; here every module's own
+// input is its embedding. A module's reference inputs come from a forward
+// routed by the dense centroid mixture upstream, while at test time the
+// upstream modules are R2-T2's own top-k: a small shift, not corrected.
 std::vector<routing::ReferenceSet> r2t2_references(const routing::RouterSpec& spec,
                                                    const std::vector<ModuleBank>& banks,
                                                    const std::vector<LibraryExpert>& experts,
@@ -123,7 +133,10 @@ std::vector<routing::ReferenceSet> r2t2_references(const routing::RouterSpec& sp
     const RunConfig cfg = adapter_run_config(o.base, {experts[e].task}, "", o.overrides);
     train::Trainer t(cfg);
     load_base_weights(t, base);
-    std::vector<int64_t> kept(banks.size(), 0);
+    const int64_t total = t.train_examples(), n_examples = std::min(total, spec.reference);
+    // Every stride-th row of the forward: spread over all its examples.
+    const int64_t stride = std::max<int64_t>(1, n_examples * t.rows_per_example() / spec.reference);
+    std::vector<int64_t> kept(banks.size(), 0), seen(banks.size(), 0);
     std::vector<nn::Linear*> slots;
     for (size_t m = 0; m < banks.size(); ++m) {
       nn::Linear* l = nullptr;
@@ -135,6 +148,7 @@ std::vector<routing::ReferenceSet> r2t2_references(const routing::RouterSpec& sp
         const Tensor d = routing::dense_routes(k, E), u = unit_rows(x);
         const int64_t in = x.size(1);
         for (int64_t n = 0; n < x.size(0) && kept[m] < spec.reference; ++n) {
+          if (seen[m]++ % stride != 0) continue;
           const float* r = d.data() + n * E;
           if (std::max_element(r, r + E) - r != e) continue;
           emb[m].insert(emb[m].end(), u.data() + n * in, u.data() + (n + 1) * in);
@@ -146,15 +160,20 @@ std::vector<routing::ReferenceSet> r2t2_references(const routing::RouterSpec& sp
       l->set_adapter(std::make_shared<routing::RoutedLora>(banks[m].stack, record, spec.combine));
       slots.push_back(l);
     }
-    const int64_t total = t.train_examples(), n = std::min(total, spec.reference);
     std::vector<int64_t> idx;
-    for (int64_t i = 0; i < n; ++i) idx.push_back(i * total / n);
+    for (int64_t i = 0; i < n_examples; ++i) idx.push_back(i * total / n_examples);
     for (size_t at = 0; at < idx.size(); at += 256)
       t.forward_train(
           std::vector<int64_t>(idx.begin() + static_cast<int64_t>(at),
                                idx.begin() + static_cast<int64_t>(std::min(idx.size(), at + 256))));
     for (nn::Linear* l : slots) l->set_adapter(nullptr);
   }
+  bool any_task = false;
+  for (const LibraryExpert& e : experts) any_task = any_task || !e.task.empty();
+  if (!any_task)
+    throw Error(str("router '", spec.text,
+                    "': no expert records the task it was trained on, so there are no "
+                    "training examples to build R2-T2's reference set from"));
   std::vector<routing::ReferenceSet> out;
   for (size_t m = 0; m < banks.size(); ++m) {
     const int64_t R = static_cast<int64_t>(routes[m].size()) / E;
@@ -173,6 +192,13 @@ std::vector<routing::ReferenceSet> r2t2_references(const routing::RouterSpec& sp
 
 RouteResult run_route(const RouteOptions& o) {
   if (o.base.empty()) throw Error("route: --base names the base checkpoint");
+  for (const std::string* out : {&o.json_out, &o.png_out}) {  // before the run, not after it
+    if (out->empty()) continue;
+    const fs::path dir = fs::absolute(*out).parent_path();
+    if (!fs::is_directory(dir))
+      throw Error(str(out == &o.png_out ? "--png " : "--json ", *out, ": the folder ", dir.string(),
+                      " does not exist"));
+  }
   if (o.library.empty()) throw Error("route: --library names the library of experts");
   RouteResult res;
   res.tasks = split_tasks(o.eval);
@@ -204,16 +230,20 @@ RouteResult run_route(const RouteOptions& o) {
   // Every stored version's content id -> the index of its expert (by name):
   // what a retrieved candidate counts as in the telemetry.
   std::map<std::string, int32_t> id_index;
+  int64_t stale = 0;  // stored versions that are not their name's newest
   if (scale) {
     std::map<std::string, int32_t> by_name;
     for (int32_t e = 0; e < E; ++e)
       by_name[experts[e].name.substr(0, experts[e].name.rfind('@'))] = e;
-    for (const AdapterRecord& r : list_lora_records(*lib, fingerprint))
-      id_index[r.id()] = by_name.count(r.name()) ? by_name[r.name()] : -1;
+    for (const AdapterRecord& r : list_lora_records(*lib, fingerprint)) {
+      const bool newest = by_name.count(r.name()) && experts[by_name[r.name()]].id == r.id();
+      id_index[r.id()] = newest ? by_name[r.name()] : -1;
+      stale += !newest;
+    }
   }
   routing::ExpertCache cache([&lib](const std::string& id) { return candidate_of(*lib, id); },
                              static_cast<size_t>(std::max<int64_t>(256, 4 * max_candidates)));
-  auto factors_of = [&](int64_t e) -> const std::map<std::string, adapters::LoraFactors>& {
+  auto factors_of = [&](int64_t e) {  // a copy: the cache may evict its entry
     if (!experts[e].factors.empty()) return experts[e].factors;
     return cache.get(experts[e].id)->factors;
   };
@@ -302,8 +332,8 @@ RouteResult run_route(const RouteOptions& o) {
           for (int64_t e = 0; e < E; ++e) {
             auto it = experts[e].signatures.find("centroid/" + b.name);
             if (it == experts[e].signatures.end())
-              throw Error(str("router centroid: expert ", experts[e].name, " has no centroid/",
-                              b.name,
+              throw Error(str("the centroid and r2t2 routers: expert ", experts[e].name,
+                              " has no centroid/", b.name,
                               " signature (experts trained by this tessera record them; compute "
                               "them for older ones with: tessera centroids --base ",
                               o.base, " --library ", o.library.where, ")"));
@@ -325,11 +355,20 @@ RouteResult run_route(const RouteOptions& o) {
       filter.kind = "lora";
       for (size_t ri = 0; ri < routers.size(); ++ri) {
         if (routers[ri].candidates == 0) continue;
-        auto search = [&lib, filter](const std::string& sig, const std::vector<float>& q, int n) {
+        // The newest version of each expert only, as routing over the loaded
+        // library uses: asking for `stale` more hits leaves n newest ones.
+        auto search = [&lib, &id_index, filter, stale](const std::string& sig,
+                                                       const std::vector<float>& q, int n) {
           std::vector<store::SearchHit> hits;
-          check_store(lib->Search(sig, q, n, filter, &hits), str("searching the library by ", sig));
+          const int ask = static_cast<int>(std::min<int64_t>(1000, n + stale));
+          check_store(lib->Search(sig, q, ask, filter, &hits),
+                      str("searching the library by ", sig));
           std::vector<routing::SearchResult> out;
-          for (const auto& h : hits) out.push_back({h.id, h.score});
+          for (const auto& h : hits) {
+            auto it = id_index.find(h.id);
+            if (it != id_index.end() && it->second >= 0 && static_cast<int>(out.size()) < n)
+              out.push_back({h.id, h.score});
+          }
           return out;
         };
         retrievers[ri] =
@@ -370,8 +409,13 @@ RouteResult run_route(const RouteOptions& o) {
           // One expert's bank (the task's own; base: any, unused), so the
           // oracle needs no other expert in memory.
           const int64_t own = truth >= 0 ? truth : 0;
-          auto bank = std::make_shared<routing::ExpertStack>(
-              routing::stack_experts({factors_of(own).at(b.name)}));
+          const auto fs = factors_of(own);
+          if (!fs.count(b.name))
+            throw Error(str("route: expert ", experts[own].name, " does not adapt ", b.name,
+                            ", which the library's first expert (", experts[0].name,
+                            ") adapts; route experts of one set of target modules"));
+          auto bank =
+              std::make_shared<routing::ExpertStack>(routing::stack_experts({fs.at(b.name)}));
           const int32_t id = r.kind == RouterKind::Task && truth >= 0 ? 0 : -1;
           const std::vector<int32_t> global_of = {truth};
           auto route = [bank, id, global_of, total, mine, truth, E, &row](const Tensor& x) {
@@ -396,6 +440,10 @@ RouteResult run_route(const RouteOptions& o) {
                           "': context=prefix routes a token by its sequence so far; this base "
                           "sees one row per example (a classifier)"));
         auto route = [&r, &b, &row, ref, total, mine, truth, seq](const Tensor& x_in) {
+          if (r.prefix && x_in.size(0) % seq != 0)
+            throw Error(str("router '", r.text, "': context=prefix needs whole sequences of ", seq,
+                            " tokens; the held-out split is shorter (raise data.holdout or "
+                            "lower data.seq_len)"));
           const Tensor x = r.prefix ? routing::prefix_mean(x_in, seq) : x_in;
           const auto t0 = std::chrono::steady_clock::now();
           const int64_t N = x.numel() / x.size(x.ndim() - 1);
@@ -497,11 +545,11 @@ void print_route(const RouteResult& r, bool details) {
       "\n%d experts over %zu modules; %s per task on its test split (no task ids given "
       "to the routers)\n\n",
       static_cast<int>(r.experts.size()), r.modules.size(), metric);
-  std::printf("%-34s %9s", "router", "mean");
+  std::printf("%-46s %9s", "router", "mean");
   for (const auto& t : r.tasks) std::printf(" %16.16s", t.c_str());
   std::printf(" %9s %8s %8s\n", "routing", "on true", "entropy");
   for (const auto& row : r.rows) {
-    std::printf("%-34s %9s", row.router.c_str(), score_text(r, row.mean).c_str());
+    std::printf("%-46s %9s", row.router.c_str(), score_text(r, row.mean).c_str());
     for (double s : row.score) std::printf(" %16s", score_text(r, s).c_str());
     if (row.routing_acc >= 0)
       std::printf(" %8.1f%% %7.1f%% %8.3f\n", row.routing_acc * 100, row.correct_mass * 100,
@@ -547,11 +595,12 @@ void print_route(const RouteResult& r, bool details) {
   }
   std::printf("\nrouting cost (seconds over all tasks):\n");
   for (const auto& row : r.rows) {
-    std::printf("  %-34s eval %8.3f  scoring %8.3f", row.router.c_str(), row.eval_seconds,
+    std::printf("  %-46s eval %8.3f  scoring %8.3f", row.router.c_str(), row.eval_seconds,
                 row.score_seconds);
     if (row.retrievals > 0)
-      std::printf("  retrieval %8.3f (%lld searches, %lld experts fetched)", row.retrieve_seconds,
-                  static_cast<long long>(row.retrievals), static_cast<long long>(row.cache_misses));
+      std::printf("  retrieval %8.3f (%lld searches, %lld expert%s fetched)", row.retrieve_seconds,
+                  static_cast<long long>(row.retrievals), static_cast<long long>(row.cache_misses),
+                  row.cache_misses == 1 ? "" : "s");
     std::printf("\n");
   }
 }
@@ -639,6 +688,8 @@ Command add_route_command(CLI::App& app) {
                 "arrow[:top_k=K,temperature=T|sqrt,mode=merge-after|merge-before], "
                 "centroid[:top_k=K,mode=M], r2t2[:top_k=K,neighbours=N,alpha=A,bandwidth=H,"
                 "reference=R,mode=M], uniform[:mode=M], task, base; repeat to compare; "
+                "context=prefix on arrow or centroid scores a decoder's token by its sequence's "
+                "mean so far; "
                 "candidates=N[,retrieve=centroid|arrow] on arrow or centroid routes among the N "
                 "experts a signature search retrieves per batch (libraries too large to load) "
                 "(default: base, task, arrow with top_k up to 3, and centroid when the experts "

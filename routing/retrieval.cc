@@ -76,6 +76,7 @@ RetrievalRouter::RetrievalRouter(std::vector<std::string> modules, RouterSpec sp
 }
 
 void RetrievalRouter::retrieve(const Tensor& x) {
+  ready_ = false;
   const auto t0 = std::chrono::steady_clock::now();
   const std::vector<float> q = retrieval_query(x);
   const std::string sig = spec_.retrieve + "/" + modules_[0];
@@ -99,19 +100,23 @@ void RetrievalRouter::retrieve(const Tensor& x) {
     }
     hits = std::move(unique);
   }
-  if (static_cast<int64_t>(hits.size()) < spec_.top_k)
+  if (hits.empty() || static_cast<int64_t>(hits.size()) < spec_.top_k)
     throw Error(str("router '", spec_.text, "': the search for ", sig, " found ", hits.size(),
                     " expert", hits.size() == 1 ? "" : "s", "; top_k = ", spec_.top_k));
-  candidates_.clear();
+  // Built aside and swapped in whole: an error leaves the banks as they
+  // were, and routes nothing until a retrieval succeeds.
+  std::vector<std::shared_ptr<const CandidateExpert>> candidates;
   std::vector<std::string> ids;
   for (const SearchResult& h : hits) {
-    candidates_.push_back(cache_->get(h.id));
+    candidates.push_back(cache_->get(h.id));
     ids.push_back(h.id);
   }
   ++retrievals_;
+  candidates_ = std::move(candidates);
   if (ids != bank_ids_) {
-    banks_.clear();
-    tables_.clear();
+    std::vector<ExpertStack> banks;
+    std::vector<Tensor> tables;
+    bank_ids_.clear();
     const int64_t N = static_cast<int64_t>(candidates_.size());
     const std::string kind = spec_.kind == RouterKind::Arrow ? "arrow/" : "centroid/";
     for (const std::string& m : modules_) {
@@ -123,7 +128,7 @@ void RetrievalRouter::retrieve(const Tensor& x) {
                           "… does not adapt ", m, ", which the router routes"));
         fs.push_back(f->second);
       }
-      banks_.push_back(stack_experts(fs));
+      banks.push_back(stack_experts(fs));
       const int64_t in = fs[0].A.size(1);
       Tensor table = Tensor::empty({N, in});
       for (int64_t e = 0; e < N; ++e) {
@@ -142,19 +147,31 @@ void RetrievalRouter::retrieve(const Tensor& x) {
                           v.size(), " values; the module takes ", in));
         std::copy(v.begin(), v.end(), table.data() + e * in);
       }
-      tables_.push_back(std::move(table));
+      tables.push_back(std::move(table));
     }
+    tables_ = std::move(tables);
+    banks_ = std::move(banks);
     bank_ids_ = std::move(ids);
   }
+  ready_ = true;
   retrieve_s_ += seconds_since(t0);
 }
 
 RetrievalRouter::Routed RetrievalRouter::route(size_t module, const Tensor& x) {
   TESSERA_CHECK(module < modules_.size());
-  if (module == 0) retrieve(x);
-  if (banks_.empty())
-    throw Error(str("library-scale routing: module ", modules_[module], " ran before ", modules_[0],
-                    ", where a batch's candidates are retrieved"));
+  if (module == 0) {
+    next_ = 0;
+    retrieve(x);
+  }
+  // Modules run in model order, module 0 first in every forward: a batch's
+  // candidates are never another batch's.
+  if (!ready_ || module != next_)
+    throw Error(str(
+        "library-scale routing: module ", modules_[module],
+        !ready_ ? " ran with no successful retrieval at " : " ran out of model order; expected ",
+        !ready_ ? modules_[0] : modules_[next_],
+        " (a batch's candidates are retrieved at the first module)"));
+  next_ = (module + 1) % modules_.size();
   const auto t0 = std::chrono::steady_clock::now();
   Routed r;
   if (spec_.kind == RouterKind::Arrow) {

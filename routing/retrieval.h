@@ -85,7 +85,10 @@ using SearchFn = std::function<std::vector<SearchResult>(const std::string& sign
 // candidates (ids index `candidates()`) and the candidates' bank for that
 // module; module 0 retrieves anew. Errors naming the expert and module: a
 // candidate that does not adapt a module, or lacks the signature the router
-// scores with; a call on module m > 0 before any on module 0.
+// scores with; modules called out of model order (module 0 first). An
+// expert stored without the searched signature (`retrieve`/<modules[0]>) is
+// never retrieved: launch/ stores Arrow prototypes with every expert, and
+// centroids with those trained on a task (tessera centroids adds them).
 class RetrievalRouter {
  public:
   RetrievalRouter(std::vector<std::string> modules, RouterSpec spec, SearchFn search,
@@ -111,7 +114,9 @@ class RetrievalRouter {
   ExpertCache* cache_;
   std::vector<std::shared_ptr<const CandidateExpert>> candidates_;
   std::vector<std::string> bank_ids_;  // the candidates the banks below were built for
-  std::vector<ExpertStack> banks_;     // per module
+  std::vector<ExpertStack> banks_;     // per module, for bank_ids_
+  bool ready_ = false;                 // the current batch's retrieval succeeded
+  size_t next_ = 0;                    // the module expected next
   std::vector<Tensor> tables_;         // per module: [N, in] signatures scored against
   double retrieve_s_ = 0, score_s_ = 0;
   int64_t retrievals_ = 0;

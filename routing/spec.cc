@@ -28,7 +28,8 @@ std::string RouterSpec::label() const {
     case RouterKind::Uniform:
       return str("uniform ", combine_names().name(combine));
     case RouterKind::R2T2:
-      return str("r2t2 top_k=", top_k, " k=", neighbours, " alpha=", alpha, " ",
+      return str("r2t2 top_k=", top_k, " neighbours=", neighbours, " alpha=", alpha,
+                 bandwidth > 0 ? str(" h=", bandwidth) : std::string(), " ref=", reference, " ",
                  combine_names().name(combine));
     case RouterKind::Task:
       return "task (oracle)";
@@ -137,10 +138,12 @@ RouterSpec parse_router_spec(const std::string& spec) {
                     "candidates=N yet"));
   if (r.candidates > 0) {
     if (r.retrieve.empty()) r.retrieve = r.kind == RouterKind::Arrow ? "arrow" : "centroid";
-    if (r.top_k > r.candidates)
+    if (r.kind == RouterKind::Arrow && r.top_k > r.candidates)
       throw Error(str("router '", spec, "': top_k = ", r.top_k, " but candidates = ", r.candidates,
                       " (the router picks its top_k among the candidates retrieved)"));
-    if (r.kind == RouterKind::Centroid && r.top_k == 0) r.top_k = r.candidates;
+    if (r.kind == RouterKind::Centroid && r.top_k > r.candidates)
+      throw Error(str("router '", spec, "': top_k = ", r.top_k, " but candidates = ", r.candidates,
+                      " (the router picks its top_k among the candidates retrieved)"));
   } else if (!r.retrieve.empty()) {
     throw Error(str("router '", spec, "': retrieve=", r.retrieve,
                     " needs candidates=N (how many experts to retrieve per batch)"));

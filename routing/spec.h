@@ -7,7 +7,9 @@
 //                                         mttl's avg_act (routing/routers.h);
 //                                         top_k 0 = softmax over all
 // candidates=N routes among the N experts a per-batch signature search
-// retrieves (retrieve=centroid|arrow, routing/retrieval.h) instead of all.
+// retrieves (retrieve=centroid|arrow, routing/retrieval.h) instead of all;
+// context=prefix scores each token by its sequence's mean module input so
+// far (routers.h prefix_mean; a decoder's tokens) instead of its own.
 //   r2t2[:top_k=K,neighbours=N,alpha=A,bandwidth=H,reference=R,mode=M]
 //                                         test-time re-routing (routing/r2t2.h)
 //                                         of the centroid router's routing by

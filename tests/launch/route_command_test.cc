@@ -10,15 +10,18 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include "adapters/adapter_file.h"
 #include "launch/base.h"
 #include "launch/commands.h"
 #include "launch/experts.h"
 #include "launch/runs.h"
+#include "routing/arrow.h"
 #include "routing/spec.h"
 #include "routing/trained.h"
 #include "runtime/common/error.h"
 #include "runtime/io/fingerprint.h"
 #include "runtime/train/trainer.h"
+#include "store/adapter_io.h"
 #include "store/library.h"
 #include "tessera/library.pb.h"
 #include "tests/testing.h"
@@ -27,6 +30,7 @@ namespace tessera::launch {
 namespace {
 
 using testing::error_of;
+namespace fs = std::filesystem;
 
 class Route : public ::testing::Test {
  protected:
@@ -128,7 +132,9 @@ TEST_F(Route, RetrieveThenRouteMatchesTheWholeLibrary) {
     return (uint32_t(uint8_t(head[at])) << 24) | (uint32_t(uint8_t(head[at + 1])) << 16) |
            (uint32_t(uint8_t(head[at + 2])) << 8) | uint32_t(uint8_t(head[at + 3]));
   };
-  EXPECT_EQ(be32(16), 230u + 34u * 3u + 24u);  // labels + 3 expert columns + margin
+  // At least labels + 3 expert columns + margin; wider where a title needs it.
+  EXPECT_GE(be32(16), 300u + 34u * 3u + 24u);
+  EXPECT_LE(be32(16), 16u + 9u * 80u);
   EXPECT_EQ(be32(20), 24u + 5u * (28u + 130u + 34u * 4u + 24u) + (28u + 130u + 34u * 5u + 24u));
   EXPECT_NE(
       error_of([&] { write_route_png(r, *dir_ + "/no/such/dir/route.png"); }).find("cannot write"),
@@ -148,6 +154,45 @@ TEST_F(Route, RetrieveThenRouteMatchesTheWholeLibrary) {
   EXPECT_NE(error_of([&] { run_route(named); }).find("drop one or the other"), std::string::npos);
 }
 
+// A library holding two versions of an expert: retrieval routes among the
+// newest versions only, as routing over the loaded library does.
+TEST_F(Route, RetrievalUsesEachExpertsNewestVersionOnly) {
+  const std::string copy = *dir_ + "/lib_v2";
+  fs::remove_all(copy);
+  fs::copy(*dir_ + "/lib", copy, fs::copy_options::recursive);
+  {
+    LibraryTarget where;
+    where.where = copy;
+    auto lib = open_library(where, false);
+    adapters::AdapterFile file;
+    AdapterRecord rec;
+    ASSERT_TRUE(store::GetAdapter(*lib, "permute:seed=2", &file, &rec).ok());
+    auto mods = file.linear_factors();
+    for (auto& [name, f] : mods) f.B = ops::scale(f.B, 3.0f);  // another expert, same name
+    AdapterRecord v2;
+    v2.set_name(rec.name());
+    v2.set_task(rec.task());
+    for (const Signature& sg : rec.signatures())
+      if (sg.name().rfind("centroid/", 0) == 0) *v2.add_signatures() = sg;
+    AdapterRecord stored;
+    ASSERT_TRUE(store::PutAdapter(*lib,
+                                  adapters::lora_factors_adapter(mods, file.conv1d, file.base_model,
+                                                                 file.base_fingerprint),
+                                  v2, &stored, routing::arrow_signatures)
+                    .ok());
+    ASSERT_EQ(stored.version(), 2);
+  }
+  RouteOptions o =
+      options({"arrow:top_k=2", "arrow:top_k=2,candidates=3", "centroid:top_k=1,candidates=3"});
+  o.library.where = copy;
+  const RouteResult r = run_route(o);
+  ASSERT_EQ(r.experts.size(), 3u);
+  EXPECT_NE(std::find(r.experts.begin(), r.experts.end(), "permute:seed=2@2"), r.experts.end());
+  EXPECT_EQ(r.rows[1].score, r.rows[0].score);
+  EXPECT_EQ(r.rows[1].module_acc, r.rows[0].module_acc);
+  EXPECT_EQ(r.rows[2].cache_misses, 0);  // the newest three, already fetched
+}
+
 // R2-T2 behind a router: with alpha 1 it keeps the centroid router's own
 // routing (top-1 of the dense softmax: the centroid top-1 router, exactly);
 // with alpha 0 the routing is its correctly-routed neighbours', which on
@@ -156,7 +201,7 @@ TEST_F(Route, RetrieveThenRouteMatchesTheWholeLibrary) {
 TEST_F(Route, R2T2ReRoutesTowardCorrectlyRoutedNeighbours) {
   const RouteResult r = run_route(
       options({"centroid:top_k=1", "r2t2:alpha=1", "r2t2:alpha=0,neighbours=8,reference=128"}));
-  EXPECT_EQ(r.rows[1].router, "r2t2 top_k=1 k=5 alpha=1 merge-after");
+  EXPECT_EQ(r.rows[1].router, "r2t2 top_k=1 neighbours=5 alpha=1 ref=256 merge-after");
   EXPECT_EQ(r.rows[1].score, r.rows[0].score);
   EXPECT_EQ(r.rows[1].module_acc, r.rows[0].module_acc);
   EXPECT_GE(r.rows[2].routing_acc, r.rows[0].routing_acc - 0.01);
@@ -175,6 +220,9 @@ TEST_F(Route, R2T2ReRoutesTowardCorrectlyRoutedNeighbours) {
   EXPECT_NE(
       error_of([] { run_route(options({"centroid:context=prefix"})); }).find("one row per example"),
       std::string::npos);
+  RouteOptions png = options({"task"});
+  png.png_out = *dir_ + "/no/such/folder/route.png";
+  EXPECT_NE(error_of([&] { run_route(png); }).find("does not exist"), std::string::npos);
 }
 
 // Another base (another fingerprint): the library has nothing for it, a

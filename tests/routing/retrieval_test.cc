@@ -205,7 +205,16 @@ TEST(RetrievalRouter, RefusesWhatItCannotRoute) {
   {
     RetrievalRouter r({"m0", "m1"}, parse_router_spec("arrow:top_k=1,candidates=2"), lib.search(),
                       &cache);
-    EXPECT_THROW(r.route(1, h), Error);  // before module 0 retrieved
+    expect_error([&] { r.route(1, h); }, "no successful retrieval at m0");
+    r.route(0, x);
+    expect_error(
+        [&] {
+          r.route(0, x);
+          r.route(0, x);
+          r.route(1, h);
+          r.route(1, h);
+        },
+        "out of model order; expected m0");
   }
   {
     // The library holds 3 experts; top_k 3 of candidates 4 finds only 3 — fine;
@@ -229,7 +238,9 @@ TEST(RetrievalRouter, RefusesWhatItCannotRoute) {
   expect_error([] { parse_router_spec("centroid:candidates=2,retrieve=x"); },
                "expected centroid or arrow");
   expect_error([] { parse_router_spec("uniform:candidates=2"); }, "takes no 'candidates'");
-  EXPECT_EQ(parse_router_spec("centroid:candidates=4").top_k, 4);
+  EXPECT_EQ(parse_router_spec("centroid:candidates=4").top_k, 0);  // all retrieved
+  expect_error([] { parse_router_spec("centroid:top_k=5,candidates=4"); },
+               "top_k = 5 but candidates = 4");
   EXPECT_EQ(parse_router_spec("arrow:top_k=2,candidates=8").label(),
             "arrow top_k=2 T=1 merge-after of 8 by arrow");
 }
