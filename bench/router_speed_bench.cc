@@ -7,9 +7,11 @@
 //   - A top-2 of 16 learned gate (MixLoRA: 16 LoRA r=8 experts per Linear,
 //     Mixtral convention, load-balancing loss) against a single LoRA r=8 on
 //     the same Linears of the tiny GPT-2 decoder (4 layers, d 256, ctx 128,
-//     batch 16, English prose): training tokens/s. Goal >= 0.7x.
+//     batch 16, English prose): training tokens/s, the three trainers timed
+//     in turn over 3 rounds (the ratio: the median of the rounds'). Goal >= 0.7x.
 //
 //   router_speed_bench [--threads 2] [--steps 30] [--peer-python venv/bin/python] [--no-peer]
+#include <algorithm>
 #include <chrono>
 #include <memory>
 
@@ -166,39 +168,60 @@ int main(int argc, char** argv) {
     }
 
     if (part == "poly") return 0;
-    // The gate on the decoder against one LoRA r=8.
+    // The gate on the decoder against one LoRA r=8: the three trainers
+    // built side by side and timed in turn, `rounds` times, so drift of the
+    // machine falls on all alike; the medians are reported.
     const std::vector<std::string> prose = {"data.files=/usr/share/common-licenses/*"};
-    double lora_tps = 0;
-    {
-      train::Trainer t(config("decoder", prose, threads, warmup + steps));
-      std::unique_ptr<adapters::AdapterSet> set;
-      t.attach([&](std::vector<nn::Linear*> linears, nn::ParameterSet& ps) {
-        set = std::make_unique<adapters::AdapterSet>(linears, ps,
-                                                     std::vector<std::string>{"all-linear"},
-                                                     adapters::LoraConfig{8, 16.0f, false}, 1);
-        return &set->params();
-      });
-      lora_tps = steps_per_s(t, warmup, steps) * 16 * 128;
-      bench::emit({{"bench", "router_speed"},
-                   {"impl", "tessera"},
-                   {"router", "lora r=8"},
-                   {"model", "decoder 4x256 ctx 128"},
-                   {"trainable", set->params().count(true)},
-                   {"tokens_per_s", lora_tps},
-                   {"threads", threads}});
+    const int rounds = 3;
+    const std::vector<std::string> specs = {
+        "lora r=8", "mixlora:experts=16,r=8,alpha=16,top_k=2",
+        "mixlora:experts=16,r=8,alpha=16,top_k=2,granularity=block"};
+    std::vector<std::unique_ptr<train::Trainer>> trainers;
+    std::unique_ptr<adapters::AdapterSet> set;
+    std::vector<std::unique_ptr<Routed>> routers;
+    std::vector<int64_t> trainable;
+    for (const std::string& spec : specs) {
+      trainers.push_back(std::make_unique<train::Trainer>(
+          config("decoder", prose, threads, warmup + rounds * steps)));
+      train::Trainer& t = *trainers.back();
+      if (spec == "lora r=8") {
+        t.attach([&](std::vector<nn::Linear*> linears, nn::ParameterSet& ps) {
+          set = std::make_unique<adapters::AdapterSet>(linears, ps,
+                                                       std::vector<std::string>{"all-linear"},
+                                                       adapters::LoraConfig{8, 16.0f, false}, 1);
+          return &set->params();
+        });
+        trainable.push_back(set->params().count(true));
+      } else {
+        routers.push_back(attach_router(t, spec, {}, false, 1));
+        trainable.push_back(routers.back()->params.count(true));
+      }
+      t.run(warmup);
     }
-    for (const std::string spec : {"mixlora:experts=16,r=8,alpha=16,top_k=2",
-                                   "mixlora:experts=16,r=8,alpha=16,top_k=2,granularity=block"}) {
-      train::Trainer t(config("decoder", prose, threads, warmup + steps));
-      auto r = attach_router(t, spec, {}, false, 1);
-      const double tps = steps_per_s(t, warmup, steps) * 16 * 128;
+    std::vector<std::vector<double>> tps(specs.size());
+    for (int round = 0; round < rounds; ++round)
+      for (size_t i = 0; i < specs.size(); ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        trainers[i]->run(steps);
+        tps[i].push_back(steps * 16.0 * 128.0 / seconds_since(t0));
+      }
+    auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    for (size_t i = 0; i < specs.size(); ++i) {
+      std::vector<double> ratio;
+      for (int round = 0; round < rounds; ++round) ratio.push_back(tps[i][round] / tps[0][round]);
       bench::emit({{"bench", "router_speed"},
                    {"impl", "tessera"},
-                   {"router", spec},
+                   {"router", specs[i]},
                    {"model", "decoder 4x256 ctx 128"},
-                   {"trainable", r->params.count(true)},
-                   {"tokens_per_s", tps},
-                   {"over_lora_r8", tps / lora_tps},
+                   {"trainable", trainable[i]},
+                   {"tokens_per_s", median(tps[i])},
+                   {"tokens_per_s_rounds", tps[i]},
+                   // The median of the rounds' ratios: each round's pair ran back to back.
+                   {"over_lora_r8", median(ratio)},
+                   {"over_lora_r8_rounds", ratio},
                    {"threads", threads}});
     }
   } catch (const std::exception& e) {
