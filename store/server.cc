@@ -1,8 +1,13 @@
 #include "store/server.h"
 
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <grpcpp/grpcpp.h>
 #include <openssl/crypto.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -399,6 +404,36 @@ GetReactor::GetReactor(Service* svc, grpc::CallbackServerContext* ctx, const Get
   Next();
 }
 
+// Whether HOST:PORT (a nonzero port) is bound by another socket already:
+// checked before gRPC tries, which would log its own multi-line error first.
+// A probe, not a reservation: gRPC's own bind below stays the authority.
+bool address_in_use(const std::string& listen) {
+  const size_t colon = listen.rfind(':');
+  std::string host = listen.substr(0, colon);
+  const std::string port = listen.substr(colon + 1);
+  if (port == "0" || listen.rfind("unix:", 0) == 0) return false;
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* res = nullptr;
+  if (getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &res) != 0)
+    return false;  // gRPC reports what it cannot resolve
+  bool in_use = false;
+  for (addrinfo* a = res; a && !in_use; a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+    if (fd < 0) continue;
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);  // TIME_WAIT is not "in use"
+    in_use = bind(fd, a->ai_addr, a->ai_addrlen) != 0 && errno == EADDRINUSE;
+    close(fd);
+  }
+  freeaddrinfo(res);
+  return in_use;
+}
+
 bool is_loopback(const std::string& listen) {
   return listen.rfind("127.", 0) == 0 || listen.rfind("localhost:", 0) == 0 ||
          listen.rfind("[::1]:", 0) == 0 || listen.rfind("unix:", 0) == 0;
@@ -432,6 +467,16 @@ Status Server::Start(LibraryApi* library, const ServerOptions& o, std::unique_pt
   if (!library) return Status::InvalidArgument("serve: no library");
   if (o.listen.empty() || o.listen.find(':') == std::string::npos)
     return Status::InvalidArgument("listen address '" + o.listen + "': expected HOST:PORT");
+  if (o.listen.rfind("unix:", 0) != 0) {
+    // The port: a whole number 0..65535 (0: any free port). gRPC would serve
+    // an out-of-range one on a random port without a word.
+    const std::string port = o.listen.substr(o.listen.rfind(':') + 1);
+    const bool digits = !port.empty() && port.size() <= 5 &&
+                        port.find_first_not_of("0123456789") == std::string::npos;
+    if (!digits || std::stoul(port) > 65535)
+      return Status::InvalidArgument("listen address '" + o.listen + "': the port '" + port +
+                                     "' is not a number from 0 to 65535 (0: any free port)");
+  }
   if (o.token.empty() && !is_loopback(o.listen))
     return Status::InvalidArgument("listen address '" + o.listen +
                                    "' is not loopback: serving beyond this machine needs a "
@@ -458,10 +503,17 @@ Status Server::Start(LibraryApi* library, const ServerOptions& o, std::unique_pt
     ssl.pem_key_cert_pairs.push_back(pair);
     creds = grpc::SslServerCredentials(ssl);
   }
+  if (address_in_use(o.listen))
+    return Status::IOError("cannot listen on '" + o.listen +
+                           "': the address is in use (another server on that port?)");
   auto impl = std::make_unique<Impl>();
   impl->service = std::make_unique<Service>(library, o);
   grpc::ServerBuilder b;
   b.AddListeningPort(o.listen, creds, &impl->port);
+  // One server per address: without this gRPC sets SO_REUSEPORT, and a
+  // second `serve` on a port in use starts anyway, the kernel splitting
+  // connections between two libraries.
+  b.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   b.RegisterService(impl->service.get());
   b.SetMaxReceiveMessageSize(static_cast<int>(o.max_message_bytes));
   b.SetMaxSendMessageSize(static_cast<int>(o.max_message_bytes));
@@ -478,7 +530,8 @@ Status Server::Start(LibraryApi* library, const ServerOptions& o, std::unique_pt
   impl->server = b.BuildAndStart();
   if (!impl->server || impl->port == 0)
     return Status::IOError("cannot listen on '" + o.listen +
-                           "' (address in use, or not an address of this machine?)");
+                           "': the address is in use (another server on that port?) or is not "
+                           "an address of this machine");
   out->reset(new Server(std::move(impl)));
   return Status::OK();
 }

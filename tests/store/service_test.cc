@@ -496,6 +496,34 @@ TEST(LookupApi, TlsWithTheRightRootsOnly) {
   EXPECT_TRUE(Server::Start(s.lib.get(), open, &none).IsInvalidArgument());
 }
 
+// ../shared/cases/reliability/serve-reuseport: a second server on a port in
+// use is refused, naming it (gRPC's SO_REUSEPORT would split connections
+// between two libraries); an out-of-range or malformed port is refused
+// before anything listens.
+TEST(LookupApi, OneServerPerAddressAndPortsInRange) {
+  Served a("reuse_a");
+  std::unique_ptr<Library> other;
+  const std::string dir = testing::temp_dir("reuse_b");
+  ASSERT_TRUE(Library::Open(Options(), dir, &other).ok());
+  ServerOptions so;
+  so.token = kToken;
+  so.listen = a.target;
+  std::unique_ptr<Server> second;
+  const Status s = Server::Start(other.get(), so, &second);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("in use"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find(a.target), std::string::npos) << s.message();
+  // The first still answers, from its own library.
+  LibraryStats st;
+  EXPECT_TRUE(a.client()->Stat(&st).ok());
+  for (const char* bad : {"127.0.0.1:99999", "127.0.0.1:-1", "127.0.0.1:80a", "127.0.0.1:"}) {
+    so.listen = bad;
+    const Status b = Server::Start(other.get(), so, &second);
+    EXPECT_TRUE(b.IsInvalidArgument()) << bad << ": " << b.ToString();
+    EXPECT_NE(b.message().find("0 to 65535"), std::string::npos) << b.message();
+  }
+}
+
 TEST(LookupApi, EightConcurrentClientsSeeConsistentResults) {
   Served s("svc_conc");
   constexpr int kThreads = 8, kRounds = 12;
