@@ -171,9 +171,19 @@ class Service final : public LibraryService::WithCallbackMethod_Get<LibraryServi
         return invalid("chunk_bytes", std::to_string(req->chunk_bytes()) +
                                           ", expected 0 or 4096.." +
                                           std::to_string(o_.max_message_bytes - 65536));
+      const std::string& fp = req->base_fingerprint();
+      if (!fp.empty() &&
+          (fp.size() != 64 || fp.find_first_not_of("0123456789abcdef") != std::string::npos))
+        return invalid(
+            "base_fingerprint",
+            "expected a base's fingerprint: 64 lowercase hex digits (SHA-256), or empty");
       AdapterRecord r;
       std::vector<TensorData> ts;
-      Status s = lib_->Get(req->key(), &r, req->record_only() ? nullptr : &ts);
+      // The record first: an adapter of another base is refused before its
+      // tensors are read, as the proto promises (unless forced).
+      Status s = lib_->Get(req->key(), &r, nullptr);
+      if (s.ok() && !req->force()) s = CheckBase(r, fp);
+      if (s.ok() && !req->record_only()) s = lib_->Get(r.id(), &r, &ts);
       if (!s.ok()) return to_grpc(s);
       *out = std::make_unique<GetStream>(std::move(r), std::move(ts), chunk);
       return grpc::Status::OK;

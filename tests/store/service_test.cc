@@ -496,6 +496,44 @@ TEST(LookupApi, TlsWithTheRightRootsOnly) {
   EXPECT_TRUE(Server::Start(s.lib.get(), open, &none).IsInvalidArgument());
 }
 
+// ../shared/cases/reliability/serve-ignores-base-fingerprint: the server
+// honours GetRequest.base_fingerprint and force as the proto promises — an
+// adapter of another base is FAILED_PRECONDITION naming both (no tensors
+// sent), force fetches it, the right base or none fetches it, and a
+// malformed fingerprint is INVALID_ARGUMENT naming the field.
+TEST(LookupApi, GetHonoursBaseFingerprintAndForce) {
+  Served s("get_base");
+  ASSERT_TRUE(s.lib->Put(rec("a"), {f32("t", {8}, 1.0f)}, nullptr).ok());  // base "aa…a"
+  auto stub = s.stub();
+  using C = grpc::StatusCode;
+  auto get = [&](const std::string& fp, bool force, int64_t* bytes) {
+    grpc::ClientContext ctx;
+    auth(&ctx);
+    GetRequest req;
+    req.set_key("a");
+    req.set_base_fingerprint(fp);
+    req.set_force(force);
+    auto r = stub->Get(&ctx, req);
+    GetChunk g;
+    *bytes = 0;
+    while (r->Read(&g))
+      for (const auto& p : g.pieces()) *bytes += static_cast<int64_t>(p.data().size());
+    return r->Finish();
+  };
+  int64_t bytes = 0;
+  const grpc::Status other = get(std::string(64, 'b'), false, &bytes);
+  expect_code(other, C::FAILED_PRECONDITION, "bbbbbbbbbbbbbbbb");
+  EXPECT_NE(other.error_message().find("aaaaaaaaaaaaaaaa"), std::string::npos);
+  EXPECT_EQ(bytes, 0);
+  EXPECT_TRUE(get(std::string(64, 'b'), true, &bytes).ok());
+  EXPECT_EQ(bytes, 32);
+  EXPECT_TRUE(get(std::string(64, 'a'), false, &bytes).ok());
+  EXPECT_EQ(bytes, 32);
+  EXPECT_TRUE(get("", false, &bytes).ok());
+  for (const std::string& bad : {std::string(63, 'a'), std::string(64, 'A'), std::string("xyz")})
+    expect_code(get(bad, false, &bytes), C::INVALID_ARGUMENT, "base_fingerprint");
+}
+
 // ../shared/cases/reliability/serve-reuseport: a second server on a port in
 // use is refused, naming it (gRPC's SO_REUSEPORT would split connections
 // between two libraries); an out-of-range or malformed port is refused
