@@ -411,6 +411,14 @@ TEST_F(Cli, AdaptersGoIntoTheLibraryAndComeBack) {
   EXPECT_NE(none.out.find("no adapter library"), std::string::npos) << none.out;
 }
 
+TEST_F(Cli, HelpAndVersionExitZero) {
+  for (const char* args : {"help", "--help", "route --help", "--version"}) {
+    const CliRun r = run(args);
+    EXPECT_EQ(r.code, 0) << args << "\n" << r.out;
+    EXPECT_NE(r.out.find("tessera"), std::string::npos) << args;
+  }
+}
+
 TEST_F(Cli, MistakesGetOneClearMessage) {
   struct Case {
     std::string args, needle;
@@ -425,6 +433,12 @@ TEST_F(Cli, MistakesGetOneClearMessage) {
       {"pretrain --model mlp data.dir=" + dir_, "dataset-fashion-mnist"},
       {"eval --checkpoint " + dir_ + "/corpus.txt", "corpus.txt"},
       {"eval --checkpoint " + dir_ + "/missing.safetensors", "does not exist"},
+      // ../shared/cases/reliability/cli-messages: command-line mistakes exit 2
+      // with one line (CLI11's own codes were 106, 109).
+      {"pretrian --model mlp", "unknown command 'pretrian'; did you mean pretrain?"},
+      {"frobnicate", "unknown command 'frobnicate' (tessera --help"},
+      {"route --library x --eval permute:seed=1", "route: --base is required"},
+      {"eval --checkpoint x --no-such-option", "eval: The following argument was not expected"},
   };
   for (const auto& c : cases) {
     CliRun r = run(c.args);
