@@ -116,8 +116,22 @@ Command add_launch_command(CLI::App& app) {
   // Everything from the first word that is not a launch option on is the
   // command, in order: tessera launch --nproc 2 pretrain --model mlp steps=5
   c_launch->prefix_command();
-  return {c_launch, [o, c_launch] {
+  CLI::App* root = &app;
+  return {c_launch, [o, c_launch, root] {
             o->command = c_launch->remaining();
+            // The command is checked here, before any rank is spawned: a
+            // mistyped one would otherwise fail once per rank.
+            if (!o->command.empty() && o->command[0].rfind("-", 0) != 0) {
+              bool known = false;
+              std::string names;
+              for (const CLI::App* sub : root->get_subcommands([](CLI::App*) { return true; })) {
+                known = known || sub->get_name() == o->command[0];
+                names += (names.empty() ? "" : ", ") + sub->get_name();
+              }
+              if (!known)
+                throw Error(
+                    str("launch: '", o->command[0], "' is not a tessera command (", names, ")"));
+            }
             return run_launch(*o);
           }};
 }

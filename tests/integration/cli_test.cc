@@ -437,6 +437,7 @@ TEST_F(Cli, MistakesGetOneClearMessage) {
       // with one line (CLI11's own codes were 106, 109).
       {"pretrian --model mlp", "unknown command 'pretrian'; did you mean pretrain?"},
       {"frobnicate", "unknown command 'frobnicate' (tessera --help"},
+      {"launch --nproc 2 pretrian --model mlp", "launch: 'pretrian' is not a tessera command"},
       {"route --library x --eval permute:seed=1", "route: --base is required"},
       {"eval --checkpoint x --no-such-option", "eval: The following argument was not expected"},
   };
