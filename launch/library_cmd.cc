@@ -155,6 +155,10 @@ int run_library(const LibraryOptions& o) {
     std::printf("%s\n", put_adapter_file(*open_library(o.library, true), o.args[0], r).c_str());
     return 0;
   }
+  // Commands that take no words refuse stray ones rather than ignore them.
+  if ((cmd == "ls" || cmd == "verify" || cmd == "stat" || cmd == "gc") && !o.args.empty())
+    throw Error(str("library ", cmd, " takes no arguments; got '", o.args[0], "'",
+                    o.args.size() > 1 ? str(" and ", o.args.size() - 1, " more") : std::string()));
   // Commands that only read open the folder read-only: no lock, nothing written.
   const bool reads = cmd == "ls" || cmd == "show" || cmd == "get" || cmd == "verify" ||
                      cmd == "stat" || cmd == "search" || cmd == "export-peft";

@@ -438,6 +438,8 @@ TEST_F(Cli, MistakesGetOneClearMessage) {
       {"pretrian --model mlp", "unknown command 'pretrian'; did you mean pretrain?"},
       {"frobnicate", "unknown command 'frobnicate' (tessera --help"},
       {"launch --nproc 2 pretrian --model mlp", "launch: 'pretrian' is not a tessera command"},
+      {"library --library " + dir_ + "/nolib verify extra args",
+       "library verify takes no arguments; got 'extra' and 1 more"},
       {"route --library x --eval permute:seed=1", "route: --base is required"},
       {"eval --checkpoint x --no-such-option", "eval: The following argument was not expected"},
   };
