@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 
 #include "launch/commands.h"
@@ -43,15 +44,24 @@ int run_serve(const ServeOptions& o) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   store::Options lo;
   lo.create_if_missing = true;
+  // A library that does not exist yet is created, and said so: a mistyped
+  // path must not look like the library the user meant.
+  const bool created = !std::filesystem::exists(std::filesystem::path(o.library) / "CURRENT");
   std::unique_ptr<store::Library> lib;
   check_store(store::Library::Open(lo, o.library, &lib), str("library '", o.library, "'"));
   std::unique_ptr<store::Server> server;
   check_store(store::Server::Start(lib.get(), so, &server), "serve");
   const std::string host = o.listen.substr(0, o.listen.rfind(':'));
-  std::printf("serving library %s on %s:%d (%s%s); Ctrl-C stops\n", o.library.c_str(), host.c_str(),
-              server->port(), so.token.empty() ? "no token" : "bearer token",
+  std::printf("serving %slibrary %s on %s:%d (%s%s); Ctrl-C stops\n",
+              created ? "a NEW, EMPTY " : "", o.library.c_str(), host.c_str(), server->port(),
+              so.token.empty() ? "no token" : "bearer token",
               so.tls_cert_file.empty() ? ", plaintext" : ", TLS");
-  std::fflush(stdout);
+  std::fflush(stdout);  // the banner first: scripts read it as the first line
+  if (created)
+    std::fprintf(stderr,
+                 "tessera serve: %s held no library; it was created now (check the path if you "
+                 "meant an existing one)\n",
+                 o.library.c_str());
   int sig = 0;
   sigwait(&sigs, &sig);
   std::printf("signal %d: finishing running calls\n", sig);

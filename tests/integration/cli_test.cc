@@ -411,6 +411,21 @@ TEST_F(Cli, AdaptersGoIntoTheLibraryAndComeBack) {
   EXPECT_NE(none.out.find("no adapter library"), std::string::npos) << none.out;
 }
 
+// ../shared/cases/reliability/cli-messages: serving a path that holds no
+// library says it made a new, empty one (a mistyped path is not silent).
+TEST_F(Cli, ServingAMissingLibrarySaysItIsNew) {
+  std::ofstream(dir_ + "/token") << "cli-test-token\n";
+  Served sv = serve(dir_ + "/typo-lib", dir_ + "/token");
+  ASSERT_FALSE(sv.hostport.empty()) << sv.banner;
+  EXPECT_NE(sv.banner.find("a NEW, EMPTY library"), std::string::npos) << sv.banner;
+  std::array<char, 512> line{};
+  ASSERT_NE(fgets(line.data(), line.size(), sv.out), nullptr);
+  EXPECT_NE(std::string(line.data()).find("held no library; it was created now"), std::string::npos)
+      << line.data();
+  kill(sv.pid, SIGTERM);
+  pclose(sv.out);
+}
+
 TEST_F(Cli, HelpAndVersionExitZero) {
   for (const char* args : {"help", "--help", "route --help", "--version"}) {
     const CliRun r = run(args);
@@ -460,6 +475,7 @@ TEST_F(Cli, ServeAndRemoteLibraryCommands) {
   std::ofstream(dir_ + "/wrong") << "not-the-token\n";
   Served sv = serve(lib, dir_ + "/token");
   ASSERT_FALSE(sv.hostport.empty()) << sv.banner;
+  EXPECT_EQ(sv.banner.find("NEW, EMPTY"), std::string::npos) << sv.banner;  // it holds perm2
   FILE* srv = sv.out;
   const int pid = sv.pid;
   const std::string hostport = sv.hostport;
