@@ -3,7 +3,9 @@
 // thread settings, keeping the best — so ratios hold on a noisy machine.
 #pragma once
 
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -22,6 +24,51 @@ using nlohmann::json;
 inline void emit(const json& j) {
   std::printf("%s\n", j.dump().c_str());
   std::fflush(stdout);
+}
+
+// Seconds since t0 on the steady clock.
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// While alive, the process's stdout goes to /dev/null: the commands a bench
+// runs print their tables and progress there, and stdout carries the JSON
+// lines only.
+class Quiet {
+ public:
+  Quiet() {
+    std::fflush(stdout);
+    saved_ = dup(1);
+    const int null = open("/dev/null", O_WRONLY);
+    dup2(null, 1);
+    close(null);
+  }
+  ~Quiet() {
+    std::fflush(stdout);
+    dup2(saved_, 1);
+    close(saved_);
+  }
+  Quiet(const Quiet&) = delete;
+  Quiet& operator=(const Quiet&) = delete;
+
+ private:
+  int saved_;
+};
+
+// The ten Fashion-MNIST tasks the routing benches share: five pixel
+// permutations, three rotations, two class subsets.
+inline const std::vector<std::string>& ten_image_tasks() {
+  static const std::vector<std::string> t = {
+      "permute:seed=1", "permute:seed=2", "permute:seed=3", "permute:seed=4",  "permute:seed=5",
+      "rotate:deg=90",  "rotate:deg=180", "rotate:deg=270", "classes:0,2,4,6", "classes:1,3,5,7,9"};
+  return t;
+}
+
+// "a;b;c": tasks as one data.task / --tasks value.
+inline std::string joined(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ";") + x;
+  return s;
 }
 
 inline double peak_rss_mb() {

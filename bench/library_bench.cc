@@ -18,8 +18,6 @@
 //     accuracy, seconds, experts fetched.
 //
 //   library_bench [--out DIR] [--experts N] [--quick] [--threads N]
-#include <fcntl.h>
-#include <unistd.h>
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -46,33 +44,14 @@
 using namespace tessera;
 using namespace tessera::launch;
 using bench::emit;
+using bench::joined;
 using bench::json;
+using bench::Quiet;
+using bench::seconds_since;
+const std::vector<std::string>& kTasks = bench::ten_image_tasks();
 namespace fs = std::filesystem;
 
 namespace {
-
-class Quiet {
- public:
-  Quiet() {
-    std::fflush(stdout);
-    saved_ = dup(1);
-    const int null = open("/dev/null", O_WRONLY);
-    dup2(null, 1);
-    close(null);
-  }
-  ~Quiet() {
-    std::fflush(stdout);
-    dup2(saved_, 1);
-    close(saved_);
-  }
-
- private:
-  int saved_;
-};
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // The median seconds of `reps` runs of f (after one warm-up).
 template <class F>
@@ -183,16 +162,6 @@ void overhead(const std::string& dir, int reps) {
   j["arrow_all_per_sequence_seconds"] = per_seq;
   j["arrow_all_per_sequence_overhead"] = per_seq / gather;
   emit(j);
-}
-
-const std::vector<std::string> kTasks = {
-    "permute:seed=1", "permute:seed=2", "permute:seed=3", "permute:seed=4",  "permute:seed=5",
-    "rotate:deg=90",  "rotate:deg=180", "rotate:deg=270", "classes:0,2,4,6", "classes:1,3,5,7,9"};
-
-std::string joined(const std::vector<std::string>& v) {
-  std::string s;
-  for (const auto& x : v) s += (s.empty() ? "" : ";") + x;
-  return s;
 }
 
 void emit_route(const RouteResult& r, int64_t experts, double seconds) {

@@ -14,8 +14,6 @@
 // MoLE-style 10×r4 above one r40 on the mixed data.
 //
 //   route_bench [--out DIR] [--quick] [--threads N]
-#include <fcntl.h>
-#include <unistd.h>
 #include <CLI/CLI.hpp>
 #include <filesystem>
 #include <memory>
@@ -33,45 +31,14 @@
 using namespace tessera;
 using namespace tessera::launch;
 using bench::emit;
+using bench::joined;
 using bench::json;
+using bench::Quiet;
+using bench::seconds_since;
+const std::vector<std::string>& kTasks = bench::ten_image_tasks();
 namespace fs = std::filesystem;
 
 namespace {
-
-// The commands' own tables and progress go to /dev/null while they run:
-// stdout carries the JSON lines only.
-class Quiet {
- public:
-  Quiet() {
-    std::fflush(stdout);
-    saved_ = dup(1);
-    const int null = open("/dev/null", O_WRONLY);
-    dup2(null, 1);
-    close(null);
-  }
-  ~Quiet() {
-    std::fflush(stdout);
-    dup2(saved_, 1);
-    close(saved_);
-  }
-
- private:
-  int saved_;
-};
-
-const std::vector<std::string> kTasks = {
-    "permute:seed=1", "permute:seed=2", "permute:seed=3", "permute:seed=4",  "permute:seed=5",
-    "rotate:deg=90",  "rotate:deg=180", "rotate:deg=270", "classes:0,2,4,6", "classes:1,3,5,7,9"};
-
-std::string joined(const std::vector<std::string>& v) {
-  std::string s;
-  for (const auto& x : v) s += (s.empty() ? "" : ";") + x;
-  return s;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // Accuracy of an adapter file on each task.
 std::vector<double> eval_adapter(const std::string& base, const std::string& file,

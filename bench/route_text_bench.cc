@@ -17,8 +17,6 @@
 //   route_text_bench [--out DIR] [--quick] [--threads N] [--reuse]
 // (--reuse: keep OUT's base and experts from an earlier run of the same
 // settings and redo the routing only.)
-#include <fcntl.h>
-#include <unistd.h>
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <filesystem>
@@ -38,33 +36,13 @@
 using namespace tessera;
 using namespace tessera::launch;
 using bench::emit;
+using bench::joined;
 using bench::json;
+using bench::Quiet;
+using bench::seconds_since;
 namespace fs = std::filesystem;
 
 namespace {
-
-class Quiet {
- public:
-  Quiet() {
-    std::fflush(stdout);
-    saved_ = dup(1);
-    const int null = open("/dev/null", O_WRONLY);
-    dup2(null, 1);
-    close(null);
-  }
-  ~Quiet() {
-    std::fflush(stdout);
-    dup2(saved_, 1);
-    close(saved_);
-  }
-
- private:
-  int saved_;
-};
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // Copies the regular files of `from` accepted by `keep` (given the file's
 // first 64 bytes) into `to`, up to `max_bytes` in all; returns the count.

@@ -24,12 +24,9 @@
 #include "runtime/train/trainer.h"
 
 using namespace tessera;
+using bench::seconds_since;
 
 namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // Steps/s of `t` after `warmup` steps, over `steps`.
 double steps_per_s(train::Trainer& t, int warmup, int steps) {
@@ -98,12 +95,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     // Poly / MHR-z on the MLP.
-    const std::vector<std::string> tasks = {"permute:seed=1",   "permute:seed=2", "permute:seed=3",
-                                            "permute:seed=4",   "permute:seed=5", "rotate:deg=90",
-                                            "rotate:deg=180",   "rotate:deg=270", "classes:0,2,4,6",
-                                            "classes:1,3,5,7,9"};
-    std::string joined;
-    for (const auto& t : tasks) joined += (joined.empty() ? "" : ";") + t;
+    const std::vector<std::string>& tasks = bench::ten_image_tasks();
+    const std::string joined = bench::joined(tasks);
     // A multi-task batch holds every sampled index once per task: 13 indices
     // × 10 tasks = 130 rows a step, and PEFT's batch is 130 rows too.
     const int batch = 13;

@@ -56,6 +56,13 @@ std::vector<float> table_scores(const Tensor& x, const Tensor& table, float scal
   return scores;
 }
 
+void top_k_order(const float* s, int64_t E, int64_t k, std::vector<int32_t>* order) {
+  order->resize(static_cast<size_t>(E));
+  std::iota(order->begin(), order->end(), 0);
+  std::partial_sort(order->begin(), order->begin() + k, order->end(),
+                    [s](int32_t a, int32_t b) { return s[a] > s[b] || (s[a] == s[b] && a < b); });
+}
+
 TopK top_k_softmax(const std::vector<float>& scores, int64_t M, int64_t E, int64_t k,
                    float temperature) {
   if (k < 1 || k > E)
@@ -68,12 +75,10 @@ TopK top_k_softmax(const std::vector<float>& scores, int64_t M, int64_t E, int64
   t.k = k;
   t.ids.resize(static_cast<size_t>(M * k));
   t.weights.resize(static_cast<size_t>(M * k));
-  std::vector<int32_t> order(static_cast<size_t>(E));
+  std::vector<int32_t> order;
   for (int64_t m = 0; m < M; ++m) {
     const float* s = scores.data() + m * E;
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                      [&](int32_t a, int32_t b) { return s[a] > s[b] || (s[a] == s[b] && a < b); });
+    top_k_order(s, E, k, &order);
     // Softmax over the k kept, as PEFT's masked softmax (−inf elsewhere).
     const double top = s[order[0]] / static_cast<double>(temperature);
     double sum = 0;

@@ -63,6 +63,11 @@ std::vector<float> table_scores(const Tensor& x, const Tensor& table, float scal
 TopK top_k_softmax(const std::vector<float>& scores, int64_t M, int64_t E, int64_t k,
                    float temperature);
 
+// The k largest of one row s [E] into order[0..k) (order is resized to E):
+// larger first, ties to the lower expert id — the selection every top-k
+// router here shares.
+void top_k_order(const float* s, int64_t E, int64_t k, std::vector<int32_t>* order);
+
 // The slot on one module's Linear: `route` turns the call's inputs x [N, in]
 // into a TopK with M dividing N (M = N: per token); the experts' mixture is
 // added to the base output. Routing weights carry no gradient here (a

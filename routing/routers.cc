@@ -83,12 +83,10 @@ TopK top_k_renormalized(const Tensor& routes, int64_t k) {
   t.k = k;
   t.ids.resize(static_cast<size_t>(M * k));
   t.weights.resize(static_cast<size_t>(M * k));
-  std::vector<int32_t> order(static_cast<size_t>(E));
+  std::vector<int32_t> order;
   for (int64_t m = 0; m < M; ++m) {
     const float* r = routes.data() + m * E;
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                      [&](int32_t a, int32_t b) { return r[a] > r[b] || (r[a] == r[b] && a < b); });
+    top_k_order(r, E, k, &order);
     double sum = 0;
     for (int64_t j = 0; j < k; ++j) sum += std::max(0.0f, r[order[j]]);
     for (int64_t j = 0; j < k; ++j) {
